@@ -1,0 +1,13 @@
+/** Aspect ratios the Gemini image models accept (`imageConfig.aspectRatio`). */
+export const ASPECT_RATIOS = ['1:1', '2:3', '3:2', '3:4', '4:3', '4:5', '5:4', '9:16', '16:9', '21:9'] as const;
+
+export type AspectRatio = (typeof ASPECT_RATIOS)[number];
+
+/** The source system's default. */
+export const DEFAULT_ASPECT_RATIO: AspectRatio = '16:9';
+
+/** `[width, height]` of an aspect ratio, e.g. `16:9` -> `[16, 9]`. */
+export function aspectRatioParts(ratio: AspectRatio): readonly [number, number] {
+  const [w, h] = ratio.split(':').map(Number);
+  return [w ?? 1, h ?? 1];
+}

@@ -1,0 +1,94 @@
+import type { ErrorClass } from './error-class.js';
+import type { JobResult, JobStatus, ShortfallReason } from './result.js';
+import type { TokenUsage } from './ports.js';
+
+/** Fields every event carries. `at` is the engine scheduler's clock, in ms. */
+interface EventBase {
+  readonly jobId: string;
+  readonly at: number;
+}
+
+export interface Progress {
+  readonly delivered: number;
+  readonly total: number;
+}
+
+export interface JobStartedEvent extends EventBase {
+  readonly type: 'job:started';
+  readonly totalImages: number;
+  /** Already delivered before this run (non-zero on resume). */
+  readonly deliveredImages: number;
+  readonly stages: readonly { readonly index: number; readonly quantity: number; readonly delivered: number }[];
+}
+
+export interface AttemptStartedEvent extends EventBase {
+  readonly type: 'attempt:started';
+  readonly stage: number;
+  readonly slot: number;
+  readonly attempt: number;
+}
+
+export interface AttemptFailedEvent extends EventBase {
+  readonly type: 'attempt:failed';
+  readonly stage: number;
+  readonly slot: number;
+  readonly attempt: number;
+  readonly errorClass: ErrorClass;
+  readonly message: string;
+  readonly httpStatus: number | null;
+  readonly latencyMs: number;
+  /** Whether a replacement attempt for this slot is scheduled. */
+  readonly willRetry: boolean;
+  /** Backoff before the replacement (0 when `willRetry` is false). */
+  readonly delayMs: number;
+}
+
+export interface SlotDeliveredEvent extends EventBase {
+  readonly type: 'slot:delivered';
+  readonly stage: number;
+  readonly slot: number;
+  readonly attempt: number;
+  readonly attachId: string;
+  readonly latencyMs: number;
+  readonly usage: TokenUsage | null;
+  /** Stage progress and job progress after this delivery. Monotone. */
+  readonly stageProgress: Progress;
+  readonly progress: Progress;
+}
+
+export interface StageCompletedEvent extends EventBase {
+  readonly type: 'stage:completed';
+  readonly stage: number;
+  readonly quantity: number;
+  readonly delivered: number;
+}
+
+export interface StageShortEvent extends EventBase {
+  readonly type: 'stage:short';
+  readonly stage: number;
+  readonly quantity: number;
+  readonly delivered: number;
+  readonly missing: number;
+  readonly reason: ShortfallReason;
+  readonly errorClass: ErrorClass | null;
+}
+
+export interface JobFinishedEvent extends EventBase {
+  readonly type: 'job:finished';
+  readonly status: JobStatus;
+  /** Stage order, then slot order. */
+  readonly attachIds: readonly string[];
+  readonly result: JobResult;
+}
+
+/** Every event the engine emits, discriminated by `type`. */
+export type PipelineEvent =
+  | JobStartedEvent
+  | AttemptStartedEvent
+  | AttemptFailedEvent
+  | SlotDeliveredEvent
+  | StageCompletedEvent
+  | StageShortEvent
+  | JobFinishedEvent;
+
+export type PipelineEventType = PipelineEvent['type'];

@@ -1,0 +1,47 @@
+import type { ErrorClass } from './error-class.js';
+
+/** How a job ended. `completed` only when every stage holds exactly its quantity. */
+export type JobStatus = 'completed' | 'partial' | 'failed' | 'cancelled';
+
+/**
+ * Why a stage ended short:
+ * - `budget_exhausted`: retryable failures used up the slot or stage budget;
+ * - `non_retryable`: a failure that another attempt would repeat (`errorClass` says which);
+ * - `job_aborted`: another stage hit a job-wide failure (`auth`);
+ * - `cancelled`: the job was cancelled or the worker shut down.
+ */
+export type ShortfallReason = 'budget_exhausted' | 'non_retryable' | 'job_aborted' | 'cancelled';
+
+export interface Shortfall {
+  /** Images missing: `quantity - delivered`. */
+  readonly count: number;
+  readonly reason: ShortfallReason;
+  /** The class of the last failure that led here, if any. */
+  readonly errorClass: ErrorClass | null;
+}
+
+export interface StageResult {
+  readonly index: number;
+  readonly quantity: number;
+  readonly delivered: number;
+  /** Attach ids in slot order (missing slots are skipped). */
+  readonly attachIds: readonly string[];
+  readonly shortfall: Shortfall | null;
+}
+
+export interface JobResult {
+  readonly jobId: string;
+  readonly status: JobStatus;
+  readonly totalImages: number;
+  readonly deliveredImages: number;
+  /** Stage order, then slot order. */
+  readonly attachIds: readonly string[];
+  readonly stages: readonly StageResult[];
+}
+
+/** The single rule that decides a job's status from its stages. */
+export function jobStatusOf(stages: readonly StageResult[], cancelled: boolean): JobStatus {
+  if (stages.every((s) => s.delivered === s.quantity && s.shortfall === null)) return 'completed';
+  if (cancelled) return 'cancelled';
+  return stages.some((s) => s.delivered > 0) ? 'partial' : 'failed';
+}
