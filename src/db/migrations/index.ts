@@ -1,0 +1,10 @@
+import type { Migration } from 'kysely/migration';
+import { initial } from './0001-initial.js';
+
+/**
+ * Every migration, keyed by a numbered name. Names sort in the order they run;
+ * never rename or edit one that has shipped, add the next number instead.
+ */
+export const MIGRATIONS: Readonly<Record<string, Migration>> = Object.freeze({
+  '0001_initial': initial,
+});

@@ -1,0 +1,149 @@
+/**
+ * Kysely table types. Column names are snake_case, as in SQL; the operations in
+ * `ops/` turn rows into camelCase objects.
+ *
+ * Numbers: every count and credit amount is an `integer` column and every
+ * aggregate is cast to `int`/`float8` in SQL, because `pg` returns `bigint` as a
+ * string while PGlite returns a number: with int4 both drivers agree.
+ * JSON: values are written as `cast($1::text as jsonb)` (see `json.ts`) because
+ * `pg` and PGlite serialise a JS value bound to a jsonb parameter differently.
+ */
+import type { ColumnType, Generated } from 'kysely';
+import type { JobSpec } from '../domain/job-spec.js';
+
+/** A jsonb column: always written through `jsonb(value)` (json.ts), read back parsed. */
+export type Json<T> = ColumnType<T, T, T>;
+/** A `timestamptz` column filled by `now()`. */
+export type Timestamp = ColumnType<Date, Date | string | undefined, Date | string>;
+export type NullableTimestamp = ColumnType<Date | null, Date | string | null | undefined, Date | string | null>;
+
+export const JOB_STATUSES = ['queued', 'running', 'completed', 'partial', 'failed', 'cancelled'] as const;
+export type JobRowStatus = (typeof JOB_STATUSES)[number];
+/** Statuses after which nothing changes any more. */
+export const FINAL_JOB_STATUSES: readonly JobRowStatus[] = ['completed', 'partial', 'failed', 'cancelled'];
+
+export const STAGE_STATUSES = ['pending', 'running', 'completed', 'short'] as const;
+export type StageRowStatus = (typeof STAGE_STATUSES)[number];
+
+export const ATTEMPT_OUTCOMES = ['started', 'delivered', 'failed'] as const;
+export type AttemptOutcome = (typeof ATTEMPT_OUTCOMES)[number];
+
+export const LEDGER_KINDS = ['grant', 'reserve', 'capture', 'release'] as const;
+export type LedgerKind = (typeof LEDGER_KINDS)[number];
+
+export interface CreditAccountsTable {
+  user_id: string;
+  /** Spendable credits. `check (balance >= 0)`. */
+  balance: Generated<number>;
+  /** Credits held by reservations of running jobs. `check (reserved >= 0)`. */
+  reserved: Generated<number>;
+  updated_at: Generated<Date>;
+}
+
+export interface CreditLedgerTable {
+  /** bigint identity: never selected (it would be a string on pg). */
+  id: Generated<string>;
+  user_id: string;
+  kind: LedgerKind;
+  amount: number;
+  job_id: string | null;
+  attach_id: string | null;
+  created_at: Generated<Date>;
+}
+
+export interface AttachmentsTable {
+  id: string;
+  user_id: string;
+  storage_key: string;
+  content_type: string;
+  byte_size: number;
+  width: number | null;
+  height: number | null;
+  /** Set for generated images: the slot this attachment fills (unique). */
+  job_id: string | null;
+  stage_index: number | null;
+  slot_index: number | null;
+  attempt: number | null;
+  /** Insertion order (bigint identity): delivery order within a job. Never selected. */
+  seq: Generated<string>;
+  created_at: Generated<Date>;
+}
+
+export interface JobsTable {
+  id: string;
+  user_id: string;
+  production_id: string | null;
+  spec: Json<JobSpec>;
+  price_per_image: number;
+  status: JobRowStatus;
+  total: number;
+  /** Authoritative count, bumped inside each delivery transaction. */
+  delivered: Generated<number>;
+  /** Seed-compatible progress (coalesced writes): count and attach ids in delivery order. */
+  progress_count: Generated<number>;
+  progress_attach_ids: ColumnType<string[], string[] | undefined, string[]>;
+  progress_updated_at: NullableTimestamp;
+  /** Final merged attach ids, stage order then slot order; null until the job ends. */
+  result_attach_ids: ColumnType<string[] | null, string[] | null | undefined, string[] | null>;
+  error: string | null;
+  cancel_requested: Generated<boolean>;
+  credits_reserved: number;
+  credits_captured: Generated<number>;
+  credits_released: Generated<number>;
+  created_at: Generated<Date>;
+  updated_at: Generated<Date>;
+  started_at: NullableTimestamp;
+  finished_at: NullableTimestamp;
+}
+
+export interface StagesTable {
+  job_id: string;
+  stage_index: number;
+  prompt: string;
+  aspect_ratio: string;
+  quantity: number;
+  input_attach_id: string | null;
+  delivered: Generated<number>;
+  status: Generated<StageRowStatus>;
+  shortfall_count: number | null;
+  shortfall_reason: string | null;
+  shortfall_error_class: string | null;
+}
+
+export interface SlotsTable {
+  job_id: string;
+  stage_index: number;
+  slot_index: number;
+  /** The attachment that filled the slot (unique), null while owed. */
+  attach_id: string | null;
+  /** Highest attempt number started for this slot: the budget survives restarts. */
+  attempts_used: Generated<number>;
+  filled_at: NullableTimestamp;
+}
+
+export interface AttemptsTable {
+  job_id: string;
+  stage_index: number;
+  slot_index: number;
+  attempt: number;
+  outcome: AttemptOutcome;
+  started_at: Generated<Date>;
+  finished_at: NullableTimestamp;
+  error_class: string | null;
+  http_status: number | null;
+  message: string | null;
+  latency_ms: number | null;
+  prompt_tokens: number | null;
+  output_tokens: number | null;
+  total_tokens: number | null;
+}
+
+export interface DatabaseSchema {
+  credit_accounts: CreditAccountsTable;
+  credit_ledger: CreditLedgerTable;
+  attachments: AttachmentsTable;
+  jobs: JobsTable;
+  stages: StagesTable;
+  slots: SlotsTable;
+  attempts: AttemptsTable;
+}

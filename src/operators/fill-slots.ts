@@ -1,0 +1,402 @@
+import {
+  EMPTY,
+  Observable,
+  ReplaySubject,
+  merge,
+  catchError,
+  concat,
+  defer,
+  expand,
+  filter,
+  from,
+  map,
+  mergeMap,
+  of,
+  take,
+  takeUntil,
+  throwError,
+  timeout,
+  timer,
+  type SchedulerLike,
+} from 'rxjs';
+import { PipelineError, toPipelineError, type ErrorClass } from '../domain/error-class.js';
+import type {
+  AttemptFailedEvent,
+  AttemptStartedEvent,
+  PipelineEvent,
+  SlotDeliveredEvent,
+  StageCompletedEvent,
+  StageShortEvent,
+} from '../domain/events.js';
+import type { StageSpec } from '../domain/job-spec.js';
+import type { AttemptRequest, Delivery, EnginePorts, GeneratedImage } from '../domain/ports.js';
+import type { RandomSource } from '../domain/random.js';
+import type { StageState } from '../domain/resume-state.js';
+import type { Shortfall, StageResult } from '../domain/result.js';
+import type { AdaptiveConcurrencyLimiter } from './adaptive-concurrency-limiter.js';
+import type { ConcurrencyLimiter, Permit } from './concurrency-limiter.js';
+import { fullJitterBackoff, type BackoffConfig } from './full-jitter-backoff.js';
+
+/** How much a stage may spend on failures. */
+export interface RetryBudget {
+  /** Attempts one slot may use in all, the first included. */
+  readonly maxAttemptsPerSlot: number;
+  /** Replacement attempts (attempt > 1) the whole stage may use. */
+  readonly maxReplacementsPerStage: number;
+}
+
+/**
+ * What the stages of one job share: the job-wide halt (an `auth` failure stops every
+ * stage), the cancel signal, and the job's progress counter.
+ */
+export class JobControl {
+  /** Emits (and replays to late subscribers) once the job must stop taking new slots. */
+  readonly halted$ = new ReplaySubject<void>(1);
+  /** Emits (and replays) once the job is cancelled: in-flight attempts are aborted. */
+  readonly cancelled$ = new ReplaySubject<void>(1);
+  #haltedBy: ErrorClass | null = null;
+  #cancelled = false;
+  delivered: number;
+
+  constructor(
+    readonly jobId: string,
+    readonly total: number,
+    alreadyDelivered: number,
+  ) {
+    this.delivered = alreadyDelivered;
+  }
+
+  get haltedBy(): ErrorClass | null {
+    return this.#haltedBy;
+  }
+
+  get cancelled(): boolean {
+    return this.#cancelled;
+  }
+
+  /** Stops every stage from starting new attempts; in-flight attempts finish. */
+  halt(errorClass: ErrorClass): void {
+    if (this.#haltedBy !== null) return;
+    this.#haltedBy = errorClass;
+    this.halted$.next();
+  }
+
+  /** Stops new attempts and aborts in-flight ones. */
+  cancel(): void {
+    if (this.#cancelled) return;
+    this.#cancelled = true;
+    this.halt('cancelled');
+    this.cancelled$.next();
+  }
+}
+
+export interface FillSlotsConfig {
+  readonly stage: StageSpec;
+  /** Per-slot state loaded from the database; fresh stages have no fills and no attempts. */
+  readonly state: StageState;
+  readonly ports: EnginePorts;
+  readonly budget: RetryBudget;
+  readonly backoff: BackoffConfig;
+  /** A hung `generate` call becomes a `timeout` failure after this many ms. */
+  readonly attemptTimeoutMs: number;
+  /** This stage's own limit. */
+  readonly stageLimiter: ConcurrencyLimiter;
+  /** The limit shared by every stage (and every job of a worker). */
+  readonly globalLimiter: AdaptiveConcurrencyLimiter;
+  readonly job: JobControl;
+  /** Cancellation: in-flight attempts are aborted, the stage ends short with `cancelled`. */
+  readonly cancel$: Observable<unknown>;
+  readonly scheduler: SchedulerLike;
+  readonly random: RandomSource;
+}
+
+/** What a stage stream emits: events while it runs, then its result once. */
+export type StageItem = { readonly kind: 'event'; readonly event: PipelineEvent } | { readonly kind: 'result'; readonly result: StageResult };
+
+type Step =
+  | { readonly kind: 'request'; readonly request: AttemptRequest }
+  | { readonly kind: 'event'; readonly event: PipelineEvent }
+  | { readonly kind: 'replace'; readonly request: AttemptRequest; readonly delayMs: number };
+
+type Outcome =
+  | { readonly ok: true; readonly delivery: Delivery; readonly image: GeneratedImage }
+  | { readonly ok: false; readonly error: PipelineError };
+
+/**
+ * Fills one stage's slots: the heart of the engine.
+ *
+ * Requests exactly the unfilled slots (on resume, attempt numbers continue from the
+ * recorded counts). Each request runs `generate -> deliver` under the stage limit
+ * and the global limit. A retryable failure becomes a replacement request for the
+ * **same slot** after `fullJitterBackoff` (the shortfall loop is an `expand`), while
+ * the budget lasts; there is no barrier: other slots and stages never wait for it.
+ * A non-retryable failure stops this stage's new requests (in-flight ones finish);
+ * `auth` halts the whole job. A slot is filled at most once, so never more than
+ * `quantity` deliveries.
+ *
+ * Errors never end the stream: every failure is caught inside the projection and
+ * becomes an `attempt:failed` event. The stream completes after the stage's
+ * `stage:completed` or `stage:short` event and its {@link StageResult}.
+ *
+ * ```
+ * quantity 2, slot 1 fails once (retryable), backoff 3:
+ * requests   (01)---1'
+ * events     s s-fd--s-d-(cR)     s=attempt:started f=failed d=delivered c=stage:completed R=result
+ * ```
+ */
+export function fillSlots(config: FillSlotsConfig): Observable<StageItem> {
+  return defer(() => {
+    const { stage, ports, budget, job, scheduler } = config;
+    const jobId = job.jobId;
+    const quantity = stage.quantity;
+    const attachIds: (string | null)[] = config.state.map((s) => s.attachId);
+    const attemptsUsed: number[] = config.state.map((s) => s.attemptsUsed);
+    let delivered = attachIds.filter((id) => id !== null).length;
+    let replacementsUsed = attemptsUsed.reduce((sum, used, slot) => sum + (attachIds[slot] === null ? Math.max(0, used - 1) : 0), 0);
+    let stoppedBy: ErrorClass | null = null;
+    let lastErrorClass: ErrorClass | null = null;
+    const inFlight = new Map<number, { request: AttemptRequest; startedAt: number }>();
+    const stageHalt$ = new ReplaySubject<void>(1);
+    const halt$ = merge(stageHalt$, job.halted$);
+    const halted = () => stoppedBy !== null || job.haltedBy !== null;
+
+    const event = <E extends PipelineEvent>(e: E): Step => ({ kind: 'event', event: e });
+    const requestFor = (slot: number, attempt: number): Extract<Step, { kind: 'request' }> => ({
+      kind: 'request',
+      request: {
+        jobId,
+        stageIndex: stage.index,
+        slotIndex: slot,
+        attempt,
+        prompt: stage.prompt,
+        aspectRatio: stage.aspectRatio,
+        inputAttachId: stage.inputAttachId,
+      },
+    });
+
+    // Whether a slot may have one more attempt, charging the stage budget if it is a replacement.
+    const admit = (slot: number): boolean => {
+      const next = (attemptsUsed[slot] ?? 0) + 1;
+      if (next > budget.maxAttemptsPerSlot) return false;
+      if (next > 1) {
+        if (replacementsUsed >= budget.maxReplacementsPerStage) return false;
+        replacementsUsed++;
+      }
+      return true;
+    };
+
+    const onOutcome = (request: AttemptRequest, permit: Permit, startedAt: number, outcome: Outcome): Observable<Step> => {
+      inFlight.delete(request.slotIndex);
+      const latencyMs = scheduler.now() - startedAt;
+      if (outcome.ok) {
+        config.globalLimiter.onSuccess();
+        if (attachIds[request.slotIndex] !== null) return EMPTY;
+        attachIds[request.slotIndex] = outcome.delivery.attachId;
+        delivered++;
+        job.delivered++;
+        const deliveredEvent: SlotDeliveredEvent = {
+          type: 'slot:delivered',
+          jobId,
+          at: scheduler.now(),
+          stage: stage.index,
+          slot: request.slotIndex,
+          attempt: request.attempt,
+          attachId: outcome.delivery.attachId,
+          latencyMs,
+          usage: outcome.image.usage ?? null,
+          stageProgress: { delivered, total: quantity },
+          progress: { delivered: job.delivered, total: job.total },
+        };
+        return of(event(deliveredEvent));
+      }
+
+      const error = outcome.error;
+      lastErrorClass = error.errorClass;
+      if (error.errorClass === 'rate_limited') config.globalLimiter.onRateLimited(permit);
+      if (error.errorClass === 'auth') job.halt('auth');
+      else if (!error.retryable && stoppedBy === null) {
+        stoppedBy = error.errorClass;
+        stageHalt$.next();
+      }
+      const willRetry = error.retryable && !halted() && admit(request.slotIndex);
+      const delayMs = willRetry ? fullJitterBackoff(request.attempt, error.retryAfterMs, config.random, config.backoff) : 0;
+      const failed: AttemptFailedEvent = {
+        type: 'attempt:failed',
+        jobId,
+        at: scheduler.now(),
+        stage: stage.index,
+        slot: request.slotIndex,
+        attempt: request.attempt,
+        errorClass: error.errorClass,
+        message: error.message,
+        httpStatus: error.httpStatus ?? null,
+        latencyMs,
+        willRetry,
+        delayMs,
+      };
+      if (!willRetry) return of(event(failed));
+      const next = requestFor(request.slotIndex, request.attempt + 1);
+      return of(event(failed), { kind: 'replace', request: next.request, delayMs } as const);
+    };
+
+    // The backoff wait happens outside the permits: a slot waiting to retry holds no
+    // concurrency, and only its own slot waits. A halt cancels the wait.
+    const afterBackoff = (step: Step): Observable<Step> =>
+      step.kind === 'replace'
+        ? timer(step.delayMs, scheduler).pipe(
+            takeUntil(halt$),
+            map((): Step => ({ kind: 'request', request: step.request })),
+          )
+        : of(step);
+
+    const runAttempt = (request: AttemptRequest): Observable<Step> => {
+      let started = false;
+      const attempt$ = config.stageLimiter.run(() =>
+        config.globalLimiter.run((permit) =>
+          defer(() => {
+            // A request that waited for a permit while the stage stopped is dropped unsent.
+            if (halted()) return EMPTY;
+            started = true;
+            const startedAt = scheduler.now();
+            attemptsUsed[request.slotIndex] = Math.max(attemptsUsed[request.slotIndex] ?? 0, request.attempt);
+            inFlight.set(request.slotIndex, { request, startedAt });
+            const startedEvent: AttemptStartedEvent = {
+              type: 'attempt:started',
+              jobId,
+              at: startedAt,
+              stage: stage.index,
+              slot: request.slotIndex,
+              attempt: request.attempt,
+            };
+            const work$ = defer(() => ports.generate(request)).pipe(
+              timeout({
+                first: config.attemptTimeoutMs,
+                scheduler,
+                with: () => throwError(() => new PipelineError('timeout', `no image within ${config.attemptTimeoutMs} ms`)),
+              }),
+              take(1),
+              mergeMap((image) =>
+                defer(() => ports.deliver(request, image)).pipe(
+                  take(1),
+                  map((delivery): Outcome => ({ ok: true, delivery, image })),
+                ),
+              ),
+              // An empty answer from a port is a failure, not a silent gap.
+              (source) =>
+                new Observable<Outcome>((subscriber) => {
+                  let seen = false;
+                  return source.subscribe({
+                    next: (value) => {
+                      seen = true;
+                      subscriber.next(value);
+                    },
+                    error: (error: unknown) => subscriber.error(error),
+                    complete: () => {
+                      if (!seen) subscriber.next({ ok: false, error: new PipelineError('no_image', 'the generator completed without an image') });
+                      subscriber.complete();
+                    },
+                  });
+                }),
+              catchError((error: unknown) => of<Outcome>({ ok: false, error: toPipelineError(error) })),
+              mergeMap((outcome) => onOutcome(request, permit, startedAt, outcome)),
+            );
+            return concat(of(event(startedEvent)), work$);
+          }),
+        ),
+      );
+      // A halt drops requests still queued for a permit, but never one already running.
+      return attempt$.pipe(takeUntil(halt$.pipe(filter(() => !started))), mergeMap(afterBackoff));
+    };
+
+    const initial: Step[] = [];
+    for (let slot = 0; slot < quantity; slot++) {
+      if (attachIds[slot] === null && admit(slot)) initial.push(requestFor(slot, (attemptsUsed[slot] ?? 0) + 1));
+    }
+
+    const work$ = from(initial).pipe(
+      expand((step) => (step.kind === 'request' ? runAttempt(step.request) : EMPTY)),
+      filter((step): step is Extract<Step, { kind: 'event' }> => step.kind === 'event'),
+      map((step): StageItem => ({ kind: 'event', event: step.event })),
+    );
+
+    // Cancellation aborts in-flight attempts; each is reported as a `cancelled` failure.
+    const cancelled$ = config.cancel$.pipe(
+      take(1),
+      mergeMap(() => {
+        job.cancel();
+        const now = scheduler.now();
+        const aborted = [...inFlight.values()].map(
+          ({ request, startedAt }): StageItem => ({
+            kind: 'event',
+            event: {
+              type: 'attempt:failed',
+              jobId,
+              at: now,
+              stage: stage.index,
+              slot: request.slotIndex,
+              attempt: request.attempt,
+              errorClass: 'cancelled',
+              message: 'the job was cancelled',
+              httpStatus: null,
+              latencyMs: now - startedAt,
+              willRetry: false,
+              delayMs: 0,
+            },
+          }),
+        );
+        inFlight.clear();
+        return from(aborted);
+      }),
+    );
+    const run$ = new Observable<StageItem>((subscriber) => {
+      const cancelSubscription = cancelled$.subscribe({ next: (item) => subscriber.next(item), error: (e: unknown) => subscriber.error(e) });
+      const workSubscription = work$.pipe(takeUntil(job.cancelled$)).subscribe({
+        next: (item) => subscriber.next(item),
+        error: (e: unknown) => subscriber.error(e),
+        complete: () => subscriber.complete(),
+      });
+      return () => {
+        workSubscription.unsubscribe();
+        cancelSubscription.unsubscribe();
+      };
+    });
+
+    const finish$ = defer(() => {
+      const result: StageResult = {
+        index: stage.index,
+        quantity,
+        delivered,
+        attachIds: attachIds.filter((id): id is string => id !== null),
+        shortfall: delivered === quantity ? null : shortfallOf(quantity - delivered),
+      };
+      const now = scheduler.now();
+      const last: StageCompletedEvent | StageShortEvent = result.shortfall
+        ? {
+            type: 'stage:short',
+            jobId,
+            at: now,
+            stage: stage.index,
+            quantity,
+            delivered,
+            missing: result.shortfall.count,
+            reason: result.shortfall.reason,
+            errorClass: result.shortfall.errorClass,
+          }
+        : { type: 'stage:completed', jobId, at: now, stage: stage.index, quantity, delivered };
+      return from<StageItem[]>([{ kind: 'event', event: last }, { kind: 'result', result }]);
+    });
+
+    function shortfallOf(count: number): Shortfall {
+      if (job.cancelled) return { count, reason: 'cancelled', errorClass: 'cancelled' };
+      if (stoppedBy !== null) return { count, reason: 'non_retryable', errorClass: stoppedBy };
+      if (job.haltedBy !== null) {
+        return lastErrorClass === job.haltedBy
+          ? { count, reason: 'non_retryable', errorClass: job.haltedBy }
+          : { count, reason: 'job_aborted', errorClass: job.haltedBy };
+      }
+      return { count, reason: 'budget_exhausted', errorClass: lastErrorClass };
+    }
+
+    return concat(run$, finish$);
+  });
+}

@@ -1,0 +1,180 @@
+import {
+  AsyncSubject,
+  NEVER,
+  Observable,
+  asyncScheduler,
+  concat,
+  defer,
+  filter,
+  map,
+  merge,
+  mergeMap,
+  of,
+  tap,
+  toArray,
+  type SchedulerLike,
+} from 'rxjs';
+import type { JobFinishedEvent, JobStartedEvent, PipelineEvent } from '../domain/events.js';
+import type { StageSpec } from '../domain/job-spec.js';
+import type { EnginePorts } from '../domain/ports.js';
+import { seededRandom, type RandomSource } from '../domain/random.js';
+import { freshStageState, type StageState } from '../domain/resume-state.js';
+import { jobStatusOf, type JobResult, type StageResult } from '../domain/result.js';
+import { AdaptiveConcurrencyLimiter } from '../operators/adaptive-concurrency-limiter.js';
+import { ConcurrencyLimiter } from '../operators/concurrency-limiter.js';
+import { JobControl, fillSlots, type StageItem } from '../operators/fill-slots.js';
+import { DEFAULT_BACKOFF, type BackoffConfig } from '../operators/full-jitter-backoff.js';
+
+/** The part of a job the engine needs. */
+export interface EngineJob {
+  readonly jobId: string;
+  readonly stages: readonly StageSpec[];
+  /** Per stage, what is already filled and spent (resume). Omitted: a fresh job. */
+  readonly state?: readonly StageState[] | undefined;
+}
+
+/** Engine settings; every field has a default. */
+export interface EngineOptions {
+  /** Attempts in flight per stage. Default 4. */
+  readonly stageConcurrency?: number;
+  /** Attempts in flight across all stages, when no `globalLimiter` is given. Default 8. */
+  readonly globalConcurrency?: number;
+  /** Share one limiter between jobs (a worker does) so a provider key's limit is respected. */
+  readonly globalLimiter?: AdaptiveConcurrencyLimiter;
+  /** Attempts one slot may use, the first included. Default 5. */
+  readonly maxAttemptsPerSlot?: number;
+  /** Replacement attempts per stage: a number, or a function of the stage quantity. Default `max(10, quantity)`. */
+  readonly maxReplacementsPerStage?: number | ((quantity: number) => number);
+  readonly backoff?: BackoffConfig;
+  /** A `generate` call that has not answered after this long is a `timeout` failure. Default 120,000 ms. */
+  readonly attemptTimeoutMs?: number;
+  /** Emits to cancel: no new attempts, in-flight ones are aborted, the job ends `cancelled`. */
+  readonly cancel$?: Observable<unknown>;
+  /** Time source for backoff, timeouts and event timestamps. Default `asyncScheduler`. */
+  readonly scheduler?: SchedulerLike;
+  /** Jitter source. Default a PRNG seeded from the clock. */
+  readonly random?: RandomSource;
+}
+
+export const DEFAULT_ENGINE_OPTIONS = Object.freeze({
+  stageConcurrency: 4,
+  globalConcurrency: 8,
+  maxAttemptsPerSlot: 5,
+  maxReplacementsPerStage: (quantity: number) => Math.max(10, quantity),
+  attemptTimeoutMs: 120_000,
+  backoff: DEFAULT_BACKOFF,
+});
+
+/**
+ * Runs a job: every stage concurrently, each filling exactly its slots, and emits
+ * typed events ending with exactly one `job:finished` that carries the
+ * {@link JobResult}.
+ *
+ * Stages start together (stage 2's first request is not delayed by stage 1) and
+ * share the global limit. Their results are merged with `concat` in stage order
+ * (then slot order) even when a later stage finishes first: the stage streams run
+ * eagerly and `concat` only reads their final results.
+ *
+ * The Observable is cold: each subscription runs the job once. Unsubscribing aborts
+ * in-flight attempts; use `cancel$` to end with a `cancelled` result instead.
+ *
+ * ```
+ * stage 0  ──s──d──s──d──|
+ * stage 1  ──s──d|
+ * events   S─ss─dd─s──d──(CF)      F = job:finished, attach ids [stage 0..., stage 1...]
+ * ```
+ *
+ * @example
+ * runEngine({ jobId: 'j1', stages }, { generate, deliver }, { stageConcurrency: 4 })
+ *   .subscribe((event) => console.log(event.type));
+ */
+export function runEngine(job: EngineJob, ports: EnginePorts, options: EngineOptions = {}): Observable<PipelineEvent> {
+  return defer(() => {
+    const scheduler = options.scheduler ?? asyncScheduler;
+    const random = options.random ?? seededRandom(Date.now());
+    const stageConcurrency = options.stageConcurrency ?? DEFAULT_ENGINE_OPTIONS.stageConcurrency;
+    const globalLimiter =
+      options.globalLimiter ?? new AdaptiveConcurrencyLimiter({ max: options.globalConcurrency ?? DEFAULT_ENGINE_OPTIONS.globalConcurrency });
+    const replacements = options.maxReplacementsPerStage ?? DEFAULT_ENGINE_OPTIONS.maxReplacementsPerStage;
+    const states = job.stages.map((stage, i) => job.state?.[i] ?? freshStageState(stage.quantity));
+    states.forEach((state, i) => {
+      if (state.length !== job.stages[i]!.quantity) {
+        throw new RangeError(`resume state of stage ${i} has ${state.length} slots, the stage has quantity ${job.stages[i]!.quantity}`);
+      }
+    });
+    const total = job.stages.reduce((sum, s) => sum + s.quantity, 0);
+    const already = states.reduce((sum, state) => sum + state.filter((s) => s.attachId !== null).length, 0);
+    const control = new JobControl(job.jobId, total, already);
+    const cancel$ = options.cancel$ ?? NEVER;
+
+    const started: JobStartedEvent = {
+      type: 'job:started',
+      jobId: job.jobId,
+      at: scheduler.now(),
+      totalImages: total,
+      deliveredImages: already,
+      stages: job.stages.map((s, i) => ({
+        index: s.index,
+        quantity: s.quantity,
+        delivered: states[i]!.filter((slot) => slot.attachId !== null).length,
+      })),
+    };
+
+    // Each stage's result lands in its own AsyncSubject; `concat` reads them in stage order.
+    const results = job.stages.map(() => new AsyncSubject<StageResult>());
+    const stageRuns = job.stages.map((stage, i) =>
+      fillSlots({
+        stage,
+        state: states[i]!,
+        ports,
+        budget: {
+          maxAttemptsPerSlot: options.maxAttemptsPerSlot ?? DEFAULT_ENGINE_OPTIONS.maxAttemptsPerSlot,
+          maxReplacementsPerStage: typeof replacements === 'function' ? replacements(stage.quantity) : replacements,
+        },
+        backoff: options.backoff ?? DEFAULT_ENGINE_OPTIONS.backoff,
+        attemptTimeoutMs: options.attemptTimeoutMs ?? DEFAULT_ENGINE_OPTIONS.attemptTimeoutMs,
+        stageLimiter: new ConcurrencyLimiter(stageConcurrency),
+        globalLimiter,
+        job: control,
+        cancel$,
+        scheduler,
+        random,
+      }).pipe(
+        tap((item: StageItem) => {
+          if (item.kind === 'result') {
+            results[i]!.next(item.result);
+            results[i]!.complete();
+          }
+        }),
+        filter((item): item is Extract<StageItem, { kind: 'event' }> => item.kind === 'event'),
+        map((item) => item.event),
+      ),
+    );
+
+    const finished$ = concat(...results).pipe(
+      toArray(),
+      mergeMap((stages) => {
+        const attachIds = stages.flatMap((s) => s.attachIds);
+        const result: JobResult = {
+          jobId: job.jobId,
+          status: jobStatusOf(stages, control.cancelled),
+          totalImages: total,
+          deliveredImages: attachIds.length,
+          attachIds,
+          stages,
+        };
+        const finished: JobFinishedEvent = {
+          type: 'job:finished',
+          jobId: job.jobId,
+          at: scheduler.now(),
+          status: result.status,
+          attachIds,
+          result,
+        };
+        return of(finished);
+      }),
+    );
+
+    return concat(of<PipelineEvent>(started), merge(...stageRuns), finished$);
+  });
+}
