@@ -52,8 +52,6 @@ export interface RetryBudget {
 export class JobControl {
   /** Emits (and replays to late subscribers) once the job must stop taking new slots. */
   readonly halted$ = new ReplaySubject<void>(1);
-  /** Emits (and replays) once the job is cancelled: in-flight attempts are aborted. */
-  readonly cancelled$ = new ReplaySubject<void>(1);
   #haltedBy: ErrorClass | null = null;
   #cancelled = false;
   delivered: number;
@@ -81,12 +79,10 @@ export class JobControl {
     this.halted$.next();
   }
 
-  /** Stops new attempts and aborts in-flight ones. */
+  /** Marks the job cancelled and stops new attempts in every stage. */
   cancel(): void {
-    if (this.#cancelled) return;
     this.#cancelled = true;
     this.halt('cancelled');
-    this.cancelled$.next();
   }
 }
 
@@ -158,7 +154,10 @@ export function fillSlots(config: FillSlotsConfig): Observable<StageItem> {
     const inFlight = new Map<number, { request: AttemptRequest; startedAt: number }>();
     const stageHalt$ = new ReplaySubject<void>(1);
     const halt$ = merge(stageHalt$, job.halted$);
-    const halted = () => stoppedBy !== null || job.haltedBy !== null;
+    // Set first thing on teardown: releasing an aborted attempt's permit must not start
+    // a queued request of this same, dying stage.
+    let closed = false;
+    const halted = () => closed || stoppedBy !== null || job.haltedBy !== null;
 
     const event = <E extends PipelineEvent>(e: E): Step => ({ kind: 'event', event: e });
     const requestFor = (slot: number, attempt: number): Extract<Step, { kind: 'request' }> => ({
@@ -319,43 +318,46 @@ export function fillSlots(config: FillSlotsConfig): Observable<StageItem> {
       map((step): StageItem => ({ kind: 'event', event: step.event })),
     );
 
-    // Cancellation aborts in-flight attempts; each is reported as a `cancelled` failure.
-    const cancelled$ = config.cancel$.pipe(
-      take(1),
-      mergeMap(() => {
-        job.cancel();
-        const now = scheduler.now();
-        const aborted = [...inFlight.values()].map(
-          ({ request, startedAt }): StageItem => ({
-            kind: 'event',
-            event: {
-              type: 'attempt:failed',
-              jobId,
-              at: now,
-              stage: stage.index,
-              slot: request.slotIndex,
-              attempt: request.attempt,
-              errorClass: 'cancelled',
-              message: 'the job was cancelled',
-              httpStatus: null,
-              latencyMs: now - startedAt,
-              willRetry: false,
-              delayMs: 0,
-            },
-          }),
-        );
-        inFlight.clear();
-        return from(aborted);
-      }),
-    );
+    // Cancellation aborts in-flight attempts; each is reported as a `cancelled` failure
+    // before the stage's own work is torn down. Every stage watches cancel$ itself, so
+    // each reports its own in-flight attempts.
     const run$ = new Observable<StageItem>((subscriber) => {
-      const cancelSubscription = cancelled$.subscribe({ next: (item) => subscriber.next(item), error: (e: unknown) => subscriber.error(e) });
-      const workSubscription = work$.pipe(takeUntil(job.cancelled$)).subscribe({
+      const stopWork$ = new ReplaySubject<void>(1);
+      const cancelSubscription = config.cancel$.pipe(take(1)).subscribe({
+        next: () => {
+          const now = scheduler.now();
+          for (const { request, startedAt } of inFlight.values()) {
+            subscriber.next({
+              kind: 'event',
+              event: {
+                type: 'attempt:failed',
+                jobId,
+                at: now,
+                stage: stage.index,
+                slot: request.slotIndex,
+                attempt: request.attempt,
+                errorClass: 'cancelled',
+                message: 'the job was cancelled',
+                httpStatus: null,
+                latencyMs: now - startedAt,
+                willRetry: false,
+                delayMs: 0,
+              },
+            });
+          }
+          inFlight.clear();
+          job.cancel();
+          stopWork$.next();
+        },
+        error: (e: unknown) => subscriber.error(e),
+      });
+      const workSubscription = work$.pipe(takeUntil(stopWork$)).subscribe({
         next: (item) => subscriber.next(item),
         error: (e: unknown) => subscriber.error(e),
         complete: () => subscriber.complete(),
       });
       return () => {
+        closed = true;
         workSubscription.unsubscribe();
         cancelSubscription.unsubscribe();
       };
