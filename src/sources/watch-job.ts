@@ -110,7 +110,9 @@ export function watchJob(database: Database, jobId: string): Observable<WatchedE
 
 /** Reads the job, its stages and its committed deliveries (delivery order). */
 export async function readSnapshot(database: Database, jobId: string): Promise<JobSnapshot | null> {
-  const { db } = database;
+  // One repeatable-read transaction: job counters, stages and the id list are
+  // one consistent picture, not three reads with deliveries in between.
+  return database.db.transaction().setIsolationLevel('repeatable read').execute(async (db) => {
   const job = await db
     .selectFrom('jobs')
     .select(['status', 'total', 'delivered', 'cancel_requested'])
@@ -134,4 +136,5 @@ export async function readSnapshot(database: Database, jobId: string): Promise<J
     cancelRequested: job.cancel_requested,
     stages: stages.map((s) => ({ index: s.stage_index, quantity: s.quantity, delivered: s.delivered, status: s.status })),
   };
+  });
 }

@@ -1,0 +1,212 @@
+import sharp from 'sharp';
+import { firstValueFrom, type Observable } from 'rxjs';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { PipelineError } from '../../src/domain/error-class.js';
+import type { GeneratedImage, GenerationRequest } from '../../src/domain/ports.js';
+import { GeminiImageGenerator } from '../../src/generators/gemini-image-generator.js';
+import { FAKE_USAGE, startFakeGeminiServer, THOUGHT_STAMP, type FakeBehavior, type FakeGeminiServer } from '../../src/testing/fake-gemini-server.js';
+import { readStamp } from '../../src/testing/stamped-image.js';
+
+const API_KEY = 'fake-key-DO-NOT-LEAK-4242';
+let server: FakeGeminiServer;
+let inputJpeg: Uint8Array;
+
+beforeAll(async () => {
+  server = await startFakeGeminiServer({ apiKey: API_KEY });
+  const jpeg = await sharp({ create: { width: 40, height: 30, channels: 3, background: { r: 200, g: 40, b: 90 } } }).jpeg().toBuffer();
+  inputJpeg = new Uint8Array(jpeg);
+});
+afterAll(() => server.close());
+afterEach(() => server.setBehavior(() => 'image'));
+
+function request(overrides: Partial<GenerationRequest> = {}): GenerationRequest {
+  return {
+    jobId: 'job-1',
+    stageIndex: 0,
+    slotIndex: 0,
+    attempt: 1,
+    prompt: 'a lighthouse at dusk',
+    aspectRatio: '16:9',
+    inputAttachId: 'attach-1',
+    input: { bytes: inputJpeg, mimeType: 'image/jpeg' },
+    ...overrides,
+  };
+}
+
+function generator(overrides: { timeoutMs?: number; apiKey?: string } = {}): GeminiImageGenerator {
+  return new GeminiImageGenerator({ apiKey: overrides.apiKey ?? API_KEY, baseUrl: server.url, timeoutMs: overrides.timeoutMs ?? 10_000 });
+}
+
+async function failure(source: Observable<GeneratedImage>): Promise<PipelineError> {
+  const error = await firstValueFrom(source).then(
+    () => {
+      throw new Error('expected the call to fail');
+    },
+    (e: unknown) => e,
+  );
+  expect(error).toBeInstanceOf(PipelineError);
+  const pe = error as PipelineError;
+  // Never leak the key or image bytes into messages.
+  expect(pe.message).not.toContain(API_KEY);
+  expect(pe.message).not.toContain(Buffer.from(inputJpeg).toString('base64').slice(0, 40));
+  expect(pe.message.length).toBeLessThan(1000);
+  return pe;
+}
+
+/** Makes every following call (until afterEach resets it) behave as `behavior`. */
+function only(behavior: FakeBehavior): void {
+  server.setBehavior(() => behavior);
+}
+
+describe('GeminiImageGenerator through @google/genai against the fake server', () => {
+  it('sends prompt, input image (real mime type), IMAGE modality and aspect ratio; emits the image with usage', async () => {
+    const before = server.calls();
+    const image = await firstValueFrom(generator().generate(request()));
+    const record = server.requests.at(-1);
+    expect(server.calls()).toBe(before + 1);
+    expect(record).toMatchObject({
+      model: 'gemini-2.5-flash-image',
+      apiKeyOk: true,
+      prompt: 'a lighthouse at dusk',
+      aspectRatio: '16:9',
+      responseModalities: ['IMAGE'],
+      inputImages: [{ mimeType: 'image/jpeg', byteSize: inputJpeg.byteLength }],
+      behavior: 'image',
+    });
+    expect(image.mimeType).toBe('image/png');
+    expect(await readStamp(image.bytes)).toBe(record?.servedStamp);
+    const meta = await sharp(image.bytes).metadata();
+    expect((meta.width ?? 0) / (meta.height ?? 1)).toBeCloseTo(16 / 9, 1);
+    expect(image.usage).toEqual({
+      promptTokens: FAKE_USAGE.promptTokenCount,
+      outputTokens: FAKE_USAGE.candidatesTokenCount,
+      totalTokens: FAKE_USAGE.totalTokenCount,
+    });
+  });
+
+  it('without an input image sends the prompt only', async () => {
+    await firstValueFrom(generator().generate(request({ input: null, inputAttachId: null })));
+    expect(server.requests.at(-1)?.inputImages).toEqual([]);
+  });
+
+  it('is cold: nothing is sent until subscription', async () => {
+    const before = server.calls();
+    const call = generator().generate(request());
+    await new Promise((r) => setTimeout(r, 50));
+    expect(server.calls()).toBe(before);
+    await firstValueFrom(call);
+    expect(server.calls()).toBe(before + 1);
+  });
+
+  it('every call serves a different image (stamps differ)', async () => {
+    const g = generator();
+    const a = await firstValueFrom(g.generate(request()));
+    const b = await firstValueFrom(g.generate(request()));
+    expect(await readStamp(a.bytes)).not.toBe(await readStamp(b.bytes));
+  });
+
+  it('takes the final image, not the thought image', async () => {
+    only('thought_image');
+    const image = await firstValueFrom(generator().generate(request()));
+    const stamp = await readStamp(image.bytes);
+    expect(stamp).not.toBe(THOUGHT_STAMP);
+    expect(stamp).toBe(server.requests.at(-1)?.servedStamp);
+  });
+
+  it.each([
+    ['text_only', 'no_image'],
+    ['no_parts', 'no_image'],
+    ['no_candidates', 'no_image'],
+    ['finish:NO_IMAGE', 'no_image'],
+    ['finish:IMAGE_OTHER', 'no_image'],
+    ['finish:OTHER', 'no_image'],
+    ['finish:IMAGE_SAFETY', 'safety_blocked'],
+    ['finish:IMAGE_PROHIBITED_CONTENT', 'safety_blocked'],
+    ['finish:IMAGE_RECITATION', 'safety_blocked'],
+    ['finish:SAFETY', 'safety_blocked'],
+    ['finish:PROHIBITED_CONTENT', 'safety_blocked'],
+    ['finish:RECITATION', 'safety_blocked'],
+    ['prompt_blocked', 'prompt_blocked'],
+    ['corrupt', 'corrupt_image'],
+    ['status:500', 'overloaded'],
+    ['status:503', 'overloaded'],
+    ['status:504', 'timeout'],
+    ['status:400', 'invalid_request'],
+    ['status:401', 'auth'],
+    ['status:403', 'auth'],
+    ['drop', 'network'],
+    ['drop_before_headers', 'network'],
+  ] as [FakeBehavior, string][])('%s -> %s', async (behavior, expected) => {
+    only(behavior);
+    const error = await failure(generator().generate(request()));
+    expect(error.errorClass).toBe(expected);
+  });
+
+  it('HTTP errors carry httpStatus and the SDK does not retry them', async () => {
+    only('status:503');
+    const before = server.calls();
+    const error = await failure(generator().generate(request()));
+    expect(error.httpStatus).toBe(503);
+    await new Promise((r) => setTimeout(r, 100));
+    expect(server.calls()).toBe(before + 1);
+  });
+
+  it('429 -> rate_limited with retryAfterMs from RetryInfo.retryDelay', async () => {
+    only({ status: 429, retryDelay: '1.5s', retryAfter: '9' });
+    const error = await failure(generator().generate(request()));
+    expect(error).toMatchObject({ errorClass: 'rate_limited', retryAfterMs: 1500, httpStatus: 429 });
+  });
+
+  it('429 without RetryInfo -> retryAfterMs from the Retry-After header', async () => {
+    only({ status: 429, retryDelay: null, retryAfter: '3' });
+    const error = await failure(generator().generate(request()));
+    expect(error).toMatchObject({ errorClass: 'rate_limited', retryAfterMs: 3000 });
+  });
+
+  it('a wrong API key -> auth (the server answers 403)', async () => {
+    const error = await failure(generator({ apiKey: 'wrong-key' }).generate(request()));
+    expect(error).toMatchObject({ errorClass: 'auth', httpStatus: 403, retryable: false });
+    expect(server.requests.at(-1)?.apiKeyOk).toBe(false);
+  });
+
+  it('a hung server -> timeout after timeoutMs, and the server sees the connection close', async () => {
+    only('hang');
+    const started = Date.now();
+    const error = await failure(generator({ timeoutMs: 300 }).generate(request()));
+    expect(error.errorClass).toBe('timeout');
+    expect(Date.now() - started).toBeGreaterThanOrEqual(250);
+    const n = server.requests.at(-1)?.n ?? -1;
+    expect((await server.settled(n)).outcome).toBe('client_closed');
+  });
+
+  it('unsubscribing aborts the request: nothing is emitted and the server sees the connection close', async () => {
+    only('hang');
+    const before = server.calls();
+    const events: string[] = [];
+    const subscription = generator().generate(request()).subscribe({
+      next: () => events.push('next'),
+      error: () => events.push('error'),
+      complete: () => events.push('complete'),
+    });
+    while (server.calls() === before) await new Promise((r) => setTimeout(r, 10));
+    const n = server.requests.at(-1)?.n ?? -1;
+    expect(server.requests.at(-1)?.outcome).toBe('pending');
+    subscription.unsubscribe();
+    expect((await server.settled(n)).outcome).toBe('client_closed');
+    await new Promise((r) => setTimeout(r, 50));
+    expect(events).toEqual([]);
+  });
+
+  it('a server that is gone -> network', async () => {
+    const gone = await startFakeGeminiServer({ apiKey: API_KEY });
+    const url = gone.url;
+    await gone.close();
+    const g = new GeminiImageGenerator({ apiKey: API_KEY, baseUrl: url, timeoutMs: 5_000 });
+    expect((await failure(g.generate(request()))).errorClass).toBe('network');
+  });
+
+  it('the generator never prints its key', () => {
+    const g = generator();
+    expect(JSON.stringify(g)).not.toContain(API_KEY);
+  });
+});

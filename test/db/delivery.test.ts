@@ -1,0 +1,134 @@
+import { sql } from 'kysely';
+import { expect, it } from 'vitest';
+import {
+  deliverSlot,
+  finishJob,
+  getAttachment,
+  getBalance,
+  JobStateError,
+  listDeliveredStorageKeys,
+  loadJob,
+  replayLedger,
+} from '../../src/db/index.js';
+import type { Database } from '../../src/db/index.js';
+import { forEachDatabase } from '../support/databases.js';
+import { deliveryOf, resultFromDatabase, seedJob } from './fixtures.js';
+
+/** Everything one delivery writes, for one job. */
+async function jobFootprint(database: Database, jobId: string) {
+  const { db } = database;
+  const job = await db.selectFrom('jobs').select(['delivered', 'credits_captured']).where('id', '=', jobId).executeTakeFirstOrThrow();
+  const stages = await db.selectFrom('stages').select(['stage_index', 'delivered']).where('job_id', '=', jobId).orderBy('stage_index').execute();
+  const slots = await db
+    .selectFrom('slots')
+    .select(['stage_index', 'slot_index', 'attach_id'])
+    .where('job_id', '=', jobId)
+    .orderBy('stage_index')
+    .orderBy('slot_index')
+    .execute();
+  const attachments = await db.selectFrom('attachments').select('id').where('job_id', '=', jobId).orderBy('id').execute();
+  const captures = await db.selectFrom('credit_ledger').select(['attach_id', 'amount']).where('job_id', '=', jobId).where('kind', '=', 'capture').execute();
+  return { job, stages, slots, attachments, captures };
+}
+
+forEachDatabase('delivery', (ctx) => {
+  it('one delivery writes the attach record, fills the slot, captures one price and bumps both counters', async () => {
+    const { userId, jobId } = await seedJob(ctx.database, { quantities: [2, 2], pricePerImage: 3, credits: 12 });
+    const delivery = await deliverSlot(ctx.database, deliveryOf(jobId, 1, 0, 2));
+    expect(delivery.duplicate).toBe(false);
+
+    const attachment = await getAttachment(ctx.database, delivery.attachId);
+    expect(attachment).toMatchObject({
+      userId,
+      storageKey: `jobs/${jobId}/1/0/2.webp`,
+      contentType: 'image/webp',
+      byteSize: 2048,
+      width: 1024,
+      height: 576,
+      slot: { jobId, stageIndex: 1, slotIndex: 0, attempt: 2 },
+    });
+    const after = await jobFootprint(ctx.database, jobId);
+    expect(after.job).toEqual({ delivered: 1, credits_captured: 3 });
+    expect(after.stages).toEqual([
+      { stage_index: 0, delivered: 0 },
+      { stage_index: 1, delivered: 1 },
+    ]);
+    expect(after.slots).toEqual([{ stage_index: 1, slot_index: 0, attach_id: delivery.attachId }]);
+    expect(after.captures).toEqual([{ attach_id: delivery.attachId, amount: 3 }]);
+    expect(await getBalance(ctx.database, userId)).toEqual({ balance: 0, reserved: 9 });
+    expect(await listDeliveredStorageKeys(ctx.database, jobId)).toEqual(new Set([`jobs/${jobId}/1/0/2.webp`]));
+  });
+
+  it('delivering a filled slot again writes nothing, moves no credit and returns the existing attach id', async () => {
+    const { userId, jobId } = await seedJob(ctx.database, { quantities: [3], pricePerImage: 4 });
+    const first = await deliverSlot(ctx.database, deliveryOf(jobId, 0, 1, 1));
+    const before = await jobFootprint(ctx.database, jobId);
+    const balanceBefore = await getBalance(ctx.database, userId);
+
+    const again = await deliverSlot(ctx.database, deliveryOf(jobId, 0, 1, 3));
+    expect(again).toEqual({ attachId: first.attachId, duplicate: true });
+    expect(await jobFootprint(ctx.database, jobId)).toEqual(before);
+    expect(await getBalance(ctx.database, userId)).toEqual(balanceBefore);
+    expect(await listDeliveredStorageKeys(ctx.database, jobId)).toEqual(new Set([`jobs/${jobId}/0/1/1.webp`]));
+  });
+
+  it('racing deliveries of one slot fill it once and capture once', async () => {
+    const { userId, jobId } = await seedJob(ctx.database, { quantities: [1], pricePerImage: 6, credits: 6 });
+    const results = await Promise.all(Array.from({ length: 6 }, (_, i) => deliverSlot(ctx.database, deliveryOf(jobId, 0, 0, i + 1))));
+    const fresh = results.filter((r) => !r.duplicate);
+    expect(fresh).toHaveLength(1);
+    expect(new Set(results.map((r) => r.attachId))).toEqual(new Set([fresh[0]?.attachId]));
+    const after = await jobFootprint(ctx.database, jobId);
+    expect(after.attachments).toHaveLength(1);
+    expect(after.captures).toHaveLength(1);
+    expect(after.job).toEqual({ delivered: 1, credits_captured: 6 });
+    expect(await getBalance(ctx.database, userId)).toEqual({ balance: 0, reserved: 0 });
+    expect(await replayLedger(ctx.database, userId)).toEqual({ balance: 0, reserved: 0 });
+  });
+
+  it('is all or nothing: a failure in its last step leaves no attach record, slot, capture or count', async () => {
+    const { userId, jobId } = await seedJob(ctx.database, { quantities: [2], pricePerImage: 2 });
+    // A trigger that fails the stage counter update (the transaction's last write) for this job only.
+    await sql`create or replace function fail_stage_update() returns trigger language plpgsql as $$
+      begin
+        if new.job_id = current_setting('test.fail_job', true) then raise exception 'injected stage failure'; end if;
+        return new;
+      end $$`.execute(ctx.database.db);
+    await sql`create or replace trigger fail_stage_update before update of delivered on stages
+      for each row execute function fail_stage_update()`.execute(ctx.database.db);
+    await sql`select set_config('test.fail_job', ${jobId}, false)`.execute(ctx.database.db);
+    const before = await jobFootprint(ctx.database, jobId);
+    const balance = await getBalance(ctx.database, userId);
+    try {
+      await expect(deliverSlot(ctx.database, deliveryOf(jobId, 0, 0))).rejects.toThrow(/injected stage failure/);
+    } finally {
+      await sql`drop trigger fail_stage_update on stages`.execute(ctx.database.db);
+    }
+    expect(await jobFootprint(ctx.database, jobId)).toEqual(before);
+    expect(await getBalance(ctx.database, userId)).toEqual(balance);
+    expect(await listDeliveredStorageKeys(ctx.database, jobId)).toEqual(new Set());
+    // And the slot can still be delivered afterwards.
+    expect((await deliverSlot(ctx.database, deliveryOf(jobId, 0, 0))).duplicate).toBe(false);
+  });
+
+  it('refuses a slot outside the stage and a delivery after the job finished', async () => {
+    const { jobId } = await seedJob(ctx.database, { quantities: [2] });
+    await expect(deliverSlot(ctx.database, deliveryOf(jobId, 0, 2))).rejects.toBeInstanceOf(JobStateError);
+    await expect(deliverSlot(ctx.database, deliveryOf(jobId, 1, 0))).rejects.toBeInstanceOf(JobStateError);
+    const filled = await deliverSlot(ctx.database, deliveryOf(jobId, 0, 0));
+    await finishJob(ctx.database, jobId, await resultFromDatabase(ctx.database, jobId));
+    await expect(deliverSlot(ctx.database, deliveryOf(jobId, 0, 1))).rejects.toThrow(/no more deliveries/);
+    // A duplicate of a slot filled before the end still answers idempotently.
+    expect(await deliverSlot(ctx.database, deliveryOf(jobId, 0, 0, 5))).toEqual({ attachId: filled.attachId, duplicate: true });
+    expect((await loadJob(ctx.database, jobId))?.delivered).toBe(1);
+  });
+
+  it('finishJob refuses to call a short job completed', async () => {
+    const { jobId } = await seedJob(ctx.database, { quantities: [2] });
+    await deliverSlot(ctx.database, deliveryOf(jobId, 0, 0));
+    const honest = await resultFromDatabase(ctx.database, jobId);
+    const lie = { ...honest, status: 'completed' as const };
+    await expect(finishJob(ctx.database, jobId, lie)).rejects.toThrow(/cannot be completed with 1\/2/);
+    expect((await loadJob(ctx.database, jobId))?.status).toBe('queued');
+  });
+});

@@ -1,0 +1,132 @@
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import { JobSpecError, parseJobSpec, type SpecProblem } from '../../src/domain/job-spec.js';
+
+const problemsOf = (input: unknown, limits = {}): SpecProblem[] => {
+  try {
+    parseJobSpec(input, limits);
+  } catch (error) {
+    if (error instanceof JobSpecError) return [...error.problems];
+    throw error;
+  }
+  return [];
+};
+
+describe('parseJobSpec', () => {
+  it("accepts the source system's stage payload as it is, defaulting the aspect ratio to 16:9", () => {
+    const spec = parseJobSpec({
+      userId: 42,
+      productionId: 7,
+      stages: [
+        { quantity: 50, prompt: 'a cat', 'aspect-ratio': '1:1', mergedImageAttachId: 1001 },
+        { quantity: 50, prompt: 'a dog', mergedImageAttachId: '1002' },
+      ],
+    });
+    expect(spec).toEqual({
+      jobId: null,
+      userId: '42',
+      productionId: '7',
+      stages: [
+        { index: 0, prompt: 'a cat', aspectRatio: '1:1', quantity: 50, inputAttachId: '1001', inputImage: null },
+        { index: 1, prompt: 'a dog', aspectRatio: '16:9', quantity: 50, inputAttachId: '1002', inputImage: null },
+      ],
+    });
+  });
+
+  it('accepts the camelCase forms and an input image path', () => {
+    const spec = parseJobSpec({
+      jobId: 'job_1-A',
+      userId: 'u',
+      stages: [
+        { quantity: 1, prompt: 'p', aspectRatio: '21:9', inputAttachId: 'att' },
+        { quantity: 2, prompt: 'p', inputImage: './in.png' },
+      ],
+    });
+    expect(spec.jobId).toBe('job_1-A');
+    expect(spec.stages[0]).toMatchObject({ aspectRatio: '21:9', inputAttachId: 'att' });
+    expect(spec.stages[1]).toMatchObject({ inputImage: './in.png', inputAttachId: null });
+  });
+
+  it('lists every problem at once, each naming the field and the rule', () => {
+    const problems = problemsOf({
+      jobId: 'bad id!',
+      stages: [
+        { quantity: 0, prompt: '  ', 'aspect-ratio': '7:3', mergedImageAttachId: 1 },
+        { quantity: 2.5, prompt: 3 },
+        'nope',
+      ],
+    });
+    expect(problems).toEqual([
+      { field: 'jobId', rule: 'must match [A-Za-z0-9_-]{1,64}, got string "bad id!"' },
+      { field: 'userId', rule: 'is required' },
+      { field: 'stages[0].quantity', rule: 'must be a positive integer, got number 0' },
+      { field: 'stages[0].prompt', rule: 'must not be empty' },
+      { field: 'stages[0].aspect-ratio', rule: 'must be one of 1:1, 2:3, 3:2, 3:4, 4:3, 4:5, 5:4, 9:16, 16:9, 21:9, got string "7:3"' },
+      { field: 'stages[1].quantity', rule: 'must be a positive integer, got number 2.5' },
+      { field: 'stages[1].prompt', rule: 'must be a string, got number 3' },
+      { field: 'stages[1].mergedImageAttachId', rule: 'is required (or inputAttachId, or inputImage with a file path)' },
+      { field: 'stages[2]', rule: 'must be an object, got string "nope"' },
+    ]);
+  });
+
+  it('enforces the configurable maximum quantity (default 1000)', () => {
+    const stage = (quantity: number) => ({ userId: 'u', stages: [{ quantity, prompt: 'p', inputAttachId: 'a' }] });
+    expect(problemsOf(stage(1000))).toEqual([]);
+    expect(problemsOf(stage(1001))).toEqual([{ field: 'stages[0].quantity', rule: 'must be at most 1000, got 1001' }]);
+    expect(problemsOf(stage(20), { maxQuantity: 10 })).toEqual([{ field: 'stages[0].quantity', rule: 'must be at most 10, got 20' }]);
+  });
+
+  it('refuses conflicting aliases and two inputs', () => {
+    expect(
+      problemsOf({ userId: 'u', stages: [{ quantity: 1, prompt: 'p', aspectRatio: '1:1', 'aspect-ratio': '16:9', inputAttachId: 'a', inputImage: 'x.png' }] }).map(
+        (p) => p.field,
+      ),
+    ).toEqual(['stages[0].aspectRatio', 'stages[0].inputImage']);
+  });
+
+  it('refuses a non-object root, an empty stage list and a non-array stages', () => {
+    expect(problemsOf([])).toEqual([{ field: '(root)', rule: 'must be a JSON object, got an array' }]);
+    expect(problemsOf({ userId: 'u', stages: [] })).toEqual([{ field: 'stages', rule: 'must have at least 1 stage' }]);
+    expect(problemsOf({ userId: 'u', stages: {} })).toEqual([{ field: 'stages', rule: 'must be an array, got an object' }]);
+  });
+
+  it('never throws anything but JobSpecError on arbitrary JSON (fuzz)', () => {
+    fc.assert(
+      fc.property(fc.jsonValue({ maxDepth: 6 }), (value) => {
+        try {
+          parseJobSpec(value);
+        } catch (error) {
+          expect(error).toBeInstanceOf(JobSpecError);
+          expect((error as JobSpecError).problems.length).toBeGreaterThan(0);
+        }
+      }),
+      { numRuns: 2000 },
+    );
+    fc.assert(
+      fc.property(
+        fc.record({
+          userId: fc.oneof(fc.string(), fc.integer(), fc.constant(null)),
+          stages: fc.array(
+            fc.record({
+              quantity: fc.oneof(fc.integer({ min: -5, max: 2000 }), fc.double(), fc.string()),
+              prompt: fc.oneof(fc.string(), fc.constant(null)),
+              'aspect-ratio': fc.oneof(fc.constantFrom('1:1', '16:9', '5:5'), fc.string()),
+              mergedImageAttachId: fc.oneof(fc.string(), fc.integer()),
+            }),
+            { maxLength: 4 },
+          ),
+        }),
+        (value) => {
+          try {
+            const spec = parseJobSpec(value);
+            expect(spec.stages.length).toBeGreaterThan(0);
+            for (const s of spec.stages) expect(Number.isInteger(s.quantity) && s.quantity >= 1 && s.quantity <= 1000).toBe(true);
+          } catch (error) {
+            expect(error).toBeInstanceOf(JobSpecError);
+          }
+        },
+      ),
+      { numRuns: 2000 },
+    );
+  });
+});
