@@ -1,9 +1,9 @@
 import fc from 'fast-check';
-import { defer, finalize, of } from 'rxjs';
+import { defer, finalize, of, type Observable } from 'rxjs';
 import { describe, expect, it } from 'vitest';
 import { PipelineError, isRetryable, type ErrorClass } from '../src/domain/error-class.js';
 import type { JobFinishedEvent, PipelineEvent } from '../src/domain/events.js';
-import type { EnginePorts } from '../src/domain/ports.js';
+import type { EnginePorts, GeneratedImage } from '../src/domain/ports.js';
 import { seededRandom } from '../src/domain/random.js';
 import { runEngine } from '../src/streams/engine.js';
 import { IMAGE, key, newScheduler, stages } from './support.js';
@@ -54,11 +54,11 @@ function runScenario(s: Scenario): Observed {
           const latency = '-'.repeat(1 + Math.floor(fate() * 4));
           const roll = fate();
           const cls = s.classes[Math.floor(fate() * s.classes.length)] ?? 'overloaded';
-          const source =
+          const source: Observable<GeneratedImage> =
             roll < s.hangRate
-              ? helpers.cold('-')
+              ? helpers.cold<GeneratedImage>('-')
               : roll < s.hangRate + s.failureRate
-                ? helpers.cold(`${latency}#`, undefined, new PipelineError(cls, 'injected', { retryAfterMs: cls === 'rate_limited' ? 7 : undefined }))
+                ? helpers.cold<GeneratedImage>(`${latency}#`, undefined, new PipelineError(cls, 'injected', { retryAfterMs: cls === 'rate_limited' ? 7 : undefined }))
                 : helpers.cold(`${latency}i|`, { i: IMAGE });
           return source.pipe(
             finalize(() => {

@@ -99,6 +99,8 @@ export class GeminiImageGenerator implements ImageGenerator {
       const timer = this.config.scheduler.schedule(() => {
         timedOut = true;
         abort.abort();
+        // Do not wait for the SDK to notice the abort: the deadline is ours.
+        subscriber.error(new PipelineError('timeout', `generateContent timed out after ${this.config.timeoutMs} ms`));
       }, this.config.timeoutMs);
       const capturingFetch: typeof fetch = async (input, init) => {
         const response = await fetch(input, init);
@@ -128,7 +130,7 @@ export class GeminiImageGenerator implements ImageGenerator {
         },
         (error: unknown) => {
           timer.unsubscribe();
-          // After an unsubscribe the subscriber is closed and this is a no-op.
+          // After an unsubscribe or our timeout the subscriber is closed and this is a no-op.
           subscriber.error(
             classifyGeminiError(error, { timedOut, retryAfterHeader, secrets: [this.config.apiKey] }),
           );

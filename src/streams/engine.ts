@@ -10,6 +10,7 @@ import {
   merge,
   mergeMap,
   of,
+  take,
   tap,
   toArray,
   type SchedulerLike,
@@ -50,6 +51,12 @@ export interface EngineOptions {
   readonly attemptTimeoutMs?: number;
   /** Emits to cancel: no new attempts, in-flight ones are aborted, the job ends `cancelled`. */
   readonly cancel$?: Observable<unknown>;
+  /**
+   * Emits to stop taking new slots (shutdown): in-flight attempts finish, then the
+   * stages end short with `job_aborted` / `cancelled`. The caller decides what that
+   * means for the job (a worker hands it back for resume).
+   */
+  readonly stop$?: Observable<unknown>;
   /** Time source for backoff, timeouts and event timestamps. Default `asyncScheduler`. */
   readonly scheduler?: SchedulerLike;
   /** Jitter source. Default a PRNG seeded from the clock. */
@@ -175,6 +182,16 @@ export function runEngine(job: EngineJob, ports: EnginePorts, options: EngineOpt
       }),
     );
 
-    return concat(of<PipelineEvent>(started), merge(...stageRuns), finished$);
+    const run$ = concat(of<PipelineEvent>(started), merge(...stageRuns), finished$);
+    const stop$ = options.stop$;
+    if (!stop$) return run$;
+    return new Observable<PipelineEvent>((subscriber) => {
+      const stopSubscription = stop$.pipe(take(1)).subscribe(() => control.halt('cancelled'));
+      const runSubscription = run$.subscribe(subscriber);
+      return () => {
+        runSubscription.unsubscribe();
+        stopSubscription.unsubscribe();
+      };
+    });
   });
 }

@@ -83,8 +83,12 @@ export interface FakeCallRecord {
 export interface FakeGeminiServerOptions {
   /** The key clients must send (`x-goog-api-key`). Default `'test-key'`. Missing key: 401, wrong key: 403. */
   readonly apiKey?: string;
-  /** Delay before every answer, ms. Default 0. */
-  readonly latencyMs?: number;
+  /** Delay before every answer, ms, or a function of the call. Default 0. */
+  readonly latencyMs?: number | ((call: FakeCall) => number);
+  /** Extra delay drawn from 0..jitterMs, a pure function of (`seed`, call number). Default 0. */
+  readonly jitterMs?: number;
+  /** Seed of the latency jitter. Default 0. */
+  readonly seed?: number;
   /** Decides each call. Default: always `'image'`. */
   readonly behavior?: FakeBehaviorFn;
   /** Above this many calls in flight, answer 429 with RetryInfo (`rateLimitRetryDelay`). Default: unlimited. */
@@ -152,7 +156,10 @@ const PATH = /^\/v1beta\/models\/([^/:]+):generateContent(?:\?.*)?$/;
  */
 export async function startFakeGeminiServer(options: FakeGeminiServerOptions = {}): Promise<FakeGeminiServer> {
   const apiKey = options.apiKey ?? 'test-key';
-  const latencyMs = options.latencyMs ?? 0;
+  const latency = options.latencyMs ?? 0;
+  const latencyOf = typeof latency === 'function' ? latency : () => latency;
+  const jitterMs = options.jitterMs ?? 0;
+  const seed = options.seed ?? 0;
   const imageSize = options.imageSize ?? 64;
   const maxInFlight = options.maxInFlight ?? Number.POSITIVE_INFINITY;
   const rateLimitRetryDelay = options.rateLimitRetryDelay ?? '1s';
@@ -226,6 +233,7 @@ export async function startFakeGeminiServer(options: FakeGeminiServerOptions = {
     }
     record.behavior = typeof chosen === 'string' ? chosen : `status:${chosen.status}`;
 
+    const latencyMs = latencyOf({ n, body, inFlight }) + Math.floor(unitHash(seed, n, 3) * jitterMs);
     if (latencyMs > 0) {
       await new Promise<void>((resolve) => {
         const t = setTimeout(() => {

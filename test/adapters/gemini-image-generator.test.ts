@@ -1,9 +1,10 @@
 import sharp from 'sharp';
-import { firstValueFrom, type Observable } from 'rxjs';
+import { catchError, firstValueFrom, of, type Observable } from 'rxjs';
+import { TestScheduler } from 'rxjs/testing';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { PipelineError } from '../../src/domain/error-class.js';
 import type { GeneratedImage, GenerationRequest } from '../../src/domain/ports.js';
-import { GeminiImageGenerator } from '../../src/generators/gemini-image-generator.js';
+import { GeminiImageGenerator, type GeminiModelsClient } from '../../src/generators/gemini-image-generator.js';
 import { FAKE_USAGE, startFakeGeminiServer, THOUGHT_STAMP, type FakeBehavior, type FakeGeminiServer } from '../../src/testing/fake-gemini-server.js';
 import { readStamp } from '../../src/testing/stamped-image.js';
 
@@ -177,7 +178,7 @@ describe('GeminiImageGenerator through @google/genai against the fake server', (
     expect(Date.now() - started).toBeGreaterThanOrEqual(250);
     const n = server.requests.at(-1)?.n ?? -1;
     expect((await server.settled(n)).outcome).toBe('client_closed');
-  });
+  }, 5_000);
 
   it('unsubscribing aborts the request: nothing is emitted and the server sees the connection close', async () => {
     only('hang');
@@ -195,7 +196,7 @@ describe('GeminiImageGenerator through @google/genai against the fake server', (
     expect((await server.settled(n)).outcome).toBe('client_closed');
     await new Promise((r) => setTimeout(r, 50));
     expect(events).toEqual([]);
-  });
+  }, 5_000);
 
   it('a server that is gone -> network', async () => {
     const gone = await startFakeGeminiServer({ apiKey: API_KEY });
@@ -208,5 +209,39 @@ describe('GeminiImageGenerator through @google/genai against the fake server', (
   it('the generator never prints its key', () => {
     const g = generator();
     expect(JSON.stringify(g)).not.toContain(API_KEY);
+  });
+});
+
+describe('GeminiImageGenerator with an injected client (virtual time)', () => {
+  it('the timeout runs on the injected scheduler and does not wait for the client to give up', () => {
+    const scheduler = new TestScheduler((actual, expected) => expect(actual).toEqual(expected));
+    const signals: AbortSignal[] = [];
+    const neverAnswers: GeminiModelsClient = {
+      generateContent: (params) => {
+        signals.push(params.config.abortSignal);
+        return new Promise(() => {});
+      },
+    };
+    scheduler.run(({ expectObservable }) => {
+      const g = new GeminiImageGenerator({ apiKey: 'k', client: neverAnswers, timeoutMs: 250, scheduler });
+      const classOf = g.generate(request()).pipe(catchError((e: PipelineError) => of(e.errorClass)));
+      expectObservable(classOf).toBe('250ms (t|)', { t: 'timeout' });
+    });
+    expect(signals).toHaveLength(1);
+    expect(signals[0]?.aborted).toBe(true);
+  });
+
+  it('unsubscribing aborts the signal handed to the client', () => {
+    const signals: AbortSignal[] = [];
+    const client: GeminiModelsClient = {
+      generateContent: (params) => {
+        signals.push(params.config.abortSignal);
+        return new Promise(() => {});
+      },
+    };
+    const subscription = new GeminiImageGenerator({ apiKey: 'k', client }).generate(request()).subscribe();
+    expect(signals[0]?.aborted).toBe(false);
+    subscription.unsubscribe();
+    expect(signals[0]?.aborted).toBe(true);
   });
 });

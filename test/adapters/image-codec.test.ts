@@ -53,8 +53,8 @@ describe('toWebp', () => {
 
   it('a truncated PNG -> corrupt_image', async () => {
     const png = await solid('png', 300, 300);
-    const noisy = new Uint8Array(png.slice(0, Math.floor(png.byteLength / 2)));
-    await corrupt(toWebp(noisy));
+    const truncated = new Uint8Array(png.slice(0, Math.floor(png.byteLength / 2)));
+    await corrupt(toWebp(truncated));
   });
 
   it('an input over maxInputBytes -> corrupt_image', async () => {

@@ -91,12 +91,11 @@ forEachDatabase('delivery', (ctx) => {
     // A trigger that fails the stage counter update (the transaction's last write) for this job only.
     await sql`create or replace function fail_stage_update() returns trigger language plpgsql as $$
       begin
-        if new.job_id = current_setting('test.fail_job', true) then raise exception 'injected stage failure'; end if;
+        if new.job_id = ${sql.lit(jobId)} then raise exception 'injected stage failure'; end if;
         return new;
       end $$`.execute(ctx.database.db);
     await sql`create or replace trigger fail_stage_update before update of delivered on stages
       for each row execute function fail_stage_update()`.execute(ctx.database.db);
-    await sql`select set_config('test.fail_job', ${jobId}, false)`.execute(ctx.database.db);
     const before = await jobFootprint(ctx.database, jobId);
     const balance = await getBalance(ctx.database, userId);
     try {

@@ -106,3 +106,12 @@ export async function footprint(database: Database, userId: string) {
     account: account ?? null,
   };
 }
+
+/** Resolves once `condition()` holds; fails after `timeoutMs`. For effects that finish asynchronously. */
+export async function until(condition: () => boolean, timeoutMs = 5000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error(`condition not met within ${timeoutMs} ms`);
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+}

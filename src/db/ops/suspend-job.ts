@@ -1,0 +1,15 @@
+import { sql } from 'kysely';
+import type { Database } from '../database.js';
+
+/**
+ * `running` -> `queued`: a worker shutting down hands the job back so another
+ * worker resumes it. A single conditional update; a finished job is left alone.
+ */
+export async function suspendJob(database: Database, jobId: string): Promise<void> {
+  await database.db
+    .updateTable('jobs')
+    .set({ status: 'queued', updated_at: sql`now()` })
+    .where('id', '=', jobId)
+    .where('status', '=', 'running')
+    .execute();
+}

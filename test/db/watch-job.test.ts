@@ -1,0 +1,167 @@
+import { sql } from 'kysely';
+import { lastValueFrom, Subject, toArray, type Subscription } from 'rxjs';
+import { expect, it } from 'vitest';
+import type { PipelineEvent } from '../../src/domain/events.js';
+import { deliverSlot, encodeNotification, finishJob, JobNotFoundError, openDatabase, PROGRESS_CHANNEL, requestCancel } from '../../src/db/index.js';
+import type { NotifiedEvent } from '../../src/db/index.js';
+import type { Database } from '../../src/db/index.js';
+import { progressWriter } from '../../src/sinks/progress-writer.js';
+import { watchJob, type WatchedEvent } from '../../src/sources/watch-job.js';
+import { forEachDatabase } from '../support/databases.js';
+import { deliveryOf, resultFromDatabase, seedJob, until } from './fixtures.js';
+
+/** Subscribes and records; `done` settles when the watch completes or errors. */
+function record(database: Database, jobId: string) {
+  const events: WatchedEvent[] = [];
+  let subscription: Subscription | undefined;
+  const done = new Promise<void>((resolve, reject) => {
+    subscription = watchJob(database, jobId).subscribe({ next: (e) => events.push(e), complete: resolve, error: reject });
+  });
+  return { events, done, unsubscribe: () => subscription?.unsubscribe() };
+}
+
+forEachDatabase('watchJob', (ctx) => {
+  /** PostgreSQL: a second Database (its own pool and LISTEN connection). PGlite: the same in-process instance. */
+  async function withWatcher<T>(fn: (watcher: Database) => Promise<T>): Promise<T> {
+    if (ctx.kind === 'pglite') return fn(ctx.database);
+    const watcher = await openDatabase(ctx.config);
+    try {
+      return await fn(watcher);
+    } finally {
+      await watcher.close();
+    }
+  }
+
+  it('emits a snapshot, then live events from another connection, and completes on job:finished', async () => {
+    const { jobId } = await seedJob(ctx.database, { quantities: [3] });
+    const early = await deliverSlot(ctx.database, deliveryOf(jobId, 0, 1));
+
+    await withWatcher(async (watcher) => {
+      const watch = record(watcher, jobId);
+      await until(() => watch.events.length > 0);
+      expect(watch.events[0]).toEqual({
+        type: 'snapshot', jobId, status: 'queued', total: 3, delivered: 1, attachIds: [early.attachId], cancelRequested: false,
+        stages: [{ index: 0, quantity: 3, delivered: 1, status: 'pending' }],
+      });
+
+      // The worker side: deliveries, their events through the progress writer, then finishJob.
+      const source = new Subject<PipelineEvent>();
+      const written = lastValueFrom(source.pipe(progressWriter(ctx.database, { intervalMs: 10 }), toArray()));
+      const ids: string[] = [];
+      for (const [n, slot] of [0, 2].entries()) {
+        const { attachId } = await deliverSlot(ctx.database, deliveryOf(jobId, 0, slot));
+        ids.push(attachId);
+        source.next({
+          type: 'slot:delivered', jobId, at: n, stage: 0, slot, attempt: 1, attachId, latencyMs: 5, usage: null,
+          stageProgress: { delivered: n + 2, total: 3 }, progress: { delivered: n + 2, total: 3 },
+        });
+      }
+      source.next({ type: 'stage:completed', jobId, at: 3, stage: 0, quantity: 3, delivered: 3 });
+      source.complete();
+      await written;
+      await finishJob(ctx.database, jobId, await resultFromDatabase(ctx.database, jobId));
+      await watch.done;
+
+      expect(watch.events.slice(1)).toEqual([
+        { type: 'slot:delivered', jobId, stage: 0, slot: 0, attempt: 1, attachId: ids[0], stageDelivered: 2, stageTotal: 3, delivered: 2, total: 3 },
+        { type: 'slot:delivered', jobId, stage: 0, slot: 2, attempt: 1, attachId: ids[1], stageDelivered: 3, stageTotal: 3, delivered: 3, total: 3 },
+        { type: 'stage:completed', jobId, stage: 0, quantity: 3, delivered: 3 },
+        { type: 'job:finished', jobId, status: 'completed', total: 3, delivered: 3 },
+      ]);
+    });
+  });
+
+  it('holds back events that arrive before the snapshot and drops deliveries the snapshot already has', async () => {
+    const { jobId } = await seedJob(ctx.database, { quantities: [2] });
+    const known = await deliverSlot(ctx.database, deliveryOf(jobId, 0, 0));
+    const notified = (attachId: string, slot: number): NotifiedEvent => ({
+      type: 'slot:delivered', jobId, stage: 0, slot, attempt: 1, attachId, stageDelivered: slot + 1, stageTotal: 2, delivered: slot + 1, total: 2,
+    });
+    await withWatcher(async (watcher) => {
+      // Publish two notifications after LISTEN is active but before the snapshot is read.
+      let heard = 0;
+      const racing: Database = {
+        ...watcher,
+        async listen(channel, onPayload) {
+          const stop = await watcher.listen(channel, (payload) => {
+            heard += 1;
+            onPayload(payload);
+          });
+          await ctx.database.notify(PROGRESS_CHANNEL, encodeNotification(notified(known.attachId, 0)));
+          await ctx.database.notify(PROGRESS_CHANNEL, encodeNotification(notified('later-id', 1)));
+          await until(() => heard === 2);
+          return stop;
+        },
+      };
+      const watch = record(racing, jobId);
+      await until(() => watch.events.length === 2);
+      expect(watch.events[0]).toMatchObject({ type: 'snapshot', attachIds: [known.attachId] });
+      expect(watch.events[1]).toEqual(notified('later-id', 1));
+      watch.unsubscribe();
+    });
+  });
+
+  it('ignores other jobs and passes cancel requests on', async () => {
+    const mine = await seedJob(ctx.database, { quantities: [1] });
+    const other = await seedJob(ctx.database, { quantities: [1] });
+    await withWatcher(async (watcher) => {
+      const watch = record(watcher, mine.jobId);
+      await until(() => watch.events.length > 0);
+      await requestCancel(ctx.database, other.jobId);
+      await requestCancel(ctx.database, mine.jobId);
+      await finishJob(ctx.database, other.jobId, await resultFromDatabase(ctx.database, other.jobId, true));
+      await finishJob(ctx.database, mine.jobId, await resultFromDatabase(ctx.database, mine.jobId, true));
+      await watch.done;
+      expect(watch.events.map((e) => e.type)).toEqual(['snapshot', 'job:cancel-requested', 'job:finished']);
+      expect(watch.events.every((e) => e.jobId === mine.jobId)).toBe(true);
+      expect(watch.events[2]).toMatchObject({ status: 'cancelled', delivered: 0 });
+    });
+  });
+
+  it('completes right after the snapshot when the job has already ended', async () => {
+    const { jobId } = await seedJob(ctx.database, { quantities: [2] });
+    const a = await deliverSlot(ctx.database, deliveryOf(jobId, 0, 0));
+    await finishJob(ctx.database, jobId, await resultFromDatabase(ctx.database, jobId));
+    await withWatcher(async (watcher) => {
+      const events = await lastValueFrom(watchJob(watcher, jobId).pipe(toArray()));
+      expect(events).toEqual([
+        {
+          type: 'snapshot', jobId, status: 'partial', total: 2, delivered: 1, attachIds: [a.attachId], cancelRequested: false,
+          stages: [{ index: 0, quantity: 2, delivered: 1, status: 'short' }],
+        },
+      ]);
+    });
+  });
+
+  it('errors with JobNotFoundError for an unknown job', async () => {
+    await withWatcher(async (watcher) => {
+      await expect(lastValueFrom(watchJob(watcher, 'no-such-job'))).rejects.toBeInstanceOf(JobNotFoundError);
+    });
+  });
+
+  it('stops listening on unsubscribe', async () => {
+    const { jobId } = await seedJob(ctx.database, { quantities: [1] });
+    await withWatcher(async (watcher) => {
+      const listening = async () => {
+        if (ctx.kind !== 'postgres') return -1;
+        const { rows } = await sql<{ n: number }>`
+          select count(*)::int as n from pg_stat_activity
+          where datname = current_database() and query ilike 'listen %'`.execute(ctx.database.db);
+        return rows[0]?.n ?? 0;
+      };
+      const watch = record(watcher, jobId);
+      await until(() => watch.events.length > 0);
+      if (ctx.kind === 'postgres') expect(await listening()).toBe(1);
+      watch.unsubscribe();
+      // After unsubscribe nothing more arrives, even when the job finishes.
+      await finishJob(ctx.database, jobId, await resultFromDatabase(ctx.database, jobId));
+      await new Promise((r) => setTimeout(r, 50));
+      expect(watch.events.map((e) => e.type)).toEqual(['snapshot']);
+      if (ctx.kind === 'postgres') {
+        const deadline = Date.now() + 5000;
+        while ((await listening()) !== 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+        expect(await listening()).toBe(0);
+      }
+    });
+  });
+});
