@@ -75,6 +75,10 @@ async function notifyWith(db: Kysely<DatabaseSchema>, channel: string, payload: 
 
 function openPostgres(databaseUrl: string, max: number): Database {
   const pool = new pg.Pool({ connectionString: databaseUrl, max });
+  // An idle pooled connection that breaks (server restart) is dropped by the
+  // pool; without a listener its 'error' event would crash the process. The
+  // next query gets a fresh connection or fails with a classified error.
+  pool.on('error', () => {});
   const db = new Kysely<DatabaseSchema>({ dialect: new PostgresDialect({ pool }) });
   const listeners = new Set<pg.Client>();
   let closed: Promise<void> | null = null;
@@ -106,7 +110,8 @@ function openPostgres(databaseUrl: string, max: number): Database {
       }
       let ended = false;
       return async () => {
-        if (ended) return;
+        // close() may have ended this client already.
+        if (ended || !listeners.has(client)) return;
         ended = true;
         listeners.delete(client);
         await client.end();

@@ -1,0 +1,29 @@
+import { Observable, defer, from, mergeMap } from 'rxjs';
+import type { PipelineEvent } from '../domain/events.js';
+import { parseJobSpec, type JobSpecLimits } from '../domain/job-spec.js';
+import { runStoredJob, type RunJobDeps, type RunJobOptions } from './run-job.js';
+import { submitSpec } from './submit-job.js';
+
+export interface RunJobInput {
+  /** A job spec in the source system's shape or camelCase; validated here. */
+  readonly spec: unknown;
+  /** Credits per delivered image. Default 1. */
+  readonly pricePerImage?: number;
+  readonly limits?: JobSpecLimits;
+}
+
+/**
+ * Submits a job (validate, check attachments and credits, reserve) and runs it in
+ * this process, emitting typed events; the last one is `job:finished` with the
+ * {@link JobResult}. A spec whose `jobId` already exists resumes that job.
+ *
+ * @example
+ * const events$ = runJob(pipeline, { spec: { userId: 'u1', stages: [{ quantity: 3, prompt: 'a cat', mergedImageAttachId: id }] } });
+ * events$.subscribe((e) => e.type === 'job:finished' && console.log(e.result.attachIds));
+ */
+export function runJob(deps: RunJobDeps, input: RunJobInput, options: RunJobOptions = {}): Observable<PipelineEvent> {
+  return defer(() => {
+    const spec = parseJobSpec(input.spec, input.limits);
+    return from(submitSpec(deps, spec, { pricePerImage: input.pricePerImage ?? 1 }));
+  }).pipe(mergeMap(({ jobId }) => runStoredJob(deps, jobId, options)));
+}
