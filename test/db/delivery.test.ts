@@ -86,6 +86,22 @@ forEachDatabase('delivery', (ctx) => {
     expect(await replayLedger(ctx.database, userId)).toEqual({ balance: 0, reserved: 0 });
   });
 
+  it('parallel deliveries racing a finish never capture after the release', async () => {
+    const { userId, jobId } = await seedJob(ctx.database, { quantities: [12], pricePerImage: 3, credits: 36 });
+    const early = await resultFromDatabase(ctx.database, jobId);
+    const deliveries = Array.from({ length: 12 }, (_, slot) => deliverSlot(ctx.database, deliveryOf(jobId, 0, slot)).then(() => 'delivered', (e: unknown) => e));
+    const finished = finishJob(ctx.database, jobId, early);
+    const outcomes = await Promise.all(deliveries);
+    const credits = await finished;
+    const delivered = outcomes.filter((o) => o === 'delivered').length;
+    for (const o of outcomes) if (o !== 'delivered') expect(o).toBeInstanceOf(JobStateError);
+    const job = await loadJob(ctx.database, jobId);
+    expect(job?.delivered).toBe(delivered);
+    expect(credits).toEqual({ reserved: 36, captured: 3 * delivered, released: 36 - 3 * delivered });
+    expect(await getBalance(ctx.database, userId)).toEqual({ balance: 36 - 3 * delivered, reserved: 0 });
+    expect(await replayLedger(ctx.database, userId)).toEqual({ balance: 36 - 3 * delivered, reserved: 0 });
+  });
+
   it('is all or nothing: a failure in its last step leaves no attach record, slot, capture or count', async () => {
     const { userId, jobId } = await seedJob(ctx.database, { quantities: [2], pricePerImage: 2 });
     // A trigger that fails the stage counter update (the transaction's last write) for this job only.
