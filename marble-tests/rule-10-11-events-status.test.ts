@@ -141,3 +141,28 @@ describe('rule 11: completed only when every stage holds exactly its quantity', 
     expect(run(() => false)).toBe('1 job completed [a00,a01,a10]');
   });
 });
+
+describe('rule 9 (shutdown): stop$ stops new requests but lets in-flight attempts finish', () => {
+  it('finishes the attempts in flight, starts nothing new, ends short with job_aborted', () => {
+    const scheduler = newScheduler();
+    let lines: string[] = [];
+    let calls: string[] = [];
+    scheduler.run((helpers) => {
+      const { ports, calls: c, subscriptions } = scriptedPorts(helpers, () => ({ marble: '----i|' }));
+      calls = c;
+      const stop$ = helpers.hot('--x');
+      lines = timeline(scheduler, runEngine({ jobId: 'j', stages: stages(4) }, ports, { ...virtualOptions(scheduler), stageConcurrency: 2, stop$ }));
+      helpers.flush();
+      // not aborted: both run to their image at 4
+      helpers.expectSubscriptions(subscriptions('0.0#1')).toBe('^---!');
+    });
+    expect(calls).toEqual(['0.0#1', '0.1#1']);
+    expect(lines.slice(-5)).toEqual([
+      '4 deliver 0.0#1 a00 1/4',
+      '4 deliver 0.1#1 a01 2/4',
+      '4 stage 0 short 2 job_aborted cancelled',
+      '4 job partial [a00,a01]',
+      '4 |',
+    ]);
+  });
+});

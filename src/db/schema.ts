@@ -94,6 +94,9 @@ export interface JobsTable {
   updated_at: Generated<Date>;
   started_at: NullableTimestamp;
   finished_at: NullableTimestamp;
+  /** Which process runs the job (`host:pid:uuid`) and until when; see `claimJobLease`. */
+  lease_owner: ColumnType<string | null, string | null | undefined, string | null>;
+  lease_until: NullableTimestamp;
 }
 
 export interface StagesTable {

@@ -6,6 +6,7 @@ import {
   concatMap,
   defer,
   filter,
+  finalize,
   firstValueFrom,
   from,
   ignoreElements,
@@ -36,6 +37,7 @@ import { loadJob } from '../db/ops/load-job.js';
 import { markJobRunning } from '../db/ops/mark-job-running.js';
 import { readJobResult } from '../db/ops/read-job-result.js';
 import { isCancelRequested } from '../db/ops/request-cancel.js';
+import { claimJobLease, newLeaseOwner, releaseJobLease, renewJobLease } from '../db/ops/job-lease.js';
 import { startAttempt } from '../db/ops/start-attempt.js';
 import { suspendJob } from '../db/ops/suspend-job.js';
 import { FINAL_JOB_STATUSES } from '../db/schema.js';
@@ -73,6 +75,10 @@ export interface RunJobOptions extends Omit<EngineOptions, 'globalLimiter' | 'ca
   readonly progressIntervalMs?: number;
   /** How often the job row is checked for a cancel request from another process. Default 500 ms. */
   readonly cancelPollMs?: number;
+  /** This run's lease owner id. Default a fresh `host:pid:uuid`. */
+  readonly leaseOwner?: string;
+  /** How long the lease lasts without renewal (it is renewed every third of it). Default 30,000 ms. */
+  readonly leaseTtlMs?: number;
 }
 
 /**
@@ -97,6 +103,10 @@ export function runStoredJob(deps: RunJobDeps, jobId: string, options: RunJobOpt
     if (!job) throw new JobNotFoundError(jobId);
     if (FINAL_JOB_STATUSES.includes(job.status)) return replayFinished(database, jobId);
 
+    // One runner per job: the orphan sweep below must never race another runner's upload.
+    const owner = options.leaseOwner ?? newLeaseOwner();
+    const leaseTtlMs = options.leaseTtlMs ?? 30_000;
+    await claimJobLease(database, jobId, owner, leaseTtlMs);
     await removeOrphans(database, store, jobId, logger);
     await markJobRunning(database, jobId);
 
@@ -124,7 +134,12 @@ export function runStoredJob(deps: RunJobDeps, jobId: string, options: RunJobOpt
 
     const attemptLog = new AttemptLog(database, logger);
     let stopped = false;
-    const stop$ = (options.stop$ ?? EMPTY).pipe(
+    const leaseLost$ = interval(leaseTtlMs / 3).pipe(
+      mergeMap(() => from(renewJobLease(database, jobId, owner, leaseTtlMs)).pipe(catchTo('database'))),
+      filter((held) => !held),
+      tap(() => logger?.error('lost the job lease to another runner: stopping')),
+    );
+    const stop$ = merge(options.stop$ ?? EMPTY, leaseLost$).pipe(
       take(1),
       tap(() => {
         stopped = true;
@@ -155,16 +170,19 @@ export function runStoredJob(deps: RunJobDeps, jobId: string, options: RunJobOpt
         return defer(async () => {
           await attemptLog.flush();
           if (stopped && event.status !== 'completed') {
-            await suspendJob(database, jobId);
+            if (await renewJobLease(database, jobId, owner, leaseTtlMs)) await suspendJob(database, jobId);
+            await releaseJobLease(database, jobId, owner);
             logger?.info({ delivered: event.result.deliveredImages }, 'job handed back for resume');
             return EMPTY;
           }
           const credits = await finishJob(database, jobId, event.result);
           await removeOrphans(database, store, jobId, logger);
+          await releaseJobLease(database, jobId, owner);
           logger?.info({ status: event.status, delivered: event.result.deliveredImages, total: event.result.totalImages, credits }, 'job finished');
           return of(event);
         }).pipe(mergeMap((o) => o));
       }),
+      finalize(() => void releaseJobLease(database, jobId, owner).catch((error: unknown) => logger?.warn({ err: error }, 'lease release failed'))),
     );
   }).pipe(mergeMap((events$) => events$));
 }

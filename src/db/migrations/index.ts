@@ -1,5 +1,6 @@
 import type { Migration } from 'kysely/migration';
 import { initial } from './0001-initial.js';
+import { jobLease } from './0002-job-lease.js';
 
 /**
  * Every migration, keyed by a numbered name. Names sort in the order they run;
@@ -7,4 +8,5 @@ import { initial } from './0001-initial.js';
  */
 export const MIGRATIONS: Readonly<Record<string, Migration>> = Object.freeze({
   '0001_initial': initial,
+  '0002_job_lease': jobLease,
 });
