@@ -35,6 +35,5 @@ export { generatedImageKey } from './sinks/storage-keys.js';
 export { progressWriter } from './sinks/progress-writer.js';
 
 export * from './db/index.js';
-export { readJobResult } from './db/ops/read-job-result.js';
 export { loadConfig, ConfigError, type PipelineConfig } from './config.js';
 export { openPipeline, createLogger, engineOptionsOf, type Pipeline, type PipelineOverrides } from './pipeline.js';

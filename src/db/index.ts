@@ -35,3 +35,8 @@ export { requestCancel, isCancelRequested } from './ops/request-cancel.js';
 export { listDeliveredStorageKeys } from './ops/list-delivered-storage-keys.js';
 export { jobStats, type JobStats, type JobStatsOptions } from './ops/job-stats.js';
 export { appendProgress, getProgress } from './ops/append-progress.js';
+export { readJobResult, type StoredJobResult } from './ops/read-job-result.js';
+export { findAttachmentByKey } from './ops/find-attachment-by-key.js';
+export { suspendJob } from './ops/suspend-job.js';
+export { claimJobLease, renewJobLease, releaseJobLease, newLeaseOwner, JobLeasedError } from './ops/job-lease.js';
+export { lockDataDir, DataDirLockedError } from './data-dir-lock.js';
