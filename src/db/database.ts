@@ -75,6 +75,12 @@ async function notifyWith(db: Kysely<DatabaseSchema>, channel: string, payload: 
 
 function openPostgres(databaseUrl: string, max: number): Database {
   const pool = new pg.Pool({ connectionString: databaseUrl, max });
+  // pg-pool drops its own 'error' listener while a client is checked out, and kysely adds
+  // none: a connection killed mid-transaction (pg_terminate_backend, a failover) would be an
+  // unhandled 'error' event and kill the process. The failing query still rejects, and the
+  // engine treats that as a retryable `database` failure.
+  pool.on('connect', (client) => client.on('error', () => undefined));
+  pool.on('error', () => undefined);
   // An idle pooled connection that breaks (server restart) is dropped by the
   // pool; without a listener its 'error' event would crash the process. The
   // next query gets a fresh connection or fails with a classified error.
@@ -152,8 +158,14 @@ async function openPglite(dataDir: string | undefined): Promise<Database> {
       };
     },
     close() {
-      // Kysely's driver closes the PGlite instance.
-      closed ??= db.destroy();
+      // Wait for queries already queued on the single session first: closing PGlite
+      // under a running query spins the CPU forever (seen with a late lease release).
+      // Kysely's driver then closes the PGlite instance.
+      closed ??= db
+        .connection()
+        .execute(async () => undefined)
+        .catch(() => undefined)
+        .then(() => db.destroy());
       return closed;
     },
   };

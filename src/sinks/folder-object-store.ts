@@ -92,7 +92,19 @@ export class FolderObjectStore implements ObjectStore {
     }, (error) => this.toError('list', prefix, error));
   }
 
-  private async walk(dirKey: string, into: string[], signal: AbortSignal): Promise<void> {
+  /** Deletes temp files (`.tmp-*`) left under `prefix` by writes that never finished. */
+  removeIncomplete(prefix: string): Observable<number> {
+    return fromAbortable(async (signal) => {
+      validateObjectKey(prefix, { allowPrefix: true });
+      const dirKey = prefix.includes('/') ? prefix.slice(0, prefix.lastIndexOf('/')) : '';
+      const temps: string[] = [];
+      await this.walk(dirKey, temps, signal, true);
+      for (const path of temps) await rm(path, { force: true });
+      return temps.length;
+    }, (error) => this.toError('removeIncomplete', prefix, error));
+  }
+
+  private async walk(dirKey: string, into: string[], signal: AbortSignal, tempsOnly = false): Promise<void> {
     signal.throwIfAborted();
     let entries;
     try {
@@ -102,10 +114,14 @@ export class FolderObjectStore implements ObjectStore {
       throw error;
     }
     for (const entry of entries) {
-      if (entry.name.startsWith(RESERVED_SEGMENT_PREFIX)) continue;
+      const temp = entry.name.startsWith(RESERVED_SEGMENT_PREFIX);
       const key = dirKey === '' ? entry.name : `${dirKey}/${entry.name}`;
-      if (entry.isDirectory()) await this.walk(key, into, signal);
-      else if (entry.isFile()) into.push(key);
+      if (temp) {
+        if (tempsOnly && entry.isFile()) into.push(join(dirKey === '' ? this.config.root : this.pathOf(dirKey), entry.name));
+        continue;
+      }
+      if (entry.isDirectory()) await this.walk(key, into, signal, tempsOnly);
+      else if (entry.isFile() && !tempsOnly) into.push(key);
     }
   }
 

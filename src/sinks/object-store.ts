@@ -23,6 +23,13 @@ export interface ObjectStore {
   delete(key: string): Observable<void>;
   /** Every key that starts with `prefix` (string prefix, as in S3), sorted. `''` lists everything. */
   list(prefix: string): Observable<string[]>;
+  /**
+   * Optional: removes leftovers of writes that never finished under `prefix` (a process
+   * killed mid-`put`) and emits how many. Call it only when no `put` under `prefix` can
+   * be running (the job's lease is held and its run has not started). S3 needs none:
+   * a PUT is atomic and an aborted one leaves nothing.
+   */
+  removeIncomplete?(prefix: string): Observable<number>;
 }
 
 /** A `get` of a key that holds no object. Class `storage`; tell it apart with `instanceof` or {@link isObjectNotFound}. */

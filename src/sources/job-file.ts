@@ -1,7 +1,7 @@
 import { readFile, stat } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import { JobSpecError, parseJobSpec, type JobSpec, type JobSpecLimits, type SpecProblem } from '../domain/job-spec.js';
-import { probeImage, DEFAULT_MAX_INPUT_BYTES } from '../sinks/image-codec.js';
+import { probeImage, DEFAULT_MAX_INPUT_BYTES, DEFAULT_MAX_PIXELS } from '../sinks/image-codec.js';
 
 /** Largest job file we read. */
 export const MAX_JOB_FILE_BYTES = 1024 * 1024;
@@ -77,6 +77,10 @@ export async function readJobFile(path: string, limits: JobSpecLimits = {}): Pro
       const bytes = new Uint8Array(await readFile(file));
       try {
         const probe = await probeImage(bytes);
+        if (probe.width * probe.height > DEFAULT_MAX_PIXELS) {
+          problems.push({ field, rule: `${stage.inputImage} is ${probe.width}x${probe.height}, more than the ${DEFAULT_MAX_PIXELS}-pixel limit` });
+          continue;
+        }
         inputFiles.push({ stageIndex: stage.index, path: file, bytes, ...probe });
       } catch {
         problems.push({ field, rule: `${stage.inputImage} is not an image (PNG, JPEG, WebP, GIF, AVIF, TIFF)` });

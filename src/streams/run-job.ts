@@ -133,6 +133,7 @@ export function runStoredJob(deps: RunJobDeps, jobId: string, options: RunJobOpt
     };
 
     const attemptLog = new AttemptLog(database, logger);
+    let leaseReleased = false;
     let stopped = false;
     const leaseLost$ = interval(leaseTtlMs / 3).pipe(
       mergeMap(() => from(renewJobLease(database, jobId, owner, leaseTtlMs)).pipe(catchTo('database'))),
@@ -172,17 +173,22 @@ export function runStoredJob(deps: RunJobDeps, jobId: string, options: RunJobOpt
           if (stopped && event.status !== 'completed') {
             if (await renewJobLease(database, jobId, owner, leaseTtlMs)) await suspendJob(database, jobId);
             await releaseJobLease(database, jobId, owner);
+            leaseReleased = true;
             logger?.info({ delivered: event.result.deliveredImages }, 'job handed back for resume');
             return EMPTY;
           }
           const credits = await finishJob(database, jobId, event.result);
           await removeOrphans(database, store, jobId, logger);
           await releaseJobLease(database, jobId, owner);
+          leaseReleased = true;
           logger?.info({ status: event.status, delivered: event.result.deliveredImages, total: event.result.totalImages, credits }, 'job finished');
           return of(event);
         }).pipe(mergeMap((o) => o));
       }),
-      finalize(() => void releaseJobLease(database, jobId, owner).catch((error: unknown) => logger?.warn({ err: error }, 'lease release failed'))),
+      // On error or unsubscribe only: the normal ends above release it (awaited).
+      finalize(() => {
+        if (!leaseReleased) void releaseJobLease(database, jobId, owner).catch((error: unknown) => logger?.warn({ err: error }, 'lease release failed'));
+      }),
     );
   }).pipe(mergeMap((events$) => events$));
 }
@@ -242,8 +248,9 @@ async function removeOrphans(database: Database, store: ObjectStore, jobId: stri
   const [keys, delivered] = await Promise.all([firstValueFrom(store.list(generatedImagePrefix(jobId))), listDeliveredStorageKeys(database, jobId)]);
   const orphans = keys.filter((key) => !delivered.has(key));
   for (const key of orphans) await firstValueFrom(store.delete(key), { defaultValue: undefined });
-  if (orphans.length > 0) logger?.info({ orphans: orphans.length }, 'removed objects of deliveries that never committed');
-  return orphans.length;
+  const incomplete = store.removeIncomplete ? await firstValueFrom(store.removeIncomplete(generatedImagePrefix(jobId)), { defaultValue: 0 }) : 0;
+  if (orphans.length + incomplete > 0) logger?.info({ orphans: orphans.length, incomplete }, 'removed objects of deliveries that never committed');
+  return orphans.length + incomplete;
 }
 
 /** Classifies whatever a step throws, keeping a {@link PipelineError}'s own class. */

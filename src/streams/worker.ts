@@ -20,7 +20,10 @@ export interface WorkerOptions {
 function createBoss(pipeline: Pipeline): PgBoss {
   const url = pipeline.config.databaseUrl;
   if (!url) throw new Error('the job queue needs PostgreSQL: set DATABASE_URL');
-  const boss = new PgBoss({ connectionString: url, schema: 'imagegen_queue', max: 4 });
+  // Maintenance is what expires a dead worker's active queue job; pg-boss runs it every
+  // 120 s by default, which would make IMAGEGEN_QUEUE_EXPIRE_SECONDS meaningless below that.
+  const maintenanceIntervalSeconds = Math.max(1, Math.min(30, queueExpiry()));
+  const boss = new PgBoss({ connectionString: url, schema: 'imagegen_queue', max: 4, maintenanceIntervalSeconds, monitorStateIntervalSeconds: maintenanceIntervalSeconds });
   boss.on('error', (error: unknown) => pipeline.logger.error({ err: error }, 'job queue error'));
   return boss;
 }

@@ -56,11 +56,15 @@ export async function createScratchDatabase(kind: DatabaseKind, options: { persi
     config: { databaseUrl: url.toString() },
     async dispose() {
       await withAdmin(async (admin) => {
-        const { rows } = await admin.query<{ n: number }>(
-          'select count(*)::int as n from pg_stat_activity where datname = $1',
-          [name],
-        );
-        const leaked = rows[0]?.n ?? 0;
+        // A session that was just closed can take a moment to leave pg_stat_activity;
+        // a real leak stays, so wait up to 3 s before calling it one.
+        let leaked = 0;
+        for (let waited = 0; waited <= 3000; waited += 100) {
+          const { rows } = await admin.query<{ n: number }>('select count(*)::int as n from pg_stat_activity where datname = $1', [name]);
+          leaked = rows[0]?.n ?? 0;
+          if (leaked === 0) break;
+          await new Promise((resolve) => setTimeout(resolve, 100));
+        }
         await admin.query(`drop database if exists ${name} with (force)`);
         if (leaked > 0) throw new Error(`${leaked} connection(s) to ${name} were still open after close(): a leak`);
       });

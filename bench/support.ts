@@ -1,0 +1,350 @@
+/**
+ * What every benchmark shares: a pipeline over real parts (PGlite, a folder object
+ * store in a temp folder, the real delivery transaction), a funded user with an
+ * input attachment, and a runner that drives `runJob` and counts what happened.
+ *
+ * Nothing here is part of the library; it only wires the library's public pieces
+ * the way a host would.
+ */
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Observable, firstValueFrom, from, map, type Subscription } from 'rxjs';
+import sharp from 'sharp';
+import { sql } from 'kysely';
+import type { PipelineEvent } from '../src/domain/events.js';
+import type { GeneratedImage, GenerationRequest, ImageGenerator } from '../src/domain/ports.js';
+import type { JobResult } from '../src/domain/result.js';
+import { openDatabase, type Database } from '../src/db/database.js';
+import { grantCredits } from '../src/db/ops/grant-credits.js';
+import { AdaptiveConcurrencyLimiter } from '../src/operators/adaptive-concurrency-limiter.js';
+import { FolderObjectStore } from '../src/sinks/folder-object-store.js';
+import { runJob } from '../src/streams/run-job-api.js';
+import type { RunJobOptions } from '../src/streams/run-job.js';
+import { importInputImage } from '../src/streams/submit-job.js';
+import './trace-sql.js';
+
+export interface BenchPipeline {
+  readonly database: Database;
+  readonly store: FolderObjectStore;
+  readonly generator: ImageGenerator;
+  readonly limiter: AdaptiveConcurrencyLimiter;
+  readonly userId: string;
+  readonly inputAttachId: string;
+  readonly root: string;
+  close(): Promise<void>;
+}
+
+export interface BenchPipelineOptions {
+  readonly generator: ImageGenerator;
+  /** The process-wide limit (`IMAGEGEN_CONCURRENCY`). */
+  readonly globalConcurrency: number;
+  /** Credits granted to the benchmark user. */
+  readonly credits: number;
+  /** `memory`: PGlite in memory (`openDatabase({})`); `disk`: PGlite in a temp data folder, as the CLI runs. */
+  readonly database?: 'memory' | 'disk';
+}
+
+/** A small real PNG used as every stage's input image (64x64, a gradient). */
+export async function inputPng(): Promise<{ bytes: Uint8Array; width: number; height: number }> {
+  const width = 64;
+  const height = 64;
+  const raw = Buffer.alloc(width * height * 3);
+  for (let y = 0; y < height; y++)
+    for (let x = 0; x < width; x++) {
+      const i = (y * width + x) * 3;
+      raw[i] = x * 4;
+      raw[i + 1] = y * 4;
+      raw[i + 2] = 128;
+    }
+  const png = await sharp(raw, { raw: { width, height, channels: 3 } }).png().toBuffer();
+  return { bytes: new Uint8Array(png), width, height };
+}
+
+export async function openBenchPipeline(options: BenchPipelineOptions): Promise<BenchPipeline> {
+  const root = await mkdtemp(join(tmpdir(), 'imagegen-bench-'));
+  const database = await openDatabase(options.database === 'disk' ? { dataDir: join(root, 'db') } : {});
+  const store = new FolderObjectStore({ root: join(root, 'storage') });
+  const userId = 'bench-user';
+  await grantCredits(database, userId, options.credits);
+  const input = await inputPng();
+  const inputAttachId = await importInputImage({ database, store }, userId, { ...input, mimeType: 'image/png' });
+  return {
+    database,
+    store,
+    generator: options.generator,
+    limiter: new AdaptiveConcurrencyLimiter({ max: options.globalConcurrency }),
+    userId,
+    inputAttachId,
+    root,
+    async close() {
+      // runStoredJob's finalize fires one more lease release after job:finished,
+      // without a handle to await; closing PGlite under it spins the process forever
+      // (BENCHMARKS.md, "Problem found"). Let it land first: kysely's single PGlite
+      // connection is FIFO, so a query queued after it completes after it.
+      // BENCH_UNSAFE_CLOSE=1 skips this, to reproduce the hang.
+      if (process.env['BENCH_UNSAFE_CLOSE'] !== '1') {
+        await new Promise((resolve) => setTimeout(resolve, 50));
+        await sql`select 1`.execute(database.db);
+      }
+      await database.close();
+      await rm(root, { recursive: true, force: true });
+    },
+  };
+}
+
+/** What one `runJob` run did. */
+export interface RunStats {
+  readonly result: JobResult;
+  /** Subscribe (submit included) to `job:finished`. */
+  readonly wallMs: number;
+  /** `job:started` to the last `slot:delivered`: the engine's makespan. */
+  readonly engineMs: number;
+  /** `job:started` to `job:finished` (adds the final flush, ledger release, orphan sweep). */
+  readonly startedToFinishedMs: number;
+  readonly attemptsStarted: number;
+  readonly attemptsFailed: number;
+  readonly failedByClass: Readonly<Record<string, number>>;
+  readonly delivered: number;
+  /** Highest number of attempts in flight at once, seen from the events. */
+  readonly maxInFlight: number;
+  /** Sum of in-flight attempts over time / makespan: how full the concurrency was on average. */
+  readonly meanInFlight: number;
+  /** Backoff chosen for replacements (ms), as reported by `attempt:failed`. */
+  readonly backoffMs: readonly number[];
+  /** Provider-side latency of delivered attempts (generate + deliver), ms. */
+  readonly deliveredLatencyMs: readonly number[];
+  /** Per attempt: engine clock at `attempt:started` and at its end event (ms, Date.now()). */
+  readonly attemptTimes: ReadonlyMap<string, { start: number; end: number; delivered: boolean }>;
+}
+
+export interface StageShape {
+  readonly quantity: number;
+  readonly aspectRatio?: string;
+}
+
+/** Runs one job through `runJob` (submit, engine, delivery transactions, progress) and counts its events. */
+export function runOurs(pipeline: BenchPipeline, stages: readonly StageShape[], options: RunJobOptions): Promise<RunStats> {
+  return new Promise((resolve, reject) => {
+    const t0 = performance.now();
+    let startedAt = 0;
+    let lastDeliveredAt = 0;
+    let attemptsStarted = 0;
+    let attemptsFailed = 0;
+    let delivered = 0;
+    let inFlight = 0;
+    let maxInFlight = 0;
+    let area = 0;
+    let lastChange = 0;
+    const failedByClass: Record<string, number> = {};
+    const backoffMs: number[] = [];
+    const deliveredLatencyMs: number[] = [];
+    const attemptTimes = new Map<string, { start: number; end: number; delivered: boolean }>();
+    const step = (delta: number) => {
+      const now = performance.now();
+      area += inFlight * (now - lastChange);
+      lastChange = now;
+      inFlight += delta;
+      maxInFlight = Math.max(maxInFlight, inFlight);
+    };
+    const spec = {
+      userId: pipeline.userId,
+      productionId: 'bench',
+      stages: stages.map((s, i) => ({
+        quantity: s.quantity,
+        prompt: `benchmark stage ${i}`,
+        'aspect-ratio': s.aspectRatio ?? '16:9',
+        mergedImageAttachId: pipeline.inputAttachId,
+      })),
+    };
+    const maxQuantity = Math.max(...stages.map((s) => s.quantity));
+    // BENCH_WATCH=1: a status line every 5 s (to see where a stuck run stands).
+    const watch = process.env['BENCH_WATCH'] === '1'
+      ? setInterval(() => {
+          console.error(
+            `[watch] +${fmt((performance.now() - t0) / 1000, 0)}s delivered ${delivered}, attempts ${attemptsStarted} (failed ${attemptsFailed}), in flight ${inFlight}, global limiter active ${pipeline.limiter.active}/${pipeline.limiter.limit} waiting ${pipeline.limiter.waiting}, rss ${Math.round(process.memoryUsage().rss / 2 ** 20)} MiB`,
+          );
+        }, 5000)
+      : undefined;
+    let subscription: Subscription | undefined = undefined;
+    subscription = runJob(
+      { database: pipeline.database, store: pipeline.store, generator: pipeline.generator, limiter: pipeline.limiter },
+      { spec, limits: { maxQuantity: Math.max(1000, maxQuantity) } },
+      options,
+    ).subscribe({
+      next: (event: PipelineEvent) => {
+        switch (event.type) {
+          case 'job:started':
+            startedAt = performance.now();
+            lastChange = startedAt;
+            break;
+          case 'attempt:started':
+            attemptsStarted++;
+            attemptTimes.set(attemptKey(event.stage, event.slot, event.attempt), { start: event.at, end: Number.NaN, delivered: false });
+            step(+1);
+            break;
+          case 'attempt:failed':
+            attemptsFailed++;
+            failedByClass[event.errorClass] = (failedByClass[event.errorClass] ?? 0) + 1;
+            if (event.willRetry) backoffMs.push(event.delayMs);
+            { const t = attemptTimes.get(attemptKey(event.stage, event.slot, event.attempt)); if (t) t.end = event.at; }
+            step(-1);
+            break;
+          case 'slot:delivered':
+            delivered++;
+            deliveredLatencyMs.push(event.latencyMs);
+            { const t = attemptTimes.get(attemptKey(event.stage, event.slot, event.attempt)); if (t) { t.end = event.at; t.delivered = true; } }
+            lastDeliveredAt = performance.now();
+            step(-1);
+            break;
+          case 'job:finished': {
+            clearInterval(watch);
+            const end = performance.now();
+            const engineMs = lastDeliveredAt - startedAt;
+            resolve({
+              result: event.result,
+              wallMs: end - t0,
+              engineMs,
+              startedToFinishedMs: end - startedAt,
+              attemptsStarted,
+              attemptsFailed,
+              failedByClass,
+              delivered,
+              maxInFlight,
+              meanInFlight: engineMs > 0 ? area / engineMs : 0,
+              backoffMs,
+              deliveredLatencyMs,
+              attemptTimes,
+            });
+            break;
+          }
+          default:
+            break;
+        }
+      },
+      error: (error: unknown) => {
+        clearInterval(watch);
+        reject(error);
+      },
+    });
+    void subscription;
+  });
+}
+
+/**
+ * An instant provider in-process: answers every call at once (next macrotask) with
+ * pre-rendered PNG bytes, cycling through `images`. No HTTP, no JSON: what is left
+ * is the pipeline's own cost.
+ */
+export class InstantImageGenerator implements ImageGenerator {
+  calls = 0;
+  constructor(private readonly images: readonly Uint8Array[]) {
+    if (images.length === 0) throw new RangeError('InstantImageGenerator needs at least one image');
+  }
+  generate(_request: GenerationRequest): Observable<GeneratedImage> {
+    return from(new Promise<void>((resolve) => setImmediate(resolve))).pipe(
+      map(() => {
+        const bytes = this.images[this.calls++ % this.images.length]!;
+        return { bytes, mimeType: 'image/png' };
+      }),
+    );
+  }
+}
+
+/**
+ * Photo-like PNGs: smooth gradients plus moderate per-pixel noise, so PNG decode and
+ * WebP encode cost about what a real generated picture costs (flat test stripes
+ * would make sharp look free and overstate every overhead ratio).
+ */
+export async function photoLikePngs(count: number, width: number, height: number, seed = 1): Promise<Uint8Array[]> {
+  const out: Uint8Array[] = [];
+  let s = seed >>> 0 || 1;
+  const rnd = () => {
+    s ^= s << 13;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    return (s >>> 0) / 2 ** 32;
+  };
+  for (let k = 0; k < count; k++) {
+    const raw = Buffer.alloc(width * height * 3);
+    const fx = 2 + rnd() * 6;
+    const fy = 2 + rnd() * 6;
+    const phase = rnd() * Math.PI * 2;
+    for (let y = 0; y < height; y++)
+      for (let x = 0; x < width; x++) {
+        const i = (y * width + x) * 3;
+        const u = x / width;
+        const v = y / height;
+        const base = 128 + 90 * Math.sin(fx * u * Math.PI + phase) * Math.cos(fy * v * Math.PI);
+        const noise = (rnd() - 0.5) * 24;
+        raw[i] = clamp(base + noise);
+        raw[i + 1] = clamp(255 * v * 0.8 + 30 + noise);
+        raw[i + 2] = clamp(255 - base * 0.7 + noise);
+      }
+    const png = await sharp(raw, { raw: { width, height, channels: 3 } }).png().toBuffer();
+    out.push(new Uint8Array(png));
+  }
+  return out;
+}
+
+function clamp(v: number): number {
+  return Math.max(0, Math.min(255, Math.round(v)));
+}
+
+/** Runs `work` over `items` with at most `concurrency` at once. */
+export async function pool<T>(items: readonly T[], concurrency: number, work: (item: T, index: number) => Promise<void>): Promise<void> {
+  let next = 0;
+  const lanes = Array.from({ length: Math.min(concurrency, items.length) }, async () => {
+    while (next < items.length) {
+      const i = next++;
+      await work(items[i]!, i);
+    }
+  });
+  await Promise.all(lanes);
+}
+
+export function fmt(n: number, digits = 2): string {
+  return n.toFixed(digits);
+}
+
+export function percentile(values: readonly number[], p: number): number {
+  if (values.length === 0) return 0;
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
+}
+
+/**
+ * Wraps a generator and records when each attempt's provider call was subscribed and
+ * when it answered, so an attempt's time can be split into: before the call
+ * (`startAttempt` row, input image), the call, and after it (WebP, upload, delivery
+ * transaction).
+ */
+export class TimedGenerator implements ImageGenerator {
+  readonly spans = new Map<string, { start: number; end: number }>();
+  constructor(private readonly inner: ImageGenerator) {}
+  generate(request: GenerationRequest): Observable<GeneratedImage> {
+    const key = attemptKey(request.stageIndex, request.slotIndex, request.attempt);
+    return new Observable<GeneratedImage>((subscriber) => {
+      const span = { start: Date.now(), end: Number.NaN };
+      this.spans.set(key, span);
+      return this.inner.generate(request).subscribe({
+        next: (v) => {
+          span.end = Date.now();
+          subscriber.next(v);
+        },
+        error: (e: unknown) => {
+          span.end = Date.now();
+          subscriber.error(e);
+        },
+        complete: () => subscriber.complete(),
+      });
+    });
+  }
+}
+
+export function attemptKey(stage: number, slot: number, attempt: number): string {
+  return `${stage}/${slot}/${attempt}`;
+}
+
+/** `firstValueFrom` re-export so bench files import one module. */
+export { firstValueFrom };

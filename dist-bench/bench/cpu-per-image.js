@@ -1,0 +1,119 @@
+/**
+ * Figure 3: CPU per delivered image, ours vs bare sharp PNG->WebP on the same images,
+ * in the same process and run (`process.cpuUsage()`: user + system of every thread,
+ * libvips and PGlite included).
+ *
+ * A. Gemini protocol (the headline): the local Gemini-protocol server in a child
+ *    process (its rendering is not counted), latency 0, 1024x1024 PNGs (aspect 1:1),
+ *    read by the real GeminiImageGenerator. Bare sharp converts the same PNGs
+ *    (re-rendered byte-identical from their stamps before the clock starts).
+ * B. In-process instant provider with photo-like 1024x1024 PNGs (gradient + noise,
+ *    8 distinct, cycled): no HTTP, no JSON; bare sharp converts the same byte arrays.
+ *
+ * Both sides run with the same parallelism (BENCH_CONCURRENCY, default 4 = global and
+ * stage limit for ours, lanes for bare sharp) and WebP quality 80. Each side is warmed
+ * up first. Env: BENCH_IMAGES (120), BENCH_STAGES (3), BENCH_VARIANT (A | B | AB).
+ */
+import { createHash } from 'node:crypto';
+import sharp from 'sharp';
+import { GeminiImageGenerator } from '../src/generators/gemini-image-generator.js';
+import { renderStampedPng } from '../src/testing/stamped-image.js';
+import { toWebp } from '../src/sinks/image-codec.js';
+import { spawnFakeServer } from './fake-server-process.js';
+import { InstantImageGenerator, fmt, openBenchPipeline, photoLikePngs, pool, runOurs } from './support.js';
+const num = (name, fallback) => (process.env[name] ? Number(process.env[name]) : fallback);
+const IMAGES = num('BENCH_IMAGES', 120);
+const STAGES = num('BENCH_STAGES', 3);
+const CONCURRENCY = num('BENCH_CONCURRENCY', 4);
+const VARIANT = process.env['BENCH_VARIANT'] ?? 'AB';
+const QUALITY = 80;
+const cpuMs = (u) => (u.user + u.system) / 1000;
+async function cpuOfOurs(pipeline, images) {
+    const perStage = Math.floor(images / STAGES);
+    const stages = Array.from({ length: STAGES }, (_, i) => ({ quantity: perStage + (i < images % STAGES ? 1 : 0), aspectRatio: '1:1' }));
+    const before = process.cpuUsage();
+    const t0 = performance.now();
+    const stats = await runOurs(pipeline, stages, { stageConcurrency: CONCURRENCY, webpQuality: QUALITY, attemptTimeoutMs: 60_000 });
+    const cpu = cpuMs(process.cpuUsage(before));
+    if (stats.result.deliveredImages !== images)
+        throw new Error(`ours delivered ${stats.result.deliveredImages}/${images}`);
+    return { cpu, wall: performance.now() - t0, delivered: stats.result.deliveredImages };
+}
+async function cpuOfBareSharp(pngs) {
+    const before = process.cpuUsage();
+    const t0 = performance.now();
+    let bytes = 0;
+    await pool(pngs, CONCURRENCY, async (png) => {
+        const out = await sharp(png).webp({ quality: QUALITY }).toBuffer();
+        bytes += out.byteLength;
+    });
+    return { cpu: cpuMs(process.cpuUsage(before)), wall: performance.now() - t0, bytes };
+}
+/** The library's own codec step (probe + full decode + auto-orient + WebP) on the same images: splits codec cost from the rest. */
+async function cpuOfToWebp(pngs) {
+    const before = process.cpuUsage();
+    await pool(pngs, CONCURRENCY, async (png) => {
+        await toWebp(png, { quality: QUALITY });
+    });
+    return cpuMs(process.cpuUsage(before));
+}
+function report(name, ours, bare, count, codec) {
+    const oursPer = ours.cpu / ours.delivered;
+    const barePer = bare.cpu / count;
+    console.log(`${name}:`);
+    console.log(`  ours: ${ours.delivered} images, CPU ${fmt(ours.cpu, 0)} ms (${fmt(oursPer, 1)} ms/image), wall ${fmt(ours.wall, 0)} ms`);
+    console.log(`  bare sharp PNG->WebP: ${count} images, CPU ${fmt(bare.cpu, 0)} ms (${fmt(barePer, 1)} ms/image), wall ${fmt(bare.wall, 0)} ms`);
+    console.log(`  library toWebp() alone on the same images: ${fmt(codec / count, 1)} ms/image = ${fmt(codec / count / barePer, 3)} x bare sharp; the rest of ours (HTTP/JSON, PGlite transactions, events, file writes): ${fmt(oursPer - codec / count, 1)} ms/image`);
+    console.log(`  FIGURE 3${name.slice(0, 1)} CPU per delivered image ours / bare sharp = ${fmt(oursPer / barePer, 3)} (overhead ${fmt(oursPer - barePer, 1)} ms/image)`);
+    return oursPer / barePer;
+}
+async function variantA() {
+    const server = await spawnFakeServer({ latencyMs: 0, imageSize: 1024 });
+    const generator = new GeminiImageGenerator({ apiKey: server.apiKey, baseUrl: server.url, timeoutMs: 60_000 });
+    const pipeline = await openBenchPipeline({ generator, globalConcurrency: CONCURRENCY, credits: 2 * IMAGES + 20 });
+    try {
+        // Warm-up (JIT, sharp, SDK, PGlite plans): a small job, not measured. Calls 1..warm.
+        const warm = 8;
+        await cpuOfOurs(pipeline, warm);
+        const ours = await cpuOfOurs(pipeline, IMAGES);
+        // The server stamps each image with its call number: calls warm+1..warm+IMAGES were measured.
+        const pngs = [];
+        for (let n = warm + 1; n <= warm + IMAGES; n++)
+            pngs.push(await renderStampedPng({ stamp: n, width: 1024, height: 1024 }));
+        const meta = await sharp(pngs[0]).metadata();
+        await cpuOfBareSharp(pngs.slice(0, warm));
+        const bare = await cpuOfBareSharp(pngs);
+        const codec = await cpuOfToWebp(pngs);
+        const calls = await server.stop();
+        console.log(`  (server calls ${calls}; PNGs ${meta.width}x${meta.height}, ${fmt(pngs.reduce((n, p) => n + p.byteLength, 0) / pngs.length / 1024, 1)} KiB each, sha256 of the first ${createHash('sha256').update(pngs[0]).digest('hex').slice(0, 12)})`);
+        return report('A (Gemini protocol, stamped 1024x1024 PNGs)', ours, bare, pngs.length, codec);
+    }
+    finally {
+        await pipeline.close();
+    }
+}
+async function variantB() {
+    const images = await photoLikePngs(8, 1024, 1024);
+    const generator = new InstantImageGenerator(images);
+    const pipeline = await openBenchPipeline({ generator, globalConcurrency: CONCURRENCY, credits: 2 * IMAGES + 20 });
+    try {
+        const warm = 8;
+        await cpuOfOurs(pipeline, warm);
+        const first = generator.calls;
+        const ours = await cpuOfOurs(pipeline, IMAGES);
+        const served = Array.from({ length: generator.calls - first }, (_, k) => images[(first + k) % images.length]);
+        await cpuOfBareSharp(images);
+        const bare = await cpuOfBareSharp(served);
+        const codec = await cpuOfToWebp(served);
+        console.log(`  (photo-like PNGs 1024x1024, ${fmt(images.reduce((n, p) => n + p.byteLength, 0) / images.length / 1024, 0)} KiB each)`);
+        return report('B (in-process instant provider, photo-like 1024x1024 PNGs)', ours, bare, served.length, codec);
+    }
+    finally {
+        await pipeline.close();
+    }
+}
+console.log(`CPU per image: ${IMAGES} images in ${STAGES} stages, concurrency ${CONCURRENCY}, WebP quality ${QUALITY}, ${process.env['UV_THREADPOOL_SIZE'] ?? 4} libuv threads, sharp concurrency ${sharp.concurrency()}`);
+if (VARIANT.includes('A'))
+    await variantA();
+if (VARIANT.includes('B'))
+    await variantB();

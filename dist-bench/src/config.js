@@ -1,0 +1,129 @@
+import { resolve } from 'node:path';
+import { ERROR_CLASSES, isErrorClass } from './domain/error-class.js';
+/** A bad environment variable or flag: names it and the rule. */
+export class ConfigError extends Error {
+    variable;
+    rule;
+    name = 'ConfigError';
+    constructor(variable, rule) {
+        super(`${variable}: ${rule}`);
+        this.variable = variable;
+        this.rule = rule;
+    }
+}
+function int(env, name, fallback, min, max = Number.MAX_SAFE_INTEGER) {
+    const raw = env[name];
+    if (raw === undefined || raw === '')
+        return fallback;
+    const value = Number(raw);
+    if (!Number.isInteger(value) || value < min || value > max)
+        throw new ConfigError(name, `must be an integer in ${min}..${max}, got ${JSON.stringify(raw)}`);
+    return value;
+}
+function fraction(env, name, fallback) {
+    const raw = env[name];
+    if (raw === undefined || raw === '')
+        return fallback;
+    const value = Number(raw);
+    if (!(value >= 0 && value <= 1))
+        throw new ConfigError(name, `must be a number in 0..1, got ${JSON.stringify(raw)}`);
+    return value;
+}
+function bool(env, name, fallback) {
+    const raw = env[name]?.toLowerCase();
+    if (raw === undefined || raw === '')
+        return fallback;
+    if (['1', 'true', 'yes'].includes(raw))
+        return true;
+    if (['0', 'false', 'no'].includes(raw))
+        return false;
+    throw new ConfigError(name, `must be true or false, got ${JSON.stringify(env[name])}`);
+}
+/**
+ * Reads the configuration. The only place that looks at `process.env`.
+ *
+ * | variable | default |
+ * | --- | --- |
+ * | `IMAGEGEN_DATA_DIR` | `./.imagegen` |
+ * | `DATABASE_URL` | unset: PGlite in `<data dir>/db` |
+ * | `S3_BUCKET` (+ `S3_ENDPOINT`, `S3_REGION`, `S3_FORCE_PATH_STYLE`, `S3_ACCESS_KEY_ID`, `S3_SECRET_ACCESS_KEY`) | unset: folder `<data dir>/storage` |
+ * | `GEMINI_API_KEY` | unset: provider `offline` |
+ * | `GEMINI_MODEL`, `GEMINI_BASE_URL`, `GEMINI_TIMEOUT_MS` | `gemini-2.5-flash-image`, Google, 60000 |
+ * | `IMAGEGEN_PROVIDER` | `gemini` with a key, else `offline` |
+ * | `IMAGEGEN_CONCURRENCY`, `IMAGEGEN_STAGE_CONCURRENCY` | 8, 4 |
+ * | `IMAGEGEN_MAX_ATTEMPTS_PER_SLOT`, `IMAGEGEN_MAX_REPLACEMENTS_PER_STAGE` | 5, max(10, quantity) |
+ * | `IMAGEGEN_ATTEMPT_TIMEOUT_MS`, `IMAGEGEN_BACKOFF_BASE_MS`, `IMAGEGEN_BACKOFF_MAX_MS` | 120000, 1000, 30000 |
+ * | `IMAGEGEN_PRICE_PER_IMAGE`, `IMAGEGEN_MAX_QUANTITY` | 1, 1000 |
+ * | `IMAGEGEN_OFFLINE_LATENCY_MS`, `IMAGEGEN_OFFLINE_JITTER_MS`, `IMAGEGEN_OFFLINE_FAILURE_RATE`, `IMAGEGEN_OFFLINE_FAILURE_CLASSES`, `IMAGEGEN_OFFLINE_SEED` | 0, 0, 0, transient mix, 0 |
+ * | `IMAGEGEN_WEBP_QUALITY`, `IMAGEGEN_PROGRESS_INTERVAL_MS`, `IMAGEGEN_LOG_LEVEL` | 80, 250, `info` |
+ */
+export function loadConfig(env = process.env, overrides = {}) {
+    const dataDir = resolve(overrides.dataDir ?? (env['IMAGEGEN_DATA_DIR'] || './.imagegen'));
+    const apiKey = env['GEMINI_API_KEY'] || undefined;
+    const providerRaw = overrides.provider ?? (env['IMAGEGEN_PROVIDER'] || (apiKey ? 'gemini' : 'offline'));
+    if (providerRaw !== 'offline' && providerRaw !== 'gemini') {
+        throw new ConfigError(overrides.provider !== undefined ? '--provider' : 'IMAGEGEN_PROVIDER', `must be offline or gemini, got ${JSON.stringify(providerRaw)}`);
+    }
+    if (providerRaw === 'gemini' && !apiKey)
+        throw new ConfigError('GEMINI_API_KEY', 'is required with --provider gemini');
+    const bucket = env['S3_BUCKET'] || undefined;
+    const accessKeyId = env['S3_ACCESS_KEY_ID'] || env['AWS_ACCESS_KEY_ID'];
+    const secretAccessKey = env['S3_SECRET_ACCESS_KEY'] || env['AWS_SECRET_ACCESS_KEY'];
+    const storage = bucket
+        ? {
+            kind: 's3',
+            bucket,
+            region: env['S3_REGION'] || env['AWS_REGION'] || 'us-east-1',
+            endpoint: env['S3_ENDPOINT'] || undefined,
+            forcePathStyle: bool(env, 'S3_FORCE_PATH_STYLE', Boolean(env['S3_ENDPOINT'])),
+            credentials: accessKeyId && secretAccessKey ? { accessKeyId, secretAccessKey } : undefined,
+        }
+        : { kind: 'folder', root: resolve(dataDir, 'storage') };
+    let globalConcurrency = int(env, 'IMAGEGEN_CONCURRENCY', 8, 1, 1000);
+    if (overrides.concurrency !== undefined) {
+        globalConcurrency = int({ '--concurrency': String(overrides.concurrency) }, '--concurrency', 8, 1, 1000);
+    }
+    const classesRaw = env['IMAGEGEN_OFFLINE_FAILURE_CLASSES'];
+    let failureClasses;
+    if (classesRaw) {
+        const names = classesRaw.split(',').map((c) => c.trim());
+        const bad = names.filter((c) => !isErrorClass(c));
+        if (bad.length > 0)
+            throw new ConfigError('IMAGEGEN_OFFLINE_FAILURE_CLASSES', `unknown class ${bad.join(', ')}; known: ${ERROR_CLASSES.join(', ')}`);
+        failureClasses = names.filter(isErrorClass);
+    }
+    const replacements = env['IMAGEGEN_MAX_REPLACEMENTS_PER_STAGE'];
+    return Object.freeze({
+        dataDir,
+        databaseUrl: env['DATABASE_URL'] || undefined,
+        storage: Object.freeze(storage),
+        provider: providerRaw,
+        gemini: Object.freeze({
+            apiKey,
+            model: env['GEMINI_MODEL'] || 'gemini-2.5-flash-image',
+            baseUrl: env['GEMINI_BASE_URL'] || undefined,
+            timeoutMs: int(env, 'GEMINI_TIMEOUT_MS', 60_000, 1),
+        }),
+        offline: Object.freeze({
+            latencyMs: int(env, 'IMAGEGEN_OFFLINE_LATENCY_MS', 0, 0),
+            jitterMs: int(env, 'IMAGEGEN_OFFLINE_JITTER_MS', 0, 0),
+            failureRate: fraction(env, 'IMAGEGEN_OFFLINE_FAILURE_RATE', 0),
+            failureClasses,
+            seed: int(env, 'IMAGEGEN_OFFLINE_SEED', 0, -(2 ** 31), 2 ** 31),
+        }),
+        engine: Object.freeze({
+            stageConcurrency: int(env, 'IMAGEGEN_STAGE_CONCURRENCY', Math.min(4, globalConcurrency), 1, 1000),
+            globalConcurrency,
+            maxAttemptsPerSlot: int(env, 'IMAGEGEN_MAX_ATTEMPTS_PER_SLOT', 5, 1, 100),
+            maxReplacementsPerStage: replacements ? int(env, 'IMAGEGEN_MAX_REPLACEMENTS_PER_STAGE', 0, 0) : undefined,
+            attemptTimeoutMs: int(env, 'IMAGEGEN_ATTEMPT_TIMEOUT_MS', 120_000, 1),
+            backoffBaseMs: int(env, 'IMAGEGEN_BACKOFF_BASE_MS', 1000, 0),
+            backoffMaxMs: int(env, 'IMAGEGEN_BACKOFF_MAX_MS', 30_000, 0),
+        }),
+        pricePerImage: int(env, 'IMAGEGEN_PRICE_PER_IMAGE', 1, 0),
+        maxQuantity: int(env, 'IMAGEGEN_MAX_QUANTITY', 1000, 1),
+        webpQuality: int(env, 'IMAGEGEN_WEBP_QUALITY', 80, 1, 100),
+        progressIntervalMs: int(env, 'IMAGEGEN_PROGRESS_INTERVAL_MS', 250, 0),
+        logLevel: env['IMAGEGEN_LOG_LEVEL'] || 'info',
+    });
+}

@@ -1,0 +1,27 @@
+/** The database layer: connection, schema, migrations and one operation per file. */
+export { openDatabase, migrate } from './database.js';
+export { JOB_STATUSES, FINAL_JOB_STATUSES } from './schema.js';
+export { MIGRATIONS } from './migrations/index.js';
+export { InsufficientCreditsError, InputAttachmentError, JobOwnershipError, JobNotFoundError, JobStateError, MigrationError, } from './errors.js';
+export { PROGRESS_CHANNEL, MAX_NOTIFY_PAYLOAD_BYTES, toNotifiedEvent, encodeNotification, decodeNotification, } from './notifications.js';
+export { grantCredits } from './ops/grant-credits.js';
+export { getBalance } from './ops/get-balance.js';
+export { replayLedger } from './ops/replay-ledger.js';
+export { createAttachment } from './ops/create-attachment.js';
+export { getAttachment } from './ops/get-attachment.js';
+export { submitJob } from './ops/submit-job.js';
+export { loadJob } from './ops/load-job.js';
+export { markJobRunning } from './ops/mark-job-running.js';
+export { startAttempt } from './ops/start-attempt.js';
+export { finishAttempt } from './ops/finish-attempt.js';
+export { deliverSlot } from './ops/deliver-slot.js';
+export { finishJob } from './ops/finish-job.js';
+export { requestCancel, isCancelRequested } from './ops/request-cancel.js';
+export { listDeliveredStorageKeys } from './ops/list-delivered-storage-keys.js';
+export { jobStats } from './ops/job-stats.js';
+export { appendProgress, getProgress } from './ops/append-progress.js';
+export { readJobResult } from './ops/read-job-result.js';
+export { findAttachmentByKey } from './ops/find-attachment-by-key.js';
+export { suspendJob } from './ops/suspend-job.js';
+export { claimJobLease, renewJobLease, releaseJobLease, newLeaseOwner, JobLeasedError } from './ops/job-lease.js';
+export { lockDataDir, DataDirLockedError } from './data-dir-lock.js';

@@ -1,0 +1,94 @@
+import { sql } from 'kysely';
+import { JobNotFoundError, JobStateError } from '../errors.js';
+import { jsonb } from '../json.js';
+import { encodeNotification, PROGRESS_CHANNEL } from '../notifications.js';
+import { FINAL_JOB_STATUSES } from '../schema.js';
+/**
+ * Ends a job: stores its status, merged attach ids and per-stage shortfalls,
+ * releases the unused reservation back to the user's balance (ledger `release`),
+ * completes the progress list with any delivered id it misses, and publishes
+ * `job:finished` (status and counts) on {@link PROGRESS_CHANNEL}, all in one
+ * transaction: the notification is delivered only if this commits.
+ *
+ * Idempotent: a finished job is returned as is; the release happens once (the
+ * status check under the row lock, and a unique index on release entries).
+ *
+ * Locking: the job row `for update` first (the same lock `deliverSlot` takes
+ * first, so no delivery can capture after the release), then the account row
+ * by the balance update.
+ *
+ * @throws {JobStateError} when `result` says `completed` but the database holds
+ *   fewer deliveries than the job's total (the status must be honest).
+ */
+export async function finishJob(database, jobId, result, options = {}) {
+    if (result.jobId !== jobId)
+        throw new TypeError(`result is for job ${result.jobId}, not ${jobId}`);
+    return database.db.transaction().execute(async (trx) => {
+        const job = await trx
+            .selectFrom('jobs')
+            .select(['user_id', 'status', 'total', 'delivered', 'credits_reserved', 'credits_captured', 'credits_released'])
+            .where('id', '=', jobId)
+            .forUpdate()
+            .executeTakeFirst();
+        if (!job)
+            throw new JobNotFoundError(jobId);
+        if (FINAL_JOB_STATUSES.includes(job.status)) {
+            return { reserved: job.credits_reserved, captured: job.credits_captured, released: job.credits_released };
+        }
+        if (result.status === 'completed' && job.delivered !== job.total) {
+            throw new JobStateError(jobId, `cannot be completed with ${job.delivered}/${job.total} images delivered`);
+        }
+        const release = job.credits_reserved - job.credits_captured - job.credits_released;
+        await trx
+            .updateTable('credit_accounts')
+            .set((eb) => ({ reserved: eb('reserved', '-', release), balance: eb('balance', '+', release), updated_at: sql `now()` }))
+            .where('user_id', '=', job.user_id)
+            .execute();
+        await trx.insertInto('credit_ledger').values({ user_id: job.user_id, kind: 'release', amount: release, job_id: jobId }).execute();
+        for (const stage of result.stages) {
+            await trx
+                .updateTable('stages')
+                .set({
+                status: stage.shortfall === null && stage.delivered === stage.quantity ? 'completed' : 'short',
+                shortfall_count: stage.shortfall?.count ?? null,
+                shortfall_reason: stage.shortfall?.reason ?? null,
+                shortfall_error_class: stage.shortfall?.errorClass ?? null,
+            })
+                .where('job_id', '=', jobId)
+                .where('stage_index', '=', stage.index)
+                .execute();
+        }
+        // Delivered ids the coalesced progress writer never flushed (a crash, or no
+        // writer at all) are appended in delivery order, so the seed-compatible
+        // progress list ends complete.
+        await sql `
+      with missing as (
+        select coalesce(jsonb_agg(a.id order by a.seq), '[]'::jsonb) as ids
+        from attachments a
+        join jobs j on j.id = a.job_id
+        where a.job_id = ${jobId} and not (j.progress_attach_ids ? a.id)
+      )
+      update jobs set
+        progress_attach_ids = jobs.progress_attach_ids || missing.ids,
+        progress_count = jsonb_array_length(jobs.progress_attach_ids) + jsonb_array_length(missing.ids),
+        progress_updated_at = now()
+      from missing
+      where jobs.id = ${jobId}`.execute(trx);
+        const updated = await trx
+            .updateTable('jobs')
+            .set((eb) => ({
+            status: result.status,
+            result_attach_ids: jsonb([...result.attachIds]),
+            error: options.error ?? null,
+            credits_released: eb('credits_released', '+', release),
+            finished_at: sql `now()`,
+            updated_at: sql `now()`,
+        }))
+            .where('id', '=', jobId)
+            .returning(['credits_reserved', 'credits_captured', 'credits_released'])
+            .executeTakeFirstOrThrow();
+        const payload = encodeNotification({ type: 'job:finished', jobId, status: result.status, total: job.total, delivered: job.delivered });
+        await sql `select pg_notify(${PROGRESS_CHANNEL}, ${payload})`.execute(trx);
+        return { reserved: updated.credits_reserved, captured: updated.credits_captured, released: updated.credits_released };
+    });
+}

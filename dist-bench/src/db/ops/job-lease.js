@@ -1,0 +1,70 @@
+import { hostname } from 'node:os';
+import { randomUUID } from 'node:crypto';
+import { sql } from 'kysely';
+/** The job is being run by another live process. */
+export class JobLeasedError extends Error {
+    jobId;
+    owner;
+    name = 'JobLeasedError';
+    constructor(jobId, owner) {
+        super(`job ${jobId} is being run by ${owner}; try again when it stops (its lease expires if it died)`);
+        this.jobId = jobId;
+        this.owner = owner;
+    }
+}
+/** A lease owner id for this process: `host:pid:uuid`. */
+export function newLeaseOwner() {
+    return `${hostname()}:${process.pid}:${randomUUID()}`;
+}
+function deadLocalOwner(owner) {
+    const [host, pidText] = owner.split(':');
+    const pid = Number(pidText);
+    if (host !== hostname() || !Number.isInteger(pid) || pid <= 0 || pid === process.pid)
+        return false;
+    try {
+        process.kill(pid, 0);
+        return false;
+    }
+    catch (error) {
+        return error.code === 'ESRCH';
+    }
+}
+/**
+ * Takes the job's lease for `ttlMs`. One conditional update (its row lock decides
+ * between racing claimers): free, ours, or expired. A lease held by a process on this
+ * host that no longer exists (SIGKILL) is taken over at once instead of waiting for
+ * it to expire.
+ *
+ * @throws {JobLeasedError} when another live process holds it.
+ */
+export async function claimJobLease(database, jobId, owner, ttlMs) {
+    const take = (condition) => database.db
+        .updateTable('jobs')
+        .set({ lease_owner: owner, lease_until: sql `now() + ${`${Math.ceil(ttlMs)} milliseconds`}::interval` })
+        .where('id', '=', jobId)
+        .where(condition)
+        .returning('id')
+        .executeTakeFirst();
+    if (await take(sql `(lease_owner is null or lease_owner = ${owner} or lease_until < now())`))
+        return;
+    const row = await database.db.selectFrom('jobs').select('lease_owner').where('id', '=', jobId).executeTakeFirst();
+    const holder = row?.lease_owner ?? null;
+    if (holder !== null && deadLocalOwner(holder) && (await take(sql `lease_owner = ${holder}`)))
+        return;
+    throw new JobLeasedError(jobId, holder ?? 'unknown');
+}
+/** Extends our lease; false when it is no longer ours (we stalled and another took it). */
+export async function renewJobLease(database, jobId, owner, ttlMs) {
+    const row = await database.db
+        .updateTable('jobs')
+        .set({ lease_until: sql `now() + ${`${Math.ceil(ttlMs)} milliseconds`}::interval` })
+        .where('id', '=', jobId)
+        .where('lease_owner', '=', owner)
+        .returning('id')
+        .executeTakeFirst();
+    return row !== undefined;
+}
+/** Gives the lease up (only if still ours). */
+export async function releaseJobLease(database, jobId, owner) {
+    await database.db.updateTable('jobs').set({ lease_owner: null, lease_until: null }).where('id', '=', jobId).where('lease_owner', '=', owner).execute();
+}

@@ -1,0 +1,81 @@
+/**
+ * The closed set of reasons an attempt can fail, decided in one place.
+ *
+ * Adapters classify their failures at the edge (HTTP status, SDK error, sharp
+ * decode error, database error) into one of these; the engine only ever looks at
+ * the class, never at a raw SDK error.
+ */
+export const ERROR_CLASSES = [
+    'rate_limited',
+    'overloaded',
+    'timeout',
+    'network',
+    'no_image',
+    'safety_blocked',
+    'prompt_blocked',
+    'invalid_request',
+    'auth',
+    'corrupt_image',
+    'storage',
+    'database',
+    'cancelled',
+];
+/**
+ * Whether a failure of this class is worth another attempt for the same slot.
+ *
+ * - `safety_blocked` is about the *output* (IMAGE_SAFETY and friends): sampling is
+ *   random, so another attempt can pass; the per-slot budget bounds the cost.
+ * - `prompt_blocked`, `invalid_request`: the same request will fail the same way.
+ * - `auth`: no request with this key can succeed; it stops the whole job.
+ * - `cancelled`: somebody asked us to stop.
+ */
+export const RETRYABLE = Object.freeze({
+    rate_limited: true,
+    overloaded: true,
+    timeout: true,
+    network: true,
+    no_image: true,
+    safety_blocked: true,
+    prompt_blocked: false,
+    invalid_request: false,
+    auth: false,
+    corrupt_image: true,
+    storage: true,
+    database: true,
+    cancelled: false,
+});
+export function isRetryable(errorClass) {
+    return RETRYABLE[errorClass];
+}
+export function isErrorClass(value) {
+    return typeof value === 'string' && ERROR_CLASSES.includes(value);
+}
+/**
+ * A classified failure. Every error that reaches the engine from a port is (or is
+ * turned into) one of these.
+ */
+export class PipelineError extends Error {
+    name = 'PipelineError';
+    errorClass;
+    retryable;
+    retryAfterMs;
+    httpStatus;
+    constructor(errorClass, message, options = {}) {
+        super(message, options.cause === undefined ? undefined : { cause: options.cause });
+        this.errorClass = errorClass;
+        this.retryable = RETRYABLE[errorClass];
+        this.retryAfterMs = options.retryAfterMs;
+        this.httpStatus = options.httpStatus;
+    }
+}
+/**
+ * Turns anything thrown by a port into a {@link PipelineError}. An unclassified
+ * error is a bug in an adapter, but it must not crash the stream: it is treated as
+ * `network` (retryable) so the budget, not an exception, decides what happens.
+ */
+export function toPipelineError(error, fallback = 'network') {
+    if (error instanceof PipelineError)
+        return error;
+    const message = error instanceof Error ? error.message : String(error);
+    return new PipelineError(fallback, message, { cause: error });
+}

@@ -1,0 +1,181 @@
+import { ASPECT_RATIOS, DEFAULT_ASPECT_RATIO } from './aspect-ratio.js';
+export const DEFAULT_JOB_SPEC_LIMITS = Object.freeze({
+    maxQuantity: 1000,
+    maxStages: 100,
+    maxPromptLength: 10_000,
+});
+/** Thrown by {@link parseJobSpec}; lists every problem at once. */
+export class JobSpecError extends Error {
+    name = 'JobSpecError';
+    problems;
+    constructor(problems) {
+        super(`invalid job spec (${problems.length} problem${problems.length === 1 ? '' : 's'}):\n` +
+            problems.map((p) => `  - ${p.field}: ${p.rule}`).join('\n'));
+        this.problems = problems;
+    }
+}
+const JOB_ID = /^[A-Za-z0-9_-]{1,64}$/;
+const MAX_ID_LENGTH = 128;
+function describe(value) {
+    if (value === null)
+        return 'null';
+    if (Array.isArray(value))
+        return 'an array';
+    if (typeof value === 'number' && !Number.isFinite(value))
+        return String(value);
+    return typeof value === 'object' ? 'an object' : `${typeof value} ${JSON.stringify(value)?.slice(0, 40)}`;
+}
+function isPlainObject(value) {
+    return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+/**
+ * Reads an id that may be a string or a non-negative integer (the source system
+ * uses numeric ids) and returns it as a string.
+ */
+function readId(value, field, problems) {
+    if (typeof value === 'string') {
+        if (value.trim().length === 0)
+            problems.push({ field, rule: 'must be a non-empty string' });
+        else if (value.length > MAX_ID_LENGTH)
+            problems.push({ field, rule: `must be at most ${MAX_ID_LENGTH} characters` });
+        else if (/[\u0000-\u001f\u007f]/.test(value))
+            problems.push({ field, rule: 'must not contain control characters' });
+        else
+            return value;
+        return null;
+    }
+    if (typeof value === 'number' && Number.isSafeInteger(value) && value >= 0)
+        return String(value);
+    problems.push({ field, rule: `must be a string or a non-negative integer, got ${describe(value)}` });
+    return null;
+}
+/** Picks one of two alias keys; both present with different values is a conflict. */
+function alias(raw, a, b, at, problems) {
+    const hasA = raw[a] !== undefined;
+    const hasB = raw[b] !== undefined;
+    if (hasA && hasB && raw[a] !== raw[b]) {
+        problems.push({ field: `${at}${b}`, rule: `conflicts with ${at}${a}; give only one of them` });
+    }
+    return hasA ? raw[a] : raw[b];
+}
+function parseStage(raw, index, limits, problems) {
+    const at = `stages[${index}]`;
+    if (!isPlainObject(raw)) {
+        problems.push({ field: at, rule: `must be an object, got ${describe(raw)}` });
+        return null;
+    }
+    const before = problems.length;
+    const quantity = raw['quantity'];
+    if (quantity === undefined)
+        problems.push({ field: `${at}.quantity`, rule: 'is required' });
+    else if (typeof quantity !== 'number' || !Number.isInteger(quantity) || quantity < 1) {
+        problems.push({ field: `${at}.quantity`, rule: `must be a positive integer, got ${describe(quantity)}` });
+    }
+    else if (quantity > limits.maxQuantity) {
+        problems.push({ field: `${at}.quantity`, rule: `must be at most ${limits.maxQuantity}, got ${quantity}` });
+    }
+    const prompt = raw['prompt'];
+    if (prompt === undefined)
+        problems.push({ field: `${at}.prompt`, rule: 'is required' });
+    else if (typeof prompt !== 'string')
+        problems.push({ field: `${at}.prompt`, rule: `must be a string, got ${describe(prompt)}` });
+    else if (prompt.trim().length === 0)
+        problems.push({ field: `${at}.prompt`, rule: 'must not be empty' });
+    else if (prompt.length > limits.maxPromptLength) {
+        problems.push({ field: `${at}.prompt`, rule: `must be at most ${limits.maxPromptLength} characters, got ${prompt.length}` });
+    }
+    else if (prompt.includes('\u0000') || prompt.includes('\uFFFD')) {
+        problems.push({ field: `${at}.prompt`, rule: 'must be valid UTF-8 text (found a NUL or U+FFFD replacement character)' });
+    }
+    const ratio = alias(raw, 'aspect-ratio', 'aspectRatio', `${at}.`, problems);
+    let aspectRatio = DEFAULT_ASPECT_RATIO;
+    if (ratio !== undefined && ratio !== null) {
+        if (typeof ratio === 'string' && ASPECT_RATIOS.includes(ratio))
+            aspectRatio = ratio;
+        else {
+            const key = raw['aspect-ratio'] !== undefined ? 'aspect-ratio' : 'aspectRatio';
+            problems.push({ field: `${at}.${key}`, rule: `must be one of ${ASPECT_RATIOS.join(', ')}, got ${describe(ratio)}` });
+        }
+    }
+    const attach = alias(raw, 'mergedImageAttachId', 'inputAttachId', `${at}.`, problems);
+    const attachKey = raw['mergedImageAttachId'] !== undefined ? 'mergedImageAttachId' : 'inputAttachId';
+    const image = raw['inputImage'];
+    let inputAttachId = null;
+    let inputImage = null;
+    if (attach !== undefined && attach !== null)
+        inputAttachId = readId(attach, `${at}.${attachKey}`, problems);
+    if (image !== undefined && image !== null) {
+        if (typeof image !== 'string' || image.trim().length === 0) {
+            problems.push({ field: `${at}.inputImage`, rule: `must be a non-empty file path, got ${describe(image)}` });
+        }
+        else if (image.includes('\u0000')) {
+            problems.push({ field: `${at}.inputImage`, rule: 'must not contain NUL characters' });
+        }
+        else
+            inputImage = image;
+    }
+    if ((attach === undefined || attach === null) && (image === undefined || image === null)) {
+        problems.push({ field: `${at}.mergedImageAttachId`, rule: 'is required (or inputAttachId, or inputImage with a file path)' });
+    }
+    else if (attach !== undefined && attach !== null && image !== undefined && image !== null) {
+        problems.push({ field: `${at}.inputImage`, rule: `conflicts with ${at}.${attachKey}; give only one input` });
+    }
+    if (problems.length > before)
+        return null;
+    return Object.freeze({ index, prompt: prompt, aspectRatio, quantity: quantity, inputAttachId, inputImage });
+}
+/**
+ * Validates a job spec, accepting the source system's stage payload as it is
+ * (`quantity`, `prompt`, `aspect-ratio`, `mergedImageAttachId`) and the camelCase
+ * forms (`aspectRatio`, `inputAttachId`). Unknown keys are ignored.
+ *
+ * @throws {JobSpecError} listing every problem (field + rule) at once.
+ */
+export function parseJobSpec(input, limitsIn = {}) {
+    const limits = { ...DEFAULT_JOB_SPEC_LIMITS, ...limitsIn };
+    const problems = [];
+    if (!isPlainObject(input))
+        throw new JobSpecError([{ field: '(root)', rule: `must be a JSON object, got ${describe(input)}` }]);
+    let jobId = null;
+    const rawJobId = input['jobId'];
+    if (rawJobId !== undefined && rawJobId !== null) {
+        if (typeof rawJobId === 'string' && JOB_ID.test(rawJobId))
+            jobId = rawJobId;
+        else
+            problems.push({ field: 'jobId', rule: `must match [A-Za-z0-9_-]{1,64}, got ${describe(rawJobId)}` });
+    }
+    let userId = null;
+    if (input['userId'] === undefined || input['userId'] === null)
+        problems.push({ field: 'userId', rule: 'is required' });
+    else
+        userId = readId(input['userId'], 'userId', problems);
+    let productionId = null;
+    if (input['productionId'] !== undefined && input['productionId'] !== null) {
+        productionId = readId(input['productionId'], 'productionId', problems);
+    }
+    const rawStages = input['stages'];
+    const stages = [];
+    if (rawStages === undefined)
+        problems.push({ field: 'stages', rule: 'is required' });
+    else if (!Array.isArray(rawStages))
+        problems.push({ field: 'stages', rule: `must be an array, got ${describe(rawStages)}` });
+    else if (rawStages.length === 0)
+        problems.push({ field: 'stages', rule: 'must have at least 1 stage' });
+    else if (rawStages.length > limits.maxStages) {
+        problems.push({ field: 'stages', rule: `must have at most ${limits.maxStages} stages, got ${rawStages.length}` });
+    }
+    else {
+        rawStages.forEach((raw, i) => {
+            const stage = parseStage(raw, i, limits, problems);
+            if (stage)
+                stages.push(stage);
+        });
+    }
+    if (problems.length > 0)
+        throw new JobSpecError(problems);
+    return Object.freeze({ jobId, userId: userId, productionId, stages: Object.freeze(stages) });
+}
+/** Total images a job asks for. */
+export function totalImages(spec) {
+    return spec.stages.reduce((sum, s) => sum + s.quantity, 0);
+}

@@ -1,0 +1,17 @@
+/**
+ * A small seedable PRNG (mulberry32). Not for secrets: it only spreads retries.
+ *
+ * @example
+ * const random = seededRandom(42);
+ * random(); // same sequence for the same seed
+ */
+export function seededRandom(seed) {
+    let a = seed >>> 0;
+    return () => {
+        a = (a + 0x6d2b79f5) >>> 0;
+        let t = a;
+        t = Math.imul(t ^ (t >>> 15), t | 1);
+        t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+        return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+    };
+}

@@ -1,0 +1,154 @@
+import sharp from 'sharp';
+import { asyncScheduler, defer, from, mergeMap, Observable, throwError, timer } from 'rxjs';
+import { PipelineError } from '../domain/error-class.js';
+import { dimensionsForAspectRatio } from './image-dimensions.js';
+/** Transient classes the offline generator injects by default. */
+export const DEFAULT_OFFLINE_FAILURE_CLASSES = Object.freeze([
+    'rate_limited',
+    'overloaded',
+    'timeout',
+    'network',
+    'no_image',
+]);
+/**
+ * An {@link ImageGenerator} with no key and no network: it derives a real PNG from the
+ * stage's input image and the prompt with sharp.
+ *
+ * - The image is the input (or, without one, a prompt-coloured gradient) cropped to
+ *   the requested aspect ratio (`size` px on the long side), tinted by a prompt-seeded
+ *   colour, with a block whose colour and position depend on (job, stage, slot,
+ *   attempt): every attempt yields a different image, the same attempt the same bytes.
+ * - Latency (`latencyMs` + seeded jitter) is an RxJS `timer` on the injected scheduler.
+ * - Fault injection: an attempt fails when `hash(seed, job, stage, slot, attempt)`
+ *   falls under `failureRate`, with a class drawn from `failureClasses` by another
+ *   hash; so a run is reproducible and a retry (next attempt number) may succeed.
+ * - An input image that does not decode fails with `invalid_request` (not retryable:
+ *   every attempt would fail the same way).
+ * - Cold; unsubscribing before the timer fires does nothing else.
+ *
+ * @example
+ * const offline = new OfflineImageGenerator({ latencyMs: 200, jitterMs: 100, failureRate: 0.1, seed: 42 });
+ */
+export class OfflineImageGenerator {
+    /** The effective configuration, frozen. */
+    config;
+    constructor(config = {}) {
+        const failureRate = config.failureRate ?? 0;
+        if (!(failureRate >= 0 && failureRate <= 1))
+            throw new RangeError(`failureRate must be in 0..1, got ${failureRate}`);
+        const failureClasses = config.failureClasses ?? DEFAULT_OFFLINE_FAILURE_CLASSES;
+        if (failureRate > 0 && failureClasses.length === 0)
+            throw new RangeError('failureClasses must not be empty when failureRate > 0');
+        this.config = Object.freeze({
+            latencyMs: config.latencyMs ?? 0,
+            jitterMs: config.jitterMs ?? 0,
+            failureRate,
+            failureClasses: Object.freeze([...failureClasses]),
+            seed: config.seed ?? 0,
+            scheduler: config.scheduler ?? asyncScheduler,
+            size: config.size ?? 384,
+            rateLimitRetryAfterMs: config.rateLimitRetryAfterMs ?? 1000,
+        });
+    }
+    /** The failure class this attempt is destined to get, or `null` if it succeeds. Deterministic. */
+    plannedFailure(request) {
+        const key = attemptKey(request);
+        if (unit(this.config.seed, key, 'fail') >= this.config.failureRate)
+            return null;
+        const classes = this.config.failureClasses;
+        return classes[Math.min(classes.length - 1, Math.floor(unit(this.config.seed, key, 'class') * classes.length))] ?? null;
+    }
+    /** Latency of this attempt, ms (latencyMs + seeded jitter). Deterministic. */
+    plannedLatencyMs(request) {
+        return this.config.latencyMs + Math.floor(unit(this.config.seed, attemptKey(request), 'jitter') * this.config.jitterMs);
+    }
+    generate(request) {
+        return timer(this.plannedLatencyMs(request), this.config.scheduler).pipe(mergeMap(() => {
+            const failure = this.plannedFailure(request);
+            if (failure !== null) {
+                return throwError(() => new PipelineError(failure, `offline generator: injected ${failure} (job ${request.jobId}, stage ${request.stageIndex}, slot ${request.slotIndex}, attempt ${request.attempt})`, {
+                    retryAfterMs: failure === 'rate_limited' ? this.config.rateLimitRetryAfterMs : undefined,
+                }));
+            }
+            return defer(() => from(this.render(request)));
+        }));
+    }
+    async render(request) {
+        const { width, height } = dimensionsForAspectRatio(request.aspectRatio, this.config.size);
+        const promptHash = hashString(`${this.config.seed}|${request.prompt}`);
+        const tint = colour(promptHash);
+        let base;
+        if (request.input !== null) {
+            try {
+                base = await sharp(request.input.bytes, { failOn: 'error' })
+                    .rotate()
+                    .resize(width, height, { fit: 'cover' })
+                    .removeAlpha()
+                    .raw()
+                    .toBuffer();
+            }
+            catch (error) {
+                throw new PipelineError('invalid_request', `offline generator: the input image does not decode (${request.input.bytes.byteLength} bytes)`, {
+                    cause: error,
+                });
+            }
+        }
+        else {
+            base = gradient(width, height, tint, colour(promptHash ^ 0x5bd1e995));
+        }
+        const key = attemptKey(request);
+        const blockW = Math.max(1, Math.floor(width / 4));
+        const blockH = Math.max(1, Math.floor(height / 4));
+        const blockColour = colour(hashString(`${this.config.seed}|${key}|block`));
+        const block = Buffer.alloc(blockW * blockH * 3);
+        for (let i = 0; i < blockW * blockH; i++)
+            block.set(blockColour, i * 3);
+        const png = await sharp(base, { raw: { width, height, channels: 3 } })
+            .tint({ r: tint[0], g: tint[1], b: tint[2] })
+            .composite([
+            {
+                input: block,
+                raw: { width: blockW, height: blockH, channels: 3 },
+                left: Math.floor(unit(this.config.seed, key, 'x') * (width - blockW + 1)),
+                top: Math.floor(unit(this.config.seed, key, 'y') * (height - blockH + 1)),
+            },
+        ])
+            .png()
+            .toBuffer();
+        return { bytes: new Uint8Array(png.buffer, png.byteOffset, png.byteLength), mimeType: 'image/png' };
+    }
+}
+function attemptKey(r) {
+    return `${r.jobId}|${r.stageIndex}|${r.slotIndex}|${r.attempt}`;
+}
+/** FNV-1a with a final avalanche: stable across runs and platforms. */
+function hashString(text) {
+    let h = 0x811c9dc5;
+    for (let i = 0; i < text.length; i++)
+        h = Math.imul(h ^ text.charCodeAt(i), 0x01000193);
+    h ^= h >>> 16;
+    h = Math.imul(h, 0x85ebca6b);
+    h ^= h >>> 13;
+    h = Math.imul(h, 0xc2b2ae35);
+    h ^= h >>> 16;
+    return h >>> 0;
+}
+/** A deterministic number in [0, 1) for (seed, attempt key, purpose). */
+function unit(seed, key, purpose) {
+    return hashString(`${seed}|${key}|${purpose}`) / 2 ** 32;
+}
+function colour(h) {
+    return [h & 0xff, (h >>> 8) & 0xff, (h >>> 16) & 0xff];
+}
+function gradient(width, height, from, to) {
+    const raw = Buffer.alloc(width * height * 3);
+    for (let y = 0; y < height; y++) {
+        for (let x = 0; x < width; x++) {
+            const t = (x + y) / Math.max(1, width + height - 2);
+            const i = (y * width + x) * 3;
+            for (let c = 0; c < 3; c++)
+                raw[i + c] = Math.round((from[c] ?? 0) * (1 - t) + (to[c] ?? 0) * t);
+        }
+    }
+    return raw;
+}

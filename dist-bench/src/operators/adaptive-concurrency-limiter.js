@@ -1,0 +1,47 @@
+import { ConcurrencyLimiter } from './concurrency-limiter.js';
+/**
+ * A {@link ConcurrencyLimiter} whose limit follows AIMD, as TCP does: a
+ * `rate_limited` outcome halves it (not below `min`), and every `limit` successes
+ * add one back, up to `max`.
+ *
+ * Many attempts that were in flight together all see the same 429 burst; only the
+ * first of them that started under the current limit cuts it, so one burst halves
+ * the limit once instead of collapsing it to `min`.
+ *
+ * ```
+ * max 8: 8 ─429─► 4 ─429 (same epoch, ignored)─► 4 ─4 successes─► 5 ...
+ * ```
+ */
+export class AdaptiveConcurrencyLimiter extends ConcurrencyLimiter {
+    max;
+    min;
+    #epoch = 0;
+    #successes = 0;
+    constructor(config) {
+        super(config.max);
+        this.max = config.max;
+        this.min = Math.max(1, Math.min(config.min ?? 1, config.max));
+    }
+    get epoch() {
+        return this.#epoch;
+    }
+    /** A call that started with `permit` was rate limited: halve the limit once per epoch. */
+    onRateLimited(permit) {
+        if (permit.epoch !== this.#epoch)
+            return;
+        this.#epoch++;
+        this.#successes = 0;
+        this.setLimit(Math.max(this.min, Math.floor(this.limit / 2)));
+    }
+    /** A call succeeded: additive increase, one step per `limit` successes. */
+    onSuccess() {
+        if (this.limit >= this.max)
+            return;
+        this.#successes++;
+        if (this.#successes >= this.limit) {
+            this.#successes = 0;
+            this.#epoch++;
+            this.setLimit(this.limit + 1);
+        }
+    }
+}

@@ -1,0 +1,106 @@
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import pino, {} from 'pino';
+import { lockDataDir } from './db/data-dir-lock.js';
+import { openDatabase } from './db/database.js';
+import { GeminiImageGenerator } from './generators/gemini-image-generator.js';
+import { OfflineImageGenerator } from './generators/offline-image-generator.js';
+import { AdaptiveConcurrencyLimiter } from './operators/adaptive-concurrency-limiter.js';
+import { FolderObjectStore } from './sinks/folder-object-store.js';
+import { S3ObjectStore } from './sinks/s3-object-store.js';
+/** Builds a logger that never prints secrets: API keys and image bytes are redacted. */
+export function createLogger(level, destination = pino.destination(2)) {
+    return pino({
+        level,
+        base: undefined,
+        redact: { paths: ['apiKey', '*.apiKey', 'config.apiKey', 'headers["x-goog-api-key"]', 'bytes', '*.bytes', 'data', '*.data'], censor: '[redacted]' },
+    }, destination);
+}
+/**
+ * The composition root: opens the database (running migrations), the object store
+ * and the generator the configuration names. The only place that builds clients.
+ */
+export async function openPipeline(config, overrides = {}) {
+    const logger = overrides.logger ?? createLogger(config.logLevel);
+    let dataDir;
+    let unlock = () => { };
+    if (!config.databaseUrl) {
+        dataDir = join(config.dataDir, 'db');
+        mkdirSync(dataDir, { recursive: true });
+        unlock = lockDataDir(join(config.dataDir, 'db.lock'));
+    }
+    let database;
+    try {
+        database = await openDatabase({ databaseUrl: config.databaseUrl, dataDir });
+    }
+    catch (error) {
+        unlock();
+        throw error;
+    }
+    let store;
+    let destroyStore = () => { };
+    if (overrides.store)
+        store = overrides.store;
+    else if (config.storage.kind === 'folder')
+        store = new FolderObjectStore({ root: config.storage.root });
+    else {
+        const s3 = new S3ObjectStore({
+            bucket: config.storage.bucket,
+            region: config.storage.region,
+            ...(config.storage.endpoint ? { endpoint: config.storage.endpoint } : {}),
+            forcePathStyle: config.storage.forcePathStyle,
+            ...(config.storage.credentials ? { credentials: config.storage.credentials } : {}),
+        });
+        store = s3;
+        destroyStore = () => s3.destroy();
+    }
+    const generator = overrides.generator ??
+        (config.provider === 'gemini'
+            ? new GeminiImageGenerator({
+                apiKey: config.gemini.apiKey ?? '',
+                model: config.gemini.model,
+                timeoutMs: config.gemini.timeoutMs,
+                ...(config.gemini.baseUrl ? { baseUrl: config.gemini.baseUrl } : {}),
+            })
+            : new OfflineImageGenerator({
+                latencyMs: config.offline.latencyMs,
+                jitterMs: config.offline.jitterMs,
+                failureRate: config.offline.failureRate,
+                seed: config.offline.seed,
+                ...(config.offline.failureClasses ? { failureClasses: config.offline.failureClasses } : {}),
+            }));
+    const limiter = new AdaptiveConcurrencyLimiter({ max: config.engine.globalConcurrency });
+    let closed = false;
+    return {
+        config,
+        database,
+        store,
+        generator,
+        limiter,
+        logger,
+        async close() {
+            if (closed)
+                return;
+            closed = true;
+            destroyStore();
+            try {
+                await database.close();
+            }
+            finally {
+                unlock();
+            }
+        },
+    };
+}
+/** Engine settings from the configuration. */
+export function engineOptionsOf(config) {
+    return {
+        stageConcurrency: config.engine.stageConcurrency,
+        maxAttemptsPerSlot: config.engine.maxAttemptsPerSlot,
+        ...(config.engine.maxReplacementsPerStage !== undefined ? { maxReplacementsPerStage: config.engine.maxReplacementsPerStage } : {}),
+        attemptTimeoutMs: config.engine.attemptTimeoutMs,
+        backoff: { baseMs: config.engine.backoffBaseMs, maxMs: config.engine.backoffMaxMs },
+        webpQuality: config.webpQuality,
+        progressIntervalMs: config.progressIntervalMs,
+    };
+}

@@ -1,0 +1,130 @@
+import { randomUUID } from 'node:crypto';
+import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { dirname, join, resolve, sep } from 'node:path';
+import { PipelineError } from '../domain/error-class.js';
+import { fromAbortable, ObjectNotFoundError, RESERVED_SEGMENT_PREFIX, validateObjectKey } from './object-store.js';
+/**
+ * The embedded default {@link ObjectStore}: one file per object under a root folder.
+ *
+ * - Keys are validated by {@link validateObjectKey} (`..`, absolute paths,
+ *   backslashes, NUL, empty segments -> `invalid_request`) and the resolved path is
+ *   checked to stay inside the root, so no key can name a file outside it.
+ * - Writes are atomic: bytes go to a temp file (`.tmp-<uuid>`) in the target folder
+ *   and are renamed over the target, so a reader sees the old object or the new one,
+ *   never half of one. Folders are created as needed.
+ * - Content types are not stored (files carry none); `get` returns bytes only.
+ * - I/O errors -> `storage`; a missing object on `get` -> {@link ObjectNotFoundError}.
+ *
+ * @example
+ * const store = new FolderObjectStore({ root: './data/objects' });
+ */
+export class FolderObjectStore {
+    /** The effective configuration (`root` resolved to an absolute path), frozen. */
+    config;
+    constructor(config) {
+        this.config = Object.freeze({ root: resolve(config.root) });
+    }
+    put(key, body, _contentType) {
+        return fromAbortable(async (signal) => {
+            const path = this.pathOf(key);
+            await mkdir(dirname(path), { recursive: true });
+            const temp = join(dirname(path), `${RESERVED_SEGMENT_PREFIX}${randomUUID()}`);
+            try {
+                await writeFile(temp, body, { signal });
+                signal.throwIfAborted();
+                await rename(temp, path);
+            }
+            catch (error) {
+                await rm(temp, { force: true });
+                throw error;
+            }
+        }, (error) => this.toError('put', key, error));
+    }
+    get(key) {
+        return fromAbortable(async (signal) => {
+            const bytes = await readFile(this.pathOf(key), { signal });
+            return new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+        }, (error) => this.toError('get', key, error));
+    }
+    exists(key) {
+        return fromAbortable(async () => {
+            try {
+                return (await stat(this.pathOf(key))).isFile();
+            }
+            catch (error) {
+                if (isMissing(error))
+                    return false;
+                throw error;
+            }
+        }, (error) => this.toError('exists', key, error));
+    }
+    delete(key) {
+        return fromAbortable(async () => {
+            const path = this.pathOf(key);
+            try {
+                if (!(await stat(path)).isFile())
+                    return;
+            }
+            catch (error) {
+                if (isMissing(error))
+                    return;
+                throw error;
+            }
+            await rm(path, { force: true });
+        }, (error) => this.toError('delete', key, error));
+    }
+    list(prefix) {
+        return fromAbortable(async (signal) => {
+            validateObjectKey(prefix, { allowPrefix: true });
+            // Walk only the deepest folder the prefix names, then filter by string prefix (S3 semantics).
+            const dirKey = prefix.includes('/') ? prefix.slice(0, prefix.lastIndexOf('/')) : '';
+            const keys = [];
+            await this.walk(dirKey, keys, signal);
+            return keys.filter((k) => k.startsWith(prefix)).sort();
+        }, (error) => this.toError('list', prefix, error));
+    }
+    async walk(dirKey, into, signal) {
+        signal.throwIfAborted();
+        let entries;
+        try {
+            entries = await readdir(dirKey === '' ? this.config.root : this.pathOf(dirKey), { withFileTypes: true });
+        }
+        catch (error) {
+            if (isMissing(error))
+                return;
+            throw error;
+        }
+        for (const entry of entries) {
+            if (entry.name.startsWith(RESERVED_SEGMENT_PREFIX))
+                continue;
+            const key = dirKey === '' ? entry.name : `${dirKey}/${entry.name}`;
+            if (entry.isDirectory())
+                await this.walk(key, into, signal);
+            else if (entry.isFile())
+                into.push(key);
+        }
+    }
+    /** Validated key -> absolute path, never outside the root. */
+    pathOf(key) {
+        validateObjectKey(key);
+        const path = resolve(this.config.root, ...key.split('/'));
+        if (!path.startsWith(this.config.root + sep)) {
+            throw new PipelineError('invalid_request', `object key escapes the store root: ${JSON.stringify(key)}`);
+        }
+        return path;
+    }
+    toError(op, key, error) {
+        if (error instanceof PipelineError)
+            return error;
+        if (op === 'get' && isMissing(error))
+            return new ObjectNotFoundError(key, { cause: error });
+        const code = error?.code;
+        const message = error instanceof Error ? error.message.replace(this.config.root, '<root>') : String(error);
+        return new PipelineError('storage', `folder store ${op} ${key} failed${typeof code === 'string' ? ` (${code})` : ''}: ${message}`, { cause: error });
+    }
+}
+function isMissing(error) {
+    const code = error?.code;
+    // ENOTDIR: a path segment is a file, so the object cannot exist either.
+    return code === 'ENOENT' || code === 'ENOTDIR';
+}

@@ -1,0 +1,102 @@
+import sharp from 'sharp';
+import { PipelineError } from '../domain/error-class.js';
+/** Default input size limit of {@link toWebp}: 20 MiB. */
+export const DEFAULT_MAX_INPUT_BYTES = 20 * 1024 * 1024;
+/** Default pixel limit of {@link toWebp} (about a 7000 x 7000 image). */
+export const DEFAULT_MAX_PIXELS = 50_000_000;
+/** Default WebP quality of {@link toWebp}. */
+export const DEFAULT_WEBP_QUALITY = 80;
+const MIME_BY_FORMAT = Object.freeze({
+    png: 'image/png',
+    jpeg: 'image/jpeg',
+    jpg: 'image/jpeg',
+    webp: 'image/webp',
+    gif: 'image/gif',
+    avif: 'image/avif',
+    heif: 'image/heif',
+    tiff: 'image/tiff',
+    svg: 'image/svg+xml',
+});
+/**
+ * Reads an image's format and dimensions from its header (cheap: no full decode).
+ *
+ * Used to validate user input images and generator output before paying for a full
+ * decode. Throws `PipelineError('corrupt_image')` when the bytes are not an image
+ * sharp recognises or have no dimensions. The message never contains the bytes.
+ *
+ * @example
+ * const { mimeType, width, height } = await probeImage(bytes);
+ */
+export async function probeImage(bytes) {
+    if (bytes.byteLength === 0)
+        throw new PipelineError('corrupt_image', 'image is empty (0 bytes)');
+    const meta = await sharp(bytes, { failOn: 'error' })
+        .metadata()
+        .catch((error) => {
+        throw new PipelineError('corrupt_image', `bytes do not decode as an image (${bytes.byteLength} bytes): ${errorText(error)}`, {
+            cause: error,
+        });
+    });
+    const width = meta.width ?? 0;
+    const height = meta.height ?? 0;
+    const mimeType = MIME_BY_FORMAT[meta.format ?? ''];
+    if (mimeType === undefined || width <= 0 || height <= 0) {
+        throw new PipelineError('corrupt_image', `unsupported or empty image (format ${String(meta.format)}, ${width}x${height})`);
+    }
+    return { mimeType, width, height };
+}
+/**
+ * Validates and converts an image to WebP (sharp).
+ *
+ * Rejects, with `PipelineError('corrupt_image')`: inputs over `maxInputBytes`,
+ * bytes that do not decode (the whole image is decoded, so truncated files fail
+ * here, not later), zero dimensions and images over `maxPixels`.
+ * EXIF orientation is applied so the stored image looks like the original.
+ *
+ * @example
+ * const webp = await toWebp(pngBytes, { quality: 80 });
+ * await store.put(key, webp.bytes, webp.contentType);
+ */
+export async function toWebp(bytes, options = {}) {
+    const quality = options.quality ?? DEFAULT_WEBP_QUALITY;
+    const maxInputBytes = options.maxInputBytes ?? DEFAULT_MAX_INPUT_BYTES;
+    const maxPixels = options.maxPixels ?? DEFAULT_MAX_PIXELS;
+    if (bytes.byteLength > maxInputBytes) {
+        throw new PipelineError('corrupt_image', `image too large: ${bytes.byteLength} bytes > limit ${maxInputBytes}`);
+    }
+    const probe = await probeImage(bytes);
+    if (probe.width * probe.height > maxPixels) {
+        throw new PipelineError('corrupt_image', `image too large: ${probe.width}x${probe.height} > limit ${maxPixels} pixels`);
+    }
+    try {
+        const { data, info } = await sharp(bytes, { failOn: 'error', limitInputPixels: maxPixels })
+            .rotate()
+            .webp({ quality })
+            .toBuffer({ resolveWithObject: true });
+        if (info.width <= 0 || info.height <= 0)
+            throw new Error(`empty output ${info.width}x${info.height}`);
+        const out = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+        return { bytes: out, width: info.width, height: info.height, byteSize: out.byteLength, contentType: 'image/webp' };
+    }
+    catch (error) {
+        throw new PipelineError('corrupt_image', `image does not convert to WebP (${bytes.byteLength} bytes): ${errorText(error)}`, {
+            cause: error,
+        });
+    }
+}
+/** The file extension (no dot) conventionally used for a mime type, e.g. `image/png` -> `png`. */
+export function extensionForMimeType(mimeType) {
+    switch (mimeType) {
+        case 'image/jpeg':
+            return 'jpg';
+        case 'image/svg+xml':
+            return 'svg';
+        default: {
+            const sub = mimeType.split('/')[1] ?? 'bin';
+            return /^[a-z0-9]+$/.test(sub) ? sub : 'bin';
+        }
+    }
+}
+function errorText(error) {
+    return error instanceof Error ? error.message : String(error);
+}

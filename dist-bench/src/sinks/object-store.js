@@ -1,0 +1,78 @@
+import { Observable } from 'rxjs';
+import { PipelineError } from '../domain/error-class.js';
+/** A `get` of a key that holds no object. Class `storage`; tell it apart with `instanceof` or {@link isObjectNotFound}. */
+export class ObjectNotFoundError extends PipelineError {
+    /** The missing key. */
+    key;
+    constructor(key, options = {}) {
+        super('storage', `object not found: ${key}`, { httpStatus: 404, cause: options.cause });
+        this.key = key;
+    }
+}
+/** Whether an error is an {@link ObjectNotFoundError}. */
+export function isObjectNotFound(error) {
+    return error instanceof ObjectNotFoundError;
+}
+/** Key segments starting with this are reserved for in-progress writes (folder store temp files). */
+export const RESERVED_SEGMENT_PREFIX = '.tmp-';
+/** Longest accepted key, in UTF-8 bytes (S3's limit). */
+export const MAX_KEY_BYTES = 1024;
+/**
+ * Throws `PipelineError('invalid_request')` unless `key` is a safe relative object key:
+ * non-empty, at most {@link MAX_KEY_BYTES}, no leading `/`, no backslash, no NUL or
+ * control characters, no empty, `.` or `..` segment, no segment starting with
+ * {@link RESERVED_SEGMENT_PREFIX}. The same rules hold for every store so a key that
+ * works on a folder works on S3 and the other way round; for the folder store they
+ * also guarantee a key can never name a file outside the root.
+ *
+ * With `allowPrefix`, `''` and a trailing `/` are accepted (for `list`).
+ */
+export function validateObjectKey(key, options = {}) {
+    const fail = (why) => {
+        throw new PipelineError('invalid_request', `invalid object key ${JSON.stringify(key.slice(0, 200))}: ${why}`);
+    };
+    if (typeof key !== 'string')
+        fail('not a string');
+    if (key === '') {
+        if (options.allowPrefix)
+            return;
+        fail('empty');
+    }
+    if (Buffer.byteLength(key, 'utf8') > MAX_KEY_BYTES)
+        fail(`longer than ${MAX_KEY_BYTES} bytes`);
+    // eslint-disable-next-line no-control-regex -- control characters are exactly what we reject
+    if (/[\u0000-\u001f\u007f]/.test(key))
+        fail('control character or NUL');
+    if (key.includes('\\'))
+        fail('backslash');
+    if (key.startsWith('/'))
+        fail('absolute path');
+    if (/^[A-Za-z]:/.test(key))
+        fail('drive letter');
+    const segments = key.split('/');
+    if (options.allowPrefix && key.endsWith('/'))
+        segments.pop();
+    for (const segment of segments) {
+        if (segment === '')
+            fail('empty path segment');
+        if (segment === '.' || segment === '..')
+            fail(`"${segment}" segment`);
+        if (segment.startsWith(RESERVED_SEGMENT_PREFIX))
+            fail(`segment starts with reserved "${RESERVED_SEGMENT_PREFIX}"`);
+    }
+}
+/**
+ * A cold Observable over an abortable promise: `run` starts on subscription and gets
+ * a signal that is aborted on unsubscribe. Errors go through `mapError`. Used by the
+ * store adapters; a result arriving after unsubscribe is dropped.
+ */
+export function fromAbortable(run, mapError) {
+    return new Observable((subscriber) => {
+        const abort = new AbortController();
+        run(abort.signal).then((value) => {
+            subscriber.next(value);
+            subscriber.complete();
+        }, (error) => subscriber.error(mapError(error)));
+        return () => abort.abort();
+    });
+}

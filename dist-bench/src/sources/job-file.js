@@ -1,0 +1,83 @@
+import { readFile, stat } from 'node:fs/promises';
+import { dirname, resolve } from 'node:path';
+import { JobSpecError, parseJobSpec } from '../domain/job-spec.js';
+import { probeImage, DEFAULT_MAX_INPUT_BYTES } from '../sinks/image-codec.js';
+/** Largest job file we read. */
+export const MAX_JOB_FILE_BYTES = 1024 * 1024;
+/**
+ * Reads and validates a job file: UTF-8 JSON (a BOM is allowed), a valid spec, and
+ * for every stage with `inputImage` a readable image file (relative to the job
+ * file) under the input size limit. Reads only: nothing is written.
+ *
+ * @throws {JobSpecError} listing every problem (field + rule).
+ */
+export async function readJobFile(path, limits = {}) {
+    const fail = (field, rule) => {
+        throw new JobSpecError([{ field, rule }]);
+    };
+    let raw;
+    try {
+        const info = await stat(path);
+        if (!info.isFile())
+            fail('(file)', `${path} is not a file`);
+        if (info.size > MAX_JOB_FILE_BYTES)
+            fail('(file)', `${path} is larger than ${MAX_JOB_FILE_BYTES} bytes`);
+        raw = await readFile(path);
+    }
+    catch (error) {
+        if (error instanceof JobSpecError)
+            throw error;
+        return fail('(file)', `cannot read ${path}: ${error.code ?? String(error)}`);
+    }
+    let text;
+    try {
+        text = new TextDecoder('utf-8', { fatal: true, ignoreBOM: false }).decode(raw);
+    }
+    catch {
+        return fail('(file)', 'must be UTF-8 encoded JSON (found bytes that are not UTF-8)');
+    }
+    if (text.includes('\u0000'))
+        fail('(file)', 'must be UTF-8 encoded JSON (found NUL bytes; UTF-16?)');
+    let json;
+    try {
+        json = JSON.parse(text);
+    }
+    catch (error) {
+        return fail('(file)', `is not valid JSON: ${error.message}`);
+    }
+    const spec = parseJobSpec(json, limits);
+    const base = dirname(resolve(path));
+    const problems = [];
+    const inputFiles = [];
+    for (const stage of spec.stages) {
+        if (stage.inputImage === null)
+            continue;
+        const field = `stages[${stage.index}].inputImage`;
+        const file = resolve(base, stage.inputImage);
+        try {
+            const info = await stat(file);
+            if (!info.isFile()) {
+                problems.push({ field, rule: `${stage.inputImage} is not a file` });
+                continue;
+            }
+            if (info.size > DEFAULT_MAX_INPUT_BYTES) {
+                problems.push({ field, rule: `${stage.inputImage} is ${info.size} bytes, more than the ${DEFAULT_MAX_INPUT_BYTES}-byte limit` });
+                continue;
+            }
+            const bytes = new Uint8Array(await readFile(file));
+            try {
+                const probe = await probeImage(bytes);
+                inputFiles.push({ stageIndex: stage.index, path: file, bytes, ...probe });
+            }
+            catch {
+                problems.push({ field, rule: `${stage.inputImage} is not an image (PNG, JPEG, WebP, GIF, AVIF, TIFF)` });
+            }
+        }
+        catch (error) {
+            problems.push({ field, rule: `${stage.inputImage}: ${error.code === 'ENOENT' ? 'file not found' : String(error)}` });
+        }
+    }
+    if (problems.length > 0)
+        throw new JobSpecError(problems);
+    return { spec, inputFiles };
+}

@@ -1,0 +1,189 @@
+import { EMPTY, Observable, ReplaySubject, concat, concatMap, defer, filter, finalize, firstValueFrom, from, ignoreElements, interval, map, merge, mergeMap, of, share, switchMap, take, takeUntil, tap, timer, } from 'rxjs';
+import { PipelineError, toPipelineError } from '../domain/error-class.js';
+import { JobNotFoundError } from '../db/errors.js';
+import { deliverSlot } from '../db/ops/deliver-slot.js';
+import { finishAttempt } from '../db/ops/finish-attempt.js';
+import { finishJob } from '../db/ops/finish-job.js';
+import { getAttachment } from '../db/ops/get-attachment.js';
+import { listDeliveredStorageKeys } from '../db/ops/list-delivered-storage-keys.js';
+import { loadJob } from '../db/ops/load-job.js';
+import { markJobRunning } from '../db/ops/mark-job-running.js';
+import { readJobResult } from '../db/ops/read-job-result.js';
+import { isCancelRequested } from '../db/ops/request-cancel.js';
+import { claimJobLease, newLeaseOwner, releaseJobLease, renewJobLease } from '../db/ops/job-lease.js';
+import { startAttempt } from '../db/ops/start-attempt.js';
+import { suspendJob } from '../db/ops/suspend-job.js';
+import { FINAL_JOB_STATUSES } from '../db/schema.js';
+import { toWebp } from '../sinks/image-codec.js';
+import { progressWriter } from '../sinks/progress-writer.js';
+import { generatedImageKey, generatedImagePrefix } from '../sinks/storage-keys.js';
+import { runEngine } from './engine.js';
+/**
+ * Runs (or resumes) a job that is already in the database and emits its events.
+ *
+ * Before the first attempt it rebuilds the engine's state from the tables (filled
+ * slots, attempts used per slot: the budget is not reset) and deletes the job's
+ * orphan objects (uploaded by an attempt whose delivery never committed). Each
+ * attempt is recorded before the provider is called; each delivery is one database
+ * transaction (attach record, slot, credit capture, counters). Progress is written
+ * coalesced and published with NOTIFY. `job:finished` is emitted after `finishJob`
+ * committed (status, merged ids, release of the unused reservation).
+ *
+ * A job that already ended emits only its `job:finished` again, with no provider call.
+ * A job handed back by `stop$` emits no `job:finished`.
+ */
+export function runStoredJob(deps, jobId, options = {}) {
+    return defer(async () => {
+        const { database, store, generator } = deps;
+        const logger = deps.logger?.child({ jobId });
+        const job = await loadJob(database, jobId);
+        if (!job)
+            throw new JobNotFoundError(jobId);
+        if (FINAL_JOB_STATUSES.includes(job.status))
+            return replayFinished(database, jobId);
+        // One runner per job: the orphan sweep below must never race another runner's upload.
+        const owner = options.leaseOwner ?? newLeaseOwner();
+        const leaseTtlMs = options.leaseTtlMs ?? 30_000;
+        await claimJobLease(database, jobId, owner, leaseTtlMs);
+        await removeOrphans(database, store, jobId, logger);
+        await markJobRunning(database, jobId);
+        // The input image of a stage is read from storage once and shared by every
+        // attempt; a failed read is not cached, the next attempt reads again.
+        const inputs = job.spec.stages.map((stage) => defer(async () => {
+            if (stage.inputAttachId === null)
+                return null;
+            const attachment = await getAttachment(database, stage.inputAttachId);
+            if (!attachment)
+                throw new PipelineError('invalid_request', `input attachment ${stage.inputAttachId} is gone`);
+            const bytes = await firstValueFrom(store.get(attachment.storageKey));
+            return { bytes, mimeType: attachment.contentType };
+        }).pipe(share({ connector: () => new ReplaySubject(1), resetOnError: true, resetOnComplete: false, resetOnRefCountZero: false })));
+        const ports = {
+            generate: (request) => from(startAttempt(database, request).catch((e) => Promise.reject(toPipelineError(e, 'database')))).pipe(switchMap(() => inputs[request.stageIndex].pipe(take(1))), catchTo('storage'), switchMap((input) => generator.generate({ ...request, input }))),
+            deliver: (request, image) => deliverImage(database, store, request, image, options.webpQuality ?? 80, logger),
+        };
+        const attemptLog = new AttemptLog(database, logger);
+        let stopped = false;
+        const leaseLost$ = interval(leaseTtlMs / 3).pipe(mergeMap(() => from(renewJobLease(database, jobId, owner, leaseTtlMs)).pipe(catchTo('database'))), filter((held) => !held), tap(() => logger?.error('lost the job lease to another runner: stopping')));
+        const stop$ = merge(options.stop$ ?? EMPTY, leaseLost$).pipe(take(1), tap(() => {
+            stopped = true;
+            logger?.info('stop requested: no new attempts, in-flight attempts finish');
+        }), share());
+        const polledCancel$ = interval(options.cancelPollMs ?? 500).pipe(mergeMap(() => from(isCancelRequested(database, jobId)).pipe(catchTo('database'))), filter(Boolean));
+        const cancel$ = merge(options.cancel$ ?? EMPTY, polledCancel$, stop$.pipe(switchMap(() => timer(options.graceMs ?? 30_000)))).pipe(take(1));
+        const engineOptions = {
+            ...options,
+            globalLimiter: deps.limiter,
+            cancel$,
+            stop$,
+        };
+        return runEngine({ jobId, stages: job.spec.stages, state: job.stages }, ports, engineOptions).pipe(tap((event) => attemptLog.record(event)), progressWriter(database, {
+            intervalMs: options.progressIntervalMs ?? 250,
+            onError: (error) => logger?.warn({ err: error }, 'progress write failed'),
+        }), concatMap((event) => {
+            if (event.type !== 'job:finished')
+                return of(event);
+            return defer(async () => {
+                await attemptLog.flush();
+                if (stopped && event.status !== 'completed') {
+                    if (await renewJobLease(database, jobId, owner, leaseTtlMs))
+                        await suspendJob(database, jobId);
+                    await releaseJobLease(database, jobId, owner);
+                    logger?.info({ delivered: event.result.deliveredImages }, 'job handed back for resume');
+                    return EMPTY;
+                }
+                const credits = await finishJob(database, jobId, event.result);
+                await removeOrphans(database, store, jobId, logger);
+                await releaseJobLease(database, jobId, owner);
+                logger?.info({ status: event.status, delivered: event.result.deliveredImages, total: event.result.totalImages, credits }, 'job finished');
+                return of(event);
+            }).pipe(mergeMap((o) => o));
+        }), finalize(() => void releaseJobLease(database, jobId, owner).catch((error) => logger?.warn({ err: error }, 'lease release failed'))));
+    }).pipe(mergeMap((events$) => events$));
+}
+/** `job:finished` of a job that already ended, read back from the database. */
+function replayFinished(database, jobId) {
+    return from(readJobResult(database, jobId)).pipe(map((stored) => {
+        if (!stored)
+            throw new JobNotFoundError(jobId);
+        return { type: 'job:finished', jobId, at: Date.now(), status: stored.result.status, attachIds: stored.result.attachIds, result: stored.result };
+    }));
+}
+/** Store the WebP, then commit the delivery; an upload the delivery did not use is removed. */
+function deliverImage(database, store, request, image, quality, logger) {
+    const key = generatedImageKey(request);
+    return from(toWebp(image.bytes, { quality })).pipe(catchTo('corrupt_image'), concatMap((webp) => concat(store.put(key, webp.bytes, webp.contentType).pipe(ignoreElements()), of(webp))), concatMap((webp) => from(deliverSlot(database, {
+        jobId: request.jobId,
+        stageIndex: request.stageIndex,
+        slotIndex: request.slotIndex,
+        attempt: request.attempt,
+        storageKey: key,
+        contentType: webp.contentType,
+        byteSize: webp.byteSize,
+        width: webp.width,
+        height: webp.height,
+    })).pipe(
+    // No delete on a database error: the commit may have happened before the
+    // connection died. The resume step compares with the committed rows.
+    catchTo('database'))), concatMap((delivery) => {
+        if (!delivery.duplicate)
+            return of(delivery);
+        logger?.info({ stage: request.stageIndex, slot: request.slotIndex, attachId: delivery.attachId }, 'slot was already filled; upload removed');
+        return concat(store.delete(key).pipe(ignoreElements(), catchTo('storage')), of(delivery));
+    }));
+}
+/** Objects under the job's prefix that no committed attach record points to. */
+async function removeOrphans(database, store, jobId, logger) {
+    const [keys, delivered] = await Promise.all([firstValueFrom(store.list(generatedImagePrefix(jobId))), listDeliveredStorageKeys(database, jobId)]);
+    const orphans = keys.filter((key) => !delivered.has(key));
+    for (const key of orphans)
+        await firstValueFrom(store.delete(key), { defaultValue: undefined });
+    if (orphans.length > 0)
+        logger?.info({ orphans: orphans.length }, 'removed objects of deliveries that never committed');
+    return orphans.length;
+}
+/** Classifies whatever a step throws, keeping a {@link PipelineError}'s own class. */
+function catchTo(fallback) {
+    return (source) => new Observable((subscriber) => source.subscribe({
+        next: (v) => subscriber.next(v),
+        error: (e) => subscriber.error(toPipelineError(e, fallback)),
+        complete: () => subscriber.complete(),
+    }));
+}
+/**
+ * Writes how each attempt ended, in order, off the event path; `flush` waits for
+ * the writes so far (before the job is finished, so statistics are complete).
+ */
+class AttemptLog {
+    database;
+    logger;
+    #tail = Promise.resolve();
+    constructor(database, logger) {
+        this.database = database;
+        this.logger = logger;
+    }
+    record(event) {
+        if (event.type !== 'attempt:failed' && event.type !== 'slot:delivered')
+            return;
+        const failed = event.type === 'attempt:failed';
+        if (failed) {
+            this.logger?.debug({ stage: event.stage, slot: event.slot, attempt: event.attempt, errorClass: event.errorClass, willRetry: event.willRetry, delayMs: event.delayMs }, 'attempt failed');
+        }
+        const write = () => finishAttempt(this.database, {
+            jobId: event.jobId,
+            stageIndex: event.stage,
+            slotIndex: event.slot,
+            attempt: event.attempt,
+            outcome: failed ? 'failed' : 'delivered',
+            errorClass: failed ? event.errorClass : null,
+            httpStatus: failed ? event.httpStatus : null,
+            message: failed ? event.message : null,
+            latencyMs: event.latencyMs,
+            usage: failed ? null : event.usage,
+        });
+        this.#tail = this.#tail.then(write).catch((error) => this.logger?.warn({ err: error }, 'attempt record failed'));
+    }
+    flush() {
+        return this.#tail;
+    }
+}

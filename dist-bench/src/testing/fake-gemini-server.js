@@ -1,0 +1,335 @@
+import { createServer } from 'node:http';
+import { ASPECT_RATIOS } from '../domain/aspect-ratio.js';
+import { dimensionsForAspectRatio } from '../generators/image-dimensions.js';
+import { MAX_STAMP, renderStampedPng } from './stamped-image.js';
+/** Stamp of the thought image in the `thought_image` behavior (never a call number in practice). */
+export const THOUGHT_STAMP = MAX_STAMP;
+/** Token counts the fake reports in `usageMetadata` for an image answer. */
+export const FAKE_USAGE = Object.freeze({ promptTokenCount: 12, candidatesTokenCount: 1290, totalTokenCount: 1302 });
+const STATUS_NAMES = {
+    400: 'INVALID_ARGUMENT',
+    401: 'UNAUTHENTICATED',
+    403: 'PERMISSION_DENIED',
+    404: 'NOT_FOUND',
+    429: 'RESOURCE_EXHAUSTED',
+    500: 'INTERNAL',
+    503: 'UNAVAILABLE',
+    504: 'DEADLINE_EXCEEDED',
+};
+const PATH = /^\/v1beta\/models\/([^/:]+):generateContent(?:\?.*)?$/;
+/**
+ * Starts a real `node:http` server on 127.0.0.1 (random port) that speaks the part of
+ * the Gemini API the pipeline uses: `POST /v1beta/models/{model}:generateContent`.
+ *
+ * Every served image is unique: its pixels carry the call number (see
+ * `readStamp` in `stamped-image.ts`), and the record of the call keeps it as
+ * `servedStamp`. `close()` destroys hanging sockets so tests do not leak.
+ *
+ * @example
+ * const server = await startFakeGeminiServer({ behavior: ({ n }) => (n === 1 ? 'status:503' : 'image') });
+ * const ai = new GoogleGenAI({ apiKey: server.apiKey, apiVersion: 'v1beta', httpOptions: { baseUrl: server.url } });
+ * // ...
+ * await server.close();
+ */
+export async function startFakeGeminiServer(options = {}) {
+    const apiKey = options.apiKey ?? 'test-key';
+    const latency = options.latencyMs ?? 0;
+    const latencyOf = typeof latency === 'function' ? latency : () => latency;
+    const jitterMs = options.jitterMs ?? 0;
+    const seed = options.seed ?? 0;
+    const imageSize = options.imageSize ?? 64;
+    const maxInFlight = options.maxInFlight ?? Number.POSITIVE_INFINITY;
+    const rateLimitRetryDelay = options.rateLimitRetryDelay ?? '1s';
+    let behavior = options.behavior ?? (() => 'image');
+    let calls = 0;
+    let inFlight = 0;
+    let maxObserved = 0;
+    const records = [];
+    const waiters = new Map();
+    const timers = new Set();
+    const settle = (record, outcome) => {
+        if (record.outcome !== 'pending')
+            return;
+        record.outcome = outcome;
+        inFlight--;
+        for (const resolve of waiters.get(record.n) ?? [])
+            resolve(record);
+        waiters.delete(record.n);
+    };
+    const server = createServer((req, res) => {
+        void handle(req, res).catch((error) => {
+            if (!res.headersSent) {
+                sendJson(res, 500, { error: { code: 500, message: `fake server bug: ${String(error)}`, status: 'INTERNAL' } });
+            }
+            else {
+                res.destroy();
+            }
+        });
+    });
+    async function handle(req, res) {
+        const match = req.method === 'POST' ? PATH.exec(req.url ?? '') : null;
+        if (!match) {
+            sendJson(res, 404, { error: { code: 404, message: `no route ${req.method} ${req.url}`, status: 'NOT_FOUND' } });
+            return;
+        }
+        const raw = await readBody(req);
+        const n = ++calls;
+        inFlight++;
+        maxObserved = Math.max(maxObserved, inFlight);
+        const body = parseJson(raw);
+        const sentKey = headerValue(req.headers['x-goog-api-key']) ?? new URL(req.url ?? '/', 'http://x').searchParams.get('key') ?? undefined;
+        const record = {
+            n,
+            model: decodeURIComponent(match[1] ?? ''),
+            apiKeyOk: sentKey === apiKey,
+            ...describeRequest(body),
+            behavior: 'pending',
+            servedStamp: undefined,
+            outcome: 'pending',
+        };
+        records.push(record);
+        // The client closing its side before we answered: it gave up (abort / timeout).
+        res.on('close', () => settle(record, res.writableFinished ? 'answered' : 'client_closed'));
+        if (sentKey === undefined) {
+            record.behavior = 'status:401';
+            sendJson(res, 401, googleError(401, 'Method doesn\'t allow unregistered callers. Please use an API key.'));
+            return;
+        }
+        if (sentKey !== apiKey) {
+            record.behavior = 'status:403';
+            sendJson(res, 403, googleError(403, 'API key not valid. Please pass a valid API key.'));
+            return;
+        }
+        let chosen;
+        if (inFlight > maxInFlight) {
+            chosen = { status: 429, retryDelay: rateLimitRetryDelay, retryAfter: null };
+        }
+        else {
+            chosen = behavior({ n, body, inFlight });
+        }
+        record.behavior = typeof chosen === 'string' ? chosen : `status:${chosen.status}`;
+        const latencyMs = latencyOf({ n, body, inFlight }) + Math.floor(unitHash(seed, n, 3) * jitterMs);
+        if (latencyMs > 0) {
+            await new Promise((resolve) => {
+                const t = setTimeout(() => {
+                    timers.delete(t);
+                    resolve();
+                }, latencyMs);
+                timers.add(t);
+            });
+            if (res.destroyed)
+                return;
+        }
+        await answer(chosen, record, res);
+    }
+    async function answer(chosen, record, res) {
+        const ratio = ASPECT_RATIOS.includes(record.aspectRatio ?? '') ? record.aspectRatio : '1:1';
+        const { width, height } = dimensionsForAspectRatio(ratio, imageSize);
+        const size = { width: Math.max(width, 24), height: Math.max(height, 4) };
+        const imagePart = async (stamp) => ({
+            inlineData: { mimeType: 'image/png', data: Buffer.from(await renderStampedPng({ stamp, ...size })).toString('base64') },
+        });
+        if (typeof chosen === 'object') {
+            sendStatus(res, chosen);
+            return;
+        }
+        if (chosen.startsWith('status:')) {
+            sendStatus(res, { status: Number(chosen.slice('status:'.length)) });
+            return;
+        }
+        if (chosen.startsWith('finish:')) {
+            sendJson(res, 200, {
+                candidates: [{ content: { role: 'model', parts: [] }, finishReason: chosen.slice('finish:'.length), index: 0 }],
+                usageMetadata: { promptTokenCount: 12, totalTokenCount: 12 },
+            });
+            return;
+        }
+        switch (chosen) {
+            case 'image': {
+                const part = await imagePart(record.n);
+                record.servedStamp = record.n;
+                sendJson(res, 200, okResponse([part]));
+                return;
+            }
+            case 'thought_image': {
+                const thought = await imagePart(THOUGHT_STAMP);
+                const final = await imagePart(record.n);
+                record.servedStamp = record.n;
+                sendJson(res, 200, okResponse([
+                    { text: 'Sketching a first composition.', thought: true },
+                    { ...thought, thought: true },
+                    { text: 'Here is the image.' },
+                    final,
+                ]));
+                return;
+            }
+            case 'text_only':
+                sendJson(res, 200, okResponse([{ text: 'I cannot draw that, but here is a description.' }], 'STOP'));
+                return;
+            case 'no_parts':
+                sendJson(res, 200, { candidates: [{ content: { role: 'model' }, finishReason: 'STOP', index: 0 }], usageMetadata: FAKE_USAGE });
+                return;
+            case 'no_candidates':
+                sendJson(res, 200, { candidates: [], usageMetadata: { promptTokenCount: 12, totalTokenCount: 12 } });
+                return;
+            case 'prompt_blocked':
+                sendJson(res, 200, {
+                    promptFeedback: { blockReason: 'PROHIBITED_CONTENT', blockReasonMessage: 'The prompt was blocked.' },
+                    usageMetadata: { promptTokenCount: 12, totalTokenCount: 12 },
+                });
+                return;
+            case 'corrupt':
+                record.servedStamp = undefined;
+                sendJson(res, 200, okResponse([{ inlineData: { mimeType: 'image/png', data: Buffer.from('definitely not a png, just words').toString('base64') } }]));
+                return;
+            case 'hang':
+                // Never answer: the client's timeout or abort, or close(), ends the call.
+                return;
+            case 'drop': {
+                const full = JSON.stringify(okResponse([await imagePart(record.n)]));
+                res.writeHead(200, { 'content-type': 'application/json; charset=UTF-8', 'content-length': String(Buffer.byteLength(full)) });
+                res.write(full.slice(0, Math.floor(full.length / 2)), () => {
+                    settle(record, 'dropped');
+                    res.destroy();
+                });
+                return;
+            }
+            case 'drop_before_headers':
+                settle(record, 'dropped');
+                res.socket?.destroy();
+                return;
+        }
+    }
+    await new Promise((resolve, reject) => {
+        server.once('error', reject);
+        server.listen(0, '127.0.0.1', () => {
+            server.off('error', reject);
+            resolve();
+        });
+    });
+    const { port } = server.address();
+    return {
+        url: `http://127.0.0.1:${port}`,
+        apiKey,
+        calls: () => calls,
+        inFlight: () => inFlight,
+        maxObservedInFlight: () => maxObserved,
+        requests: records,
+        setBehavior(next) {
+            behavior = next;
+        },
+        settled(n) {
+            const record = records.find((r) => r.n === n);
+            if (record && record.outcome !== 'pending')
+                return Promise.resolve(record);
+            return new Promise((resolve) => {
+                const list = waiters.get(n) ?? [];
+                list.push(resolve);
+                waiters.set(n, list);
+            });
+        },
+        close() {
+            for (const t of timers)
+                clearTimeout(t);
+            timers.clear();
+            for (const record of records)
+                if (record.outcome === 'pending')
+                    settle(record, 'closed_by_server');
+            return new Promise((resolve) => {
+                server.close(() => resolve());
+                server.closeAllConnections();
+            });
+        },
+    };
+}
+/**
+ * A behavior function that fails a seeded, reproducible fraction of calls.
+ * The decision depends only on `(seed, call number)`, not on timing or order.
+ *
+ * @example
+ * startFakeGeminiServer({ behavior: randomMixBehavior({ seed: 7, failureRate: 0.2, classes: ['status:503', 'text_only'] }) })
+ */
+export function randomMixBehavior(options) {
+    const classes = options.classes ?? ['status:429', 'status:503', 'status:500', 'text_only', 'finish:IMAGE_SAFETY'];
+    const success = options.success ?? 'image';
+    if (classes.length === 0)
+        throw new RangeError('randomMixBehavior needs at least one failure class');
+    return ({ n }) => {
+        const r = unitHash(options.seed, n, 1);
+        if (r >= options.failureRate)
+            return success;
+        const pick = Math.floor(unitHash(options.seed, n, 2) * classes.length);
+        return classes[Math.min(pick, classes.length - 1)] ?? success;
+    };
+}
+/** A deterministic number in [0, 1) from integers (a small integer hash, not crypto). */
+function unitHash(...values) {
+    let h = 0x811c9dc5;
+    for (const v of values) {
+        h = Math.imul(h ^ (v | 0), 0x01000193);
+        h ^= h >>> 15;
+        h = Math.imul(h, 0x2c1b3c6d);
+        h ^= h >>> 12;
+    }
+    h = Math.imul(h ^ (h >>> 16), 0x297a2d39);
+    h ^= h >>> 15;
+    return (h >>> 0) / 2 ** 32;
+}
+function okResponse(parts, finishReason = 'STOP') {
+    return {
+        candidates: [{ content: { role: 'model', parts }, finishReason, index: 0 }],
+        usageMetadata: FAKE_USAGE,
+        modelVersion: 'fake-gemini',
+    };
+}
+function googleError(code, message, details) {
+    return { error: { code, message, status: STATUS_NAMES[code] ?? 'UNKNOWN', ...(details ? { details } : {}) } };
+}
+function sendStatus(res, behavior) {
+    const { status } = behavior;
+    const is429 = status === 429;
+    const retryDelay = behavior.retryDelay === undefined ? (is429 ? '2s' : null) : behavior.retryDelay;
+    const retryAfter = behavior.retryAfter === undefined ? (is429 ? '2' : null) : behavior.retryAfter;
+    const details = retryDelay === null ? undefined : [{ '@type': 'type.googleapis.com/google.rpc.RetryInfo', retryDelay }];
+    const message = is429 ? 'Resource has been exhausted (e.g. check quota).' : `fake error ${status}`;
+    sendJson(res, status, googleError(status, message, details), retryAfter === null ? {} : { 'retry-after': retryAfter });
+}
+function sendJson(res, status, body, headers = {}) {
+    const text = JSON.stringify(body);
+    res.writeHead(status, { 'content-type': 'application/json; charset=UTF-8', 'content-length': String(Buffer.byteLength(text)), ...headers });
+    res.end(text);
+}
+function readBody(req) {
+    return new Promise((resolve, reject) => {
+        const chunks = [];
+        req.on('data', (chunk) => chunks.push(chunk));
+        req.on('end', () => resolve(Buffer.concat(chunks).toString('utf8')));
+        req.on('error', reject);
+    });
+}
+function parseJson(text) {
+    try {
+        return JSON.parse(text);
+    }
+    catch {
+        return undefined;
+    }
+}
+function headerValue(value) {
+    return Array.isArray(value) ? value[0] : value;
+}
+/** The interesting fields of a generateContent body, without image bytes. */
+function describeRequest(body) {
+    // The body is client-controlled JSON; read it defensively through `unknown`.
+    const b = (body ?? {});
+    const parts = (b.contents ?? []).flatMap((c) => c.parts ?? []);
+    const texts = parts.map((p) => p.text).filter((t) => typeof t === 'string');
+    return {
+        prompt: texts.length > 0 ? texts.join('\n') : undefined,
+        aspectRatio: b.generationConfig?.imageConfig?.aspectRatio,
+        responseModalities: b.generationConfig?.responseModalities,
+        inputImages: parts
+            .filter((p) => p.inlineData !== undefined)
+            .map((p) => ({ mimeType: p.inlineData?.mimeType ?? '', byteSize: Buffer.from(p.inlineData?.data ?? '', 'base64').byteLength })),
+    };
+}

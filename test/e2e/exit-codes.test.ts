@@ -1,0 +1,149 @@
+/**
+ * Exit codes of `imagegen run`: 1 ended short (with the honest reason per stage),
+ * 2 invalid input (nothing written, no provider call), 3 not enough credits
+ * (nothing generated, no provider call).
+ */
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { startFakeGeminiServer, type FakeBehaviorFn, type FakeGeminiServer } from '../../src/testing/fake-gemini-server.js';
+import {
+  assertCliBuilt,
+  cliEnv,
+  createWorkspace,
+  generatedFiles,
+  jobSpec,
+  killLiveCliProcesses,
+  parseSingleJson,
+  pgliteOf,
+  readDb,
+  runCli,
+  type Summary,
+  type Workspace,
+} from './support/cli.js';
+
+/** Prompt of the request a call carries (the fake server records it). */
+function promptOf(body: unknown): string {
+  const b = body as { contents?: { parts?: { text?: string }[] }[] };
+  return (b.contents ?? []).flatMap((c) => c.parts ?? []).map((p) => p.text ?? '').join('\n');
+}
+
+describe('imagegen run exit codes', () => {
+  const cleanups: (() => Promise<void>)[] = [];
+  beforeAll(() => assertCliBuilt());
+  afterEach(async () => {
+    await killLiveCliProcesses();
+    for (const c of cleanups.splice(0).reverse()) await c();
+  });
+
+  async function setup(behavior?: FakeBehaviorFn, extraEnv: Record<string, string> = {}): Promise<{ ws: Workspace; server: FakeGeminiServer; env: NodeJS.ProcessEnv }> {
+    const ws = await createWorkspace();
+    cleanups.push(() => ws.dispose());
+    const server = await startFakeGeminiServer({ latencyMs: 5, ...(behavior ? { behavior } : {}) });
+    cleanups.push(() => server.close());
+    const env = cliEnv({ IMAGEGEN_DATA_DIR: ws.dataDir, GEMINI_API_KEY: server.apiKey, GEMINI_BASE_URL: server.url, ...extraEnv });
+    return { ws, server, env };
+  }
+
+  it('exit 1 (partial): a blocked prompt ends its stage short as non_retryable, an always-503 stage as budget_exhausted, the good stage completes; only delivered images are charged', { timeout: 120_000 }, async () => {
+    const { ws, server, env } = await setup(
+      ({ body }) => {
+        const prompt = promptOf(body);
+        if (prompt.includes('FORBIDDEN')) return 'prompt_blocked';
+        if (prompt.includes('OVERLOADED')) return 'status:503';
+        return 'image';
+      },
+      { IMAGEGEN_MAX_ATTEMPTS_PER_SLOT: '2' },
+    );
+    const user = 'user-short';
+    expect((await runCli(['credits', 'grant', user, '20'], { env })).code).toBe(0);
+    const job = await ws.writeJob('job.json', jobSpec('e2e-short', user, [['a calm lake', 3], ['FORBIDDEN thing', 2], ['OVERLOADED server', 2]]));
+
+    const run = await runCli(['run', job, '--json'], { env });
+    expect(run.code, run.stderr).toBe(1);
+    const summary = parseSingleJson<Summary>(run.stdout);
+    expect(summary).toMatchObject({ jobId: 'e2e-short', status: 'partial', totalImages: 7, deliveredImages: 3 });
+    const [good, blocked, overloaded] = summary.stages;
+    expect(good).toMatchObject({ index: 0, quantity: 3, delivered: 3, shortfall: null });
+    expect(blocked).toMatchObject({ index: 1, quantity: 2, delivered: 0, shortfall: { count: 2, reason: 'non_retryable', errorClass: 'prompt_blocked' } });
+    expect(overloaded).toMatchObject({ index: 2, quantity: 2, delivered: 0, shortfall: { count: 2, reason: 'budget_exhausted', errorClass: 'overloaded' } });
+    expect(summary.attachIds).toEqual(good?.attachIds);
+
+    // The blocked prompt is not retried: at most one call per slot; the 503 stage spends exactly its budget (2 slots x 2 attempts).
+    const calls = (word: string) => server.requests.filter((r) => (r.prompt ?? '').includes(word)).length;
+    expect(calls('FORBIDDEN')).toBeGreaterThanOrEqual(1);
+    expect(calls('FORBIDDEN')).toBeLessThanOrEqual(2);
+    expect(calls('OVERLOADED')).toBe(4);
+    expect(summary.attempts.byClass['overloaded']).toBe(4);
+
+    expect(summary.credits).toEqual({ reserved: 7, captured: 3, released: 4 });
+    const balance = parseSingleJson<{ balance: number; reserved: number }>((await runCli(['credits', 'balance', user, '--json'], { env })).stdout);
+    expect(balance).toEqual({ userId: user, balance: 17, reserved: 0 });
+    expect(await generatedFiles(join(ws.dataDir, 'storage'), 'e2e-short')).toHaveLength(3);
+    expect(run.stderr).toMatch(/stage 1: 0\/2 .*short/);
+  });
+
+  it('exit 2: bad JSON, a bad spec (stderr names the field), a missing input image file and an unknown input attachment write nothing and call no provider', { timeout: 120_000 }, async () => {
+    const { ws, server, env } = await setup();
+    const user = 'user-invalid';
+    expect((await runCli(['credits', 'grant', user, '100'], { env })).code).toBe(0);
+
+    const cases: { name: string; content: unknown; stderr: RegExp }[] = [
+      { name: 'bad-json.json', content: '{"jobId": "e2e-bad-json", "userId": ', stderr: /not valid JSON/ },
+      {
+        name: 'bad-spec.json',
+        content: { jobId: 'e2e-bad-spec', userId: user, stages: [{ prompt: 'ok', quantity: 2, inputImage: 'input.png' }, { prompt: 'x', quantity: -3, inputImage: 'input.png' }] },
+        stderr: /stages\[1\]\.quantity/,
+      },
+      {
+        name: 'missing-image.json',
+        content: { jobId: 'e2e-missing-image', userId: user, stages: [{ prompt: 'ok', quantity: 2, inputImage: 'no-such-file.png' }] },
+        stderr: /stages\[0\]\.inputImage.*not found/,
+      },
+      {
+        name: 'unknown-attach.json',
+        content: { jobId: 'e2e-unknown-attach', userId: user, stages: [{ prompt: 'ok', quantity: 2, mergedImageAttachId: 'no-such-attachment' }] },
+        stderr: /stages\[0\]\.mergedImageAttachId|no-such-attachment/,
+      },
+    ];
+    for (const c of cases) {
+      const file = await ws.writeJob(c.name, c.content);
+      const run = await runCli(['run', file, '--json'], { env });
+      expect(run.code, `${c.name}: ${run.stderr}`).toBe(2);
+      expect(run.stderr, c.name).toMatch(c.stderr);
+      expect(run.stdout, `${c.name}: no summary on stdout`).toBe('');
+    }
+    // A missing job file is invalid input too.
+    const missing = await runCli(['run', join(ws.root, 'nope.json')], { env });
+    expect(missing.code, missing.stderr).toBe(2);
+
+    expect(server.calls()).toBe(0);
+    // No object written: not even an imported input image.
+    expect(existsSync(join(ws.dataDir, 'storage', 'generated'))).toBe(false);
+    expect(existsSync(join(ws.dataDir, 'storage', 'inputs'))).toBe(false);
+    // `status` of a refused job: not found (exit 2).
+    const status = await runCli(['status', 'e2e-bad-spec', '--json'], { env });
+    expect(status.code).toBe(2);
+    expect(status.stderr).toMatch(/e2e-bad-spec/);
+    // Nothing in the database but the grant: no job, no attachment, no reservation, no attempt.
+    const view = await readDb(pgliteOf(ws.dataDir), 'e2e-bad-spec', user);
+    expect(view.totals).toEqual({ jobs: 0, attachments: 0, nonGrantLedger: 0, attempts: 0 });
+    expect(view.balance).toEqual({ balance: 100, reserved: 0 });
+  });
+
+  it('exit 3: a job the user cannot pay for generates nothing, reserves nothing and calls no provider', { timeout: 120_000 }, async () => {
+    const { ws, server, env } = await setup();
+    const user = 'user-poor';
+    expect((await runCli(['credits', 'grant', user, '4'], { env })).code).toBe(0);
+    const job = await ws.writeJob('job.json', jobSpec('e2e-poor', user, [['a', 3], ['b', 2]]));
+    const run = await runCli(['run', job, '--json'], { env });
+    expect(run.code, run.stderr).toBe(3);
+    expect(run.stderr).toMatch(/not enough credits/);
+    expect(server.calls()).toBe(0);
+    expect(await generatedFiles(join(ws.dataDir, 'storage'), 'e2e-poor')).toEqual([]);
+    expect(existsSync(join(ws.dataDir, 'storage', 'inputs')), 'the input image is not imported for a refused job').toBe(false);
+    const view = await readDb(pgliteOf(ws.dataDir), 'e2e-poor', user);
+    expect(view.balance).toEqual({ balance: 4, reserved: 0 });
+    expect(view.totals).toEqual({ jobs: 0, attachments: 0, nonGrantLedger: 0, attempts: 0 });
+  });
+});

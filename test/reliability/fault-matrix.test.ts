@@ -1,0 +1,195 @@
+/**
+ * Fault matrix through the real stack: `runJob` over `openPipeline` (PGlite, and
+ * PostgreSQL when DATABASE_URL is set; folder storage) with the Gemini adapter
+ * talking HTTP to the local fake Gemini server.
+ *
+ * Every run ends with the audit of `support/audit.ts`: delivered == attach records
+ * == stored objects == captures, each attach record charged once, no orphan, every
+ * stored image carries a distinct stamp of a call the provider served (so a
+ * duplicate delivery cannot hide after the WebP conversion), the ledger replays to
+ * the balance and nothing stays reserved.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { FakeBehavior, FakeBehaviorFn } from '../../src/testing/fake-gemini-server.js';
+import type { ErrorClass } from '../../src/domain/error-class.js';
+import type { PipelineEvent } from '../../src/domain/events.js';
+import { auditJob, expectEndedHonestly } from './support/audit.js';
+import { databaseKinds, FULL, openStack, PRICE, specOf, type Stack } from './support/stack.js';
+
+// Quick mode (npm test) asks 3 x 5 per single-class case; full mode and the mixed/outage cases 3 x 8.
+const QUANTITIES = FULL ? [8, 8, 8] : [5, 5, 5];
+const TOTAL = QUANTITIES.reduce((a, b) => a + b, 0);
+const BIG = [8, 8, 8];
+const BIG_TOTAL = 24;
+
+/** Retryable failures: alone at 30% each, the job still delivers exactly what was asked. */
+const RETRYABLE: readonly { name: string; errorClass: ErrorClass; behavior: FakeBehavior; attemptTimeoutMs?: number }[] = [
+  { name: '429 with a short RetryInfo', errorClass: 'rate_limited', behavior: { status: 429, retryDelay: '0.02s', retryAfter: null } },
+  { name: '503', errorClass: 'overloaded', behavior: 'status:503' },
+  { name: '500', errorClass: 'overloaded', behavior: 'status:500' },
+  { name: '504', errorClass: 'timeout', behavior: 'status:504' },
+  { name: 'hang (client timeout)', errorClass: 'timeout', behavior: 'hang', attemptTimeoutMs: 400 },
+  { name: 'connection dropped mid-body', errorClass: 'network', behavior: 'drop' },
+  { name: 'connection dropped before headers', errorClass: 'network', behavior: 'drop_before_headers' },
+  { name: 'no candidates', errorClass: 'no_image', behavior: 'no_candidates' },
+  { name: 'text only', errorClass: 'no_image', behavior: 'text_only' },
+  { name: 'finishReason IMAGE_SAFETY', errorClass: 'safety_blocked', behavior: 'finish:IMAGE_SAFETY' },
+  { name: 'corrupt image bytes', errorClass: 'corrupt_image', behavior: 'corrupt' },
+];
+
+/** Permanent failures: the stage stops early and the job ends honestly short. */
+const PERMANENT: readonly { name: string; errorClass: ErrorClass; behavior: FakeBehavior; reasons: readonly string[] }[] = [
+  { name: 'prompt blocked', errorClass: 'prompt_blocked', behavior: 'prompt_blocked', reasons: ['non_retryable'] },
+  { name: '400 invalid argument', errorClass: 'invalid_request', behavior: 'status:400', reasons: ['non_retryable'] },
+  // A refused key concerns every stage: the whole job is aborted, not just the stage that saw it.
+  { name: '403 permission denied', errorClass: 'auth', behavior: 'status:403', reasons: ['job_aborted', 'non_retryable'] },
+];
+
+function failuresOf(events: readonly PipelineEvent[]): Extract<PipelineEvent, { type: 'attempt:failed' }>[] {
+  return events.filter((e): e is Extract<PipelineEvent, { type: 'attempt:failed' }> => e.type === 'attempt:failed');
+}
+
+/**
+ * Fails exactly `rate` of the calls of one case, evenly spread from its first call, the
+ * failing calls taking `classes` in turn. Counting from the case's own first call (not the
+ * server's global call number) makes each case inject the same faults however many calls
+ * earlier cases made.
+ */
+function failEvenly(rate: number, classes: readonly FakeBehavior[]): FakeBehaviorFn {
+  let first: number | undefined;
+  let failed = 0;
+  return ({ n }) => {
+    first ??= n;
+    const i = n - first;
+    if (Math.floor((i + 1) * rate) > Math.floor(i * rate)) return classes[failed++ % classes.length] ?? 'image';
+    return 'image';
+  };
+}
+
+for (const kind of databaseKinds()) {
+  describe(`fault matrix [${kind}]`, () => {
+    let stack: Stack;
+    beforeAll(async () => {
+      stack = await openStack({ database: kind });
+    });
+    afterAll(async () => {
+      await stack?.close();
+    });
+
+    async function runCase(behavior: FakeBehaviorFn, options: { quantities?: readonly number[]; attemptTimeoutMs?: number } = {}) {
+      stack.server.setBehavior(behavior);
+      const callsBefore = stack.server.calls();
+      const quantities = options.quantities ?? QUANTITIES;
+      const granted = quantities.reduce((a, b) => a + b, 0) * PRICE + 7;
+      const { userId, inputAttachId } = await stack.seedUser(granted);
+      const events = await stack.run(specOf(userId, inputAttachId, quantities), options.attemptTimeoutMs ? { attemptTimeoutMs: options.attemptTimeoutMs } : {});
+      const finished = events.at(-1);
+      if (finished?.type !== 'job:finished') throw new Error(`last event is ${finished?.type}`);
+      const audit = await auditJob(stack.pipeline.database, stack.pipeline.store, finished.jobId);
+      expectEndedHonestly(audit, { price: PRICE, granted, server: stack.server });
+      return { events, finished, audit, calls: stack.server.calls() - callsBefore };
+    }
+
+    for (const c of RETRYABLE) {
+      it(`${c.errorClass} (${c.name}) on 30% of calls: exactly ${TOTAL} images, charged once each`, async () => {
+        const { finished, events, audit, calls } = await runCase(failEvenly(0.3, [c.behavior]), {
+          ...(c.attemptTimeoutMs ? { attemptTimeoutMs: c.attemptTimeoutMs } : {}),
+        });
+        expect(finished.status).toBe('completed');
+        expect(audit.stored.result.stages.map((s) => s.delivered)).toEqual(QUANTITIES);
+        // The fault really happened and was classified as this class.
+        const failures = failuresOf(events);
+        expect(failures.length).toBeGreaterThan(0);
+        expect(new Set(failures.map((f) => f.errorClass))).toEqual(new Set([c.errorClass]));
+        // Every call is a delivery or a failure. An attempt timeout can also fire before its call left
+        // (a loaded machine), so for `timeout` some failures have no call.
+        if (c.errorClass === 'timeout') expect(calls).toBeLessThanOrEqual(TOTAL + failures.length);
+        else expect(calls).toBe(TOTAL + failures.length);
+      });
+    }
+
+    it('all retryable classes mixed on 25% of calls: exactly the count asked, no duplicate image', async () => {
+      const { finished, events, audit } = await runCase(
+        failEvenly(0.25, RETRYABLE.map((c) => c.behavior)),
+        { quantities: BIG, attemptTimeoutMs: 1000 },
+      );
+      expect(finished.status).toBe('completed');
+      expect(audit.stamps).toHaveLength(BIG_TOTAL);
+      expect(new Set(failuresOf(events).map((f) => f.errorClass)).size).toBeGreaterThanOrEqual(4);
+    });
+
+    for (const c of PERMANENT) {
+      it(`${c.errorClass} (${c.name}) on 30% of calls: the job ends short, says why, and charges only what it delivered`, async () => {
+        const { finished, audit } = await runCase(failEvenly(0.3, [c.behavior]));
+        expect(['partial', 'failed']).toContain(finished.status);
+        const short = audit.stored.result.stages.filter((s) => s.shortfall !== null);
+        expect(short.length).toBeGreaterThan(0);
+        for (const s of short) {
+          expect(s.shortfall).toMatchObject({ errorClass: c.errorClass, count: s.quantity - s.delivered });
+          expect(c.reasons).toContain(s.shortfall?.reason);
+        }
+        expect(audit.stored.result.deliveredImages).toBeLessThan(TOTAL);
+      });
+    }
+
+    it('a 3-second total outage (every call 503) is ridden out: exactly the count asked once the provider is back', async () => {
+      const started = Date.now();
+      const outageMs = 3000;
+      const { finished, events, audit } = await (async () => {
+        // Patient retries: the budget must outlast the outage (20 attempts, backoff up to 1 s).
+        const { userId, inputAttachId } = await stack.seedUser(TOTAL * PRICE);
+        stack.server.setBehavior(() => (Date.now() - started < outageMs ? 'status:503' : 'image'));
+        const evs = await stack.run(specOf(userId, inputAttachId, QUANTITIES), {
+          maxAttemptsPerSlot: 20,
+          backoff: { baseMs: 100, maxMs: 1000 },
+        });
+        const fin = evs.at(-1);
+        if (fin?.type !== 'job:finished') throw new Error('no job:finished');
+        const a = await auditJob(stack.pipeline.database, stack.pipeline.store, fin.jobId);
+        expectEndedHonestly(a, { price: PRICE, granted: TOTAL * PRICE, server: stack.server });
+        return { finished: fin, events: evs, audit: a };
+      })();
+      expect(Date.now() - started).toBeGreaterThanOrEqual(outageMs);
+      expect(finished.status).toBe('completed');
+      expect(audit.stamps).toHaveLength(TOTAL);
+      expect(failuresOf(events).filter((f) => f.errorClass === 'overloaded').length).toBeGreaterThan(QUANTITIES.length);
+    });
+
+    it('a 3-second outage longer than the retry budget ends the job failed, with the reason, and charges nothing', async () => {
+      const started = Date.now();
+      const { userId, inputAttachId } = await stack.seedUser(TOTAL * PRICE);
+      stack.server.setBehavior(() => (Date.now() - started < 3000 ? 'status:503' : 'image'));
+      const events = await stack.run(specOf(userId, inputAttachId, QUANTITIES), { maxAttemptsPerSlot: 2, backoff: { baseMs: 5, maxMs: 10 } });
+      const finished = events.at(-1);
+      if (finished?.type !== 'job:finished') throw new Error('no job:finished');
+      const audit = await auditJob(stack.pipeline.database, stack.pipeline.store, finished.jobId);
+      expectEndedHonestly(audit, { price: PRICE, granted: TOTAL * PRICE, server: stack.server });
+      expect(finished.status).toBe('failed');
+      expect(audit.stored.result.deliveredImages).toBe(0);
+      for (const s of audit.stored.result.stages) expect(s.shortfall).toMatchObject({ count: s.quantity, errorClass: 'overloaded' });
+      // Wait the outage out so the next test sees a healthy provider.
+      await new Promise((r) => setTimeout(r, Math.max(0, 3000 - (Date.now() - started))));
+    });
+
+    it('a provider that rate-limits above 3 calls in flight (maxInFlight): exact count, and the limiter backs off instead of hammering', async () => {
+      // Its own stack: the limit and a 100 ms latency (so calls overlap) are server options.
+      const limited = await openStack({ database: kind, server: { latencyMs: 100, maxInFlight: 3, rateLimitRetryDelay: '0.05s' } });
+      try {
+        const { userId, inputAttachId } = await limited.seedUser(BIG_TOTAL * PRICE);
+        const events = await limited.run(specOf(userId, inputAttachId, BIG));
+        const finished = events.at(-1);
+        if (finished?.type !== 'job:finished') throw new Error('no job:finished');
+        const audit = await auditJob(limited.pipeline.database, limited.pipeline.store, finished.jobId);
+        expectEndedHonestly(audit, { price: PRICE, granted: BIG_TOTAL * PRICE, server: limited.server });
+        expect(finished.status).toBe('completed');
+        const rateLimited = failuresOf(events).filter((f) => f.errorClass === 'rate_limited').length;
+        console.info(`[rate limit ${kind}] ${rateLimited} calls refused with 429 for ${BIG_TOTAL} images; max in flight seen ${limited.server.maxObservedInFlight()}`);
+        expect(rateLimited, 'the limit was really hit').toBeGreaterThan(0);
+        // Without AIMD a global limit of 8 against a provider limit of 3 gets ~5 of every 8 calls refused (~40 here).
+        expect(rateLimited, `${rateLimited} calls refused with 429 for ${BIG_TOTAL} images`).toBeLessThan(BIG_TOTAL);
+      } finally {
+        await limited.close();
+      }
+    });
+  });
+}
