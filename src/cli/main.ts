@@ -9,6 +9,7 @@ import { ConfigError, loadConfig, type ConfigOverrides } from '../config.js';
 import { InputAttachmentError, InsufficientCreditsError, JobNotFoundError, JobOwnershipError, MigrationError } from '../db/errors.js';
 import { DataDirLockedError } from '../db/data-dir-lock.js';
 import { getBalance } from '../db/ops/get-balance.js';
+import { retryTransient } from '../db/sql-errors.js';
 import { grantCredits } from '../db/ops/grant-credits.js';
 import { jobStats } from '../db/ops/job-stats.js';
 import { requestCancel } from '../db/ops/request-cancel.js';
@@ -105,7 +106,8 @@ async function cmdRun(file: string | undefined, values: Record<string, string | 
     const json = Boolean(values['json']);
     const { jobId, created } = await (async () => {
       if (jobFile.spec.jobId !== null) {
-        const existing = await loadJob(pipeline.database, jobFile.spec.jobId);
+        const specJobId = jobFile.spec.jobId;
+        const existing = await retryTransient(() => loadJob(pipeline.database, specJobId));
         if (existing) {
           if (existing.userId !== jobFile.spec.userId) throw new JobOwnershipError(jobFile.spec.jobId, jobFile.spec.userId);
           return { jobId: existing.jobId, created: false };
@@ -124,7 +126,7 @@ async function cmdRun(file: string | undefined, values: Record<string, string | 
     } finally {
       signals.dispose();
     }
-    const summary = await jobSummary(pipeline.database, jobId);
+    const summary = await retryTransient(() => jobSummary(pipeline.database, jobId));
     print(json, summary, formatSummary(summary));
     return exitCodeOf(summary);
   });

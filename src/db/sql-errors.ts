@@ -4,3 +4,30 @@ export function isUniqueViolation(error: unknown, constraint?: string): boolean 
   const { code, constraint: name } = error as { code?: unknown; constraint?: unknown };
   return code === '23505' && (constraint === undefined || name === constraint);
 }
+
+/** SQLSTATE classes and socket codes that mean "the connection went away", not "the query is wrong". */
+const CONNECTION_CODES = new Set(['57P01', '57P02', '57P03', '08000', '08001', '08003', '08004', '08006', '40001', '40P01', 'ECONNRESET', 'ECONNREFUSED', 'EPIPE', 'ETIMEDOUT']);
+
+/** Whether a database error is worth running the same (idempotent) operation again. */
+export function isTransientDatabaseError(error: unknown): boolean {
+  if (typeof error !== 'object' || error === null) return false;
+  const { code, message } = error as { code?: unknown; message?: unknown };
+  if (typeof code === 'string' && CONNECTION_CODES.has(code)) return true;
+  return typeof message === 'string' && /Connection terminated|connection.*(closed|ended|lost)|terminating connection/i.test(message);
+}
+
+/**
+ * Runs an idempotent database operation, again after a short pause when the
+ * connection was lost (a failover, `pg_terminate_backend`): up to `attempts` tries.
+ * Everything else fails at once.
+ */
+export async function retryTransient<T>(operation: () => Promise<T>, attempts = 5, pauseMs = 200): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await operation();
+    } catch (error) {
+      if (attempt >= attempts || !isTransientDatabaseError(error)) throw error;
+      await new Promise((resolve) => setTimeout(resolve, pauseMs * attempt));
+    }
+  }
+}

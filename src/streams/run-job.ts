@@ -3,7 +3,9 @@ import {
   Observable,
   ReplaySubject,
   concat,
+  catchError,
   concatMap,
+  exhaustMap,
   defer,
   filter,
   finalize,
@@ -41,6 +43,7 @@ import { claimJobLease, newLeaseOwner, releaseJobLease, renewJobLease } from '..
 import { startAttempt } from '../db/ops/start-attempt.js';
 import { suspendJob } from '../db/ops/suspend-job.js';
 import { FINAL_JOB_STATUSES } from '../db/schema.js';
+import { retryTransient } from '../db/sql-errors.js';
 import type { AdaptiveConcurrencyLimiter } from '../operators/adaptive-concurrency-limiter.js';
 import { toWebp } from '../sinks/image-codec.js';
 import type { ObjectStore } from '../sinks/object-store.js';
@@ -99,16 +102,16 @@ export function runStoredJob(deps: RunJobDeps, jobId: string, options: RunJobOpt
   return defer(async () => {
     const { database, store, generator } = deps;
     const logger = deps.logger?.child({ jobId });
-    const job = await loadJob(database, jobId);
+    const job = await retryTransient(() => loadJob(database, jobId));
     if (!job) throw new JobNotFoundError(jobId);
     if (FINAL_JOB_STATUSES.includes(job.status)) return replayFinished(database, jobId);
 
     // One runner per job: the orphan sweep below must never race another runner's upload.
     const owner = options.leaseOwner ?? newLeaseOwner();
     const leaseTtlMs = options.leaseTtlMs ?? 30_000;
-    await claimJobLease(database, jobId, owner, leaseTtlMs);
-    await removeOrphans(database, store, jobId, logger);
-    await markJobRunning(database, jobId);
+    await retryTransient(() => claimJobLease(database, jobId, owner, leaseTtlMs));
+    await retryTransient(() => removeOrphans(database, store, jobId, logger));
+    await retryTransient(() => markJobRunning(database, jobId));
 
     // The input image of a stage is read from storage once and shared by every
     // attempt; a failed read is not cached, the next attempt reads again.
@@ -136,7 +139,8 @@ export function runStoredJob(deps: RunJobDeps, jobId: string, options: RunJobOpt
     let leaseReleased = false;
     let stopped = false;
     const leaseLost$ = interval(leaseTtlMs / 3).pipe(
-      mergeMap(() => from(renewJobLease(database, jobId, owner, leaseTtlMs)).pipe(catchTo('database'))),
+      // A failed renewal (connection lost) is not a lost lease: try again next tick.
+      mergeMap(() => from(renewJobLease(database, jobId, owner, leaseTtlMs)).pipe(catchError(() => EMPTY))),
       filter((held) => !held),
       tap(() => logger?.error('lost the job lease to another runner: stopping')),
     );
@@ -149,7 +153,8 @@ export function runStoredJob(deps: RunJobDeps, jobId: string, options: RunJobOpt
       share(),
     );
     const polledCancel$ = interval(options.cancelPollMs ?? 500).pipe(
-      mergeMap(() => from(isCancelRequested(database, jobId)).pipe(catchTo('database'))),
+      // A failed poll must not end the job: the next poll asks again.
+      exhaustMap(() => from(isCancelRequested(database, jobId)).pipe(catchError(() => EMPTY))),
       filter(Boolean),
     );
     const cancel$ = merge(options.cancel$ ?? EMPTY, polledCancel$, stop$.pipe(switchMap(() => timer(options.graceMs ?? 30_000)))).pipe(take(1));
@@ -171,15 +176,15 @@ export function runStoredJob(deps: RunJobDeps, jobId: string, options: RunJobOpt
         return defer(async () => {
           await attemptLog.flush();
           if (stopped && event.status !== 'completed') {
-            if (await renewJobLease(database, jobId, owner, leaseTtlMs)) await suspendJob(database, jobId);
-            await releaseJobLease(database, jobId, owner);
+            if (await retryTransient(() => renewJobLease(database, jobId, owner, leaseTtlMs))) await retryTransient(() => suspendJob(database, jobId));
+            await retryTransient(() => releaseJobLease(database, jobId, owner));
             leaseReleased = true;
             logger?.info({ delivered: event.result.deliveredImages }, 'job handed back for resume');
             return EMPTY;
           }
-          const credits = await finishJob(database, jobId, event.result);
-          await removeOrphans(database, store, jobId, logger);
-          await releaseJobLease(database, jobId, owner);
+          const credits = await retryTransient(() => finishJob(database, jobId, event.result));
+          await retryTransient(() => removeOrphans(database, store, jobId, logger));
+          await retryTransient(() => releaseJobLease(database, jobId, owner));
           leaseReleased = true;
           logger?.info({ status: event.status, delivered: event.result.deliveredImages, total: event.result.totalImages, credits }, 'job finished');
           return of(event);
@@ -195,7 +200,7 @@ export function runStoredJob(deps: RunJobDeps, jobId: string, options: RunJobOpt
 
 /** `job:finished` of a job that already ended, read back from the database. */
 function replayFinished(database: Database, jobId: string): Observable<PipelineEvent> {
-  return from(readJobResult(database, jobId)).pipe(
+  return from(retryTransient(() => readJobResult(database, jobId))).pipe(
     map((stored): JobFinishedEvent => {
       if (!stored) throw new JobNotFoundError(jobId);
       return { type: 'job:finished', jobId, at: Date.now(), status: stored.result.status, attachIds: stored.result.attachIds, result: stored.result };
