@@ -9,7 +9,7 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Observable, firstValueFrom, from, map, type Subscription } from 'rxjs';
+import { Observable, firstValueFrom, from, map } from 'rxjs';
 import sharp from 'sharp';
 import { sql } from 'kysely';
 import type { PipelineEvent } from '../src/domain/events.js';
@@ -140,6 +140,12 @@ export function runOurs(pipeline: BenchPipeline, stages: readonly StageShape[], 
     const backoffMs: number[] = [];
     const deliveredLatencyMs: number[] = [];
     const attemptTimes = new Map<string, { start: number; end: number; delivered: boolean }>();
+    const endAttempt = (stage: number, slot: number, attempt: number, at: number, ok: boolean) => {
+      const times = attemptTimes.get(attemptKey(stage, slot, attempt));
+      if (!times) return;
+      times.end = at;
+      times.delivered = ok;
+    };
     const step = (delta: number) => {
       const now = performance.now();
       area += inFlight * (now - lastChange);
@@ -166,8 +172,7 @@ export function runOurs(pipeline: BenchPipeline, stages: readonly StageShape[], 
           );
         }, 5000)
       : undefined;
-    let subscription: Subscription | undefined = undefined;
-    subscription = runJob(
+    runJob(
       { database: pipeline.database, store: pipeline.store, generator: pipeline.generator, limiter: pipeline.limiter },
       { spec, limits: { maxQuantity: Math.max(1000, maxQuantity) } },
       options,
@@ -187,13 +192,13 @@ export function runOurs(pipeline: BenchPipeline, stages: readonly StageShape[], 
             attemptsFailed++;
             failedByClass[event.errorClass] = (failedByClass[event.errorClass] ?? 0) + 1;
             if (event.willRetry) backoffMs.push(event.delayMs);
-            { const t = attemptTimes.get(attemptKey(event.stage, event.slot, event.attempt)); if (t) t.end = event.at; }
+            endAttempt(event.stage, event.slot, event.attempt, event.at, false);
             step(-1);
             break;
           case 'slot:delivered':
             delivered++;
             deliveredLatencyMs.push(event.latencyMs);
-            { const t = attemptTimes.get(attemptKey(event.stage, event.slot, event.attempt)); if (t) { t.end = event.at; t.delivered = true; } }
+            endAttempt(event.stage, event.slot, event.attempt, event.at, true);
             lastDeliveredAt = performance.now();
             step(-1);
             break;
@@ -227,7 +232,6 @@ export function runOurs(pipeline: BenchPipeline, stages: readonly StageShape[], 
         reject(error);
       },
     });
-    void subscription;
   });
 }
 

@@ -2,19 +2,16 @@ import { of } from 'rxjs';
 import { describe, expect, it } from 'vitest';
 import { freshStageState } from '../src/domain/resume-state.js';
 import { runEngine } from '../src/streams/engine.js';
-import { newScheduler, scriptedPorts, stages, timeline, virtualOptions } from './support.js';
+import { newScheduler, scriptedPorts, simulate, stages, timeline, virtualOptions } from './support.js';
 
 describe('rule 1: a stage requests exactly its unfilled slots', () => {
   it('requests all q slots at once on a fresh stage', () => {
-    const scheduler = newScheduler();
-    let lines: string[] = [];
-    let calls: string[] = [];
-    scheduler.run((helpers) => {
-      const { ports, calls: c, subscriptions } = scriptedPorts(helpers, () => ({ marble: '--i|' }));
-      calls = c;
-      lines = timeline(scheduler, runEngine({ jobId: 'j', stages: stages(3) }, ports, virtualOptions(scheduler)));
-      helpers.flush();
-      for (const slot of [0, 1, 2]) helpers.expectSubscriptions(subscriptions(`0.${slot}#1`)).toBe('^-!');
+    const { lines, calls } = simulate({
+      quantities: [3],
+      script: () => ({ marble: '--i|' }),
+      inside: (helpers, subscriptions) => {
+        for (const slot of [0, 1, 2]) helpers.expectSubscriptions(subscriptions(`0.${slot}#1`)).toBe('^-!');
+      },
     });
     expect(calls).toEqual(['0.0#1', '0.1#1', '0.2#1']);
     expect(lines).toEqual([
@@ -60,14 +57,10 @@ describe('rule 1: a stage requests exactly its unfilled slots', () => {
   });
 
   it('a fully delivered job makes no calls and still finishes once', () => {
-    const scheduler = newScheduler();
-    let calls: string[] = [];
-    let lines: string[] = [];
-    scheduler.run((helpers) => {
-      const { ports, calls: c } = scriptedPorts(helpers, () => ({ marble: '-i|' }));
-      calls = c;
-      const state = [{ attachId: 'x', attemptsUsed: 1 }];
-      lines = timeline(scheduler, runEngine({ jobId: 'j', stages: stages(1), state: [state] }, ports, virtualOptions(scheduler)));
+    const { lines, calls } = simulate({
+      quantities: [1],
+      script: () => ({ marble: '-i|' }),
+      state: [[{ attachId: 'x', attemptsUsed: 1 }]],
     });
     expect(calls).toEqual([]);
     expect(lines).toEqual(['0 job:started 1/1', '0 stage 0 completed 1/1', '0 job completed [x]', '0 |']);
@@ -85,14 +78,13 @@ describe('rule 1: a stage requests exactly its unfilled slots', () => {
 
 describe('rule 2: a slot is filled at most once, never more than q deliveries', () => {
   it('takes one image per attempt even when the generator emits more', () => {
-    const scheduler = newScheduler();
-    let lines: string[] = [];
-    scheduler.run((helpers) => {
-      const { ports, subscriptions } = scriptedPorts(helpers, () => ({ marble: '-iii|' }));
-      lines = timeline(scheduler, runEngine({ jobId: 'j', stages: stages(1) }, ports, virtualOptions(scheduler)));
-      helpers.flush();
-      // Unsubscribed right after the first image: the generator is not left running.
-      helpers.expectSubscriptions(subscriptions('0.0#1')).toBe('^!');
+    const { lines } = simulate({
+      quantities: [1],
+      script: () => ({ marble: '-iii|' }),
+      inside: (helpers, subscriptions) => {
+        // Unsubscribed right after the first image: the generator is not left running.
+        helpers.expectSubscriptions(subscriptions('0.0#1')).toBe('^!');
+      },
     });
     expect(lines.filter((l) => l.includes('deliver'))).toEqual(['1 deliver 0.0#1 a00 1/1']);
   });
@@ -116,11 +108,9 @@ describe('rule 2: a slot is filled at most once, never more than q deliveries', 
   });
 
   it('completes a stage when all its slots are filled, not before', () => {
-    const scheduler = newScheduler();
-    let lines: string[] = [];
-    scheduler.run((helpers) => {
-      const { ports } = scriptedPorts(helpers, (r) => ({ marble: r.slotIndex === 1 ? '-----i|' : '-i|' }));
-      lines = timeline(scheduler, runEngine({ jobId: 'j', stages: stages(2) }, ports, virtualOptions(scheduler)));
+    const { lines } = simulate({
+      quantities: [2],
+      script: (r) => ({ marble: r.slotIndex === 1 ? '-----i|' : '-i|' }),
     });
     expect(lines.filter((l) => l.includes('stage'))).toEqual(['5 stage 0 completed 2/2']);
   });

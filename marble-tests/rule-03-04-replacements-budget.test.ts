@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { fullJitterBackoff } from '../src/operators/full-jitter-backoff.js';
 import { runEngine } from '../src/streams/engine.js';
-import { newScheduler, scriptedPorts, stages, timeline, virtualOptions } from './support.js';
+import { newScheduler, scriptedPorts, simulate, stages, timeline, virtualOptions } from './support.js';
 
 describe('rule 3: a retryable failure becomes a replacement for the same slot after its backoff', () => {
   it('re-requests the failed slot at failure + full-jitter backoff, while other slots go on', () => {
@@ -34,15 +34,13 @@ describe('rule 3: a retryable failure becomes a replacement for the same slot af
   });
 
   it("waits at least the server's retry delay when it is longer than the backoff", () => {
-    const scheduler = newScheduler();
-    let lines: string[] = [];
-    scheduler.run((helpers) => {
-      const { ports, subscriptions } = scriptedPorts(helpers, (r) =>
+    const { lines } = simulate({
+      quantities: [1],
+      script: (r) =>
         r.attempt === 1 ? { marble: '-#', error: 'rate_limited', retryAfterMs: 20 } : { marble: '-i|' },
-      );
-      lines = timeline(scheduler, runEngine({ jobId: 'j', stages: stages(1) }, ports, virtualOptions(scheduler)));
-      helpers.flush();
-      helpers.expectSubscriptions(subscriptions('0.0#2')).toBe('---------------------^!');
+      inside: (helpers, subscriptions) => {
+        helpers.expectSubscriptions(subscriptions('0.0#2')).toBe('---------------------^!');
+      },
     });
     expect(lines).toContain('1 fail 0.0#1 rate_limited retry+20');
     expect(lines).toContain('22 deliver 0.0#2 a00 1/1');
@@ -61,11 +59,9 @@ describe('rule 3: a retryable failure becomes a replacement for the same slot af
   });
 
   it('replacement timings follow the backoff in virtual time (5, then 10)', () => {
-    const scheduler = newScheduler();
-    let lines: string[] = [];
-    scheduler.run((helpers) => {
-      const { ports } = scriptedPorts(helpers, (r) => (r.attempt < 3 ? { marble: '-#', error: 'timeout' } : { marble: '-i|' }));
-      lines = timeline(scheduler, runEngine({ jobId: 'j', stages: stages(1) }, ports, virtualOptions(scheduler)));
+    const { lines } = simulate({
+      quantities: [1],
+      script: (r) => (r.attempt < 3 ? { marble: '-#', error: 'timeout' } : { marble: '-i|' }),
     });
     expect(lines.filter((l) => /^\d+ (start|fail) /.test(l))).toEqual([
       '0 start 0.0#1',
@@ -79,13 +75,10 @@ describe('rule 3: a retryable failure becomes a replacement for the same slot af
 
 describe('rule 4: budgets end a stage short with budget_exhausted and the last error class', () => {
   it('stops a slot after maxAttemptsPerSlot attempts', () => {
-    const scheduler = newScheduler();
-    let lines: string[] = [];
-    let calls: string[] = [];
-    scheduler.run((helpers) => {
-      const { ports, calls: c } = scriptedPorts(helpers, (r) => (r.slotIndex === 1 ? { marble: '-#', error: 'network' } : { marble: '-i|' }));
-      calls = c;
-      lines = timeline(scheduler, runEngine({ jobId: 'j', stages: stages(2) }, ports, { ...virtualOptions(scheduler), maxAttemptsPerSlot: 3 }));
+    const { lines, calls } = simulate({
+      quantities: [2],
+      script: (r) => (r.slotIndex === 1 ? { marble: '-#', error: 'network' } : { marble: '-i|' }),
+      options: (scheduler) => ({ ...virtualOptions(scheduler), maxAttemptsPerSlot: 3 }),
     });
     expect(calls.filter((k) => k.startsWith('0.1'))).toEqual(['0.1#1', '0.1#2', '0.1#3']);
     expect(lines).toContain('18 fail 0.1#3 network');
@@ -93,13 +86,10 @@ describe('rule 4: budgets end a stage short with budget_exhausted and the last e
   });
 
   it('stops replacements once the stage has spent maxReplacementsPerStage', () => {
-    const scheduler = newScheduler();
-    let lines: string[] = [];
-    let calls: string[] = [];
-    scheduler.run((helpers) => {
-      const { ports, calls: c } = scriptedPorts(helpers, () => ({ marble: '-#', error: 'overloaded' }));
-      calls = c;
-      lines = timeline(scheduler, runEngine({ jobId: 'j', stages: stages(3) }, ports, { ...virtualOptions(scheduler), maxReplacementsPerStage: 2 }));
+    const { lines, calls } = simulate({
+      quantities: [3],
+      script: () => ({ marble: '-#', error: 'overloaded' }),
+      options: (scheduler) => ({ ...virtualOptions(scheduler), maxReplacementsPerStage: 2 }),
     });
     // 3 first attempts + exactly 2 replacements.
     expect(calls).toEqual(['0.0#1', '0.1#1', '0.2#1', '0.0#2', '0.1#2']);
@@ -115,28 +105,22 @@ describe('rule 4: budgets end a stage short with budget_exhausted and the last e
   });
 
   it('does not reset the budget on resume: recorded attempts count', () => {
-    const scheduler = newScheduler();
-    let calls: string[] = [];
-    let lines: string[] = [];
-    scheduler.run((helpers) => {
-      const { ports, calls: c } = scriptedPorts(helpers, () => ({ marble: '-#', error: 'overloaded' }));
-      calls = c;
-      const state = [[{ attachId: null, attemptsUsed: 2 }]];
-      lines = timeline(scheduler, runEngine({ jobId: 'j', stages: stages(1), state }, ports, { ...virtualOptions(scheduler), maxAttemptsPerSlot: 3 }));
+    const { lines, calls } = simulate({
+      quantities: [1],
+      script: () => ({ marble: '-#', error: 'overloaded' }),
+      state: [[{ attachId: null, attemptsUsed: 2 }]],
+      options: (scheduler) => ({ ...virtualOptions(scheduler), maxAttemptsPerSlot: 3 }),
     });
     expect(calls).toEqual(['0.0#3']);
     expect(lines).toContain('1 stage 0 short 1 budget_exhausted overloaded');
   });
 
   it('makes no call for a slot that spent its budget before a restart', () => {
-    const scheduler = newScheduler();
-    let calls: string[] = [];
-    let lines: string[] = [];
-    scheduler.run((helpers) => {
-      const { ports, calls: c } = scriptedPorts(helpers, () => ({ marble: '-i|' }));
-      calls = c;
-      const state = [[{ attachId: null, attemptsUsed: 3 }, { attachId: null, attemptsUsed: 0 }]];
-      lines = timeline(scheduler, runEngine({ jobId: 'j', stages: stages(2), state }, ports, { ...virtualOptions(scheduler), maxAttemptsPerSlot: 3 }));
+    const { lines, calls } = simulate({
+      quantities: [2],
+      script: () => ({ marble: '-i|' }),
+      state: [[{ attachId: null, attemptsUsed: 3 }, { attachId: null, attemptsUsed: 0 }]],
+      options: (scheduler) => ({ ...virtualOptions(scheduler), maxAttemptsPerSlot: 3 }),
     });
     expect(calls).toEqual(['0.1#1']);
     expect(lines).toContain('1 stage 0 short 1 budget_exhausted null');

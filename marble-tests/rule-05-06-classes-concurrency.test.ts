@@ -3,7 +3,7 @@ import { ERROR_CLASSES, PipelineError, RETRYABLE, isRetryable, toPipelineError }
 import { AdaptiveConcurrencyLimiter } from '../src/operators/adaptive-concurrency-limiter.js';
 import { ConcurrencyLimiter } from '../src/operators/concurrency-limiter.js';
 import { runEngine } from '../src/streams/engine.js';
-import { newScheduler, scriptedPorts, stages, timeline, virtualOptions } from './support.js';
+import { newScheduler, scriptedPorts, simulate, stages, timeline, virtualOptions } from './support.js';
 
 describe('rule 5: error classes decide; non-retryable stops the stage, auth stops the job', () => {
   it('the closed set: every class says whether it is retryable, in one place', () => {
@@ -15,15 +15,11 @@ describe('rule 5: error classes decide; non-retryable stops the stage, auth stop
   });
 
   it('a prompt_blocked failure stops new requests of that stage; in-flight attempts finish; other stages go on', () => {
-    const scheduler = newScheduler();
-    let lines: string[] = [];
-    let calls: string[] = [];
-    scheduler.run((helpers) => {
-      const { ports, calls: c } = scriptedPorts(helpers, (r) =>
+    const { lines, calls } = simulate({
+      quantities: [6, 3],
+      script: (r) =>
         r.stageIndex === 0 && r.slotIndex === 0 ? { marble: '-#', error: 'prompt_blocked' } : { marble: '---i|' },
-      );
-      calls = c;
-      lines = timeline(scheduler, runEngine({ jobId: 'j', stages: stages(6, 3) }, ports, { ...virtualOptions(scheduler), stageConcurrency: 2 }));
+      options: (scheduler) => ({ ...virtualOptions(scheduler), stageConcurrency: 2 }),
     });
     // stage 0: only the two in-flight slots were ever called; stage 1: all three.
     expect(calls.filter((k) => k.startsWith('0.'))).toEqual(['0.0#1', '0.1#1']);
@@ -36,15 +32,11 @@ describe('rule 5: error classes decide; non-retryable stops the stage, auth stop
   });
 
   it('an auth failure halts every stage: no new requests anywhere, in-flight ones finish', () => {
-    const scheduler = newScheduler();
-    let lines: string[] = [];
-    let calls: string[] = [];
-    scheduler.run((helpers) => {
-      const { ports, calls: c } = scriptedPorts(helpers, (r) =>
+    const { lines, calls } = simulate({
+      quantities: [2, 3],
+      script: (r) =>
         r.stageIndex === 0 ? { marble: '-#', error: 'auth' } : { marble: '---i|' },
-      );
-      calls = c;
-      lines = timeline(scheduler, runEngine({ jobId: 'j', stages: stages(2, 3) }, ports, { ...virtualOptions(scheduler), stageConcurrency: 1 }));
+      options: (scheduler) => ({ ...virtualOptions(scheduler), stageConcurrency: 1 }),
     });
     expect(calls).toEqual(['0.0#1', '1.0#1']);
     expect(lines).toEqual([

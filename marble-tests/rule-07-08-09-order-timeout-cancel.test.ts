@@ -1,22 +1,20 @@
 import { describe, expect, it } from 'vitest';
 import { runEngine } from '../src/streams/engine.js';
-import { compact, newScheduler, scriptedPorts, stages, timeline, virtualOptions } from './support.js';
+import { compact, newScheduler, scriptedPorts, simulate, stages, virtualOptions } from './support.js';
 import { map } from 'rxjs';
 
 describe('rule 7: stages run concurrently, the merged list is in stage order then slot order', () => {
   it('starts stage 1 at frame 0 although stage 0 is slower, and still merges stage 0 first', () => {
-    const scheduler = newScheduler();
-    let lines: string[] = [];
-    scheduler.run((helpers) => {
-      const { ports, subscriptions } = scriptedPorts(helpers, (r) =>
+    const { lines } = simulate({
+      quantities: [2, 2],
+      script: (r) =>
         r.stageIndex === 0 ? { marble: r.slotIndex === 0 ? '--------i|' : '------i|' } : { marble: '-i|' },
-      );
-      lines = timeline(scheduler, runEngine({ jobId: 'j', stages: stages(2, 2) }, ports, virtualOptions(scheduler)));
-      helpers.flush();
-      // concurrency: both stages' first requests at frame 0
-      helpers.expectSubscriptions(subscriptions('0.0#1')).toBe('^-------!');
-      helpers.expectSubscriptions(subscriptions('1.0#1')).toBe('^!');
-      helpers.expectSubscriptions(subscriptions('1.1#1')).toBe('^!');
+      inside: (helpers, subscriptions) => {
+        // concurrency: both stages' first requests at frame 0
+        helpers.expectSubscriptions(subscriptions('0.0#1')).toBe('^-------!');
+        helpers.expectSubscriptions(subscriptions('1.0#1')).toBe('^!');
+        helpers.expectSubscriptions(subscriptions('1.1#1')).toBe('^!');
+      },
     });
     expect(lines).toEqual([
       '0 job:started 0/4',
@@ -58,14 +56,14 @@ describe('rule 7: stages run concurrently, the merged list is in stage order the
 
 describe('rule 8: a per-attempt timeout turns a hung call into a timeout failure and unsubscribes it', () => {
   it('fails a hung generate after attemptTimeoutMs, aborts it, and replaces it', () => {
-    const scheduler = newScheduler();
-    let lines: string[] = [];
-    scheduler.run((helpers) => {
-      const { ports, subscriptions } = scriptedPorts(helpers, (r) => (r.attempt === 1 ? { marble: '-' } : { marble: '-i|' }));
-      lines = timeline(scheduler, runEngine({ jobId: 'j', stages: stages(1) }, ports, { ...virtualOptions(scheduler), attemptTimeoutMs: 5 }));
-      helpers.flush();
-      helpers.expectSubscriptions(subscriptions('0.0#1')).toBe('^----!');
-      helpers.expectSubscriptions(subscriptions('0.0#2')).toBe('----------^!');
+    const { lines } = simulate({
+      quantities: [1],
+      script: (r) => (r.attempt === 1 ? { marble: '-' } : { marble: '-i|' }),
+      options: (scheduler) => ({ ...virtualOptions(scheduler), attemptTimeoutMs: 5 }),
+      inside: (helpers, subscriptions) => {
+        helpers.expectSubscriptions(subscriptions('0.0#1')).toBe('^----!');
+        helpers.expectSubscriptions(subscriptions('0.0#2')).toBe('----------^!');
+      },
     });
     expect(lines).toContain('5 fail 0.0#1 timeout retry+5');
     expect(lines).toContain('11 deliver 0.0#2 a00 1/1');
@@ -74,19 +72,14 @@ describe('rule 8: a per-attempt timeout turns a hung call into a timeout failure
 
 describe('rule 9: cancellation stops new requests, aborts in-flight ones, ends cancelled', () => {
   it('a cancel signal aborts in-flight attempts and pending replacements', () => {
-    const scheduler = newScheduler();
-    let lines: string[] = [];
-    let calls: string[] = [];
-    scheduler.run((helpers) => {
-      const { ports, subscriptions, calls: c } = scriptedPorts(helpers, (r) =>
-        r.slotIndex === 0 ? { marble: '-#', error: 'overloaded' } : { marble: '--------i|' },
-      );
-      calls = c;
-      const cancel$ = helpers.hot('----x');
-      lines = timeline(scheduler, runEngine({ jobId: 'j', stages: stages(3) }, ports, { ...virtualOptions(scheduler), stageConcurrency: 2, cancel$ }));
-      helpers.flush();
-      helpers.expectSubscriptions(subscriptions('0.1#1')).toBe('^---!');
-      helpers.expectSubscriptions(subscriptions('0.2#1')).toBe('-^--!');
+    const { lines, calls } = simulate({
+      quantities: [3],
+      script: (r) => (r.slotIndex === 0 ? { marble: '-#', error: 'overloaded' } : { marble: '--------i|' }),
+      options: (scheduler, helpers) => ({ ...virtualOptions(scheduler), stageConcurrency: 2, cancel$: helpers.hot('----x') }),
+      inside: (helpers, subscriptions) => {
+        helpers.expectSubscriptions(subscriptions('0.1#1')).toBe('^---!');
+        helpers.expectSubscriptions(subscriptions('0.2#1')).toBe('-^--!');
+      },
     });
     // slot 2 took slot 0's permit at 1; slot 0's replacement (due at 6) is never requested.
     expect(calls).toEqual(['0.0#1', '0.1#1', '0.2#1']);

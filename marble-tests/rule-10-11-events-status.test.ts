@@ -2,16 +2,14 @@ import { EMPTY, of } from 'rxjs';
 import { describe, expect, it } from 'vitest';
 import type { JobFinishedEvent, PipelineEvent } from '../src/domain/events.js';
 import { runEngine } from '../src/streams/engine.js';
-import { newScheduler, scriptedPorts, stages, timeline, virtualOptions } from './support.js';
+import { newScheduler, scriptedPorts, simulate, stages, timeline, virtualOptions } from './support.js';
 
 describe('rule 9 (more): cancellation across stages and before the start', () => {
   it('every stage reports its own in-flight attempts as cancelled', () => {
-    const scheduler = newScheduler();
-    let lines: string[] = [];
-    scheduler.run((helpers) => {
-      const { ports } = scriptedPorts(helpers, () => ({ marble: '------i|' }));
-      const cancel$ = helpers.hot('--x');
-      lines = timeline(scheduler, runEngine({ jobId: 'j', stages: stages(1, 1) }, ports, { ...virtualOptions(scheduler), cancel$ }));
+    const { lines } = simulate({
+      quantities: [1, 1],
+      script: () => ({ marble: '------i|' }),
+      options: (scheduler, helpers) => ({ ...virtualOptions(scheduler), cancel$: helpers.hot('--x') }),
     });
     expect(lines.filter((l) => l.startsWith('2 '))).toEqual([
       '2 fail 0.0#1 cancelled',
@@ -24,13 +22,10 @@ describe('rule 9 (more): cancellation across stages and before the start', () =>
   });
 
   it('an already-cancelled signal makes no provider call at all', () => {
-    const scheduler = newScheduler();
-    let calls: string[] = [];
-    let lines: string[] = [];
-    scheduler.run((helpers) => {
-      const { ports, calls: c } = scriptedPorts(helpers, () => ({ marble: '-i|' }));
-      calls = c;
-      lines = timeline(scheduler, runEngine({ jobId: 'j', stages: stages(3) }, ports, { ...virtualOptions(scheduler), cancel$: of(true) }));
+    const { lines, calls } = simulate({
+      quantities: [3],
+      script: () => ({ marble: '-i|' }),
+      options: (scheduler) => ({ ...virtualOptions(scheduler), cancel$: of(true) }),
     });
     expect(calls).toEqual([]);
     expect(lines).toEqual(['0 job:started 0/3', '0 stage 0 short 3 cancelled cancelled', '0 job cancelled []', '0 |']);
@@ -144,17 +139,14 @@ describe('rule 11: completed only when every stage holds exactly its quantity', 
 
 describe('rule 9 (shutdown): stop$ stops new requests but lets in-flight attempts finish', () => {
   it('finishes the attempts in flight, starts nothing new, ends short with job_aborted', () => {
-    const scheduler = newScheduler();
-    let lines: string[] = [];
-    let calls: string[] = [];
-    scheduler.run((helpers) => {
-      const { ports, calls: c, subscriptions } = scriptedPorts(helpers, () => ({ marble: '----i|' }));
-      calls = c;
-      const stop$ = helpers.hot('--x');
-      lines = timeline(scheduler, runEngine({ jobId: 'j', stages: stages(4) }, ports, { ...virtualOptions(scheduler), stageConcurrency: 2, stop$ }));
-      helpers.flush();
-      // not aborted: both run to their image at 4
-      helpers.expectSubscriptions(subscriptions('0.0#1')).toBe('^---!');
+    const { lines, calls } = simulate({
+      quantities: [4],
+      script: () => ({ marble: '----i|' }),
+      options: (scheduler, helpers) => ({ ...virtualOptions(scheduler), stageConcurrency: 2, stop$: helpers.hot('--x') }),
+      inside: (helpers, subscriptions) => {
+        // not aborted: both run to their image at 4
+        helpers.expectSubscriptions(subscriptions('0.0#1')).toBe('^---!');
+      },
     });
     expect(calls).toEqual(['0.0#1', '0.1#1']);
     expect(lines.slice(-5)).toEqual([

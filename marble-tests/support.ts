@@ -1,10 +1,13 @@
 import { of, type Observable } from 'rxjs';
 import { TestScheduler, type RunHelpers } from 'rxjs/testing';
+import type { SubscriptionLog } from 'rxjs/internal/testing/SubscriptionLog';
 import { expect } from 'vitest';
 import { PipelineError, type ErrorClass } from '../src/domain/error-class.js';
 import type { PipelineEvent } from '../src/domain/events.js';
 import { parseJobSpec, type StageSpec } from '../src/domain/job-spec.js';
 import type { AttemptRequest, Delivery, EnginePorts, GeneratedImage } from '../src/domain/ports.js';
+import type { StageState } from '../src/domain/resume-state.js';
+import { runEngine, type EngineOptions } from '../src/streams/engine.js';
 
 export const IMAGE: GeneratedImage = { bytes: new Uint8Array([1, 2, 3]), mimeType: 'image/png' };
 
@@ -102,4 +105,34 @@ export function virtualOptions(scheduler: TestScheduler) {
     stageConcurrency: 10,
     globalConcurrency: 100,
   } as const;
+}
+
+/** One engine run in virtual time, described by its stages, script and options. */
+export interface Simulation {
+  readonly quantities: readonly number[];
+  readonly script: (request: AttemptRequest) => Script;
+  readonly deliver?: (request: AttemptRequest) => Observable<Delivery>;
+  readonly state?: readonly StageState[];
+  /** Engine options; `virtualOptions(scheduler)` when omitted. */
+  readonly options?: (scheduler: TestScheduler, helpers: RunHelpers) => EngineOptions;
+  /** Assertions that must run inside `TestScheduler.run`, after the run (subscription timing). */
+  readonly inside?: (helpers: RunHelpers, subscriptions: (key: string) => SubscriptionLog[]) => void;
+}
+
+/** Runs a {@link Simulation}; returns the event timeline and the generator calls in order. */
+export function simulate(sim: Simulation): { lines: string[]; calls: string[] } {
+  const scheduler = newScheduler();
+  let lines: string[] = [];
+  let calls: string[] = [];
+  scheduler.run((helpers) => {
+    const scripted = scriptedPorts(helpers, sim.script, sim.deliver);
+    calls = scripted.calls;
+    const options = sim.options ? sim.options(scheduler, helpers) : virtualOptions(scheduler);
+    lines = timeline(scheduler, runEngine({ jobId: 'j', stages: stages(...sim.quantities), state: sim.state }, scripted.ports, options));
+    if (sim.inside) {
+      helpers.flush();
+      sim.inside(helpers, scripted.subscriptions);
+    }
+  });
+  return { lines, calls };
 }
