@@ -1,3 +1,4 @@
+import { timer, map } from 'rxjs';
 import { describe, expect, it } from 'vitest';
 import { ERROR_CLASSES, PipelineError, RETRYABLE, isRetryable, toPipelineError } from '../src/domain/error-class.js';
 import { AdaptiveConcurrencyLimiter } from '../src/operators/adaptive-concurrency-limiter.js';
@@ -80,6 +81,22 @@ describe('rule 6: a per-stage limit and one adaptive global limit', () => {
     });
   });
 
+  it('holds the global (provider) permit for the provider call only, not during the delivery', () => {
+    const { lines } = simulate({
+      quantities: [2],
+      script: () => ({ marble: '-i|' }),
+      deliver: (r) => newDeliveryAfter(3, `a0${r.slotIndex}`),
+      options: (scheduler) => ({ ...virtualOptions(scheduler), globalConcurrency: 1 }),
+      inside: (helpers, subscriptions) => {
+        // slot 1's call starts when slot 0's call ends (1), not when its delivery ends (4)
+        helpers.expectSubscriptions(subscriptions('0.0#1')).toBe('^!');
+        helpers.expectSubscriptions(subscriptions('0.1#1')).toBe('-^!');
+      },
+    });
+    expect(lines).toContain('4 deliver 0.0#1 a00 1/2');
+    expect(lines).toContain('5 deliver 0.1#1 a01 2/2');
+  });
+
   it('a rate_limited outcome halves the global limit; successes grow it back one step per window', () => {
     const scheduler = newScheduler();
     const limiter = new AdaptiveConcurrencyLimiter({ max: 4 });
@@ -120,3 +137,8 @@ describe('rule 6: a per-stage limit and one adaptive global limit', () => {
     expect(() => new ConcurrencyLimiter(1.5)).toThrow(RangeError);
   });
 });
+
+/** A delivery that commits after `frames` virtual ms. */
+function newDeliveryAfter(frames: number, attachId: string) {
+  return timer(frames).pipe(map(() => ({ attachId, duplicate: false })));
+}

@@ -248,58 +248,52 @@ export function fillSlots(config: FillSlotsConfig): Observable<StageItem> {
           )
         : of(step);
 
+    // The global permit (the provider's limit) is held for the provider call only; the
+    // delivery (WebP, upload, transaction) runs under the stage permit, so a slow
+    // database or store never keeps the provider idle.
     const runAttempt = (request: AttemptRequest): Observable<Step> => {
       let started = false;
+      let permit: Permit = { epoch: 0 };
+      let startedAt = 0;
+      type Generated = { readonly kind: 'started' } | { readonly kind: 'image'; readonly image: GeneratedImage } | { readonly kind: 'failed'; readonly error: PipelineError };
+      const generated$ = config.globalLimiter.run((p) =>
+        defer(() => {
+          // A request that waited for a permit while the stage stopped is dropped unsent.
+          if (halted()) return EMPTY;
+          started = true;
+          permit = p;
+          startedAt = scheduler.now();
+          attemptsUsed[request.slotIndex] = Math.max(attemptsUsed[request.slotIndex] ?? 0, request.attempt);
+          inFlight.set(request.slotIndex, { request, startedAt });
+          const image$ = defer(() => ports.generate(request)).pipe(
+            timeout({
+              first: config.attemptTimeoutMs,
+              scheduler,
+              with: () => throwError(() => new PipelineError('timeout', `no image within ${config.attemptTimeoutMs} ms`)),
+            }),
+            take(1),
+            map((image): Generated => ({ kind: 'image', image })),
+            failWhenEmpty('no_image', 'the generator completed without an image'),
+            catchError((error: unknown) => of<Generated>({ kind: 'failed', error: toPipelineError(error) })),
+          );
+          return concat(of<Generated>({ kind: 'started' }), image$);
+        }),
+      );
       const attempt$ = config.stageLimiter.run(() =>
-        config.globalLimiter.run((permit) =>
-          defer(() => {
-            // A request that waited for a permit while the stage stopped is dropped unsent.
-            if (halted()) return EMPTY;
-            started = true;
-            const startedAt = scheduler.now();
-            attemptsUsed[request.slotIndex] = Math.max(attemptsUsed[request.slotIndex] ?? 0, request.attempt);
-            inFlight.set(request.slotIndex, { request, startedAt });
-            const startedEvent: AttemptStartedEvent = {
-              type: 'attempt:started',
-              jobId,
-              at: startedAt,
-              stage: stage.index,
-              slot: request.slotIndex,
-              attempt: request.attempt,
-            };
-            const work$ = defer(() => ports.generate(request)).pipe(
-              timeout({
-                first: config.attemptTimeoutMs,
-                scheduler,
-                with: () => throwError(() => new PipelineError('timeout', `no image within ${config.attemptTimeoutMs} ms`)),
-              }),
+        generated$.pipe(
+          mergeMap((item): Observable<Step> => {
+            if (item.kind === 'started') {
+              const startedEvent: AttemptStartedEvent = { type: 'attempt:started', jobId, at: startedAt, stage: stage.index, slot: request.slotIndex, attempt: request.attempt };
+              return of(event(startedEvent));
+            }
+            if (item.kind === 'failed') return onOutcome(request, permit, startedAt, { ok: false, error: item.error });
+            return defer(() => ports.deliver(request, item.image)).pipe(
               take(1),
-              mergeMap((image) =>
-                defer(() => ports.deliver(request, image)).pipe(
-                  take(1),
-                  map((delivery): Outcome => ({ ok: true, delivery, image })),
-                ),
-              ),
-              // An empty answer from a port is a failure, not a silent gap.
-              (source) =>
-                new Observable<Outcome>((subscriber) => {
-                  let seen = false;
-                  return source.subscribe({
-                    next: (value) => {
-                      seen = true;
-                      subscriber.next(value);
-                    },
-                    error: (error: unknown) => subscriber.error(error),
-                    complete: () => {
-                      if (!seen) subscriber.next({ ok: false, error: new PipelineError('no_image', 'the generator completed without an image') });
-                      subscriber.complete();
-                    },
-                  });
-                }),
+              map((delivery): Outcome => ({ ok: true, delivery, image: item.image })),
+              failWhenEmpty('storage', 'the delivery completed without a result'),
               catchError((error: unknown) => of<Outcome>({ ok: false, error: toPipelineError(error) })),
               mergeMap((outcome) => onOutcome(request, permit, startedAt, outcome)),
             );
-            return concat(of(event(startedEvent)), work$);
           }),
         ),
       );
@@ -401,4 +395,23 @@ export function fillSlots(config: FillSlotsConfig): Observable<StageItem> {
 
     return concat(run$, finish$);
   });
+}
+
+/** An empty answer from a port is a failure, not a silent gap: errors with `errorClass` if the source completes without a value. */
+function failWhenEmpty<T>(errorClass: ErrorClass, message: string) {
+  return (source: Observable<T>): Observable<T> =>
+    new Observable<T>((subscriber) => {
+      let seen = false;
+      return source.subscribe({
+        next: (value) => {
+          seen = true;
+          subscriber.next(value);
+        },
+        error: (error: unknown) => subscriber.error(error),
+        complete: () => {
+          if (seen) subscriber.complete();
+          else subscriber.error(new PipelineError(errorClass, message));
+        },
+      });
+    });
 }
