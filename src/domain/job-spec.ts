@@ -12,6 +12,8 @@ export interface StageSpec {
   readonly inputAttachId: string | null;
   /** A file path (CLI only, relative to the job file) to import as the input attachment. */
   readonly inputImage: string | null;
+  /** The key the input attachment was given under, so errors name the field the user wrote. */
+  readonly inputAttachField?: 'mergedImageAttachId' | 'inputAttachId';
 }
 
 /** A validated job. `jobId` is the idempotency key: submitting it twice makes one job. */
@@ -136,7 +138,7 @@ function parseStage(raw: unknown, index: number, limits: Required<JobSpecLimits>
   }
 
   const attach = alias(raw, 'mergedImageAttachId', 'inputAttachId', `${at}.`, problems);
-  const attachKey = raw['mergedImageAttachId'] !== undefined ? 'mergedImageAttachId' : 'inputAttachId';
+  const attachKey: 'mergedImageAttachId' | 'inputAttachId' = raw['mergedImageAttachId'] === undefined && raw['inputAttachId'] !== undefined ? 'inputAttachId' : 'mergedImageAttachId';
   const image = raw['inputImage'];
   let inputAttachId: string | null = null;
   let inputImage: string | null = null;
@@ -155,7 +157,7 @@ function parseStage(raw: unknown, index: number, limits: Required<JobSpecLimits>
   }
 
   if (problems.length > before) return null;
-  return Object.freeze({ index, prompt: prompt as string, aspectRatio, quantity: quantity as number, inputAttachId, inputImage });
+  return Object.freeze({ index, prompt: prompt as string, aspectRatio, quantity: quantity as number, inputAttachId, inputImage, inputAttachField: attachKey });
 }
 
 /**

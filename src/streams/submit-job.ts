@@ -48,7 +48,7 @@ export async function submitSpec(deps: SubmitDeps, spec: JobSpec, options: Submi
   for (const stage of spec.stages) {
     if (stage.inputAttachId === null) continue;
     const attachment = await getAttachment(database, stage.inputAttachId);
-    const field = `stages[${stage.index}].mergedImageAttachId`;
+    const field = `stages[${stage.index}].${stage.inputAttachField ?? 'mergedImageAttachId'}`;
     if (!attachment) throw new InputAttachmentError(field, stage.inputAttachId, `attachment ${stage.inputAttachId} does not exist`);
     if (attachment.userId !== spec.userId) {
       throw new InputAttachmentError(field, stage.inputAttachId, `attachment ${stage.inputAttachId} does not belong to user ${spec.userId}`);

@@ -27,8 +27,8 @@ describe('parseJobSpec', () => {
       userId: '42',
       productionId: '7',
       stages: [
-        { index: 0, prompt: 'a cat', aspectRatio: '1:1', quantity: 50, inputAttachId: '1001', inputImage: null },
-        { index: 1, prompt: 'a dog', aspectRatio: '16:9', quantity: 50, inputAttachId: '1002', inputImage: null },
+        { index: 0, prompt: 'a cat', aspectRatio: '1:1', quantity: 50, inputAttachId: '1001', inputImage: null, inputAttachField: 'mergedImageAttachId' },
+        { index: 1, prompt: 'a dog', aspectRatio: '16:9', quantity: 50, inputAttachId: '1002', inputImage: null, inputAttachField: 'mergedImageAttachId' },
       ],
     });
   });
@@ -43,7 +43,7 @@ describe('parseJobSpec', () => {
       ],
     });
     expect(spec.jobId).toBe('job_1-A');
-    expect(spec.stages[0]).toMatchObject({ aspectRatio: '21:9', inputAttachId: 'att' });
+    expect(spec.stages[0]).toMatchObject({ aspectRatio: '21:9', inputAttachId: 'att', inputAttachField: 'inputAttachId' });
     expect(spec.stages[1]).toMatchObject({ inputImage: './in.png', inputAttachId: null });
   });
 

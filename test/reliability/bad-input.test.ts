@@ -297,8 +297,7 @@ describe('specs that need the database to be found wrong: refused before anythin
     });
   }
 
-  // Known bug: submitSpec always names `mergedImageAttachId`, even when the file said `inputAttachId`.
-  it.fails("a foreign attachment given as inputAttachId is reported under the key the file used (known bug: says mergedImageAttachId)", async () => {
+  it('a foreign attachment given as inputAttachId is reported under the key the file used', async () => {
     const dir = join(root, 'db-alias');
     await mkdir(dir, { recursive: true });
     const jobPath = await writeJob(dir, JSON.stringify({ userId: 'alice', stages: [{ quantity: 1, prompt: 'p', inputAttachId: bobAttach }] }));
