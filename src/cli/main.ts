@@ -4,10 +4,11 @@
  * call); 3 not enough credits (nothing generated).
  */
 import { parseArgs } from 'node:util';
-import { lastValueFrom, Subject, tap } from 'rxjs';
+import { lastValueFrom, of, Subject, tap } from 'rxjs';
 import { ConfigError, loadConfig, type ConfigOverrides } from '../config.js';
 import { InputAttachmentError, InsufficientCreditsError, JobNotFoundError, JobOwnershipError, MigrationError } from '../db/errors.js';
 import { DataDirLockedError } from '../db/data-dir-lock.js';
+import { JobLeasedError } from '../db/ops/job-lease.js';
 import { getBalance } from '../db/ops/get-balance.js';
 import { retryTransient } from '../db/sql-errors.js';
 import { grantCredits } from '../db/ops/grant-credits.js';
@@ -176,7 +177,14 @@ async function cmdCancel(jobId: string | undefined): Promise<number> {
       process.stdout.write(`job ${jobId} has already ended (${job.status})\n`);
       return EXIT.short;
     }
-    process.stdout.write(`cancel requested for ${jobId}; the process running it stops within a second\n`);
+    // Nobody runs it (queued, or its runner died): end it here, with no provider call.
+    try {
+      await lastValueFrom(runStoredJob(pipeline, jobId, { cancel$: of(true) }), { defaultValue: null });
+      process.stdout.write(`job ${jobId} cancelled\n`);
+    } catch (error) {
+      if (!(error instanceof JobLeasedError)) throw error;
+      process.stdout.write(`cancel requested for ${jobId}; the process running it stops within a second\n`);
+    }
     return 0;
   });
 }
@@ -218,6 +226,7 @@ async function cmdSubmit(file: string | undefined, values: Record<string, string
   if (!file) throw new UsageError('submit needs a job file: imagegen submit <job.json>');
   const overrides = { dataDir: values['data-dir'] as string | undefined };
   const config = loadConfig(process.env, overrides);
+  if (!config.databaseUrl) throw new UsageError('DATABASE_URL: submit puts jobs on a PostgreSQL job queue for workers; set DATABASE_URL (or use imagegen run)');
   const jobFile = await readJobFile(file, { maxQuantity: config.maxQuantity });
   return withPipeline(overrides, async (pipeline) => {
     const { jobId, created } = await submitSpec(pipeline, jobFile.spec, { inputFiles: jobFile.inputFiles, pricePerImage: config.pricePerImage });
@@ -234,7 +243,7 @@ async function cmdWorker(values: Record<string, string | boolean | undefined>): 
   return withPipeline(overrides, async (pipeline) => {
     const signals = shutdownSignals();
     try {
-      await runWorker(pipeline, { stop$: signals.stop$, engine: engineOptionsOf(config) });
+      await runWorker(pipeline, { stop$: signals.stop$, engine: engineOptionsOf(config), jobConcurrency: config.workerJobs });
     } finally {
       signals.dispose();
     }
@@ -302,7 +311,7 @@ function reportError(error: unknown): number {
     process.stderr.write(`imagegen: ${error.message}\n`);
     return EXIT.invalid;
   }
-  if (error instanceof MigrationError || error instanceof DataDirLockedError) {
+  if (error instanceof MigrationError || error instanceof DataDirLockedError || error instanceof JobLeasedError) {
     process.stderr.write(`imagegen: ${error.message}\n`);
     return EXIT.short;
   }

@@ -157,7 +157,9 @@ export function runStoredJob(deps: RunJobDeps, jobId: string, options: RunJobOpt
       exhaustMap(() => from(isCancelRequested(database, jobId)).pipe(catchError(() => EMPTY))),
       filter(Boolean),
     );
-    const cancel$ = merge(options.cancel$ ?? EMPTY, polledCancel$, stop$.pipe(switchMap(() => timer(options.graceMs ?? 30_000)))).pipe(take(1));
+    // A job cancelled while it waited in the queue ends at once, with no provider call.
+    const cancelledBefore$ = job.cancelRequested ? of(true) : EMPTY;
+    const cancel$ = merge(cancelledBefore$, options.cancel$ ?? EMPTY, polledCancel$, stop$.pipe(switchMap(() => timer(options.graceMs ?? 30_000)))).pipe(take(1));
 
     const engineOptions: EngineOptions = {
       ...options,

@@ -137,6 +137,19 @@ forEachDatabase('runStoredJob end to end (generator -> sharp -> storage -> deliv
     expect((replayed[0] as JobFinishedEvent).status).toBe('completed');
   });
 
+  it('a job cancelled while queued ends cancelled at once with no provider call, releasing its whole reservation', async () => {
+    await submit('can-0', [3]);
+    const { requestCancel } = await import('../../src/db/ops/request-cancel.js');
+    expect(await requestCancel(ctx.database, 'can-0')).toBe(true);
+    let calls = 0;
+    const offline = new OfflineImageGenerator({ seed: 5 });
+    const generator = { generate: (request: Parameters<OfflineImageGenerator['generate']>[0]) => (calls++, offline.generate(request)) };
+    const events = await lastValueFrom(runStoredJob({ database: ctx.database, store, generator }, 'can-0', FAST).pipe(toArray()));
+    expect((events.at(-1) as JobFinishedEvent).status).toBe('cancelled');
+    expect(calls).toBe(0);
+    expect((await readJobResult(ctx.database, 'can-0'))?.credits).toEqual({ reserved: 3, captured: 0, released: 3 });
+  });
+
   it('a cancel request from another process ends the job cancelled and releases the rest', async () => {
     await submit('can-1', [6]);
     const generator = new OfflineImageGenerator({ latencyMs: 200, seed: 4 });
