@@ -52,6 +52,8 @@ export interface PipelineConfig {
   readonly logLevel: string;
   /** Jobs one worker process runs at once (they share the global attempt limit). */
   readonly workerJobs: number;
+  /** On SIGTERM/SIGINT, how long in-flight attempts may take before they are aborted. */
+  readonly shutdownGraceMs: number;
 }
 
 /** A bad environment variable or flag: names it and the rule. */
@@ -115,7 +117,7 @@ function bool(env: Env, name: string, fallback: boolean): boolean {
  * | `IMAGEGEN_PRICE_PER_IMAGE`, `IMAGEGEN_MAX_QUANTITY` | 1, 1000 |
  * | `IMAGEGEN_OFFLINE_LATENCY_MS`, `IMAGEGEN_OFFLINE_JITTER_MS`, `IMAGEGEN_OFFLINE_FAILURE_RATE`, `IMAGEGEN_OFFLINE_FAILURE_CLASSES`, `IMAGEGEN_OFFLINE_SEED` | 0, 0, 0, transient mix, 0 |
  * | `IMAGEGEN_WEBP_QUALITY`, `IMAGEGEN_PROGRESS_INTERVAL_MS`, `IMAGEGEN_LOG_LEVEL` | 80, 250, `info` |
- * | `IMAGEGEN_WORKER_JOBS`, `IMAGEGEN_QUEUE_EXPIRE_SECONDS` | 2, 600 |
+ * | `IMAGEGEN_WORKER_JOBS`, `IMAGEGEN_QUEUE_EXPIRE_SECONDS`, `IMAGEGEN_SHUTDOWN_GRACE_MS` | 2, 600, 30000 |
  */
 export function loadConfig(env: Env = process.env, overrides: ConfigOverrides = {}): PipelineConfig {
   const dataDir = resolve(overrides.dataDir ?? (env['IMAGEGEN_DATA_DIR'] || './.imagegen'));
@@ -187,5 +189,6 @@ export function loadConfig(env: Env = process.env, overrides: ConfigOverrides = 
     progressIntervalMs: int(env, 'IMAGEGEN_PROGRESS_INTERVAL_MS', 250, 0),
     logLevel: env['IMAGEGEN_LOG_LEVEL'] || 'info',
     workerJobs: int(env, 'IMAGEGEN_WORKER_JOBS', 2, 1, 100),
+    shutdownGraceMs: int(env, 'IMAGEGEN_SHUTDOWN_GRACE_MS', 30_000, 0),
   });
 }

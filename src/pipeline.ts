@@ -126,5 +126,6 @@ export function engineOptionsOf(config: PipelineConfig) {
     backoff: { baseMs: config.engine.backoffBaseMs, maxMs: config.engine.backoffMaxMs },
     webpQuality: config.webpQuality,
     progressIntervalMs: config.progressIntervalMs,
+    graceMs: config.shutdownGraceMs,
   };
 }

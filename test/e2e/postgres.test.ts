@@ -261,4 +261,53 @@ describe.skipIf(!TEST_DATABASE_URL)('imagegen on PostgreSQL (DATABASE_URL set; s
       await flaky.close();
     }
   });
+
+  it('SIGTERM on a worker mid-job: in-flight attempts finish, it exits 0, the job goes back to the queue and another worker finishes it exactly', { timeout: 120_000 }, async () => {
+    const USER = 'user-pg-sigterm';
+    const JOB_ID = 'e2e-pg-worker-sigterm';
+    const TOTAL = 16;
+    const slow = await startFakeGeminiServer({ latencyMs: 400 });
+    try {
+      const termEnv = { ...env, GEMINI_BASE_URL: slow.url, IMAGEGEN_QUEUE_EXPIRE_SECONDS: '4', IMAGEGEN_STAGE_CONCURRENCY: '2', IMAGEGEN_CONCURRENCY: '2' };
+      expect((await runCli(['credits', 'grant', USER, '40'], { env: termEnv })).code).toBe(0);
+      const file = await ws.writeJob('worker-sigterm.json', jobSpec(JOB_ID, USER, [['first', 8], ['second', 8]]));
+      expect((await runCli(['submit', file], { env: termEnv })).code).toBe(0);
+
+      const first = startCli(['worker'], { env: termEnv });
+      const storage = join(ws.dataDir, 'storage');
+      await waitFor('the first worker to store a few images', async () => (await generatedFiles(storage, JOB_ID)).length >= 3 || first.child.exitCode !== null, 60_000);
+      first.child.kill('SIGTERM');
+      const stopped = await first.done;
+      expect(stopped.code, stopped.stderr.slice(-3000)).toBe(0);
+      expect(stopped.stderr).toContain('job handed back for resume');
+      const midway = parseSingleJson<Summary>((await runCli(['status', JOB_ID, '--json'], { env: termEnv })).stdout);
+      expect(midway.status).toBe('queued');
+      expect(midway.deliveredImages).toBeGreaterThanOrEqual(3);
+      expect(midway.deliveredImages).toBeLessThan(TOTAL);
+      // Nothing was aborted: every started attempt ended (delivered), so no slot is half-spent.
+      expect(midway.attempts.failed).toBe(0);
+      expect(midway.attempts.total).toBe(midway.deliveredImages);
+
+      const second = startCli(['worker'], { env: termEnv });
+      let summary: Summary | undefined;
+      try {
+        await waitFor('the job to complete on the second worker', async () => {
+          summary = parseSingleJson<Summary>((await runCli(['status', JOB_ID, '--json'], { env: termEnv })).stdout);
+          return summary.status === 'completed';
+        }, 60_000, 500);
+      } finally {
+        if (second.child.exitCode === null) second.child.kill('SIGTERM');
+      }
+      expect((await second.done).code).toBe(0);
+      const s = summary as Summary;
+      expect(s).toMatchObject({ deliveredImages: TOTAL, credits: { reserved: TOTAL, captured: TOTAL, released: 0 } });
+      expect(slow.calls()).toBe(TOTAL);
+      expect(new Set(await stampsOnDisk(storage, JOB_ID)).size).toBe(TOTAL);
+      const view = await readDb({ databaseUrl }, JOB_ID, USER);
+      expect(view.ledger.filter((l) => l.kind === 'reserve')).toHaveLength(1);
+      expect(view.balance).toEqual({ balance: 40 - TOTAL, reserved: 0 });
+    } finally {
+      await slow.close();
+    }
+  });
 });
