@@ -63,7 +63,10 @@ export async function inputPng(): Promise<{ bytes: Uint8Array; width: number; he
 
 export async function openBenchPipeline(options: BenchPipelineOptions): Promise<BenchPipeline> {
   const root = await mkdtemp(join(tmpdir(), 'imagegen-bench-'));
-  const database = await openDatabase(options.database === 'disk' ? { dataDir: join(root, 'db') } : {});
+  // BENCH_DATABASE_URL: a fresh PostgreSQL database instead of PGlite (its SQL then runs in
+  // the server's process, not in ours).
+  const databaseUrl = process.env['BENCH_DATABASE_URL'];
+  const database = await openDatabase(databaseUrl ? { databaseUrl } : options.database === 'disk' ? { dataDir: join(root, 'db') } : {});
   const store = new FolderObjectStore({ root: join(root, 'storage') });
   const userId = 'bench-user';
   await grantCredits(database, userId, options.credits);
