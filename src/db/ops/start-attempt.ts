@@ -24,26 +24,31 @@ export interface StartAttemptOptions {
 export async function startAttempt(database: Database, options: StartAttemptOptions): Promise<void> {
   const { jobId, stageIndex, slotIndex, attempt } = options;
   assertCount('attempt', attempt, 1);
-  await database.db.transaction().execute(async (trx) => {
-    await assertSlotExists(trx, jobId, stageIndex, slotIndex);
-    await trx
-      .insertInto('slots')
-      .values({ job_id: jobId, stage_index: stageIndex, slot_index: slotIndex, attempts_used: attempt })
-      .onConflict((oc) =>
-        oc.columns(['job_id', 'stage_index', 'slot_index']).doUpdateSet({ attempts_used: sql`greatest(slots.attempts_used, excluded.attempts_used)` }),
-      )
-      .execute();
-    await trx
-      .insertInto('attempts')
-      .values({ job_id: jobId, stage_index: stageIndex, slot_index: slotIndex, attempt, outcome: 'started', error_class: null, http_status: null, message: null, latency_ms: null, prompt_tokens: null, output_tokens: null, total_tokens: null })
-      .onConflict((oc) => oc.columns(['job_id', 'stage_index', 'slot_index', 'attempt']).doNothing())
-      .execute();
-    await trx
-      .updateTable('stages')
-      .set({ status: 'running' })
-      .where('job_id', '=', jobId)
-      .where('stage_index', '=', stageIndex)
-      .where('status', '=', 'pending')
-      .execute();
-  });
+  // One statement (it runs before every provider call, so it is on the hot path): the
+  // slot upsert, the attempt row and the stage status in data-modifying CTEs, all
+  // gated on the slot being one the stage owes. A single statement is atomic.
+  const row = await sql<{ found: number }>`
+    with target as (
+      select job_id, stage_index from stages
+      where job_id = ${jobId} and stage_index = ${stageIndex} and ${slotIndex}::int >= 0 and ${slotIndex}::int < quantity
+    ), slot as (
+      insert into slots (job_id, stage_index, slot_index, attempts_used)
+      select job_id, stage_index, ${slotIndex}::int, ${attempt}::int from target
+      on conflict (job_id, stage_index, slot_index) do update set attempts_used = greatest(slots.attempts_used, excluded.attempts_used)
+      returning 1
+    ), started as (
+      insert into attempts (job_id, stage_index, slot_index, attempt, outcome)
+      select job_id, stage_index, ${slotIndex}::int, ${attempt}::int, 'started' from target
+      on conflict (job_id, stage_index, slot_index, attempt) do nothing
+      returning 1
+    ), stage as (
+      update stages set status = 'running'
+      where job_id = ${jobId} and stage_index = ${stageIndex} and status = 'pending' and exists (select 1 from target)
+      returning 1
+    )
+    select (select count(*) from target)::int as found`.execute(database.db);
+  if ((row.rows[0]?.found ?? 0) > 0) return;
+  // Not a slot the job owes: say precisely why (unknown job, stage or slot).
+  await database.db.transaction().execute((trx) => assertSlotExists(trx, jobId, stageIndex, slotIndex));
+  throw new Error(`startAttempt: slot ${jobId}/${stageIndex}/${slotIndex} was not recorded`);
 }
