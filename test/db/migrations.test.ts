@@ -16,6 +16,7 @@ const broken = {
 for (const kind of DATABASE_KINDS) {
   const skipped = kind === 'postgres' && !TEST_DATABASE_URL;
   if (skipped) console.warn(`migrations [${kind}]: PostgreSQL leg skipped: DATABASE_URL not set`);
+  // Skipped only for the PostgreSQL leg without DATABASE_URL (no server to migrate); warned above.
   const run = skipped ? describe.skip : describe;
   run(`migrations [${kind}]`, () => {
     let scratch: ScratchDatabase | undefined;

@@ -87,6 +87,7 @@ describe('S3 PUT faults (proxy in front of s3rver)', () => {
   });
 });
 
+// Skipped only when there is no PostgreSQL to kill connections of (DATABASE_URL unset); said aloud below.
 const pgDescribe = TEST_DATABASE_URL ? describe : describe.skip;
 if (!TEST_DATABASE_URL) console.warn('PostgreSQL connection kills: skipped: DATABASE_URL not set');
 

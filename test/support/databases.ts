@@ -104,6 +104,7 @@ export function forEachDatabase(
     const title = `${name} [${kind}]`;
     if (kind === 'postgres' && !TEST_DATABASE_URL) {
       console.warn(`${title}: PostgreSQL leg skipped: DATABASE_URL not set`);
+      // Reason: no PostgreSQL server configured (DATABASE_URL unset); the title and the warning say so.
       describe.skip(`${title} (PostgreSQL leg skipped: DATABASE_URL not set)`, () => body(unavailable(kind)));
       continue;
     }
