@@ -54,6 +54,8 @@ export interface PipelineConfig {
   readonly workerJobs: number;
   /** On SIGTERM/SIGINT, how long in-flight attempts may take before they are aborted. */
   readonly shutdownGraceMs: number;
+  /** After this long pg-boss hands a dead worker's queue job to another worker. */
+  readonly queueExpireSeconds: number;
 }
 
 /** A bad environment variable or flag: names it and the rule. */
@@ -190,5 +192,6 @@ export function loadConfig(env: Env = process.env, overrides: ConfigOverrides = 
     logLevel: env['IMAGEGEN_LOG_LEVEL'] || 'info',
     workerJobs: int(env, 'IMAGEGEN_WORKER_JOBS', 2, 1, 100),
     shutdownGraceMs: int(env, 'IMAGEGEN_SHUTDOWN_GRACE_MS', 30_000, 0),
+    queueExpireSeconds: int(env, 'IMAGEGEN_QUEUE_EXPIRE_SECONDS', 600, 1),
   });
 }

@@ -22,7 +22,7 @@ function createBoss(pipeline: Pipeline): PgBoss {
   if (!url) throw new Error('the job queue needs PostgreSQL: set DATABASE_URL');
   // Maintenance is what expires a dead worker's active queue job; pg-boss runs it every
   // 120 s by default, which would make IMAGEGEN_QUEUE_EXPIRE_SECONDS meaningless below that.
-  const maintenanceIntervalSeconds = Math.max(1, Math.min(30, queueExpiry()));
+  const maintenanceIntervalSeconds = Math.max(1, Math.min(30, pipeline.config.queueExpireSeconds));
   const boss = new PgBoss({ connectionString: url, schema: 'imagegen_queue', max: 4, maintenanceIntervalSeconds, monitorStateIntervalSeconds: maintenanceIntervalSeconds });
   boss.on('error', (error: unknown) => pipeline.logger.error({ err: error }, 'job queue error'));
   return boss;
@@ -41,18 +41,12 @@ export async function submitToQueue(pipeline: Pipeline, jobId: string, options: 
   const boss = createBoss(pipeline);
   await boss.start();
   try {
-    const expireInSeconds = options.expireInSeconds ?? queueExpiry();
+    const expireInSeconds = options.expireInSeconds ?? pipeline.config.queueExpireSeconds;
     await ensureQueue(boss, expireInSeconds);
     await boss.send(JOB_QUEUE, { jobId }, { singletonKey: jobId, retryLimit: 1000, retryDelay: 2, expireInSeconds });
   } finally {
     await boss.stop({ graceful: false, close: true, wait: true });
   }
-}
-
-function queueExpiry(): number {
-  // Read once, here and in the worker: how long a dead worker's job waits before another takes it.
-  const raw = Number(process.env['IMAGEGEN_QUEUE_EXPIRE_SECONDS'] ?? 600);
-  return Number.isInteger(raw) && raw > 0 ? raw : 600;
 }
 
 /**
@@ -67,7 +61,7 @@ export async function runWorker(pipeline: Pipeline, options: WorkerOptions = {})
   const workerId = randomUUID();
   const logger = pipeline.logger.child({ worker: workerId });
   await boss.start();
-  const expireInSeconds = options.expireInSeconds ?? queueExpiry();
+  const expireInSeconds = options.expireInSeconds ?? pipeline.config.queueExpireSeconds;
   await ensureQueue(boss, expireInSeconds);
   const stopping$ = new Subject<void>();
   const stopSubscription = (options.stop$ ?? EMPTY).subscribe(() => stopping$.next());
