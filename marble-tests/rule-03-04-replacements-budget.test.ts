@@ -115,6 +115,32 @@ describe('rule 4: budgets end a stage short with budget_exhausted and the last e
     expect(lines).toContain('1 stage 0 short 1 budget_exhausted overloaded');
   });
 
+  it('charges no budget for attempts abandoned by a dead run: numbers go on, the budget is whole', () => {
+    // Two runs died with attempts 1 and 2 of slot 0 in flight; attempt 3 of slot 1 failed at the provider.
+    const { lines, calls } = simulate({
+      quantities: [2],
+      script: (r) => (r.attempt < 5 ? { marble: '-#', error: 'overloaded' } : { marble: '-i|' }),
+      state: [[{ attachId: null, attemptsUsed: 2, attemptsCharged: 0 }, { attachId: null, attemptsUsed: 3, attemptsCharged: 1 }]],
+      options: (scheduler) => ({ ...virtualOptions(scheduler), maxAttemptsPerSlot: 3, maxReplacementsPerStage: 4 }),
+    });
+    // Slot 0 gets its full 3 attempts (3, 4, 5) and slot 1 its remaining 2 (4, 5): 4 replacements in all.
+    expect(calls.filter((c) => c.startsWith('0.0'))).toEqual(['0.0#3', '0.0#4', '0.0#5']);
+    expect(calls.filter((c) => c.startsWith('0.1'))).toEqual(['0.1#4', '0.1#5']);
+    expect(lines.at(-3)).toMatch(/ stage 0 completed 2\/2$/);
+  });
+
+  it('a replacement after a restart still charges the stage budget (the stage budget is not refunded)', () => {
+    const { calls, lines } = simulate({
+      quantities: [2],
+      script: () => ({ marble: '-#', error: 'overloaded' }),
+      // Before the restart the stage used 2 replacements (slot 0 is filled after 3 attempts).
+      state: [[{ attachId: 'old0', attemptsUsed: 3, attemptsCharged: 3 }, { attachId: null, attemptsUsed: 1, attemptsCharged: 1 }]],
+      options: (scheduler) => ({ ...virtualOptions(scheduler), maxAttemptsPerSlot: 5, maxReplacementsPerStage: 3 }),
+    });
+    expect(calls).toEqual(['0.1#2']);
+    expect(lines).toContain('1 stage 0 short 1 budget_exhausted overloaded');
+  });
+
   it('makes no call for a slot that spent its budget before a restart', () => {
     const { lines, calls } = simulate({
       quantities: [2],

@@ -9,7 +9,7 @@ import { newScheduler, scriptedPorts, simulate, stages, timeline, virtualOptions
 describe('rule 5: error classes decide; non-retryable stops the stage, auth stops the job', () => {
   it('the closed set: every class says whether it is retryable, in one place', () => {
     expect(Object.keys(RETRYABLE).sort()).toEqual([...ERROR_CLASSES].sort());
-    expect(ERROR_CLASSES.filter((c) => !isRetryable(c)).sort()).toEqual(['auth', 'cancelled', 'invalid_request', 'prompt_blocked']);
+    expect(ERROR_CLASSES.filter((c) => !isRetryable(c)).sort()).toEqual(['auth', 'cancelled', 'invalid_request', 'prompt_blocked', 'quota_exhausted']);
     expect(new PipelineError('rate_limited', 'x', { retryAfterMs: 3 }).retryable).toBe(true);
     // an unclassified error from an adapter is treated as retryable network trouble, not a crash
     expect(toPipelineError(new TypeError('boom')).errorClass).toBe('network');
@@ -50,6 +50,49 @@ describe('rule 5: error classes decide; non-retryable stops the stage, auth stop
       '3 stage 1 short 2 job_aborted auth',
       '3 job partial [a10]',
       '3 |',
+    ]);
+  });
+
+  it('a server delay above maxRetryAfterMs is quota_exhausted: it halts every stage like auth, and no timer waits for it', () => {
+    const { lines, calls } = simulate({
+      quantities: [2, 3],
+      script: (r) =>
+        r.stageIndex === 0 ? { marble: '-#', error: 'rate_limited', retryAfterMs: 3_600_000 } : { marble: '---i|' },
+      options: (scheduler) => ({ ...virtualOptions(scheduler), stageConcurrency: 1, backoff: { baseMs: 10, multiplier: 2, maxMs: 1000, maxRetryAfterMs: 100 } }),
+    });
+    expect(calls).toEqual(['0.0#1', '1.0#1']);
+    expect(lines).toEqual([
+      '0 job:started 0/5',
+      '0 start 0.0#1',
+      '0 start 1.0#1',
+      '1 fail 0.0#1 quota_exhausted',
+      '1 stage 0 short 2 non_retryable quota_exhausted',
+      '3 deliver 1.0#1 a10 1/5',
+      '3 stage 1 short 2 job_aborted quota_exhausted',
+      '3 job partial [a10]',
+      '3 |',
+    ]);
+  });
+
+  it('the cap is inclusive: a delay of exactly maxRetryAfterMs is honoured (above the backoff maxMs), 1 ms more is quota_exhausted', () => {
+    const run = (retryAfterMs: number) =>
+      simulate({
+        quantities: [1],
+        script: (r) => (r.attempt === 1 ? { marble: '-#', error: 'rate_limited', retryAfterMs } : { marble: '-i|' }),
+        options: (scheduler) => ({ ...virtualOptions(scheduler), backoff: { baseMs: 10, multiplier: 2, maxMs: 20, maxRetryAfterMs: 100 } }),
+      });
+    expect(run(101).lines).toEqual(['0 job:started 0/1', '0 start 0.0#1', '1 fail 0.0#1 quota_exhausted', '1 stage 0 short 1 non_retryable quota_exhausted', '1 job failed []', '1 |']);
+    const { lines, calls } = run(100);
+    expect(calls).toEqual(['0.0#1', '0.0#2']);
+    expect(lines).toEqual([
+      '0 job:started 0/1',
+      '0 start 0.0#1',
+      '1 fail 0.0#1 rate_limited retry+100',
+      '101 start 0.0#2',
+      '102 deliver 0.0#2 a00 1/1',
+      '102 stage 0 completed 1/1',
+      '102 job completed [a00]',
+      '102 |',
     ]);
   });
 });

@@ -1,5 +1,8 @@
 import { resolve } from 'node:path';
+import pino from 'pino';
 import { ERROR_CLASSES, isErrorClass, type ErrorClass } from './domain/error-class.js';
+import { MAX_TIMER_MS } from './operators/full-jitter-backoff.js';
+import { hideField, REDACTED, redactUrlPassword, withSecretsHidden } from './domain/hide-secrets.js';
 
 /** Where generated and input images live. */
 export type StorageConfig =
@@ -42,6 +45,8 @@ export interface PipelineConfig {
     readonly attemptTimeoutMs: number;
     readonly backoffBaseMs: number;
     readonly backoffMaxMs: number;
+    /** Longest server-requested retry delay honoured; a longer one ends the job's new attempts as `quota_exhausted`. */
+    readonly maxRetryAfterMs: number;
   };
   /** Credits one delivered image costs. */
   readonly pricePerImage: number;
@@ -56,6 +61,8 @@ export interface PipelineConfig {
   readonly shutdownGraceMs: number;
   /** After this long pg-boss hands a dead worker's queue job to another worker. */
   readonly queueExpireSeconds: number;
+  /** Runs of one job that may die in a row without delivering anything before the job ends `failed` (`crash_loop`). */
+  readonly maxCrashResumes: number;
 }
 
 /** A bad environment variable or flag: names it and the rule. */
@@ -77,6 +84,9 @@ export interface ConfigOverrides {
 }
 
 type Env = Readonly<Record<string, string | undefined>>;
+
+/** Largest `IMAGEGEN_QUEUE_EXPIRE_SECONDS`: pg-boss wants an expiry under 24 hours. */
+export const MAX_QUEUE_EXPIRE_SECONDS = 24 * 60 * 60 - 1;
 
 function int(env: Env, name: string, fallback: number, min: number, max = Number.MAX_SAFE_INTEGER): number {
   const raw = env[name];
@@ -102,6 +112,27 @@ function bool(env: Env, name: string, fallback: boolean): boolean {
   throw new ConfigError(name, `must be true or false, got ${JSON.stringify(env[name])}`);
 }
 
+// The configuration holds the API key, the S3 secret and the database password: give
+// each object that holds one a printed form (console.log, JSON.stringify, pino) without
+// it, and make the secret fields non-enumerable (pino walks a merge object's own keys).
+// They are read by name (`config.gemini.apiKey`); a spread (`{ ...config.gemini }`) drops them.
+function hideGeminiKey<T extends { readonly apiKey: string | undefined }>(gemini: T): Readonly<T> {
+  return withSecretsHidden('GeminiConfig', hideField(gemini, 'apiKey'), () => ({ ...gemini, apiKey: gemini.apiKey === undefined ? undefined : REDACTED }));
+}
+
+function hideStorageSecrets(storage: StorageConfig): StorageConfig {
+  if (storage.kind === 'folder' || storage.credentials === undefined) return Object.freeze(storage);
+  const credentials = storage.credentials;
+  return Object.freeze({
+    ...storage,
+    credentials: withSecretsHidden('S3Credentials', hideField({ ...credentials }, 'secretAccessKey'), () => ({ accessKeyId: credentials.accessKeyId, secretAccessKey: REDACTED })),
+  });
+}
+
+function hideConfigSecrets<T extends { readonly databaseUrl: string | undefined }>(config: T): Readonly<T> {
+  return withSecretsHidden('PipelineConfig', hideField(config, 'databaseUrl'), () => ({ ...config, databaseUrl: redactUrlPassword(config.databaseUrl) }));
+}
+
 /**
  * Reads the configuration. The only place that looks at `process.env`.
  *
@@ -116,12 +147,18 @@ function bool(env: Env, name: string, fallback: boolean): boolean {
  * | `IMAGEGEN_CONCURRENCY`, `IMAGEGEN_STAGE_CONCURRENCY` | 8, 4 |
  * | `IMAGEGEN_MAX_ATTEMPTS_PER_SLOT`, `IMAGEGEN_MAX_REPLACEMENTS_PER_STAGE` | 5, max(10, quantity) |
  * | `IMAGEGEN_ATTEMPT_TIMEOUT_MS`, `IMAGEGEN_BACKOFF_BASE_MS`, `IMAGEGEN_BACKOFF_MAX_MS` | 120000, 1000, 30000 |
+ * | `IMAGEGEN_MAX_RETRY_AFTER_MS` | 120000 |
  * | `IMAGEGEN_PRICE_PER_IMAGE`, `IMAGEGEN_MAX_QUANTITY` | 1, 1000 |
  * | `IMAGEGEN_OFFLINE_LATENCY_MS`, `IMAGEGEN_OFFLINE_JITTER_MS`, `IMAGEGEN_OFFLINE_FAILURE_RATE`, `IMAGEGEN_OFFLINE_FAILURE_CLASSES`, `IMAGEGEN_OFFLINE_SEED` | 0, 0, 0, transient mix, 0 |
  * | `IMAGEGEN_WEBP_QUALITY`, `IMAGEGEN_PROGRESS_INTERVAL_MS`, `IMAGEGEN_LOG_LEVEL` | 80, 250, `info` |
  * | `IMAGEGEN_WORKER_JOBS`, `IMAGEGEN_QUEUE_EXPIRE_SECONDS`, `IMAGEGEN_SHUTDOWN_GRACE_MS` | 2, 600, 30000 |
+ * | `IMAGEGEN_MAX_CRASH_RESUMES` | 5 |
+ *
+ * Durations in ms are at most 2^31-1 (Node's timer limit: a longer delay fires after 1 ms).
  */
 export function loadConfig(env: Env = process.env, overrides: ConfigOverrides = {}): PipelineConfig {
+  // An empty flag value is a mistake (a variable that expanded to nothing), not "the current folder".
+  if (overrides.dataDir !== undefined && overrides.dataDir.trim() === '') throw new ConfigError('--data-dir', 'must be a folder path, got ""');
   const dataDir = resolve(overrides.dataDir ?? (env['IMAGEGEN_DATA_DIR'] || './.imagegen'));
   const apiKey = env['GEMINI_API_KEY'] || undefined;
   const providerRaw = overrides.provider ?? (env['IMAGEGEN_PROVIDER'] || (apiKey ? 'gemini' : 'offline'));
@@ -146,6 +183,10 @@ export function loadConfig(env: Env = process.env, overrides: ConfigOverrides = 
 
   let globalConcurrency = int(env, 'IMAGEGEN_CONCURRENCY', 8, 1, 1000);
   if (overrides.concurrency !== undefined) {
+    // Decimal digits only: Number() would read "" as 0 (then the default) and "0x8" as 8.
+    if (!/^[0-9]+$/.test(String(overrides.concurrency))) {
+      throw new ConfigError('--concurrency', `must be an integer in 1..1000 (decimal digits), got ${JSON.stringify(String(overrides.concurrency))}`);
+    }
     globalConcurrency = int({ '--concurrency': String(overrides.concurrency) }, '--concurrency', 8, 1, 1000);
   }
   const classesRaw = env['IMAGEGEN_OFFLINE_FAILURE_CLASSES'];
@@ -157,21 +198,25 @@ export function loadConfig(env: Env = process.env, overrides: ConfigOverrides = 
     failureClasses = names.filter(isErrorClass);
   }
   const replacements = env['IMAGEGEN_MAX_REPLACEMENTS_PER_STAGE'];
+  const logLevel = env['IMAGEGEN_LOG_LEVEL'] || 'info';
+  const logLevels = [...Object.keys(pino.levels.values), 'silent'];
+  // pino throws "unknown level" (with a stack) when the logger is built; say it here instead.
+  if (!logLevels.includes(logLevel)) throw new ConfigError('IMAGEGEN_LOG_LEVEL', `must be one of ${logLevels.join(', ')}, got ${JSON.stringify(logLevel)}`);
 
-  return Object.freeze({
+  return hideConfigSecrets({
     dataDir,
     databaseUrl: env['DATABASE_URL'] || undefined,
-    storage: Object.freeze(storage),
+    storage: hideStorageSecrets(storage),
     provider: providerRaw,
-    gemini: Object.freeze({
+    gemini: hideGeminiKey({
       apiKey,
       model: env['GEMINI_MODEL'] || 'gemini-2.5-flash-image',
       baseUrl: env['GEMINI_BASE_URL'] || undefined,
-      timeoutMs: int(env, 'GEMINI_TIMEOUT_MS', 60_000, 1),
+      timeoutMs: int(env, 'GEMINI_TIMEOUT_MS', 60_000, 1, MAX_TIMER_MS),
     }),
     offline: Object.freeze({
-      latencyMs: int(env, 'IMAGEGEN_OFFLINE_LATENCY_MS', 0, 0),
-      jitterMs: int(env, 'IMAGEGEN_OFFLINE_JITTER_MS', 0, 0),
+      latencyMs: int(env, 'IMAGEGEN_OFFLINE_LATENCY_MS', 0, 0, MAX_TIMER_MS),
+      jitterMs: int(env, 'IMAGEGEN_OFFLINE_JITTER_MS', 0, 0, MAX_TIMER_MS),
       failureRate: fraction(env, 'IMAGEGEN_OFFLINE_FAILURE_RATE', 0),
       failureClasses,
       seed: int(env, 'IMAGEGEN_OFFLINE_SEED', 0, -(2 ** 31), 2 ** 31),
@@ -181,17 +226,20 @@ export function loadConfig(env: Env = process.env, overrides: ConfigOverrides = 
       globalConcurrency,
       maxAttemptsPerSlot: int(env, 'IMAGEGEN_MAX_ATTEMPTS_PER_SLOT', 5, 1, 100),
       maxReplacementsPerStage: replacements ? int(env, 'IMAGEGEN_MAX_REPLACEMENTS_PER_STAGE', 0, 0) : undefined,
-      attemptTimeoutMs: int(env, 'IMAGEGEN_ATTEMPT_TIMEOUT_MS', 120_000, 1),
-      backoffBaseMs: int(env, 'IMAGEGEN_BACKOFF_BASE_MS', 1000, 0),
-      backoffMaxMs: int(env, 'IMAGEGEN_BACKOFF_MAX_MS', 30_000, 0),
+      attemptTimeoutMs: int(env, 'IMAGEGEN_ATTEMPT_TIMEOUT_MS', 120_000, 1, MAX_TIMER_MS),
+      backoffBaseMs: int(env, 'IMAGEGEN_BACKOFF_BASE_MS', 1000, 0, MAX_TIMER_MS),
+      backoffMaxMs: int(env, 'IMAGEGEN_BACKOFF_MAX_MS', 30_000, 0, MAX_TIMER_MS),
+      maxRetryAfterMs: int(env, 'IMAGEGEN_MAX_RETRY_AFTER_MS', 120_000, 0, MAX_TIMER_MS),
     }),
     pricePerImage: int(env, 'IMAGEGEN_PRICE_PER_IMAGE', 1, 0),
     maxQuantity: int(env, 'IMAGEGEN_MAX_QUANTITY', 1000, 1),
     webpQuality: int(env, 'IMAGEGEN_WEBP_QUALITY', 80, 1, 100),
-    progressIntervalMs: int(env, 'IMAGEGEN_PROGRESS_INTERVAL_MS', 250, 0),
-    logLevel: env['IMAGEGEN_LOG_LEVEL'] || 'info',
+    progressIntervalMs: int(env, 'IMAGEGEN_PROGRESS_INTERVAL_MS', 250, 0, MAX_TIMER_MS),
+    logLevel,
     workerJobs: int(env, 'IMAGEGEN_WORKER_JOBS', 2, 1, 100),
-    shutdownGraceMs: int(env, 'IMAGEGEN_SHUTDOWN_GRACE_MS', 30_000, 0),
-    queueExpireSeconds: int(env, 'IMAGEGEN_QUEUE_EXPIRE_SECONDS', 600, 1),
+    shutdownGraceMs: int(env, 'IMAGEGEN_SHUTDOWN_GRACE_MS', 30_000, 0, MAX_TIMER_MS),
+    // pg-boss refuses an expiry of 24 hours or more (and it stays far below the 2^31-1 ms timer limit).
+    queueExpireSeconds: int(env, 'IMAGEGEN_QUEUE_EXPIRE_SECONDS', 600, 1, MAX_QUEUE_EXPIRE_SECONDS),
+    maxCrashResumes: int(env, 'IMAGEGEN_MAX_CRASH_RESUMES', 5, 1, 1000),
   });
 }

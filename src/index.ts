@@ -30,7 +30,7 @@ export { OfflineImageGenerator, type OfflineImageGeneratorConfig } from './gener
 export type { ObjectStore } from './sinks/object-store.js';
 export { FolderObjectStore } from './sinks/folder-object-store.js';
 export { S3ObjectStore, type S3ObjectStoreConfig } from './sinks/s3-object-store.js';
-export { toWebp, probeImage } from './sinks/image-codec.js';
+export { toWebp, probeImage, decodeImage } from './sinks/image-codec.js';
 export { generatedImageKey } from './sinks/storage-keys.js';
 export { progressWriter } from './sinks/progress-writer.js';
 

@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import pino, { type Logger } from 'pino';
 import type { PipelineConfig } from './config.js';
 import type { ImageGenerator } from './domain/ports.js';
+import { withPrintedForm } from './domain/hide-secrets.js';
 import { lockDataDir } from './db/data-dir-lock.js';
 import { openDatabase, type Database } from './db/database.js';
 import { GeminiImageGenerator } from './generators/gemini-image-generator.js';
@@ -96,7 +97,8 @@ export async function openPipeline(config: PipelineConfig, overrides: PipelineOv
         }));
   const limiter = new AdaptiveConcurrencyLimiter({ max: config.engine.globalConcurrency });
   let closed = false;
-  return {
+  // Printed (console.log, JSON.stringify, pino) as its parts, each of which hides its own secrets.
+  return withPrintedForm('Pipeline', {
     config,
     database,
     store,
@@ -113,7 +115,7 @@ export async function openPipeline(config: PipelineConfig, overrides: PipelineOv
         unlock();
       }
     },
-  };
+  }, () => ({ config, database, store, generator, limiter: { max: limiter.max } }));
 }
 
 /** Engine settings from the configuration. */
@@ -123,9 +125,10 @@ export function engineOptionsOf(config: PipelineConfig) {
     maxAttemptsPerSlot: config.engine.maxAttemptsPerSlot,
     ...(config.engine.maxReplacementsPerStage !== undefined ? { maxReplacementsPerStage: config.engine.maxReplacementsPerStage } : {}),
     attemptTimeoutMs: config.engine.attemptTimeoutMs,
-    backoff: { baseMs: config.engine.backoffBaseMs, maxMs: config.engine.backoffMaxMs },
+    backoff: { baseMs: config.engine.backoffBaseMs, maxMs: config.engine.backoffMaxMs, maxRetryAfterMs: config.engine.maxRetryAfterMs },
     webpQuality: config.webpQuality,
     progressIntervalMs: config.progressIntervalMs,
     graceMs: config.shutdownGraceMs,
+    maxCrashResumes: config.maxCrashResumes,
   };
 }

@@ -1,54 +1,52 @@
 /**
  * The `imagegen` command line. Exit codes: 0 completed; 1 ended short (partial,
- * failed, cancelled) or could not run; 2 invalid input (nothing written, no provider
- * call); 3 not enough credits (nothing generated).
+ * failed, cancelled) or could not run (busy, database or storage unavailable);
+ * 2 invalid input or configuration (nothing written, no provider call); 3 not
+ * enough credits (nothing generated).
+ *
+ * With `--json`, stdout holds exactly one JSON object on every exit path: the
+ * command's answer, or `{"error":{"code","message","problems"}}` (see `failures.ts`).
  */
+import { existsSync, statSync } from 'node:fs';
+import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { lastValueFrom, of, Subject, tap } from 'rxjs';
-import { ConfigError, loadConfig, type ConfigOverrides } from '../config.js';
-import { InputAttachmentError, InsufficientCreditsError, JobNotFoundError, JobOwnershipError, MigrationError } from '../db/errors.js';
+import { lastValueFrom, of, Subject, takeWhile, tap } from 'rxjs';
+import { ConfigError, loadConfig, type ConfigOverrides, type PipelineConfig } from '../config.js';
+import { JobNotFoundError } from '../db/errors.js';
 import { DataDirLockedError } from '../db/data-dir-lock.js';
 import { JobLeasedError } from '../db/ops/job-lease.js';
 import { getBalance } from '../db/ops/get-balance.js';
 import { retryTransient } from '../db/sql-errors.js';
 import { grantCredits } from '../db/ops/grant-credits.js';
+import { parseCreditAmount } from '../domain/credit-amount.js';
 import { jobStats } from '../db/ops/job-stats.js';
 import { requestCancel } from '../db/ops/request-cancel.js';
 import { loadJob } from '../db/ops/load-job.js';
-import { JobSpecError } from '../domain/job-spec.js';
+import { FINAL_JOB_STATUSES, type JobRowStatus } from '../db/schema.js';
 import { engineOptionsOf, openPipeline, type Pipeline } from '../pipeline.js';
 import { readJobFile } from '../sources/job-file.js';
 import { watchJob, type WatchedEvent } from '../sources/watch-job.js';
 import { runStoredJob } from '../streams/run-job.js';
-import { submitSpec } from '../streams/submit-job.js';
+import { refuseOnEmptyDatabase, submitSpec } from '../streams/submit-job.js';
+import { databaseUnavailable, EXIT, isConnectionError, reportError, UnavailableError, UsageError } from './failures.js';
 import { formatSummary, jobSummary, type JobSummary } from './summary.js';
 import { ProgressView } from './progress-view.js';
 import { runWorker, submitToQueue } from '../streams/worker.js';
 
-export const EXIT = Object.freeze({ completed: 0, short: 1, invalid: 2, credits: 3 });
-
-/** An error the user caused, with the exit code it maps to. */
-class UsageError extends Error {
-  constructor(
-    message: string,
-    readonly exitCode: number = EXIT.invalid,
-  ) {
-    super(message);
-  }
-}
+export { EXIT } from './failures.js';
 
 const USAGE = `usage:
   imagegen run <job.json> [--json] [--concurrency N] [--provider offline|gemini] [--data-dir DIR]
-  imagegen submit <job.json> [--data-dir DIR]
-  imagegen worker [--concurrency N] [--provider offline|gemini]
-  imagegen status <jobId> [--json]
-  imagegen watch <jobId> [--json]
-  imagegen cancel <jobId>
-  imagegen stats [--json]
-  imagegen credits grant <userId> <amount>
-  imagegen credits balance <userId> [--json]
+  imagegen submit <job.json> [--json] [--data-dir DIR]
+  imagegen worker [--concurrency N] [--provider offline|gemini] [--data-dir DIR]
+  imagegen status <jobId> [--json] [--data-dir DIR]
+  imagegen watch <jobId> [--json] [--data-dir DIR]
+  imagegen cancel <jobId> [--json] [--data-dir DIR]
+  imagegen stats [--json] [--data-dir DIR]
+  imagegen credits grant <userId> <amount> [--json] [--data-dir DIR]
+  imagegen credits balance <userId> [--json] [--data-dir DIR]
 
-exit codes: 0 completed, 1 ended short, 2 invalid input, 3 not enough credits`;
+exit codes: 0 completed, 1 ended short or could not run, 2 invalid input, 3 not enough credits`;
 
 const OPTIONS = {
   json: { type: 'boolean' },
@@ -58,6 +56,30 @@ const OPTIONS = {
   help: { type: 'boolean', short: 'h' },
 } as const;
 
+type OptionName = keyof typeof OPTIONS;
+type Values = { readonly [K in OptionName]?: (typeof OPTIONS)[K]['type'] extends 'boolean' ? boolean : string };
+
+/** Per command: its positional arguments (by name, all required) and the options it takes. */
+const COMMANDS: Readonly<Record<string, { readonly args: readonly string[]; readonly options: readonly OptionName[] }>> = {
+  run: { args: ['<job.json>'], options: ['json', 'concurrency', 'provider', 'data-dir'] },
+  submit: { args: ['<job.json>'], options: ['json', 'data-dir'] },
+  worker: { args: [], options: ['concurrency', 'provider', 'data-dir'] },
+  status: { args: ['<jobId>'], options: ['json', 'data-dir'] },
+  watch: { args: ['<jobId>'], options: ['json', 'data-dir'] },
+  cancel: { args: ['<jobId>'], options: ['json', 'data-dir'] },
+  stats: { args: [], options: ['json', 'data-dir'] },
+  'credits grant': { args: ['<userId>', '<amount>'], options: ['json', 'data-dir'] },
+  'credits balance': { args: ['<userId>'], options: ['json', 'data-dir'] },
+};
+
+/** What one command invocation gets: its checked arguments, the configuration and the output mode. */
+interface Invocation {
+  readonly args: readonly string[];
+  readonly values: Values;
+  readonly config: PipelineConfig;
+  readonly json: boolean;
+}
+
 function exitCodeOf(summary: Pick<JobSummary, 'status'>): number {
   return summary.status === 'completed' ? EXIT.completed : EXIT.short;
 }
@@ -66,14 +88,60 @@ function print(json: boolean, value: unknown, text: string): void {
   process.stdout.write(json ? `${JSON.stringify(value)}\n` : `${text}\n`);
 }
 
-async function withPipeline<T>(overrides: ConfigOverrides, fn: (pipeline: Pipeline) => Promise<T>): Promise<T> {
-  const config = loadConfig(process.env, overrides);
-  const pipeline = await openPipeline(config);
+/**
+ * Whether the embedded database of this configuration has never been created. A
+ * command that only reads, or a submit refused on what an empty database holds,
+ * answers without creating it (`openPipeline` puts PGlite in `<data dir>/db`).
+ */
+function embeddedDatabaseMissing(config: PipelineConfig): boolean {
+  return !config.databaseUrl && !existsSync(join(config.dataDir, 'db'));
+}
+
+/** The variable or flag the data folder came from, for messages. */
+function dataDirSource(values: Values): string {
+  return values['data-dir'] !== undefined ? '--data-dir' : 'IMAGEGEN_DATA_DIR';
+}
+
+/** A data folder that exists as a file can never work: bad configuration (exit 2), found before anything else. */
+function checkDataDir(config: PipelineConfig, values: Values): void {
+  const usesDataDir = !config.databaseUrl || config.storage.kind === 'folder';
+  if (usesDataDir && existsSync(config.dataDir) && !statSync(config.dataDir).isDirectory()) {
+    throw new ConfigError(dataDirSource(values), `${config.dataDir} is a file, not a folder`);
+  }
+}
+
+/**
+ * Opens the pipeline for a command, turning the ways opening fails into errors that
+ * say what to fix: a data folder that cannot be written, a database that cannot be
+ * reached or refuses.
+ */
+async function withPipeline<T>(inv: Invocation, fn: (pipeline: Pipeline) => Promise<T>): Promise<T> {
+  let pipeline: Pipeline;
+  try {
+    pipeline = await openPipeline(inv.config);
+  } catch (error) {
+    throw openFailure(error, inv);
+  }
   try {
     return await fn(pipeline);
   } finally {
     await pipeline.close();
   }
+}
+
+function openFailure(error: unknown, inv: Invocation): unknown {
+  if (error instanceof DataDirLockedError) return error;
+  const fsError = error as NodeJS.ErrnoException;
+  if (typeof fsError?.syscall === 'string' && typeof fsError.path === 'string' && !isConnectionError(error)) {
+    return new UnavailableError(
+      `data folder ${inv.config.dataDir} cannot be used: ${fsError.syscall} ${fsError.path} failed (${fsError.code ?? 'error'}); ` +
+        `set ${dataDirSource(inv.values)} to a folder this process can write`,
+      { cause: error },
+    );
+  }
+  // A MigrationError whose cause is a refused connection is an unreachable database, not a schema problem.
+  if (inv.config.databaseUrl && isConnectionError(error)) return databaseUnavailable(error, inv.config.databaseUrl);
+  return error;
 }
 
 /** SIGINT/SIGTERM: stop taking new slots; a second signal aborts in-flight attempts. */
@@ -97,25 +165,15 @@ function shutdownSignals(): { stop$: Subject<void>; dispose: () => void } {
   };
 }
 
-async function cmdRun(file: string | undefined, values: Record<string, string | boolean | undefined>): Promise<number> {
-  if (!file) throw new UsageError('run needs a job file: imagegen run <job.json>');
-  const overrides = { dataDir: values['data-dir'] as string | undefined, provider: values['provider'] as string | undefined, concurrency: values['concurrency'] as string | undefined };
-  const config = loadConfig(process.env, overrides);
+async function cmdRun(inv: Invocation): Promise<number> {
+  const { config, json } = inv;
+  const file = inv.args[0] as string;
   // Everything that can be checked without the database is checked first: a bad file writes nothing.
   const jobFile = await readJobFile(file, { maxQuantity: config.maxQuantity });
-  return withPipeline(overrides, async (pipeline) => {
-    const json = Boolean(values['json']);
-    const { jobId, created } = await (async () => {
-      if (jobFile.spec.jobId !== null) {
-        const specJobId = jobFile.spec.jobId;
-        const existing = await retryTransient(() => loadJob(pipeline.database, specJobId));
-        if (existing) {
-          if (existing.userId !== jobFile.spec.userId) throw new JobOwnershipError(jobFile.spec.jobId, jobFile.spec.userId);
-          return { jobId: existing.jobId, created: false };
-        }
-      }
-      return submitSpec(pipeline, jobFile.spec, { inputFiles: jobFile.inputFiles, pricePerImage: config.pricePerImage });
-    })();
+  // A fresh data folder holds no attachment, credit or job: refuse what needs one without creating the database.
+  if (embeddedDatabaseMissing(config)) refuseOnEmptyDatabase(jobFile.spec, { pricePerImage: config.pricePerImage });
+  return withPipeline(inv, async (pipeline) => {
+    const { jobId, created } = await submitSpec(pipeline, jobFile.spec, { inputFiles: jobFile.inputFiles, pricePerImage: config.pricePerImage });
     pipeline.logger.info({ jobId, created, provider: config.provider }, created ? 'job submitted' : 'job exists: resuming or reporting');
     const view = new ProgressView(process.stderr);
     const signals = shutdownSignals();
@@ -133,30 +191,37 @@ async function cmdRun(file: string | undefined, values: Record<string, string | 
   });
 }
 
-async function cmdStatus(jobId: string | undefined, json: boolean): Promise<number> {
-  if (!jobId) throw new UsageError('status needs a job id');
-  return withPipeline({}, async (pipeline) => {
+async function cmdStatus(inv: Invocation): Promise<number> {
+  const jobId = inv.args[0] as string;
+  if (embeddedDatabaseMissing(inv.config)) throw new JobNotFoundError(jobId);
+  return withPipeline(inv, async (pipeline) => {
     const summary = await jobSummary(pipeline.database, jobId);
-    print(json, summary, formatSummary(summary));
+    print(inv.json, summary, formatSummary(summary));
     return summary.status === 'completed' || summary.status === 'running' || summary.status === 'queued' ? 0 : EXIT.short;
   });
 }
 
-async function cmdWatch(jobId: string | undefined, json: boolean): Promise<number> {
-  if (!jobId) throw new UsageError('watch needs a job id');
-  return withPipeline({}, async (pipeline) => {
-    let status = 'running';
+/** Why `watch` of an unfinished job stops after the snapshot on the embedded database. */
+export const EMBEDDED_WATCH_MESSAGE = 'no process can run this job while you watch it on the embedded database; use PostgreSQL for watch';
+
+async function cmdWatch(inv: Invocation): Promise<number> {
+  const jobId = inv.args[0] as string;
+  if (embeddedDatabaseMissing(inv.config)) throw new JobNotFoundError(jobId);
+  // PGlite serves one process at a time: while we hold it, nobody can run the job, so no event can ever come.
+  const embedded = !inv.config.databaseUrl;
+  return withPipeline(inv, async (pipeline) => {
+    let status = 'running' as JobRowStatus;
     await lastValueFrom(
       watchJob(pipeline.database, jobId).pipe(
         tap((event) => {
-          if (event.type === 'snapshot') status = event.status;
-          if (event.type === 'job:finished') status = event.status;
-          if (json) process.stdout.write(`${JSON.stringify(event)}\n`);
-          else process.stdout.write(`${describeWatched(event)}\n`);
+          if (event.type === 'snapshot' || event.type === 'job:finished') status = event.status as JobRowStatus;
+          process.stdout.write(`${inv.json ? JSON.stringify(event) : describeWatched(event)}\n`);
         }),
+        takeWhile((event) => !(embedded && event.type === 'snapshot'), true),
       ),
       { defaultValue: null },
     );
+    if (!FINAL_JOB_STATUSES.includes(status)) throw new UnavailableError(EMBEDDED_WATCH_MESSAGE);
     return status === 'completed' ? 0 : EXIT.short;
   });
 }
@@ -167,80 +232,76 @@ function describeWatched(event: WatchedEvent): string {
   return `${type} ${JSON.stringify(rest)}`;
 }
 
-async function cmdCancel(jobId: string | undefined): Promise<number> {
-  if (!jobId) throw new UsageError('cancel needs a job id');
-  return withPipeline({}, async (pipeline) => {
+async function cmdCancel(inv: Invocation): Promise<number> {
+  const jobId = inv.args[0] as string;
+  if (embeddedDatabaseMissing(inv.config)) throw new JobNotFoundError(jobId);
+  return withPipeline(inv, async (pipeline) => {
     const ok = await requestCancel(pipeline.database, jobId);
     if (!ok) {
       const job = await loadJob(pipeline.database, jobId);
       if (!job) throw new JobNotFoundError(jobId);
-      process.stdout.write(`job ${jobId} has already ended (${job.status})\n`);
+      print(inv.json, { jobId, outcome: 'already_ended', status: job.status }, `job ${jobId} has already ended (${job.status})`);
       return EXIT.short;
     }
     // Nobody runs it (queued, or its runner died): end it here, with no provider call.
     try {
       await lastValueFrom(runStoredJob(pipeline, jobId, { cancel$: of(true) }), { defaultValue: null });
-      process.stdout.write(`job ${jobId} cancelled\n`);
+      print(inv.json, { jobId, outcome: 'cancelled', status: 'cancelled' }, `job ${jobId} cancelled`);
     } catch (error) {
       if (!(error instanceof JobLeasedError)) throw error;
-      process.stdout.write(`cancel requested for ${jobId}; the process running it stops within a second\n`);
+      print(inv.json, { jobId, outcome: 'requested', status: 'running' }, `cancel requested for ${jobId}; the process running it stops within a second`);
     }
     return 0;
   });
 }
 
-async function cmdStats(json: boolean): Promise<number> {
-  return withPipeline({}, async (pipeline) => {
+async function cmdStats(inv: Invocation): Promise<number> {
+  return withPipeline(inv, async (pipeline) => {
     const stats = await jobStats(pipeline.database);
     const rate = stats.retrySuccessRate === null ? 'n/a' : `${(stats.retrySuccessRate * 100).toFixed(1)}%`;
     const classes = Object.entries(stats.byClass).map(([c, n]) => `  ${c}: ${n}`);
-    print(json, stats, [`attempts: ${stats.attempts} (${stats.delivered} delivered, ${stats.failed} failed)`, `retries: ${stats.retries}, delivered ${stats.retriesDelivered}, success rate ${rate}`, 'failures by class:', ...classes].join('\n'));
+    print(inv.json, stats, [`attempts: ${stats.attempts} (${stats.delivered} delivered, ${stats.failed} failed)`, `retries: ${stats.retries}, delivered ${stats.retriesDelivered}, success rate ${rate}`, 'failures by class:', ...classes].join('\n'));
     return 0;
   });
 }
 
-async function cmdCredits(args: readonly string[], json: boolean): Promise<number> {
-  const [action, userId, amountText] = args;
-  if (action === 'grant') {
-    if (!userId) throw new UsageError('credits grant needs <userId> <amount>');
-    const amount = Number(amountText);
-    if (!amountText || !Number.isSafeInteger(amount) || amount <= 0) throw new UsageError(`amount: must be a positive integer, got ${JSON.stringify(amountText ?? null)}`);
-    return withPipeline({}, async (pipeline) => {
-      const { balance } = await grantCredits(pipeline.database, userId, amount);
-      print(json, { userId, balance }, `granted ${amount} credits to ${userId}; balance ${balance}`);
-      return 0;
-    });
-  }
-  if (action === 'balance') {
-    if (!userId) throw new UsageError('credits balance needs <userId>');
-    return withPipeline({}, async (pipeline) => {
-      const { balance, reserved } = await getBalance(pipeline.database, userId);
-      print(json, { userId, balance, reserved }, `${userId}: balance ${balance}, reserved ${reserved}`);
-      return 0;
-    });
-  }
-  throw new UsageError('credits needs grant or balance');
+async function cmdCreditsGrant(inv: Invocation): Promise<number> {
+  const [userId, amountText] = inv.args as [string, string];
+  const parsed = parseCreditAmount(amountText);
+  if ('rule' in parsed) throw new UsageError('<amount>', parsed.rule);
+  const { amount } = parsed;
+  return withPipeline(inv, async (pipeline) => {
+    const { balance } = await grantCredits(pipeline.database, userId, amount);
+    print(inv.json, { userId, balance }, `granted ${amount} credits to ${userId}; balance ${balance}`);
+    return 0;
+  });
 }
 
-async function cmdSubmit(file: string | undefined, values: Record<string, string | boolean | undefined>): Promise<number> {
-  if (!file) throw new UsageError('submit needs a job file: imagegen submit <job.json>');
-  const overrides = { dataDir: values['data-dir'] as string | undefined };
-  const config = loadConfig(process.env, overrides);
-  if (!config.databaseUrl) throw new UsageError('DATABASE_URL: submit puts jobs on a PostgreSQL job queue for workers; set DATABASE_URL (or use imagegen run)');
-  const jobFile = await readJobFile(file, { maxQuantity: config.maxQuantity });
-  return withPipeline(overrides, async (pipeline) => {
+async function cmdCreditsBalance(inv: Invocation): Promise<number> {
+  const userId = inv.args[0] as string;
+  return withPipeline(inv, async (pipeline) => {
+    const { balance, reserved } = await getBalance(pipeline.database, userId);
+    print(inv.json, { userId, balance, reserved }, `${userId}: balance ${balance}, reserved ${reserved}`);
+    return 0;
+  });
+}
+
+async function cmdSubmit(inv: Invocation): Promise<number> {
+  const { config } = inv;
+  if (!config.databaseUrl) throw new ConfigError('DATABASE_URL', 'submit puts jobs on a PostgreSQL job queue for workers; set DATABASE_URL (or use imagegen run)');
+  const jobFile = await readJobFile(inv.args[0] as string, { maxQuantity: config.maxQuantity });
+  return withPipeline(inv, async (pipeline) => {
     const { jobId, created } = await submitSpec(pipeline, jobFile.spec, { inputFiles: jobFile.inputFiles, pricePerImage: config.pricePerImage });
     await submitToQueue(pipeline, jobId);
-    print(Boolean(values['json']), { jobId, created }, `${created ? 'submitted' : 'already submitted'}: ${jobId}`);
+    print(inv.json, { jobId, created }, `${created ? 'submitted' : 'already submitted'}: ${jobId}`);
     return 0;
   });
 }
 
-async function cmdWorker(values: Record<string, string | boolean | undefined>): Promise<number> {
-  const overrides = { provider: values['provider'] as string | undefined, concurrency: values['concurrency'] as string | undefined };
-  const config = loadConfig(process.env, overrides);
-  if (!config.databaseUrl) throw new UsageError('DATABASE_URL: the worker shares a PostgreSQL job queue; set DATABASE_URL');
-  return withPipeline(overrides, async (pipeline) => {
+async function cmdWorker(inv: Invocation): Promise<number> {
+  const { config } = inv;
+  if (!config.databaseUrl) throw new ConfigError('DATABASE_URL', 'the worker shares a PostgreSQL job queue; set DATABASE_URL');
+  return withPipeline(inv, async (pipeline) => {
     const signals = shutdownSignals();
     try {
       await runWorker(pipeline, { stop$: signals.stop$, engine: engineOptionsOf(config), jobConcurrency: config.workerJobs });
@@ -251,71 +312,79 @@ async function cmdWorker(values: Record<string, string | boolean | undefined>): 
   });
 }
 
-/** Runs the CLI with `argv` (without node and the script) and returns the exit code. */
-export async function main(argv: readonly string[]): Promise<number> {
-  let parsed;
-  try {
-    parsed = parseArgs({ args: [...argv], options: OPTIONS, allowPositionals: true, strict: true });
-  } catch (error) {
-    process.stderr.write(`imagegen: ${(error as Error).message}\n${USAGE}\n`);
-    return EXIT.invalid;
+const HANDLERS: Readonly<Record<string, (inv: Invocation) => Promise<number>>> = {
+  run: cmdRun,
+  submit: cmdSubmit,
+  worker: cmdWorker,
+  status: cmdStatus,
+  watch: cmdWatch,
+  cancel: cmdCancel,
+  stats: cmdStats,
+  'credits grant': cmdCreditsGrant,
+  'credits balance': cmdCreditsBalance,
+};
+
+/**
+ * The command named by the positionals and its arguments, checked: a known command,
+ * exactly its arguments (none empty), only options it takes, no empty option value.
+ */
+function resolveCommand(positionals: readonly string[], values: Values): { name: string; args: string[] } {
+  const [first, ...rest] = positionals;
+  if (first === undefined) throw new UsageError('<command>', 'is required');
+  let name = first;
+  let args = rest;
+  if (first === 'credits') {
+    const action = rest[0];
+    if (action !== 'grant' && action !== 'balance') throw new UsageError('credits', `needs grant or balance, got ${JSON.stringify(action ?? null)}`);
+    name = `credits ${action}`;
+    args = rest.slice(1);
   }
-  const { values, positionals } = parsed;
-  const [command, ...rest] = positionals;
-  const json = Boolean(values.json);
-  try {
-    switch (command) {
-      case 'run':
-        return await cmdRun(rest[0], values);
-      case 'submit':
-        return await cmdSubmit(rest[0], values);
-      case 'worker':
-        return await cmdWorker(values);
-      case 'status':
-        return await cmdStatus(rest[0], json);
-      case 'watch':
-        return await cmdWatch(rest[0], json);
-      case 'cancel':
-        return await cmdCancel(rest[0]);
-      case 'stats':
-        return await cmdStats(json);
-      case 'credits':
-        return await cmdCredits(rest, json);
-      default:
-        if (values.help) {
-          process.stdout.write(`${USAGE}\n`);
-          return 0;
-        }
-        process.stderr.write(`imagegen: ${command ? `unknown command ${command}` : 'no command'}\n${USAGE}\n`);
-        return EXIT.invalid;
-    }
-  } catch (error) {
-    return reportError(error);
+  const command = COMMANDS[name];
+  if (!command) throw new UsageError('<command>', `unknown command ${JSON.stringify(first)}`);
+  command.args.forEach((arg, i) => {
+    const value = args[i];
+    if (value === undefined) throw new UsageError(arg, `is required: imagegen ${name} ${command.args.join(' ')}`);
+    if (value.trim() === '') throw new UsageError(arg, 'must not be empty');
+  });
+  if (args.length > command.args.length) {
+    throw new UsageError('(arguments)', `unexpected argument ${JSON.stringify(args[command.args.length])}: imagegen ${name} takes ${command.args.length === 0 ? 'no arguments' : command.args.join(' ')}`);
   }
+  for (const [option, value] of Object.entries(values) as [OptionName, string | boolean | undefined][]) {
+    if (value === undefined || option === 'help') continue;
+    if (!command.options.includes(option)) throw new UsageError(`--${option}`, `is not an option of imagegen ${name}`);
+    if (typeof value === 'string' && value.trim() === '') throw new UsageError(`--${option}`, 'must not be empty');
+  }
+  return { name, args };
 }
 
-function reportError(error: unknown): number {
-  if (error instanceof JobSpecError) {
-    process.stderr.write(`imagegen: ${error.message}\n`);
-    return EXIT.invalid;
+/** Runs the CLI with `argv` (without node and the script) and returns the exit code. */
+export async function main(argv: readonly string[]): Promise<number> {
+  // Known before parsing, so even an unparsable command line answers in JSON when asked to.
+  let json = argv.includes('--json');
+  let debug = false;
+  let storage: 'folder' | 's3' | undefined;
+  try {
+    let parsed;
+    try {
+      parsed = parseArgs({ args: [...argv], options: OPTIONS, allowPositionals: true, strict: true });
+    } catch (error) {
+      throw new UsageError('(arguments)', (error as Error).message);
+    }
+    const values = parsed.values as Values;
+    json = Boolean(values.json);
+    if (values.help) {
+      process.stdout.write(`${USAGE}\n`);
+      return 0;
+    }
+    const { name, args } = resolveCommand(parsed.positionals, values);
+    const overrides: ConfigOverrides = { dataDir: values['data-dir'], provider: values.provider, concurrency: values.concurrency };
+    const config = loadConfig(undefined, overrides);
+    debug = config.logLevel === 'debug' || config.logLevel === 'trace';
+    storage = config.storage.kind;
+    checkDataDir(config, values);
+    return await (HANDLERS[name] as (inv: Invocation) => Promise<number>)({ args, values, config, json });
+  } catch (error) {
+    return reportError(error, { json, debug, storage });
   }
-  if (error instanceof InsufficientCreditsError) {
-    process.stderr.write(`imagegen: not enough credits: ${error.message}\n`);
-    return EXIT.credits;
-  }
-  if (error instanceof InputAttachmentError || error instanceof JobOwnershipError || error instanceof ConfigError || error instanceof UsageError) {
-    process.stderr.write(`imagegen: ${error.message}\n`);
-    return error instanceof UsageError ? error.exitCode : EXIT.invalid;
-  }
-  if (error instanceof JobNotFoundError) {
-    process.stderr.write(`imagegen: ${error.message}\n`);
-    return EXIT.invalid;
-  }
-  if (error instanceof MigrationError || error instanceof DataDirLockedError || error instanceof JobLeasedError) {
-    process.stderr.write(`imagegen: ${error.message}\n`);
-    return EXIT.short;
-  }
-  process.stderr.write(`imagegen: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
-  return EXIT.short;
 }
 

@@ -20,7 +20,8 @@ export interface JobSummary {
     readonly attachIds: readonly string[];
     readonly shortfall: null | { readonly count: number; readonly reason: string; readonly errorClass: string | null };
   }[];
-  readonly attempts: { readonly total: number; readonly failed: number; readonly byClass: Readonly<Record<string, number>> };
+  /** `abandoned`: attempts cut off by a run that died or shut down (no budget charged, not failures). */
+  readonly attempts: { readonly total: number; readonly failed: number; readonly abandoned: number; readonly byClass: Readonly<Record<string, number>> };
   readonly credits: { readonly reserved: number; readonly captured: number; readonly released: number };
 }
 
@@ -44,7 +45,7 @@ export async function jobSummary(database: Database, jobId: string): Promise<Job
       attachIds: s.attachIds,
       shortfall: s.shortfall === null ? null : { count: s.shortfall.count, reason: ended ? s.shortfall.reason : 'pending', errorClass: s.shortfall.errorClass },
     })),
-    attempts: { total: stats.attempts, failed: stats.failed, byClass: stats.byClass },
+    attempts: { total: stats.attempts, failed: stats.failed, abandoned: stats.abandoned, byClass: stats.byClass },
     credits: stored.credits,
   };
 }
@@ -56,10 +57,17 @@ export function formatSummary(summary: JobSummary): string {
     const short = s.shortfall ? `, short ${s.shortfall.count} (${s.shortfall.reason}${s.shortfall.errorClass ? `: ${s.shortfall.errorClass}` : ''})` : '';
     lines.push(`  stage ${s.index}: ${s.delivered}/${s.quantity}${short}`);
   }
+  if (summary.stages.some((s) => s.shortfall?.errorClass === 'quota_exhausted')) {
+    // Say it plainly: the fix is waiting for (or buying) quota, not running the job again now.
+    lines.push(
+      '  provider quota exhausted: the provider asked to wait longer than IMAGEGEN_MAX_RETRY_AFTER_MS, so no new attempts were made (each failed attempt says how long it asked for)',
+    );
+  }
   const classes = Object.entries(summary.attempts.byClass)
     .map(([c, n]) => `${c} ${n}`)
     .join(', ');
-  lines.push(`  attempts: ${summary.attempts.total} (${summary.attempts.failed} failed${classes ? `: ${classes}` : ''})`);
+  const abandoned = summary.attempts.abandoned > 0 ? `, ${summary.attempts.abandoned} abandoned by runs that died` : '';
+  lines.push(`  attempts: ${summary.attempts.total} (${summary.attempts.failed} failed${classes ? `: ${classes}` : ''}${abandoned})`);
   lines.push(`  credits: reserved ${summary.credits.reserved}, captured ${summary.credits.captured}, released ${summary.credits.released}`);
   return lines.join('\n');
 }

@@ -3,6 +3,7 @@ import { Kysely, PostgresDialect, sql } from 'kysely';
 import { Migrator, type Migration } from 'kysely/migration';
 import { PGliteDialect } from 'kysely-pglite-dialect';
 import pg from 'pg';
+import { redactUrlPassword, withPrintedForm } from '../domain/hide-secrets.js';
 import { MigrationError } from './errors.js';
 import { MIGRATIONS } from './migrations/index.js';
 import type { DatabaseSchema } from './schema.js';
@@ -56,7 +57,11 @@ export async function openDatabase(config: DatabaseConfig, options: OpenDatabase
     await database.close();
     throw error;
   }
-  return database;
+  // The connection string (and its password) lives in closures only; the printed form
+  // (console.log, JSON.stringify, pino) says where the database is, password redacted.
+  return withPrintedForm('Database', database, () =>
+    frozen.databaseUrl ? { kind: database.kind, url: redactUrlPassword(frozen.databaseUrl) } : { kind: database.kind, dataDir: frozen.dataDir ?? '(in memory)' },
+  );
 }
 
 /** Runs pending migrations in one transaction (kysely's Migrator, advisory-locked). */
@@ -69,12 +74,34 @@ export async function migrate(db: Kysely<DatabaseSchema>, migrations: Readonly<R
   }
 }
 
+/** PostgreSQL's `int8` (`bigint`) type oid. */
+const INT8_OID = 20;
+
+/**
+ * Reads an `int8` value as a JS number. Credit amounts and balances are `bigint`
+ * columns (migration 0004); `pg` returns `int8` as a string and PGlite as a number or,
+ * above 2^53-1, a BigInt, so without this the same row would have three shapes. The
+ * application keeps every amount at most `Number.MAX_SAFE_INTEGER`; a larger value
+ * would silently lose digits as a number, so it fails the query instead.
+ */
+export function parseInt8(text: string): number {
+  const value = Number(text);
+  if (!Number.isSafeInteger(value)) throw new RangeError(`int8 value ${text} is beyond Number.MAX_SAFE_INTEGER (2^53-1)`);
+  return value;
+}
+
 async function notifyWith(db: Kysely<DatabaseSchema>, channel: string, payload: string): Promise<void> {
   await sql`select pg_notify(${channel}, ${payload})`.execute(db);
 }
 
 function openPostgres(databaseUrl: string, max: number): Database {
-  const pool = new pg.Pool({ connectionString: databaseUrl, max });
+  // The int8 parser is this pool's own (`types`), not pg's global registry: pg-boss and
+  // any other pg user in the process keep pg's defaults.
+  const types = {
+    getTypeParser: (oid: number, format?: 'text' | 'binary') =>
+      oid === INT8_OID && format !== 'binary' ? parseInt8 : pg.types.getTypeParser(oid, format),
+  };
+  const pool = new pg.Pool({ connectionString: databaseUrl, max, types });
   // pg-pool drops its own 'error' listener while a client is checked out, and kysely adds
   // none: a connection killed mid-transaction (pg_terminate_backend, a failover) would be an
   // unhandled 'error' event and kill the process. The failing query still rejects, and the
@@ -136,7 +163,7 @@ function openPostgres(databaseUrl: string, max: number): Database {
 }
 
 async function openPglite(dataDir: string | undefined): Promise<Database> {
-  const pglite = await PGlite.create(dataDir === undefined ? undefined : { dataDir });
+  const pglite = await PGlite.create({ ...(dataDir === undefined ? {} : { dataDir }), parsers: { [INT8_OID]: parseInt8 } });
   const db = new Kysely<DatabaseSchema>({ dialect: new PGliteDialect(pglite) });
   let closed: Promise<void> | null = null;
 

@@ -21,6 +21,27 @@ export class InsufficientCreditsError extends Error {
   }
 }
 
+/**
+ * A grant would take what the user holds (balance + reserved) past the largest amount
+ * credits can hold exactly (2^53-1); nothing was written.
+ */
+export class CreditOverflowError extends Error {
+  override readonly name = 'CreditOverflowError';
+  readonly userId: string;
+  readonly amount: number;
+  /** Balance + reserved at the time of the grant. */
+  readonly held: number;
+  readonly max: number;
+
+  constructor(userId: string, amount: number, held: number, max: number) {
+    super(`granting ${amount} credits to ${userId} would overflow: the user holds ${held} (balance + reserved) and at most ${max} fit`);
+    this.userId = userId;
+    this.amount = amount;
+    this.held = held;
+    this.max = max;
+  }
+}
+
 /** A stage's input attachment is missing, unknown, or belongs to another user. */
 export class InputAttachmentError extends Error {
   override readonly name = 'InputAttachmentError';

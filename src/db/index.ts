@@ -5,6 +5,7 @@ export { JOB_STATUSES, FINAL_JOB_STATUSES } from './schema.js';
 export { MIGRATIONS } from './migrations/index.js';
 export {
   InsufficientCreditsError,
+  CreditOverflowError,
   InputAttachmentError,
   JobOwnershipError,
   JobNotFoundError,
@@ -27,6 +28,8 @@ export { getAttachment, type AttachmentRow } from './ops/get-attachment.js';
 export { submitJob, type SubmitJobOptions, type SubmitJobResult } from './ops/submit-job.js';
 export { loadJob, type LoadedJob } from './ops/load-job.js';
 export { markJobRunning } from './ops/mark-job-running.js';
+export { beginRun, type BeganRun } from './ops/begin-run.js';
+export { reopenJob, type ReopenedJob } from './ops/reopen-job.js';
 export { startAttempt, type StartAttemptOptions } from './ops/start-attempt.js';
 export { finishAttempt, type FinishAttemptOptions } from './ops/finish-attempt.js';
 export { deliverSlot, type DeliverSlotOptions } from './ops/deliver-slot.js';

@@ -2,9 +2,13 @@
  * Kysely table types. Column names are snake_case, as in SQL; the operations in
  * `ops/` turn rows into camelCase objects.
  *
- * Numbers: every count and credit amount is an `integer` column and every
- * aggregate is cast to `int`/`float8` in SQL, because `pg` returns `bigint` as a
- * string while PGlite returns a number: with int4 both drivers agree.
+ * Numbers: counts (images, slots, attempts, bytes) are `integer` columns. Credit
+ * amounts and balances (`credit_accounts.balance`/`reserved`, `credit_ledger.amount`,
+ * `jobs.price_per_image` and `credits_*`) are `bigint` (migration 0004), kept at most
+ * 2^53-1 by the application (`MAX_CREDITS`). Both drivers read every `bigint` as a JS
+ * number (`parseInt8` in `database.ts`; `pg` alone returns a string, PGlite a BigInt
+ * above 2^53-1). Aggregates are cast in SQL: counts to `int`, credit sums to `bigint`
+ * (a `bigint` sum is `numeric`, a string on both drivers), ratios to `float8`.
  * JSON: values are written as `cast($1::text as jsonb)` (see `json.ts`) because
  * `pg` and PGlite serialise a JS value bound to a jsonb parameter differently.
  */
@@ -25,7 +29,8 @@ export const FINAL_JOB_STATUSES: readonly JobRowStatus[] = ['completed', 'partia
 export const STAGE_STATUSES = ['pending', 'running', 'completed', 'short'] as const;
 export type StageRowStatus = (typeof STAGE_STATUSES)[number];
 
-export const ATTEMPT_OUTCOMES = ['started', 'delivered', 'failed'] as const;
+/** `abandoned`: the process running the attempt died or shut down first; it costs no budget. */
+export const ATTEMPT_OUTCOMES = ['started', 'delivered', 'failed', 'abandoned'] as const;
 export type AttemptOutcome = (typeof ATTEMPT_OUTCOMES)[number];
 
 export const LEDGER_KINDS = ['grant', 'reserve', 'capture', 'release'] as const;
@@ -41,13 +46,15 @@ export interface CreditAccountsTable {
 }
 
 export interface CreditLedgerTable {
-  /** bigint identity: never selected (it would be a string on pg). */
+  /** bigint identity: only ordered by, never selected. */
   id: Generated<string>;
   user_id: string;
   kind: LedgerKind;
   amount: number;
   job_id: string | null;
   attach_id: string | null;
+  /** The job's reservation round (`jobs.reopened` when written): one reserve and one release per job and round. */
+  round: Generated<number>;
   created_at: Generated<Date>;
 }
 
@@ -64,7 +71,7 @@ export interface AttachmentsTable {
   stage_index: number | null;
   slot_index: number | null;
   attempt: number | null;
-  /** Insertion order (bigint identity): delivery order within a job. Never selected. */
+  /** Insertion order (bigint identity): delivery order within a job. Only ordered by, never selected. */
   seq: Generated<string>;
   created_at: Generated<Date>;
 }
@@ -97,6 +104,12 @@ export interface JobsTable {
   /** Which process runs the job (`host:pid:uuid`) and until when; see `claimJobLease`. */
   lease_owner: ColumnType<string | null, string | null | undefined, string | null>;
   lease_until: NullableTimestamp;
+  /** Runs in a row that died without delivering anything (crash-loop guard). */
+  crash_resumes: Generated<number>;
+  /** `delivered` when the last run started; null before the first run. */
+  delivered_at_run_start: number | null;
+  /** Times the job was reopened after ending short only because of abandoned attempts. */
+  reopened: Generated<number>;
 }
 
 export interface StagesTable {

@@ -15,6 +15,7 @@ export const ERROR_CLASSES = [
   'prompt_blocked',
   'invalid_request',
   'auth',
+  'quota_exhausted',
   'corrupt_image',
   'storage',
   'database',
@@ -30,6 +31,9 @@ export type ErrorClass = (typeof ERROR_CLASSES)[number];
  *   random, so another attempt can pass; the per-slot budget bounds the cost.
  * - `prompt_blocked`, `invalid_request`: the same request will fail the same way.
  * - `auth`: no request with this key can succeed; it stops the whole job.
+ * - `quota_exhausted`: the provider asked to wait longer than we honour
+ *   (`IMAGEGEN_MAX_RETRY_AFTER_MS`): its quota is gone for now, so no request of this
+ *   job can succeed soon; like `auth`, it stops the whole job.
  * - `cancelled`: somebody asked us to stop.
  */
 export const RETRYABLE: Readonly<Record<ErrorClass, boolean>> = Object.freeze({
@@ -42,6 +46,7 @@ export const RETRYABLE: Readonly<Record<ErrorClass, boolean>> = Object.freeze({
   prompt_blocked: false,
   invalid_request: false,
   auth: false,
+  quota_exhausted: false,
   corrupt_image: true,
   storage: true,
   database: true,

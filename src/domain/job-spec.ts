@@ -62,6 +62,24 @@ export class JobSpecError extends Error {
 
 const JOB_ID = /^[A-Za-z0-9_-]{1,64}$/;
 const MAX_ID_LENGTH = 128;
+/**
+ * A UTF-16 surrogate without its partner: a high one not followed by a low one, or a
+ * low one not preceded by a high one. JSON allows it (`"\ud800"`), but it has no UTF-8
+ * form, so PostgreSQL, storage keys and the provider all fail on it later, after rows
+ * and objects were written. (`String.prototype.isWellFormed` is ES2024; our lib is ES2023.)
+ */
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+
+function hasLoneSurrogate(value: string): boolean {
+  return LONE_SURROGATE.test(value);
+}
+
+/** The rule a string with a lone surrogate breaks, naming where the surrogate is. */
+function loneSurrogateRule(value: string): string {
+  const at = value.search(LONE_SURROGATE);
+  const unit = value.charCodeAt(at).toString(16).padStart(4, '0');
+  return `must be well-formed Unicode text, found a lone UTF-16 surrogate \\u${unit} at character ${at}`;
+}
 
 function describe(value: unknown): string {
   if (value === null) return 'null';
@@ -80,7 +98,8 @@ function isPlainObject(value: unknown): value is Record<string, unknown> {
  */
 function readId(value: unknown, field: string, problems: SpecProblem[]): string | null {
   if (typeof value === 'string') {
-    if (value.trim().length === 0) problems.push({ field, rule: 'must be a non-empty string' });
+    if (hasLoneSurrogate(value)) problems.push({ field, rule: loneSurrogateRule(value) });
+    else if (value.trim().length === 0) problems.push({ field, rule: 'must be a non-empty string' });
     else if (value.length > MAX_ID_LENGTH) problems.push({ field, rule: `must be at most ${MAX_ID_LENGTH} characters` });
     else if (/[\u0000-\u001f\u007f]/.test(value)) problems.push({ field, rule: 'must not contain control characters' });
     else return value;
@@ -120,6 +139,7 @@ function parseStage(raw: unknown, index: number, limits: Required<JobSpecLimits>
   const prompt = raw['prompt'];
   if (prompt === undefined) problems.push({ field: `${at}.prompt`, rule: 'is required' });
   else if (typeof prompt !== 'string') problems.push({ field: `${at}.prompt`, rule: `must be a string, got ${describe(prompt)}` });
+  else if (hasLoneSurrogate(prompt)) problems.push({ field: `${at}.prompt`, rule: loneSurrogateRule(prompt) });
   else if (prompt.trim().length === 0) problems.push({ field: `${at}.prompt`, rule: 'must not be empty' });
   else if (prompt.length > limits.maxPromptLength) {
     problems.push({ field: `${at}.prompt`, rule: `must be at most ${limits.maxPromptLength} characters, got ${prompt.length}` });
@@ -130,9 +150,10 @@ function parseStage(raw: unknown, index: number, limits: Required<JobSpecLimits>
   const ratio = alias(raw, 'aspect-ratio', 'aspectRatio', `${at}.`, problems);
   let aspectRatio: AspectRatio = DEFAULT_ASPECT_RATIO;
   if (ratio !== undefined && ratio !== null) {
-    if (typeof ratio === 'string' && (ASPECT_RATIOS as readonly string[]).includes(ratio)) aspectRatio = ratio as AspectRatio;
+    const key = raw['aspect-ratio'] !== undefined ? 'aspect-ratio' : 'aspectRatio';
+    if (typeof ratio === 'string' && hasLoneSurrogate(ratio)) problems.push({ field: `${at}.${key}`, rule: loneSurrogateRule(ratio) });
+    else if (typeof ratio === 'string' && (ASPECT_RATIOS as readonly string[]).includes(ratio)) aspectRatio = ratio as AspectRatio;
     else {
-      const key = raw['aspect-ratio'] !== undefined ? 'aspect-ratio' : 'aspectRatio';
       problems.push({ field: `${at}.${key}`, rule: `must be one of ${ASPECT_RATIOS.join(', ')}, got ${describe(ratio)}` });
     }
   }
@@ -146,6 +167,8 @@ function parseStage(raw: unknown, index: number, limits: Required<JobSpecLimits>
   if (image !== undefined && image !== null) {
     if (typeof image !== 'string' || image.trim().length === 0) {
       problems.push({ field: `${at}.inputImage`, rule: `must be a non-empty file path, got ${describe(image)}` });
+    } else if (hasLoneSurrogate(image)) {
+      problems.push({ field: `${at}.inputImage`, rule: loneSurrogateRule(image) });
     } else if (image.includes('\u0000')) {
       problems.push({ field: `${at}.inputImage`, rule: 'must not contain NUL characters' });
     } else inputImage = image;
@@ -175,7 +198,8 @@ export function parseJobSpec(input: unknown, limitsIn: JobSpecLimits = {}): JobS
   let jobId: string | null = null;
   const rawJobId = input['jobId'];
   if (rawJobId !== undefined && rawJobId !== null) {
-    if (typeof rawJobId === 'string' && JOB_ID.test(rawJobId)) jobId = rawJobId;
+    if (typeof rawJobId === 'string' && hasLoneSurrogate(rawJobId)) problems.push({ field: 'jobId', rule: loneSurrogateRule(rawJobId) });
+    else if (typeof rawJobId === 'string' && JOB_ID.test(rawJobId)) jobId = rawJobId;
     else problems.push({ field: 'jobId', rule: `must match [A-Za-z0-9_-]{1,64}, got ${describe(rawJobId)}` });
   }
 

@@ -1,4 +1,5 @@
 import { PipelineError, type ErrorClass } from '../domain/error-class.js';
+import { maskSecrets } from './mask-secrets.js';
 
 /**
  * Pure classification of everything Gemini can answer or throw, into the pipeline's
@@ -65,12 +66,15 @@ export const SAFETY_FINISH_REASONS: ReadonlySet<string> = new Set([
  * 5. Otherwise (text only, no parts, `NO_IMAGE`, `IMAGE_OTHER`, `OTHER`, `MAX_TOKENS`, ...) -> `no_image`.
  *
  * Whether the image bytes decode is not checked here (that needs sharp): the adapter does it.
+ * Server-controlled text in messages is masked of `secrets` (the API key), then cut.
  */
-export function classifyGeminiResponse(response: GeminiResponseLike): GeminiResponseVerdict {
+export function classifyGeminiResponse(response: GeminiResponseLike, secrets: readonly string[] = []): GeminiResponseVerdict {
   const blockReason = response.promptFeedback?.blockReason;
   if (blockReason !== undefined && blockReason !== '' && blockReason !== 'BLOCK_REASON_UNSPECIFIED') {
     const detail = response.promptFeedback?.blockReasonMessage;
-    return { error: new PipelineError('prompt_blocked', `prompt blocked: ${blockReason}${detail ? ` (${clip(detail)})` : ''}`) };
+    return {
+      error: new PipelineError('prompt_blocked', `prompt blocked: ${maskSecrets(blockReason, secrets, 60)}${detail ? ` (${maskSecrets(detail, secrets, 300)})` : ''}`),
+    };
   }
   const candidate = response.candidates?.[0];
   if (candidate === undefined) return { error: new PipelineError('no_image', 'no image: the answer has no candidates') };
@@ -92,7 +96,7 @@ export function classifyGeminiResponse(response: GeminiResponseLike): GeminiResp
       : parts.some((p) => typeof p.text === 'string' && p.thought !== true)
         ? 'the answer is text only'
         : 'no final image part';
-  return { error: new PipelineError('no_image', `no image: ${why}${finishReason ? ` (finishReason ${finishReason})` : ''}`) };
+  return { error: new PipelineError('no_image', `no image: ${why}${finishReason ? ` (finishReason ${maskSecrets(finishReason, secrets, 60)})` : ''}`) };
 }
 
 /** What the adapter knows about a failed call beyond the thrown error. */
@@ -122,17 +126,22 @@ export interface GeminiErrorContext {
  * | `fetch failed`, `terminated`, ECONNRESET, ECONNREFUSED, socket errors, bad JSON | `network` |
  * | anything else | `network` (retryable: the budget decides) |
  *
- * Messages carry the HTTP status and the server's short message, never the API key
- * (`secrets` are scrubbed) and never image bytes.
+ * Messages carry the HTTP status and the server's short message (at most 300
+ * characters), never the API key and never image bytes: `secrets` are masked in
+ * every form {@link maskSecrets} knows (any case, URL-encoded, pieces of 8+
+ * characters) *before* the text is cut, so a cut cannot leave part of a key behind.
  */
 export function classifyGeminiError(error: unknown, context: GeminiErrorContext = {}): PipelineError {
   if (error instanceof PipelineError) return error;
-  const scrub = (text: string): string => (context.secrets ?? []).reduce((t, s) => (s ? t.split(s).join('***') : t), text);
+  // Mask first, then cut (maskSecrets does both in that order).
+  const mask = (text: string, maxChars = 300): string => maskSecrets(text, context.secrets ?? [], maxChars);
+  // The raw error is kept as `cause` only when no secret is in it: `console.log(pipelineError)` prints the cause.
+  const cause = carriesSecret(error, context.secrets ?? []) ? undefined : error;
   const status = httpStatusOf(error);
   if (status !== undefined) {
     const body = parseGoogleErrorBody(errorMessage(error));
-    const summary = scrub(`HTTP ${status}${body.status ? ` ${body.status}` : ''}: ${clip(body.message ?? errorMessage(error))}`);
-    const base = { httpStatus: status, cause: error };
+    const summary = `HTTP ${status}${body.status ? ` ${mask(body.status, 60)}` : ''}: ${mask(body.message ?? errorMessage(error))}`;
+    const base = { httpStatus: status, cause };
     const errorClass = classForStatus(status, body.reasons);
     if (errorClass === 'rate_limited') {
       const retryAfterMs = body.retryDelayMs ?? parseRetryAfterHeader(context.retryAfterHeader, context.now ?? Date.now());
@@ -140,18 +149,18 @@ export function classifyGeminiError(error: unknown, context: GeminiErrorContext 
     }
     return new PipelineError(errorClass, summary, base);
   }
-  const message = scrub(clip(errorMessage(error)));
+  const message = mask(errorMessage(error));
   if (isAbort(error)) {
     return context.timedOut
-      ? new PipelineError('timeout', 'generateContent timed out', { cause: error })
-      : new PipelineError('cancelled', 'generateContent aborted', { cause: error });
+      ? new PipelineError('timeout', 'generateContent timed out', { cause })
+      : new PipelineError('cancelled', 'generateContent aborted', { cause });
   }
-  if (context.timedOut) return new PipelineError('timeout', `generateContent timed out: ${message}`, { cause: error });
+  if (context.timedOut) return new PipelineError('timeout', `generateContent timed out: ${message}`, { cause });
   const codes = errorCodes(error);
   if (codes.includes('UND_ERR_HEADERS_TIMEOUT') || codes.includes('UND_ERR_BODY_TIMEOUT')) {
-    return new PipelineError('timeout', `generateContent timed out: ${message}`, { cause: error });
+    return new PipelineError('timeout', `generateContent timed out: ${message}`, { cause });
   }
-  return new PipelineError('network', `network error: ${message}${codes.length > 0 ? ` [${codes.join(', ')}]` : ''}`, { cause: error });
+  return new PipelineError('network', `network error: ${message}${codes.length > 0 ? ` [${codes.join(', ')}]` : ''}`, { cause });
 }
 
 /** HTTP status -> error class (see {@link classifyGeminiError}). */
@@ -244,6 +253,17 @@ function isAbort(error: unknown): boolean {
   return name === 'AbortError' || name === 'TimeoutError' || errorCodes(error).includes('ABORT_ERR');
 }
 
+/** Whether a secret shows in the message or stack of `error` or of its `cause` chain. */
+function carriesSecret(error: unknown, secrets: readonly string[]): boolean {
+  let current: unknown = error;
+  for (let depth = 0; depth < 5 && current !== null && current !== undefined; depth++) {
+    const texts = current instanceof Error ? [current.message, current.stack ?? ''] : [String(current)];
+    if (texts.some((t) => maskSecrets(t, secrets) !== t)) return true;
+    current = typeof current === 'object' ? (current as { cause?: unknown }).cause : undefined;
+  }
+  return false;
+}
+
 /** `code`s along the `cause` chain (undici hides ECONNRESET in `cause`). */
 function errorCodes(error: unknown): string[] {
   const codes: string[] = [];
@@ -258,8 +278,4 @@ function errorCodes(error: unknown): string[] {
 
 function errorMessage(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
-}
-
-function clip(text: string, max = 300): string {
-  return text.length > max ? `${text.slice(0, max)}...` : text;
 }

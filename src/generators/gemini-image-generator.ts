@@ -1,3 +1,4 @@
+import { inspect } from 'node:util';
 import { GoogleGenAI, Modality } from '@google/genai';
 import { asyncScheduler, Observable, type SchedulerLike } from 'rxjs';
 import type { GeneratedImage, GenerationRequest, ImageGenerator, InputImage, TokenUsage } from '../domain/ports.js';
@@ -69,26 +70,34 @@ export interface GeminiImageGeneratorConfig {
  * gemini.generate(request).subscribe({ next: (img) => store(img), error: (e: PipelineError) => log(e.errorClass) });
  */
 export class GeminiImageGenerator implements ImageGenerator {
-  /** The effective configuration (frozen; the key is kept, never printed). */
-  readonly config: Readonly<Required<Omit<GeminiImageGeneratorConfig, 'client' | 'baseUrl'>> & { baseUrl: string | undefined }>;
-  private readonly client: GeminiModelsClient;
+  /** The effective configuration, frozen, without the key. */
+  readonly config: Readonly<Required<Omit<GeminiImageGeneratorConfig, 'client' | 'baseUrl' | 'apiKey'>> & { baseUrl: string | undefined }>;
+  // The key and the SDK client (which holds it) live in #private fields: neither
+  // `util.inspect` (console.log), JSON.stringify, pino nor a spread can reach them.
+  readonly #apiKey: string;
+  readonly #client: GeminiModelsClient;
   private readonly base64Cache = new WeakMap<InputImage, string>();
 
   constructor(config: GeminiImageGeneratorConfig) {
     if (!config.apiKey && !config.client) throw new Error('GeminiImageGenerator: apiKey is required');
     this.config = Object.freeze({
-      apiKey: config.apiKey,
       model: config.model ?? DEFAULT_GEMINI_IMAGE_MODEL,
       baseUrl: config.baseUrl,
       timeoutMs: config.timeoutMs ?? DEFAULT_GEMINI_TIMEOUT_MS,
       scheduler: config.scheduler ?? asyncScheduler,
     });
-    this.client = config.client ?? sdkClient(config.apiKey, config.baseUrl);
+    this.#apiKey = config.apiKey;
+    this.#client = config.client ?? sdkClient(config.apiKey, config.baseUrl);
   }
 
-  /** Keeps the key out of `console.log(generator)` and JSON dumps. */
+  /** What JSON.stringify and pino print: the settings, never the key. */
   toJSON(): unknown {
     return { model: this.config.model, baseUrl: this.config.baseUrl, timeoutMs: this.config.timeoutMs };
+  }
+
+  /** What `console.log(generator)` prints: the settings, never the key. */
+  [inspect.custom](): string {
+    return `GeminiImageGenerator ${inspect(this.toJSON())}`;
   }
 
   generate(request: GenerationRequest): Observable<GeneratedImage> {
@@ -109,8 +118,8 @@ export class GeminiImageGenerator implements ImageGenerator {
       };
 
       const call = async (): Promise<GeneratedImage> => {
-        const response = await this.client.generateContent(this.params(request, abort.signal, capturingFetch));
-        const verdict = classifyGeminiResponse(response);
+        const response = await this.#client.generateContent(this.params(request, abort.signal, capturingFetch));
+        const verdict = classifyGeminiResponse(response, [this.#apiKey]);
         if ('error' in verdict) throw verdict.error;
         const bytes = Buffer.from(verdict.image.data, 'base64');
         const probe = await probeImage(bytes).catch((error: unknown) => {
@@ -132,7 +141,7 @@ export class GeminiImageGenerator implements ImageGenerator {
           timer.unsubscribe();
           // After an unsubscribe or our timeout the subscriber is closed and this is a no-op.
           subscriber.error(
-            classifyGeminiError(error, { timedOut, retryAfterHeader, secrets: [this.config.apiKey] }),
+            classifyGeminiError(error, { timedOut, retryAfterHeader, secrets: [this.#apiKey] }),
           );
         },
       );

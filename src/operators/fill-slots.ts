@@ -35,7 +35,8 @@ import type { StageState } from '../domain/resume-state.js';
 import type { Shortfall, StageResult } from '../domain/result.js';
 import type { AdaptiveConcurrencyLimiter } from './adaptive-concurrency-limiter.js';
 import type { ConcurrencyLimiter, Permit } from './concurrency-limiter.js';
-import { fullJitterBackoff, type BackoffConfig } from './full-jitter-backoff.js';
+import { capRetryAfter } from './cap-retry-after.js';
+import { DEFAULT_MAX_RETRY_AFTER_MS, fullJitterBackoff, type BackoffConfig } from './full-jitter-backoff.js';
 
 /** How much a stage may spend on failures. */
 export interface RetryBudget {
@@ -46,8 +47,8 @@ export interface RetryBudget {
 }
 
 /**
- * What the stages of one job share: the job-wide halt (an `auth` failure stops every
- * stage), the cancel signal, and the job's progress counter.
+ * What the stages of one job share: the job-wide halt (an `auth` or `quota_exhausted`
+ * failure stops every stage), the cancel signal, and the job's progress counter.
  */
 export class JobControl {
   /** Emits (and replays to late subscribers) once the job must stop taking new slots. */
@@ -122,12 +123,14 @@ type Outcome =
  * Fills one stage's slots: the heart of the engine.
  *
  * Requests exactly the unfilled slots (on resume, attempt numbers continue from the
- * recorded counts). Each request runs `generate -> deliver` under the stage limit
+ * recorded counts, and only charged attempts count against the budget: an attempt
+ * abandoned by a dead process is not a provider failure). Each request runs `generate -> deliver` under the stage limit
  * and the global limit. A retryable failure becomes a replacement request for the
  * **same slot** after `fullJitterBackoff` (the shortfall loop is an `expand`), while
  * the budget lasts; there is no barrier: other slots and stages never wait for it.
  * A non-retryable failure stops this stage's new requests (in-flight ones finish);
- * `auth` halts the whole job. A slot is filled at most once, so never more than
+ * `auth` and `quota_exhausted` (a server delay above `backoff.maxRetryAfterMs`) halt
+ * the whole job. A slot is filled at most once, so never more than
  * `quantity` deliveries.
  *
  * Errors never end the stream: every failure is caught inside the projection and
@@ -146,9 +149,14 @@ export function fillSlots(config: FillSlotsConfig): Observable<StageItem> {
     const jobId = job.jobId;
     const quantity = stage.quantity;
     const attachIds: (string | null)[] = config.state.map((s) => s.attachId);
+    // Two counts per slot: `attemptsUsed` numbers the next attempt (abandoned ones
+    // included, so numbers stay unique); `attemptsCharged` is what the budget sees.
     const attemptsUsed: number[] = config.state.map((s) => s.attemptsUsed);
+    const attemptsCharged: number[] = config.state.map((s) => s.attemptsCharged ?? s.attemptsUsed);
     let delivered = attachIds.filter((id) => id !== null).length;
-    let replacementsUsed = attemptsUsed.reduce((sum, used, slot) => sum + (attachIds[slot] === null ? Math.max(0, used - 1) : 0), 0);
+    // A restart does not refund the stage budget: every charged attempt beyond a slot's
+    // first was a replacement, filled slot or not (as in an uninterrupted run).
+    let replacementsUsed = attemptsCharged.reduce((sum, charged) => sum + Math.max(0, charged - 1), 0);
     let stoppedBy: ErrorClass | null = null;
     let lastErrorClass: ErrorClass | null = null;
     const inFlight = new Map<number, { request: AttemptRequest; startedAt: number }>();
@@ -175,7 +183,7 @@ export function fillSlots(config: FillSlotsConfig): Observable<StageItem> {
 
     // Whether a slot may have one more attempt, charging the stage budget if it is a replacement.
     const admit = (slot: number): boolean => {
-      const next = (attemptsUsed[slot] ?? 0) + 1;
+      const next = (attemptsCharged[slot] ?? 0) + 1;
       if (next > budget.maxAttemptsPerSlot) return false;
       if (next > 1) {
         if (replacementsUsed >= budget.maxReplacementsPerStage) return false;
@@ -209,10 +217,11 @@ export function fillSlots(config: FillSlotsConfig): Observable<StageItem> {
         return of(event(deliveredEvent));
       }
 
-      const error = outcome.error;
+      // A server delay above the cap means its quota is gone: `quota_exhausted`, which halts the job.
+      const error = capRetryAfter(outcome.error, config.backoff.maxRetryAfterMs ?? DEFAULT_MAX_RETRY_AFTER_MS);
       lastErrorClass = error.errorClass;
       if (error.errorClass === 'rate_limited') config.globalLimiter.onRateLimited(permit);
-      if (error.errorClass === 'auth') job.halt('auth');
+      if (error.errorClass === 'auth' || error.errorClass === 'quota_exhausted') job.halt(error.errorClass);
       else if (!error.retryable && stoppedBy === null) {
         stoppedBy = error.errorClass;
         stageHalt$.next();
@@ -264,6 +273,7 @@ export function fillSlots(config: FillSlotsConfig): Observable<StageItem> {
           permit = p;
           startedAt = scheduler.now();
           attemptsUsed[request.slotIndex] = Math.max(attemptsUsed[request.slotIndex] ?? 0, request.attempt);
+          attemptsCharged[request.slotIndex] = (attemptsCharged[request.slotIndex] ?? 0) + 1;
           inFlight.set(request.slotIndex, { request, startedAt });
           const image$ = defer(() => ports.generate(request)).pipe(
             timeout({

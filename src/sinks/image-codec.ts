@@ -74,6 +74,37 @@ export async function probeImage(bytes: Uint8Array): Promise<ImageProbe> {
   return { mimeType, width, height };
 }
 
+/** Per-call options of {@link decodeImage}. */
+export interface DecodeImageOptions {
+  /** Refuse images with more pixels than this (width x height). Default 50 000 000. */
+  readonly maxPixels?: number;
+}
+
+/**
+ * Decodes every pixel of an image, throwing `PipelineError('corrupt_image')` when any
+ * part does not decode.
+ *
+ * {@link probeImage} reads the header only, and a truncated PNG, JPEG or WebP keeps a
+ * whole header: only reading the pixel data finds the damage. Input images are checked
+ * with this before anything is written, so a cut file is refused at import instead of
+ * costing a job row, a reservation and a provider call. sharp's `stats()` streams
+ * through the image, so no full-size pixel buffer is allocated.
+ *
+ * @example
+ * await decodeImage(bytes, { maxPixels: 50_000_000 });
+ */
+export async function decodeImage(bytes: Uint8Array, options: DecodeImageOptions = {}): Promise<void> {
+  const maxPixels = options.maxPixels ?? DEFAULT_MAX_PIXELS;
+  if (bytes.byteLength === 0) throw new PipelineError('corrupt_image', 'image is empty (0 bytes)');
+  await sharp(bytes, { failOn: 'error', limitInputPixels: maxPixels })
+    .stats()
+    .catch((error: unknown) => {
+      throw new PipelineError('corrupt_image', `image does not decode completely (${bytes.byteLength} bytes): ${errorText(error)}`, {
+        cause: error,
+      });
+    });
+}
+
 /**
  * Validates and converts an image to WebP (sharp).
  *

@@ -1,16 +1,20 @@
 import {
   asyncScheduler,
   catchError,
+  concat,
   concatMap,
   connect,
   defer,
   EMPTY,
   filter,
+  finalize,
   from,
   groupBy,
   ignoreElements,
   merge,
   mergeMap,
+  of,
+  Subject,
   takeWhile,
   tap,
   throttleTime,
@@ -52,7 +56,9 @@ export interface ProgressWriterOptions {
  * - **One notification per event** on {@link PROGRESS_CHANNEL}, in event order per
  *   job: ids and counts, never images. `job:finished` is NOT published here:
  *   `finishJob` publishes it inside its transaction, so watchers see it only once
- *   the final state is committed.
+ *   the final state is committed. The `job:finished` event itself passes only after
+ *   every notification of its job is out, so a watcher never sees the end of a job
+ *   before its last events.
  * - **Completion.** Completes when the source has completed and every pending
  *   write and notification is done (up to `intervalMs` after the last event).
  *   A job's side effects end after its `job:finished` event.
@@ -77,7 +83,8 @@ export function progressWriter(database: Database, options: ProgressWriterOption
     return onError ? work.pipe(catchError((error: unknown) => (onError(error), EMPTY))) : work;
   };
 
-  const sideEffectsOfJob = (jobId: string, job$: Observable<PipelineEvent>): Observable<never> => {
+  /** The job's writes and notifications; `notified` completes once every notification of the job is published. */
+  const sideEffectsOfJob = (jobId: string, job$: Observable<PipelineEvent>, notified: Subject<void>): Observable<never> => {
     const pending: string[] = [];
     const notifications$ = job$.pipe(
       concatMap((event) => {
@@ -98,26 +105,41 @@ export function progressWriter(database: Database, options: ProgressWriterOption
         }),
       ),
     );
-    return merge(notifications$, writes$).pipe(ignoreElements());
+    return merge(notifications$.pipe(finalize(() => notified.complete())), writes$).pipe(ignoreElements());
   };
 
   return (source) =>
     source.pipe(
       // `connect` subscribes both branches before the source starts, so a
       // synchronous source reaches the side effects too.
-      connect((events$) =>
-        merge(
-          events$,
+      connect((events$) => {
+        const notifiedByJob = new Map<string, Subject<void>>();
+        const notifiedOf = (jobId: string) => {
+          let notified = notifiedByJob.get(jobId);
+          if (!notified) notifiedByJob.set(jobId, (notified = new Subject<void>()));
+          return notified;
+        };
+        return merge(
+          // `job:finished` waits until the job's notifications are out: whoever acts on it
+          // (`finishJob` publishes its own) must not overtake the job's last events.
+          events$.pipe(
+            concatMap((event) =>
+              event.type === 'job:finished'
+                ? concat(notifiedOf(event.jobId).pipe(ignoreElements()), defer(() => (notifiedByJob.delete(event.jobId), of(event))))
+                : of(event),
+            ),
+          ),
           events$.pipe(
             groupBy((event) => event.jobId),
             mergeMap((group) =>
               sideEffectsOfJob(
                 group.key,
                 group.pipe(takeWhile((event) => event.type !== 'job:finished', true)),
+                notifiedOf(group.key),
               ),
             ),
           ),
-        ),
-      ),
+        );
+      }),
     );
 }

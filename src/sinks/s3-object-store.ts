@@ -6,6 +6,7 @@ import {
   PutObjectCommand,
   S3Client,
 } from '@aws-sdk/client-s3';
+import { inspect } from 'node:util';
 import type { Observable } from 'rxjs';
 import { PipelineError } from '../domain/error-class.js';
 import { fromAbortable, ObjectNotFoundError, validateObjectKey, type ObjectStore } from './object-store.js';
@@ -53,7 +54,9 @@ export interface S3ObjectStoreConfig {
 export class S3ObjectStore implements ObjectStore {
   /** The effective configuration (without the client and credentials), frozen. */
   readonly config: Readonly<{ bucket: string; region: string; endpoint: string | undefined; forcePathStyle: boolean; pageSize: number }>;
-  private readonly client: S3Client;
+  // #private: the SDK client holds the credentials; neither console.log, JSON.stringify
+  // nor pino may walk into it.
+  readonly #client: S3Client;
   private readonly ownsClient: boolean;
 
   constructor(config: S3ObjectStoreConfig) {
@@ -65,21 +68,32 @@ export class S3ObjectStore implements ObjectStore {
       pageSize: config.pageSize ?? 1000,
     });
     this.ownsClient = config.client === undefined;
-    this.client =
+    this.#client =
       config.client ??
       new S3Client({
         region: this.config.region,
         forcePathStyle: this.config.forcePathStyle,
         maxAttempts: 1,
         ...(config.endpoint === undefined ? {} : { endpoint: config.endpoint }),
-        ...(config.credentials === undefined ? {} : { credentials: { ...config.credentials } }),
+        // Field by field, not a spread: a caller's secret may be non-enumerable (see config.ts).
+        ...(config.credentials === undefined ? {} : { credentials: copyCredentials(config.credentials) }),
       });
+  }
+
+  /** What JSON.stringify and pino print: the settings, never the client or its credentials. */
+  toJSON(): unknown {
+    return { ...this.config };
+  }
+
+  /** What `console.log(store)` prints: the settings, never the client or its credentials. */
+  [inspect.custom](): string {
+    return `S3ObjectStore ${inspect(this.toJSON())}`;
   }
 
   put(key: string, body: Uint8Array, contentType: string): Observable<void> {
     return fromAbortable(async (abortSignal) => {
       validateObjectKey(key);
-      await this.client.send(
+      await this.#client.send(
         new PutObjectCommand({ Bucket: this.config.bucket, Key: key, Body: body, ContentType: contentType, ContentLength: body.byteLength }),
         { abortSignal },
       );
@@ -89,7 +103,7 @@ export class S3ObjectStore implements ObjectStore {
   get(key: string): Observable<Uint8Array> {
     return fromAbortable(async (abortSignal) => {
       validateObjectKey(key);
-      const out = await this.client.send(new GetObjectCommand({ Bucket: this.config.bucket, Key: key }), { abortSignal });
+      const out = await this.#client.send(new GetObjectCommand({ Bucket: this.config.bucket, Key: key }), { abortSignal });
       if (out.Body === undefined) throw new Error('response has no body');
       return out.Body.transformToByteArray();
     }, (error) => this.toError('get', key, error));
@@ -99,7 +113,7 @@ export class S3ObjectStore implements ObjectStore {
     return fromAbortable(async (abortSignal) => {
       validateObjectKey(key);
       try {
-        await this.client.send(new HeadObjectCommand({ Bucket: this.config.bucket, Key: key }), { abortSignal });
+        await this.#client.send(new HeadObjectCommand({ Bucket: this.config.bucket, Key: key }), { abortSignal });
         return true;
       } catch (error) {
         if (isNotFound(error)) return false;
@@ -112,7 +126,7 @@ export class S3ObjectStore implements ObjectStore {
     return fromAbortable(async (abortSignal) => {
       validateObjectKey(key);
       // S3 answers 204 for a missing key too: deleting nothing is not an error.
-      await this.client.send(new DeleteObjectCommand({ Bucket: this.config.bucket, Key: key }), { abortSignal });
+      await this.#client.send(new DeleteObjectCommand({ Bucket: this.config.bucket, Key: key }), { abortSignal });
     }, (error) => this.toError('delete', key, error));
   }
 
@@ -122,7 +136,7 @@ export class S3ObjectStore implements ObjectStore {
       const keys: string[] = [];
       let token: string | undefined;
       do {
-        const page = await this.client.send(
+        const page = await this.#client.send(
           new ListObjectsV2Command({
             Bucket: this.config.bucket,
             ...(prefix === '' ? {} : { Prefix: prefix }),
@@ -140,7 +154,7 @@ export class S3ObjectStore implements ObjectStore {
 
   /** Closes the sockets of the client this store built (a passed-in client is left alone). */
   destroy(): void {
-    if (this.ownsClient) this.client.destroy();
+    if (this.ownsClient) this.#client.destroy();
   }
 
   private toError(op: string, key: string, error: unknown): PipelineError {
@@ -165,4 +179,9 @@ function isNotFound(error: unknown): boolean {
   const name = error instanceof Error ? error.name : undefined;
   if (name === 'NoSuchBucket') return false;
   return name === 'NoSuchKey' || name === 'NotFound' || httpStatus(error) === 404;
+}
+
+function copyCredentials(credentials: S3Credentials): S3Credentials {
+  const { accessKeyId, secretAccessKey, sessionToken } = credentials;
+  return sessionToken === undefined ? { accessKeyId, secretAccessKey } : { accessKeyId, secretAccessKey, sessionToken };
 }

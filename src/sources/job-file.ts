@@ -1,7 +1,7 @@
 import { readFile, stat } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import { JobSpecError, parseJobSpec, type JobSpec, type JobSpecLimits, type SpecProblem } from '../domain/job-spec.js';
-import { probeImage, DEFAULT_MAX_INPUT_BYTES, DEFAULT_MAX_PIXELS } from '../sinks/image-codec.js';
+import { decodeImage, probeImage, DEFAULT_MAX_INPUT_BYTES, DEFAULT_MAX_PIXELS } from '../sinks/image-codec.js';
 
 /** Largest job file we read. */
 export const MAX_JOB_FILE_BYTES = 1024 * 1024;
@@ -24,7 +24,8 @@ export interface JobFile {
 /**
  * Reads and validates a job file: UTF-8 JSON (a BOM is allowed), a valid spec, and
  * for every stage with `inputImage` a readable image file (relative to the job
- * file) under the input size limit. Reads only: nothing is written.
+ * file) under the input size and pixel limits that decodes completely (a truncated
+ * file is refused here). Reads only: nothing is written.
  *
  * @throws {JobSpecError} listing every problem (field + rule).
  */
@@ -75,16 +76,26 @@ export async function readJobFile(path: string, limits: JobSpecLimits = {}): Pro
         continue;
       }
       const bytes = new Uint8Array(await readFile(file));
-      try {
-        const probe = await probeImage(bytes);
-        if (probe.width * probe.height > DEFAULT_MAX_PIXELS) {
-          problems.push({ field, rule: `${stage.inputImage} is ${probe.width}x${probe.height}, more than the ${DEFAULT_MAX_PIXELS}-pixel limit` });
-          continue;
-        }
-        inputFiles.push({ stageIndex: stage.index, path: file, bytes, ...probe });
-      } catch {
+      const probe = await probeImage(bytes).catch(() => null);
+      if (probe === null) {
         problems.push({ field, rule: `${stage.inputImage} is not an image (PNG, JPEG, WebP, GIF, AVIF, TIFF)` });
+        continue;
       }
+      // The pixel limit is checked on the header first, so an image bomb is never decoded.
+      if (probe.width * probe.height > DEFAULT_MAX_PIXELS) {
+        problems.push({ field, rule: `${stage.inputImage} is ${probe.width}x${probe.height}, more than the ${DEFAULT_MAX_PIXELS}-pixel limit` });
+        continue;
+      }
+      // A truncated file keeps a whole header: only decoding every pixel finds it.
+      const decodes = await decodeImage(bytes, { maxPixels: DEFAULT_MAX_PIXELS }).then(
+        () => true,
+        () => false,
+      );
+      if (!decodes) {
+        problems.push({ field, rule: `${stage.inputImage} is truncated or damaged: its pixel data does not decode` });
+        continue;
+      }
+      inputFiles.push({ stageIndex: stage.index, path: file, bytes, ...probe });
     } catch (error) {
       problems.push({ field, rule: `${stage.inputImage}: ${(error as NodeJS.ErrnoException).code === 'ENOENT' ? 'file not found' : String(error)}` });
     }

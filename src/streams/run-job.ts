@@ -27,6 +27,7 @@ import {
 import type { Logger } from 'pino';
 import { PipelineError, toPipelineError } from '../domain/error-class.js';
 import type { JobFinishedEvent, PipelineEvent } from '../domain/events.js';
+import { endedResult } from '../domain/result.js';
 import type { AttemptRequest, Delivery, EnginePorts, GeneratedImage, ImageGenerator, InputImage } from '../domain/ports.js';
 import type { Database } from '../db/database.js';
 import { JobNotFoundError } from '../db/errors.js';
@@ -35,8 +36,9 @@ import { finishAttempt } from '../db/ops/finish-attempt.js';
 import { finishJob } from '../db/ops/finish-job.js';
 import { getAttachment } from '../db/ops/get-attachment.js';
 import { listDeliveredStorageKeys } from '../db/ops/list-delivered-storage-keys.js';
-import { loadJob } from '../db/ops/load-job.js';
-import { markJobRunning } from '../db/ops/mark-job-running.js';
+import { loadJob, type LoadedJob } from '../db/ops/load-job.js';
+import { beginRun } from '../db/ops/begin-run.js';
+import { reopenJob } from '../db/ops/reopen-job.js';
 import { readJobResult } from '../db/ops/read-job-result.js';
 import { isCancelRequested } from '../db/ops/request-cancel.js';
 import { claimJobLease, newLeaseOwner, releaseJobLease, renewJobLease } from '../db/ops/job-lease.js';
@@ -82,13 +84,17 @@ export interface RunJobOptions extends Omit<EngineOptions, 'globalLimiter' | 'ca
   readonly leaseOwner?: string;
   /** How long the lease lasts without renewal (it is renewed every third of it). Default 30,000 ms. */
   readonly leaseTtlMs?: number;
+  /** Runs that may die in a row without delivering before the job ends `crash_loop`. Default 5. */
+  readonly maxCrashResumes?: number;
 }
 
 /**
  * Runs (or resumes) a job that is already in the database and emits its events.
  *
  * Before the first attempt it rebuilds the engine's state from the tables (filled
- * slots, attempts used per slot: the budget is not reset) and deletes the job's
+ * slots, attempts charged per slot: the budget is not reset, but attempts a dead run
+ * left unfinished are `abandoned` and cost nothing; after `maxCrashResumes` dead runs
+ * in a row without a delivery the job ends with `crash_loop`) and deletes the job's
  * orphan objects (uploaded by an attempt whose delivery never committed). Each
  * attempt is recorded before the provider is called; each delivery is one database
  * transaction (attach record, slot, credit capture, counters). Progress is written
@@ -102,16 +108,30 @@ export function runStoredJob(deps: RunJobDeps, jobId: string, options: RunJobOpt
   return defer(async () => {
     const { database, store, generator } = deps;
     const logger = deps.logger?.child({ jobId });
-    const job = await retryTransient(() => loadJob(database, jobId));
-    if (!job) throw new JobNotFoundError(jobId);
-    if (FINAL_JOB_STATUSES.includes(job.status)) return replayFinished(database, jobId);
+    const found = await retryTransient(() => loadJob(database, jobId));
+    if (!found) throw new JobNotFoundError(jobId);
+    if (FINAL_JOB_STATUSES.includes(found.status)) {
+      // A job that ended short only because a dead run's attempts were charged to its
+      // budget (before attempts could be abandoned) goes on; any other is replayed.
+      const reopened = await retryTransient(() => reopenJob(database, jobId));
+      if (!reopened) return replayFinished(database, jobId);
+      logger?.warn({ ...reopened }, 'job ended short only because of abandoned attempts: reopened with its budget recomputed');
+    }
 
     // One runner per job: the orphan sweep below must never race another runner's upload.
     const owner = options.leaseOwner ?? newLeaseOwner();
     const leaseTtlMs = options.leaseTtlMs ?? 30_000;
     await retryTransient(() => claimJobLease(database, jobId, owner, leaseTtlMs));
+    const began = await retryTransient(() => beginRun(database, jobId));
+    if (began.previousRunDied || began.abandoned > 0) {
+      logger?.warn({ abandoned: began.abandoned, crashResumes: began.crashResumes }, 'resuming after a run that died: its unfinished attempts are abandoned (no budget charged)');
+    }
     await retryTransient(() => removeOrphans(database, store, jobId, logger));
-    await retryTransient(() => markJobRunning(database, jobId));
+    const job = await retryTransient(() => loadJob(database, jobId));
+    if (!job) throw new JobNotFoundError(jobId);
+    const maxCrashResumes = options.maxCrashResumes ?? 5;
+    // A cancel request wins: the job ends `cancelled`, as its user asked.
+    if (began.crashResumes >= maxCrashResumes && !job.cancelRequested) return endCrashLoop(database, jobId, job, owner, began.crashResumes, logger);
 
     // The input image of a stage is read from storage once and shared by every
     // attempt; a failed read is not cached, the next attempt reads again.
@@ -198,6 +218,26 @@ export function runStoredJob(deps: RunJobDeps, jobId: string, options: RunJobOpt
       }),
     );
   }).pipe(mergeMap((events$) => events$));
+}
+
+/**
+ * Ends a job whose runs died `crashResumes` times in a row without delivering: every
+ * short stage ends with reason `crash_loop`, the unused reservation is released.
+ */
+function endCrashLoop(database: Database, jobId: string, job: LoadedJob, owner: string, crashResumes: number, logger: Logger | undefined): Observable<PipelineEvent> {
+  return defer(async () => {
+    const result = endedResult(
+      jobId,
+      job.spec.stages.map((stage) => ({ index: stage.index, quantity: stage.quantity, attachIds: (job.stages[stage.index] ?? []).map((slot) => slot.attachId) })),
+      { reason: 'crash_loop', errorClass: null },
+    );
+    const error = `crash_loop: ${crashResumes} runs in a row died without delivering anything`;
+    logger?.error({ crashResumes, delivered: result.deliveredImages, total: result.totalImages }, 'crash loop: the job ends instead of running again');
+    await retryTransient(() => finishJob(database, jobId, result, { error }));
+    await retryTransient(() => releaseJobLease(database, jobId, owner));
+    const event: JobFinishedEvent = { type: 'job:finished', jobId, at: Date.now(), status: result.status, attachIds: result.attachIds, result };
+    return event;
+  });
 }
 
 /** `job:finished` of a job that already ended, read back from the database. */

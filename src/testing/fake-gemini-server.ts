@@ -16,7 +16,8 @@ import { MAX_STAMP, renderStampedPng } from './stamped-image.js';
  * - `prompt_blocked`: no candidates, `promptFeedback.blockReason: 'PROHIBITED_CONTENT'`.
  * - `status:<code>`: a Google-style JSON error; 429 carries a `google.rpc.RetryInfo`
  *   with `retryDelay` (default `'2s'`) and a `Retry-After` header. Use the object form
- *   to choose those values (`retryDelay: null` / `retryAfter: null` leave them out).
+ *   to choose those values (`retryDelay: null` / `retryAfter: null` leave them out) and
+ *   the message (`message: 'bad key {key}'` echoes the key the client sent).
  * - `hang`: never answers; the call ends only when the client gives up (or `close()`).
  * - `drop`: sends headers and half a body, then destroys the socket.
  * - `drop_before_headers`: destroys the socket without answering.
@@ -44,6 +45,12 @@ export interface FakeStatusBehavior {
   readonly retryDelay?: string | null;
   /** `Retry-After` header; `null` leaves it out. Default `'2'` for 429. */
   readonly retryAfter?: string | null;
+  /**
+   * The error's `message`. `{key}` is replaced by the API key the client sent: a server
+   * that echoes credentials back (tests of key masking; only accepted keys get this far,
+   * so it is the server's key). Default: a short fixed text.
+   */
+  readonly message?: string;
 }
 
 /** What a behavior function is told about the call it decides. */
@@ -256,7 +263,7 @@ export async function startFakeGeminiServer(options: FakeGeminiServerOptions = {
     });
 
     if (typeof chosen === 'object') {
-      sendStatus(res, chosen);
+      sendStatus(res, chosen.message === undefined ? chosen : { ...chosen, message: chosen.message.split('{key}').join(apiKey) });
       return;
     }
     if (chosen.startsWith('status:')) {
@@ -438,7 +445,7 @@ function sendStatus(res: ServerResponse, behavior: FakeStatusBehavior): void {
   const retryDelay = behavior.retryDelay === undefined ? (is429 ? '2s' : null) : behavior.retryDelay;
   const retryAfter = behavior.retryAfter === undefined ? (is429 ? '2' : null) : behavior.retryAfter;
   const details = retryDelay === null ? undefined : [{ '@type': 'type.googleapis.com/google.rpc.RetryInfo', retryDelay }];
-  const message = is429 ? 'Resource has been exhausted (e.g. check quota).' : `fake error ${status}`;
+  const message = behavior.message ?? (is429 ? 'Resource has been exhausted (e.g. check quota).' : `fake error ${status}`);
   sendJson(res, status, googleError(status, message, details), retryAfter === null ? {} : { 'retry-after': retryAfter });
 }
 

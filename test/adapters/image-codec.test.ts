@@ -1,7 +1,7 @@
 import sharp from 'sharp';
 import { describe, expect, it } from 'vitest';
 import { PipelineError } from '../../src/domain/error-class.js';
-import { extensionForMimeType, probeImage, toWebp } from '../../src/sinks/image-codec.js';
+import { decodeImage, extensionForMimeType, probeImage, toWebp } from '../../src/sinks/image-codec.js';
 
 async function solid(format: 'png' | 'jpeg' | 'webp', width: number, height: number): Promise<Uint8Array> {
   const img = sharp({ create: { width, height, channels: 3, background: { r: 10, g: 120, b: 200 } } });
@@ -83,6 +83,54 @@ describe('probeImage', () => {
   it('rejects non-images with corrupt_image', async () => {
     await corrupt(probeImage(new TextEncoder().encode('{"json": true}')));
     await corrupt(probeImage(new Uint8Array()));
+  });
+});
+
+describe('decodeImage', () => {
+  // Seeded noise (xorshift32) compresses badly, so a cut lands well inside the pixel data.
+  const noise = () => {
+    const raw = Buffer.alloc(160 * 96 * 3);
+    let x = 1;
+    for (let i = 0; i < raw.length; i++) {
+      x ^= x << 13;
+      x ^= x >>> 17;
+      x ^= x << 5;
+      raw[i] = x & 0xff;
+    }
+    return sharp(raw, { raw: { width: 160, height: 96, channels: 3 } });
+  };
+  const half = (bytes: Buffer): Buffer => Buffer.from(bytes.subarray(0, Math.floor(bytes.byteLength / 2)));
+  const truncated = {
+    png: async () => half(await noise().png().toBuffer()),
+    jpeg: async () => half(await noise().jpeg().toBuffer()),
+    // Cut to an even length (RIFF chunks are even-sized) with the RIFF and VP8 chunk sizes
+    // rewritten to match, so the header still looks whole.
+    webp: async () => {
+      const full = await noise().webp().toBuffer();
+      expect(full.toString('latin1', 12, 16)).toBe('VP8 ');
+      const cut = Buffer.from(full.subarray(0, Math.floor(full.byteLength / 4) * 2));
+      cut.writeUInt32LE(cut.byteLength - 8, 4);
+      cut.writeUInt32LE(cut.byteLength - 20, 16);
+      return cut;
+    },
+  };
+
+  it.each(['png', 'jpeg', 'webp'] as const)('accepts a whole %s', async (format) => {
+    await expect(decodeImage(await solid(format, 40, 30))).resolves.toBeUndefined();
+  });
+
+  it.each(['png', 'jpeg', 'webp'] as const)('a %s cut in half passes probeImage (header only) but not decodeImage', async (format) => {
+    const bytes = await truncated[format]();
+    expect(await probeImage(bytes)).toMatchObject({ width: 160, height: 96 });
+    const error = await corrupt(decodeImage(bytes));
+    expect(error.message).toMatch(/does not decode completely/);
+  });
+
+  it('refuses an image over maxPixels without decoding it, and empty input', async () => {
+    const png = await solid('png', 100, 100);
+    await corrupt(decodeImage(png, { maxPixels: 9_999 }));
+    await expect(decodeImage(png, { maxPixels: 10_000 })).resolves.toBeUndefined();
+    await corrupt(decodeImage(new Uint8Array()));
   });
 });
 

@@ -120,13 +120,13 @@ forEachDatabase('jobs', (ctx) => {
     expect(loaded?.spec).toEqual(spec);
     expect(loaded?.stages).toEqual([
       [
-        { attachId: d00.attachId, attemptsUsed: 1 },
-        { attachId: null, attemptsUsed: 2 },
-        { attachId: null, attemptsUsed: 0 },
+        { attachId: d00.attachId, attemptsUsed: 1, attemptsCharged: 1 },
+        { attachId: null, attemptsUsed: 2, attemptsCharged: 2 },
+        { attachId: null, attemptsUsed: 0, attemptsCharged: 0 },
       ],
       [
-        { attachId: null, attemptsUsed: 0 },
-        { attachId: d11.attachId, attemptsUsed: 3 },
+        { attachId: null, attemptsUsed: 0, attemptsCharged: 0 },
+        { attachId: d11.attachId, attemptsUsed: 3, attemptsCharged: 3 },
       ],
     ]);
 

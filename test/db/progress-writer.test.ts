@@ -1,4 +1,4 @@
-import { lastValueFrom, Subject, toArray, VirtualTimeScheduler } from 'rxjs';
+import { lastValueFrom, Subject, tap, toArray, VirtualTimeScheduler } from 'rxjs';
 import { expect, it } from 'vitest';
 import type { PipelineEvent, SlotDeliveredEvent } from '../../src/domain/events.js';
 import { appendProgress, deliverSlot, finishJob, getProgress, MAX_NOTIFY_PAYLOAD_BYTES, PROGRESS_CHANNEL, toNotifiedEvent, encodeNotification } from '../../src/db/index.js';
@@ -174,4 +174,46 @@ it('notification payloads stay under the NOTIFY limit and job:finished is left t
   expect(Buffer.byteLength(encodeNotification(notified!), 'utf8')).toBeLessThan(MAX_NOTIFY_PAYLOAD_BYTES);
   expect(toNotifiedEvent({ type: 'job:finished', jobId: 'j', at: 0, status: 'completed', attachIds: [], result: { jobId: 'j', status: 'completed', totalImages: 0, deliveredImages: 0, attachIds: [], stages: [] } })).toBeNull();
   expect(() => encodeNotification({ type: 'job:cancel-requested', jobId: 'j'.repeat(9000) })).toThrow(RangeError);
+});
+
+it('holds job:finished back until every notification of its job is published (a watcher never sees the end first)', async () => {
+  const published: string[] = [];
+  const releases: (() => void)[] = [];
+  // Each publish lands only when the test lets it: the notifications are slow.
+  const publish = (payload: string) =>
+    new Promise<void>((resolve) => {
+      releases.push(() => {
+        published.push((JSON.parse(payload) as { type: string }).type);
+        resolve();
+      });
+    });
+  const jobId = 'j-order';
+  const finished: PipelineEvent = {
+    type: 'job:finished', jobId, at: 0, status: 'completed', attachIds: ['a0', 'a1'],
+    result: { jobId, status: 'completed', totalImages: 2, deliveredImages: 2, attachIds: ['a0', 'a1'], stages: [] },
+  };
+  const source = new Subject<PipelineEvent>();
+  const passed: string[] = [];
+  // No database is touched: publish and writeProgress are given.
+  const done = lastValueFrom(
+    source.pipe(
+      progressWriter({} as Database, { publish, writeProgress: async () => {}, intervalMs: 0 }),
+      tap((event) => passed.push(`${event.type} after ${published.length} published`)),
+      toArray(),
+    ),
+  );
+
+  source.next(delivered(jobId, 0, 0, 'a0', 1, 2));
+  source.next(delivered(jobId, 0, 1, 'a1', 2, 2));
+  source.next(finished);
+  source.complete();
+  await until(() => releases.length === 1);
+  releases.shift()?.();
+  await until(() => releases.length === 1);
+  // One notification is still out: job:finished has not passed yet.
+  expect(passed).toEqual(['slot:delivered after 0 published', 'slot:delivered after 0 published']);
+  releases.shift()?.();
+  await done;
+  expect(published).toEqual(['slot:delivered', 'slot:delivered']);
+  expect(passed.at(-1)).toBe('job:finished after 2 published');
 });

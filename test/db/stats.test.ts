@@ -43,6 +43,7 @@ forEachDatabase('attempt statistics', (ctx) => {
       attempts: 9,
       failed: 5,
       delivered: 3,
+      abandoned: 0,
       byClass: { overloaded: 3, rate_limited: 1, no_image: 1 },
       retries: 5,
       retriesDelivered: 2,
@@ -63,7 +64,7 @@ forEachDatabase('attempt statistics', (ctx) => {
     const { jobId } = await seedJob(ctx.database, { quantities: [1] });
     await attempt(ctx.database, jobId, 0, 1, 'delivered');
     expect(await jobStats(ctx.database, { jobId })).toEqual({
-      attempts: 1, failed: 0, delivered: 1, byClass: {}, retries: 0, retriesDelivered: 0, retrySuccessRate: null,
+      attempts: 1, failed: 0, delivered: 1, abandoned: 0, byClass: {}, retries: 0, retriesDelivered: 0, retrySuccessRate: null,
     });
     expect(await jobStats(ctx.database, { jobId: 'no-such-job' })).toMatchObject({ attempts: 0, retrySuccessRate: null });
   });

@@ -90,6 +90,31 @@ describe('parseJobSpec', () => {
     expect(problemsOf({ userId: 'u', stages: {} })).toEqual([{ field: 'stages', rule: 'must be an array, got an object' }]);
   });
 
+  it('refuses a lone UTF-16 surrogate in every string field, naming the field and where the surrogate is', () => {
+    const stage = { quantity: 1, prompt: 'p', aspectRatio: '1:1', inputAttachId: 'att' };
+    const cases: readonly [input: Record<string, unknown>, field: string][] = [
+      [{ userId: 'u\ud800', stages: [stage] }, 'userId'],
+      [{ userId: 'u', productionId: '\udc00p', stages: [stage] }, 'productionId'],
+      [{ jobId: 'j\ud800', userId: 'u', stages: [stage] }, 'jobId'],
+      [{ userId: 'u', stages: [{ ...stage, prompt: 'a fox \ud83d' }] }, 'stages[0].prompt'],
+      [{ userId: 'u', stages: [{ ...stage, prompt: 'a fox \ude00\ud83d' }] }, 'stages[0].prompt'],
+      [{ userId: 'u', stages: [{ ...stage, aspectRatio: '1:1\udfff' }] }, 'stages[0].aspectRatio'],
+      [{ userId: 'u', stages: [{ ...stage, aspectRatio: undefined, 'aspect-ratio': '\ud800' }] }, 'stages[0].aspect-ratio'],
+      [{ userId: 'u', stages: [{ ...stage, inputAttachId: undefined, mergedImageAttachId: 'a\ud800' }] }, 'stages[0].mergedImageAttachId'],
+      [{ userId: 'u', stages: [{ ...stage, inputAttachId: 'a\udbff' }] }, 'stages[0].inputAttachId'],
+      [{ userId: 'u', stages: [{ ...stage, inputAttachId: undefined, inputImage: 'in\ud800.png' }] }, 'stages[0].inputImage'],
+    ];
+    for (const [input, field] of cases) {
+      const problems = problemsOf(input);
+      expect(problems, field).toHaveLength(1);
+      expect(problems[0]?.field).toBe(field);
+      expect(problems[0]?.rule).toMatch(/^must be well-formed Unicode text, found a lone UTF-16 surrogate \\u[0-9a-f]{4} at character \d+$/);
+    }
+    expect(problemsOf({ userId: 'u\ud800', stages: [stage] })[0]?.rule).toBe('must be well-formed Unicode text, found a lone UTF-16 surrogate \\ud800 at character 1');
+    // Whole pairs (emoji, CJK extension B) are fine.
+    expect(parseJobSpec({ userId: 'u\u{1f98a}', productionId: '\u{20000}', stages: [{ ...stage, prompt: 'a fox \u{1f98a}' }] }).stages[0]?.prompt).toBe('a fox \u{1f98a}');
+  });
+
   it('never throws anything but JobSpecError on arbitrary JSON (fuzz)', () => {
     fc.assert(
       fc.property(fc.jsonValue({ maxDepth: 6 }), (value) => {

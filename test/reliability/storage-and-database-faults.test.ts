@@ -16,9 +16,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { loadConfig } from '../../src/config.js';
 import { grantCredits } from '../../src/db/ops/grant-credits.js';
-import { openPipeline, type Pipeline } from '../../src/pipeline.js';
+import type { Pipeline } from '../../src/pipeline.js';
 import { startFakeGeminiServer, type FakeGeminiServer } from '../../src/testing/fake-gemini-server.js';
 import { renderStampedPng } from '../../src/testing/stamped-image.js';
 import { startS3Server, type TestS3Server } from '../support/s3-server.js';
@@ -26,7 +25,7 @@ import { createScratchDatabase, TEST_DATABASE_URL } from '../support/databases.j
 import { auditJob, expectEndedHonestly, type JobAudit } from './support/audit.js';
 import { runCli, startCli, type CliResult } from './support/cli.js';
 import { startFaultyS3Proxy, type FaultyS3Proxy, type S3Fault } from './support/faulty-s3-proxy.js';
-import { openStack, PRICE, specOf, type Stack } from './support/stack.js';
+import { openStack, PRICE, specOf, withPipelineOf, type Stack } from './support/stack.js';
 
 const QUANTITIES = [6, 6, 6];
 const TOTAL = 18;
@@ -119,14 +118,7 @@ pgDescribe(`PostgreSQL connections killed mid-job with pg_terminate_backend, CLI
         IMAGEGEN_CONCURRENCY: '4',
         IMAGEGEN_LOG_LEVEL: 'warn',
       };
-      const withPipeline = async <T>(fn: (p: Pipeline) => Promise<T>): Promise<T> => {
-        const pipeline = await openPipeline(loadConfig({ ...env, IMAGEGEN_LOG_LEVEL: 'silent' }));
-        try {
-          return await fn(pipeline);
-        } finally {
-          await pipeline.close();
-        }
-      };
+      const withPipeline = <T>(fn: (p: Pipeline) => Promise<T>): Promise<T> => withPipelineOf(env, fn);
       const jobId = `pgkill-${process.pid}`;
       await withPipeline((p) => grantCredits(p.database, 'pg-user', granted));
       await writeFile(join(dir, 'in.png'), await renderStampedPng({ stamp: 9, width: 64, height: 36 }));

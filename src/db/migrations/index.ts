@@ -1,6 +1,8 @@
 import type { Migration } from 'kysely/migration';
 import { initial } from './0001-initial.js';
 import { jobLease } from './0002-job-lease.js';
+import { abandonedAttempts } from './0003-abandoned-attempts.js';
+import { creditBigint } from './0004-credit-bigint.js';
 
 /**
  * Every migration, keyed by a numbered name. Names sort in the order they run;
@@ -9,4 +11,6 @@ import { jobLease } from './0002-job-lease.js';
 export const MIGRATIONS: Readonly<Record<string, Migration>> = Object.freeze({
   '0001_initial': initial,
   '0002_job_lease': jobLease,
+  '0003_abandoned_attempts': abandonedAttempts,
+  '0004_credit_bigint': creditBigint,
 });

@@ -27,8 +27,9 @@ export interface FinishedCredits {
  * `job:finished` (status and counts) on {@link PROGRESS_CHANNEL}, all in one
  * transaction: the notification is delivered only if this commits.
  *
- * Idempotent: a finished job is returned as is; the release happens once (the
- * status check under the row lock, and a unique index on release entries).
+ * Idempotent: a finished job is returned as is; the release happens once per
+ * reservation round (the status check under the row lock, and a unique index on
+ * release entries per job and round; see `reopenJob`).
  *
  * Locking: the job row `for update` first (the same lock `deliverSlot` takes
  * first, so no delivery can capture after the release), then the account row
@@ -47,7 +48,7 @@ export async function finishJob(
   return database.db.transaction().execute(async (trx) => {
     const job = await trx
       .selectFrom('jobs')
-      .select(['user_id', 'status', 'total', 'delivered', 'credits_reserved', 'credits_captured', 'credits_released'])
+      .select(['user_id', 'status', 'total', 'delivered', 'credits_reserved', 'credits_captured', 'credits_released', 'reopened'])
       .where('id', '=', jobId)
       .forUpdate()
       .executeTakeFirst();
@@ -65,7 +66,7 @@ export async function finishJob(
       .set((eb) => ({ reserved: eb('reserved', '-', release), balance: eb('balance', '+', release), updated_at: sql`now()` }))
       .where('user_id', '=', job.user_id)
       .execute();
-    await trx.insertInto('credit_ledger').values({ user_id: job.user_id, kind: 'release', amount: release, job_id: jobId }).execute();
+    await trx.insertInto('credit_ledger').values({ user_id: job.user_id, kind: 'release', amount: release, job_id: jobId, round: job.reopened }).execute();
 
     for (const stage of result.stages) {
       await trx

@@ -7,10 +7,12 @@ export interface JobStatsOptions {
 }
 
 export interface JobStats {
-  /** Attempts recorded (started, delivered or failed). */
+  /** Attempts recorded (started, delivered, failed or abandoned). */
   readonly attempts: number;
   readonly failed: number;
   readonly delivered: number;
+  /** Attempts cut off by a process that died or shut down: not provider failures, no budget charged. */
+  readonly abandoned: number;
   /** Failed attempts per error class. */
   readonly byClass: Readonly<Record<string, number>>;
   /** Attempts with number > 1 (replacements). */
@@ -32,6 +34,7 @@ export async function jobStats(database: Database, options: JobStatsOptions = {}
     attempts: number;
     failed: number;
     delivered: number;
+    abandoned: number;
     retries: number;
     retries_delivered: number;
     retry_success_rate: number | null;
@@ -41,6 +44,7 @@ export async function jobStats(database: Database, options: JobStatsOptions = {}
       count(*)::int as attempts,
       count(*) filter (where outcome = 'failed')::int as failed,
       count(*) filter (where outcome = 'delivered')::int as delivered,
+      count(*) filter (where outcome = 'abandoned')::int as abandoned,
       count(*) filter (where attempt > 1)::int as retries,
       count(*) filter (where attempt > 1 and outcome = 'delivered')::int as retries_delivered,
       (count(*) filter (where attempt > 1 and outcome = 'delivered'))::float8
@@ -57,6 +61,7 @@ export async function jobStats(database: Database, options: JobStatsOptions = {}
     attempts: row.attempts,
     failed: row.failed,
     delivered: row.delivered,
+    abandoned: row.abandoned,
     byClass: row.by_class,
     retries: row.retries,
     retriesDelivered: row.retries_delivered,

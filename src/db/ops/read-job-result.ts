@@ -12,7 +12,7 @@ export interface StoredJobResult {
   readonly credits: { readonly reserved: number; readonly captured: number; readonly released: number };
 }
 
-const SHORTFALL_REASONS: readonly ShortfallReason[] = ['budget_exhausted', 'non_retryable', 'job_aborted', 'cancelled'];
+const SHORTFALL_REASONS: readonly ShortfallReason[] = ['budget_exhausted', 'non_retryable', 'job_aborted', 'cancelled', 'crash_loop'];
 
 /**
  * Reads a job's result from its rows: per stage the filled slots in slot order and

@@ -4,7 +4,7 @@ import type { Database } from '../database.js';
 import { InputAttachmentError, InsufficientCreditsError, JobOwnershipError } from '../errors.js';
 import { jsonb } from '../json.js';
 import { isUniqueViolation } from '../sql-errors.js';
-import { assertCount } from './assert.js';
+import { assertAmount } from './assert.js';
 import { lockCreditAccount } from './lock-credit-account.js';
 
 export interface SubmitJobOptions {
@@ -42,10 +42,10 @@ export async function submitJob(database: Database, options: SubmitJobOptions): 
   const jobId = spec.jobId;
   if (jobId === null) throw new TypeError('submitJob needs a spec with a jobId');
   if (spec.stages.length === 0) throw new TypeError('submitJob needs at least one stage');
-  assertCount('pricePerImage', pricePerImage);
+  assertAmount('pricePerImage', pricePerImage);
   const total = totalImages(spec);
   const price = pricePerImage * total;
-  assertCount('job price', price);
+  assertAmount('job price', price);
 
   try {
     return await database.db.transaction().execute(async (trx) => {

@@ -159,3 +159,16 @@ async function settleSessions(scratch: ScratchDatabase): Promise<void> {
     await admin.end();
   }
 }
+
+/**
+ * Opens the same database and storage a CLI child process with `env` uses, in this
+ * process, runs `fn` and closes it (the CLI must not hold the embedded database then).
+ */
+export async function withPipelineOf<T>(env: Readonly<Record<string, string>>, fn: (pipeline: Pipeline) => Promise<T>): Promise<T> {
+  const pipeline = await openPipeline(loadConfig({ ...env, IMAGEGEN_LOG_LEVEL: 'silent' }));
+  try {
+    return await fn(pipeline);
+  } finally {
+    await pipeline.close();
+  }
+}

@@ -1,0 +1,54 @@
+import { describe, expect, it } from 'vitest';
+import { ConfigError, loadConfig } from '../src/config.js';
+
+/** Node runs a timer above 2^31-1 ms after 1 ms: no duration setting may reach past it. */
+const NODE_TIMER_LIMIT_MS = 2 ** 31 - 1;
+
+function refusal(env: Record<string, string>): ConfigError | null {
+  try {
+    loadConfig(env);
+    return null;
+  } catch (error) {
+    if (error instanceof ConfigError) return error;
+    throw error;
+  }
+}
+
+describe('loadConfig: every duration setting has a range below the timer limit', () => {
+  // [variable, largest accepted value]
+  const DURATIONS: readonly [string, number][] = [
+    ['GEMINI_TIMEOUT_MS', NODE_TIMER_LIMIT_MS],
+    ['IMAGEGEN_ATTEMPT_TIMEOUT_MS', NODE_TIMER_LIMIT_MS],
+    ['IMAGEGEN_BACKOFF_BASE_MS', NODE_TIMER_LIMIT_MS],
+    ['IMAGEGEN_BACKOFF_MAX_MS', NODE_TIMER_LIMIT_MS],
+    ['IMAGEGEN_OFFLINE_LATENCY_MS', NODE_TIMER_LIMIT_MS],
+    ['IMAGEGEN_OFFLINE_JITTER_MS', NODE_TIMER_LIMIT_MS],
+    ['IMAGEGEN_PROGRESS_INTERVAL_MS', NODE_TIMER_LIMIT_MS],
+    ['IMAGEGEN_SHUTDOWN_GRACE_MS', NODE_TIMER_LIMIT_MS],
+    // pg-boss refuses an expiry of 24 hours or more.
+    ['IMAGEGEN_QUEUE_EXPIRE_SECONDS', 86_399],
+  ];
+
+  it.each(DURATIONS)('%s: %i is accepted, one more is refused naming the variable', (variable, max) => {
+    expect(refusal({ [variable]: String(max) })).toBeNull();
+    const error = refusal({ [variable]: String(max + 1) });
+    expect(error?.variable).toBe(variable);
+    expect(error?.message).toContain(`..${max}`);
+  });
+
+  it('IMAGEGEN_ATTEMPT_TIMEOUT_MS=3000000000 (the value in issue 9) is refused', () => {
+    expect(refusal({ IMAGEGEN_ATTEMPT_TIMEOUT_MS: '3000000000' })?.variable).toBe('IMAGEGEN_ATTEMPT_TIMEOUT_MS');
+  });
+
+  it('every *_MS or *_SECONDS setting read by loadConfig is covered above', async () => {
+    const { readFile } = await import('node:fs/promises');
+    const source = await readFile(new URL('../src/config.ts', import.meta.url), 'utf8');
+    const read = new Set([...source.matchAll(/'([A-Z0-9_]+_(?:MS|SECONDS))'/g)].map((m) => m[1]));
+    // Settings other than those above (added meanwhile) must be bounded by the timer limit too.
+    for (const variable of read) {
+      if (variable === undefined || DURATIONS.some(([name]) => name === variable)) continue;
+      expect(refusal({ [variable]: String(NODE_TIMER_LIMIT_MS + 1) })?.variable, variable).toBe(variable);
+    }
+    for (const [name] of DURATIONS) expect(read.has(name), name).toBe(true);
+  });
+});
