@@ -6,12 +6,9 @@ import type { ImageGenerator } from './domain/ports.js';
 import { withPrintedForm } from './domain/hide-secrets.js';
 import { lockDataDir } from './db/data-dir-lock.js';
 import { openDatabase, type Database } from './db/database.js';
-import { GeminiImageGenerator } from './generators/gemini-image-generator.js';
-import { OfflineImageGenerator } from './generators/offline-image-generator.js';
 import { AdaptiveConcurrencyLimiter } from './operators/adaptive-concurrency-limiter.js';
 import { FolderObjectStore } from './sinks/folder-object-store.js';
 import type { ObjectStore } from './sinks/object-store.js';
-import { S3ObjectStore } from './sinks/s3-object-store.js';
 
 /** Every client a process uses, built once, passed explicitly. */
 export interface Pipeline {
@@ -69,6 +66,9 @@ export async function openPipeline(config: PipelineConfig, overrides: PipelineOv
   if (overrides.store) store = overrides.store;
   else if (config.storage.kind === 'folder') store = new FolderObjectStore({ root: config.storage.root });
   else {
+    // SDKs are loaded only when configured: the AWS SDK and @google/genai take a large
+    // share of a CLI start that never uses them.
+    const { S3ObjectStore } = await import('./sinks/s3-object-store.js');
     const s3 = new S3ObjectStore({
       bucket: config.storage.bucket,
       region: config.storage.region,
@@ -82,13 +82,13 @@ export async function openPipeline(config: PipelineConfig, overrides: PipelineOv
   const generator =
     overrides.generator ??
     (config.provider === 'gemini'
-      ? new GeminiImageGenerator({
+      ? new (await import('./generators/gemini-image-generator.js')).GeminiImageGenerator({
           apiKey: config.gemini.apiKey ?? '',
           model: config.gemini.model,
           timeoutMs: config.gemini.timeoutMs,
           ...(config.gemini.baseUrl ? { baseUrl: config.gemini.baseUrl } : {}),
         })
-      : new OfflineImageGenerator({
+      : new (await import('./generators/offline-image-generator.js')).OfflineImageGenerator({
           latencyMs: config.offline.latencyMs,
           jitterMs: config.offline.jitterMs,
           failureRate: config.offline.failureRate,

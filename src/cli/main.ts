@@ -31,7 +31,6 @@ import { refuseOnEmptyDatabase, submitSpec } from '../streams/submit-job.js';
 import { databaseUnavailable, EXIT, isConnectionError, reportError, UnavailableError, UsageError } from './failures.js';
 import { formatSummary, jobSummary, type JobSummary } from './summary.js';
 import { ProgressView } from './progress-view.js';
-import { runWorker, submitToQueue } from '../streams/worker.js';
 
 export { EXIT } from './failures.js';
 
@@ -292,6 +291,8 @@ async function cmdSubmit(inv: Invocation): Promise<number> {
   const jobFile = await readJobFile(inv.args[0] as string, { maxQuantity: config.maxQuantity });
   return withPipeline(inv, async (pipeline) => {
     const { jobId, created } = await submitSpec(pipeline, jobFile.spec, { inputFiles: jobFile.inputFiles, pricePerImage: config.pricePerImage });
+    // pg-boss is loaded by the two commands that use the queue only.
+    const { submitToQueue } = await import('../streams/worker.js');
     await submitToQueue(pipeline, jobId);
     print(inv.json, { jobId, created }, `${created ? 'submitted' : 'already submitted'}: ${jobId}`);
     return 0;
@@ -304,6 +305,7 @@ async function cmdWorker(inv: Invocation): Promise<number> {
   return withPipeline(inv, async (pipeline) => {
     const signals = shutdownSignals();
     try {
+      const { runWorker } = await import('../streams/worker.js');
       await runWorker(pipeline, { stop$: signals.stop$, engine: engineOptionsOf(config), jobConcurrency: config.workerJobs });
     } finally {
       signals.dispose();

@@ -1,8 +1,6 @@
-import { PGlite } from '@electric-sql/pglite';
 import { Kysely, PostgresDialect, sql } from 'kysely';
 import { Migrator, type Migration } from 'kysely/migration';
-import { PGliteDialect } from 'kysely-pglite-dialect';
-import pg from 'pg';
+import type pg from 'pg';
 import { redactUrlPassword, withPrintedForm } from '../domain/hide-secrets.js';
 import { MigrationError } from './errors.js';
 import { MIGRATIONS } from './migrations/index.js';
@@ -50,7 +48,8 @@ export interface Database {
  */
 export async function openDatabase(config: DatabaseConfig, options: OpenDatabaseOptions = {}): Promise<Database> {
   const frozen = Object.freeze({ ...config });
-  const database = frozen.databaseUrl ? openPostgres(frozen.databaseUrl, frozen.maxConnections ?? 10) : await openPglite(frozen.dataDir);
+  // Each driver is loaded only when used: a process on PostgreSQL never loads PGlite's WASM, and the reverse.
+  const database = frozen.databaseUrl ? await openPostgres(frozen.databaseUrl, frozen.maxConnections ?? 10) : await openPglite(frozen.dataDir);
   try {
     await migrate(database.db, options.migrations ?? MIGRATIONS);
   } catch (error) {
@@ -94,7 +93,8 @@ async function notifyWith(db: Kysely<DatabaseSchema>, channel: string, payload: 
   await sql`select pg_notify(${channel}, ${payload})`.execute(db);
 }
 
-function openPostgres(databaseUrl: string, max: number): Database {
+async function openPostgres(databaseUrl: string, max: number): Promise<Database> {
+  const { default: pg } = await import('pg');
   // The int8 parser is this pool's own (`types`), not pg's global registry: pg-boss and
   // any other pg user in the process keep pg's defaults.
   const types = {
@@ -163,6 +163,7 @@ function openPostgres(databaseUrl: string, max: number): Database {
 }
 
 async function openPglite(dataDir: string | undefined): Promise<Database> {
+  const [{ PGlite }, { PGliteDialect }] = await Promise.all([import('@electric-sql/pglite'), import('kysely-pglite-dialect')]);
   const pglite = await PGlite.create({ ...(dataDir === undefined ? {} : { dataDir }), parsers: { [INT8_OID]: parseInt8 } });
   const db = new Kysely<DatabaseSchema>({ dialect: new PGliteDialect(pglite) });
   let closed: Promise<void> | null = null;

@@ -1,7 +1,7 @@
-import sharp from 'sharp';
 import { asyncScheduler, defer, from, mergeMap, Observable, throwError, timer, type SchedulerLike } from 'rxjs';
 import { PipelineError, type ErrorClass } from '../domain/error-class.js';
 import type { GeneratedImage, GenerationRequest, ImageGenerator } from '../domain/ports.js';
+import { loadSharp } from '../sinks/image-codec.js';
 import { dimensionsForAspectRatio } from './image-dimensions.js';
 
 /** Configuration of an {@link OfflineImageGenerator}. Every field is optional. */
@@ -110,7 +110,7 @@ export class OfflineImageGenerator implements ImageGenerator {
     let base: Buffer;
     if (request.input !== null) {
       try {
-        base = await sharp(request.input.bytes, { failOn: 'error' })
+        base = await (await loadSharp())(request.input.bytes, { failOn: 'error' })
           .rotate()
           .resize(width, height, { fit: 'cover' })
           .removeAlpha()
@@ -130,7 +130,7 @@ export class OfflineImageGenerator implements ImageGenerator {
     const blockColour = colour(hashString(`${this.config.seed}|${key}|block`));
     const block = Buffer.alloc(blockW * blockH * 3);
     for (let i = 0; i < blockW * blockH; i++) block.set(blockColour, i * 3);
-    const png = await sharp(base, { raw: { width, height, channels: 3 } })
+    const png = await (await loadSharp())(base, { raw: { width, height, channels: 3 } })
       .tint({ r: tint[0], g: tint[1], b: tint[2] })
       .composite([
         {

@@ -1,4 +1,15 @@
-import sharp from 'sharp';
+import type sharpModule from 'sharp';
+
+type Sharp = typeof sharpModule;
+let sharpLoaded: Promise<Sharp> | undefined;
+/**
+ * sharp (libvips) takes a noticeable share of a CLI start: it is loaded on first use,
+ * so commands that never touch an image (`status`, `credits`, `stats`) do not pay for it.
+ */
+export function loadSharp(): Promise<Sharp> {
+  sharpLoaded ??= import('sharp').then((m) => m.default);
+  return sharpLoaded;
+}
 import { PipelineError } from '../domain/error-class.js';
 
 /** Per-call options of {@link toWebp}. */
@@ -58,7 +69,7 @@ const MIME_BY_FORMAT: Readonly<Record<string, string>> = Object.freeze({
  */
 export async function probeImage(bytes: Uint8Array): Promise<ImageProbe> {
   if (bytes.byteLength === 0) throw new PipelineError('corrupt_image', 'image is empty (0 bytes)');
-  const meta = await sharp(bytes, { failOn: 'error' })
+  const meta = await (await loadSharp())(bytes, { failOn: 'error' })
     .metadata()
     .catch((error: unknown) => {
       throw new PipelineError('corrupt_image', `bytes do not decode as an image (${bytes.byteLength} bytes): ${errorText(error)}`, {
@@ -96,7 +107,7 @@ export interface DecodeImageOptions {
 export async function decodeImage(bytes: Uint8Array, options: DecodeImageOptions = {}): Promise<void> {
   const maxPixels = options.maxPixels ?? DEFAULT_MAX_PIXELS;
   if (bytes.byteLength === 0) throw new PipelineError('corrupt_image', 'image is empty (0 bytes)');
-  await sharp(bytes, { failOn: 'error', limitInputPixels: maxPixels })
+  await (await loadSharp())(bytes, { failOn: 'error', limitInputPixels: maxPixels })
     .stats()
     .catch((error: unknown) => {
       throw new PipelineError('corrupt_image', `image does not decode completely (${bytes.byteLength} bytes): ${errorText(error)}`, {
@@ -129,7 +140,7 @@ export async function toWebp(bytes: Uint8Array, options: ToWebpOptions = {}): Pr
     throw new PipelineError('corrupt_image', `image too large: ${probe.width}x${probe.height} > limit ${maxPixels} pixels`);
   }
   try {
-    const { data, info } = await sharp(bytes, { failOn: 'error', limitInputPixels: maxPixels })
+    const { data, info } = await (await loadSharp())(bytes, { failOn: 'error', limitInputPixels: maxPixels })
       .rotate()
       .webp({ quality })
       .toBuffer({ resolveWithObject: true });

@@ -104,6 +104,11 @@ export interface FakeGeminiServerOptions {
   readonly rateLimitRetryDelay?: string;
   /** Long side of served images, px. Default 64 (the short side follows the requested aspect ratio). */
   readonly imageSize?: number;
+  /**
+   * A gate: awaited after the latency and before the answer, so a test can hold calls
+   * until it has done something (killed a client, seen another call arrive). Default: none.
+   */
+  readonly hold?: (call: FakeCall) => Promise<void> | void;
 }
 
 /** A running fake Gemini server. */
@@ -122,6 +127,10 @@ export interface FakeGeminiServer {
   readonly requests: readonly FakeCallRecord[];
   /** Replaces the behavior function for the following calls. */
   setBehavior(behavior: FakeBehaviorFn): void;
+  /** Replaces the gate ({@link FakeGeminiServerOptions.hold}) for the following calls; `undefined` removes it. */
+  setHold(hold: ((call: FakeCall) => Promise<void> | void) | undefined): void;
+  /** Resolves with the record of call `n` once it has arrived (an event to wait for instead of a time). */
+  received(n: number): Promise<FakeCallRecord>;
   /** Resolves with the record of call `n` once it is no longer pending (answered, dropped, closed). */
   settled(n: number): Promise<FakeCallRecord>;
   /** Stops listening and destroys every open socket (hanging calls included). */
@@ -171,6 +180,8 @@ export async function startFakeGeminiServer(options: FakeGeminiServerOptions = {
   const maxInFlight = options.maxInFlight ?? Number.POSITIVE_INFINITY;
   const rateLimitRetryDelay = options.rateLimitRetryDelay ?? '1s';
   let behavior: FakeBehaviorFn = options.behavior ?? (() => 'image');
+  let hold = options.hold;
+  const arrivals = new Map<number, ((record: FakeCallRecord) => void)[]>();
   let calls = 0;
   let inFlight = 0;
   let maxObserved = 0;
@@ -218,6 +229,8 @@ export async function startFakeGeminiServer(options: FakeGeminiServerOptions = {
       outcome: 'pending',
     };
     records.push(record);
+    for (const resolve of arrivals.get(n) ?? []) resolve(record);
+    arrivals.delete(n);
     // The client closing its side before we answered: it gave up (abort / timeout).
     res.on('close', () => settle(record, res.writableFinished ? 'answered' : 'client_closed'));
 
@@ -249,6 +262,11 @@ export async function startFakeGeminiServer(options: FakeGeminiServerOptions = {
         }, latencyMs);
         timers.add(t);
       });
+      if (res.destroyed) return;
+    }
+    const gate = hold?.({ n, body, inFlight });
+    if (gate) {
+      await gate;
       if (res.destroyed) return;
     }
     await answer(chosen, record, res);
@@ -360,6 +378,18 @@ export async function startFakeGeminiServer(options: FakeGeminiServerOptions = {
     requests: records,
     setBehavior(next) {
       behavior = next;
+    },
+    setHold(next) {
+      hold = next;
+    },
+    received(n) {
+      const record = records.find((r) => r.n === n);
+      if (record) return Promise.resolve(record);
+      return new Promise((resolve) => {
+        const list = arrivals.get(n) ?? [];
+        list.push(resolve);
+        arrivals.set(n, list);
+      });
     },
     settled(n) {
       const record = records.find((r) => r.n === n);

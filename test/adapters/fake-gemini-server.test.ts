@@ -16,9 +16,15 @@ async function start(options: Parameters<typeof startFakeGeminiServer>[0] = {}):
 }
 
 /** A raw POST (no SDK), so the server's protocol is tested on its own. `json` is `any`: it is whatever JSON the fake sent, probed field by field. */
-function post(server: FakeGeminiServer, path: string, body: unknown, headers: Record<string, string> = {}): Promise<{ status: number; headers: Record<string, unknown>; json: any }> {
+function post(
+  server: FakeGeminiServer,
+  path: string,
+  body: unknown,
+  headers: Record<string, string> = {},
+  signal?: AbortSignal,
+): Promise<{ status: number; headers: Record<string, unknown>; json: any }> {
   return new Promise((resolve, reject) => {
-    const req = httpRequest(`${server.url}${path}`, { method: 'POST', headers: { 'content-type': 'application/json', ...headers } }, (res) => {
+    const req = httpRequest(`${server.url}${path}`, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, ...(signal ? { signal } : {}) }, (res) => {
       const chunks: Buffer[] = [];
       res.on('data', (c: Buffer) => chunks.push(c));
       res.on('end', () => {
@@ -82,10 +88,41 @@ describe('fake Gemini server', () => {
   });
 
   it('above maxInFlight answers 429 and tracks the in-flight peak', async () => {
-    const server = await start({ maxInFlight: 2, latencyMs: 150 });
-    const results = await Promise.all(Array.from({ length: 5 }, () => post(server, PATH, BODY, { 'x-goog-api-key': server.apiKey })));
-    const statuses = results.map((r) => r.status).sort();
-    expect(statuses).toEqual([200, 200, 429, 429, 429]);
+    // The first two calls are held by the server until the test releases them: they are
+    // surely in flight while the next three arrive (no reliance on a latency window).
+    let release!: () => void;
+    const released = new Promise<void>((r) => (release = r));
+    const server = await start({ maxInFlight: 2, hold: ({ n }) => (n <= 2 ? released : undefined) });
+    const key = { 'x-goog-api-key': server.apiKey };
+    const held = [post(server, PATH, BODY, key), post(server, PATH, BODY, key)];
+    await Promise.all([server.received(1), server.received(2)]);
+    expect(server.inFlight()).toBe(2);
+    // Three more, together: each finds at least 2 in flight, so each is over the limit.
+    const over = await Promise.all(Array.from({ length: 3 }, () => post(server, PATH, BODY, key)));
+    expect(over.map((r) => r.status)).toEqual([429, 429, 429]);
+    expect(over[0]?.json.error.details).toEqual([{ '@type': 'type.googleapis.com/google.rpc.RetryInfo', retryDelay: '1s' }]);
+    expect(server.maxObservedInFlight()).toBeGreaterThanOrEqual(3);
+    expect(server.maxObservedInFlight()).toBeLessThanOrEqual(5);
+    release();
+    expect((await Promise.all(held)).map((r) => r.status)).toEqual([200, 200]);
+    await Promise.all([1, 2, 3, 4, 5].map((n) => server.settled(n)));
+    expect(server.inFlight()).toBe(0);
+    // Back under the limit: answered again.
+    expect((await post(server, PATH, BODY, key)).status).toBe(200);
+    expect(server.requests.map((r) => r.behavior)).toEqual(['image', 'image', 'status:429', 'status:429', 'status:429', 'image']);
+  });
+
+  it('tracks the in-flight peak exactly: calls held together count together', async () => {
+    let release!: () => void;
+    const released = new Promise<void>((r) => (release = r));
+    const server = await start({ hold: () => released });
+    const key = { 'x-goog-api-key': server.apiKey };
+    const calls = Array.from({ length: 5 }, () => post(server, PATH, BODY, key));
+    await Promise.all([1, 2, 3, 4, 5].map((n) => server.received(n)));
+    expect(server.inFlight()).toBe(5);
+    release();
+    expect((await Promise.all(calls)).map((r) => r.status)).toEqual([200, 200, 200, 200, 200]);
+    await Promise.all([1, 2, 3, 4, 5].map((n) => server.settled(n)));
     expect(server.maxObservedInFlight()).toBe(5);
     expect(server.inFlight()).toBe(0);
   });
@@ -119,14 +156,44 @@ describe('fake Gemini server', () => {
 
 describe('fake Gemini server latency', () => {
   it('latencyMs may be a function of the call', async () => {
-    const server = await start({ latencyMs: ({ n }) => (n === 1 ? 200 : 0) });
-    const t0 = Date.now();
-    await post(server, PATH, BODY, { 'x-goog-api-key': server.apiKey });
-    const first = Date.now() - t0;
-    const t1 = Date.now();
-    await post(server, PATH, BODY, { 'x-goog-api-key': server.apiKey });
-    const second = Date.now() - t1;
-    expect(first).toBeGreaterThanOrEqual(190);
-    expect(second).toBeLessThan(150);
+    // Call 1 waits an hour, call 2 not at all: call 2 is answered while call 1 is still
+    // pending. An order of events, not a measured duration.
+    const seen: number[] = [];
+    const server = await start({
+      latencyMs: (call) => {
+        seen.push(call.n);
+        return call.n === 1 ? 3_600_000 : 0;
+      },
+    });
+    const key = { 'x-goog-api-key': server.apiKey };
+    const abort = new AbortController();
+    const first = post(server, PATH, BODY, key, abort.signal).then(
+      (r) => `answered ${r.status}`,
+      () => 'aborted',
+    );
+    await server.received(1);
+    const second = await post(server, PATH, BODY, key);
+    expect(second.status).toBe(200);
+    expect(server.requests[1]?.outcome).toBe('answered');
+    expect(server.requests[0]?.outcome).toBe('pending');
+    expect(seen).toEqual([1, 2]);
+    abort.abort();
+    expect(await first).toBe('aborted');
+    expect((await server.settled(1)).outcome).toBe('client_closed');
+  });
+
+  it('a held call is answered only once the gate opens', async () => {
+    let release!: () => void;
+    const released = new Promise<void>((r) => (release = r));
+    const server = await start({ hold: ({ n }) => (n === 1 ? released : undefined) });
+    const key = { 'x-goog-api-key': server.apiKey };
+    const first = post(server, PATH, BODY, key);
+    await server.received(1);
+    expect((await post(server, PATH, BODY, key)).status).toBe(200);
+    expect(server.requests[0]?.outcome).toBe('pending');
+    server.setHold(undefined);
+    release();
+    expect((await first).status).toBe(200);
+    expect((await server.settled(1)).outcome).toBe('answered');
   });
 });

@@ -92,11 +92,13 @@ describe('GeminiImageGenerator through @google/genai against the fake server', (
 
   it('is cold: nothing is sent until subscription', async () => {
     const before = server.calls();
-    const call = generator().generate(request());
-    await new Promise((r) => setTimeout(r, 50));
-    expect(server.calls()).toBe(before);
+    const call = generator().generate(request({ prompt: 'the cold call' }));
+    // A whole request/answer round trip made after the cold call was created: had creating it sent
+    // anything, that request would have reached the server first.
+    await firstValueFrom(generator().generate(request({ prompt: 'a marker call' })));
+    expect(server.requests.slice(before).map((r) => r.prompt)).toEqual(['a marker call']);
     await firstValueFrom(call);
-    expect(server.calls()).toBe(before + 1);
+    expect(server.requests.slice(before).map((r) => r.prompt)).toEqual(['a marker call', 'the cold call']);
   });
 
   it('every call serves a different image (stamps differ)', async () => {
@@ -144,12 +146,21 @@ describe('GeminiImageGenerator through @google/genai against the fake server', (
   });
 
   it('HTTP errors carry httpStatus and the SDK does not retry them', async () => {
-    only('status:503');
     const before = server.calls();
-    const error = await failure(generator().generate(request()));
+    // Only the first call fails; any later one is answered with an image, so a retry inside the SDK
+    // would turn this failure into a success (and `failure` would throw).
+    server.setBehavior(({ n }) => (n === before + 1 ? 'status:503' : 'image'));
+    const error = await failure(generator().generate(request({ prompt: 'fails once' })));
     expect(error.httpStatus).toBe(503);
-    await new Promise((r) => setTimeout(r, 100));
+    // The SDK retries before it gives up, so any retry would have reached the server by now.
     expect(server.calls()).toBe(before + 1);
+    expect((await server.settled(before + 1)).outcome).toBe('answered');
+    // And the next request the server sees is the test's own marker, not a late retry.
+    await firstValueFrom(generator().generate(request({ prompt: 'a marker call' })));
+    expect(server.requests.slice(before).map((r) => [r.prompt, r.behavior])).toEqual([
+      ['fails once', 'status:503'],
+      ['a marker call', 'image'],
+    ]);
   });
 
   it('429 -> rate_limited with retryAfterMs from RetryInfo.retryDelay', async () => {
@@ -229,6 +240,25 @@ describe('GeminiImageGenerator with an injected client (virtual time)', () => {
     });
     expect(signals).toHaveLength(1);
     expect(signals[0]?.aborted).toBe(true);
+  });
+
+  it('is cold: the client is called only on subscription, once per subscription', () => {
+    const signals: AbortSignal[] = [];
+    const client: GeminiModelsClient = {
+      generateContent: (params) => {
+        signals.push(params.config.abortSignal);
+        return new Promise(() => {});
+      },
+    };
+    const call = new GeminiImageGenerator({ apiKey: 'k', client }).generate(request());
+    expect(signals).toHaveLength(0);
+    const first = call.subscribe();
+    expect(signals).toHaveLength(1);
+    const second = call.subscribe();
+    expect(signals).toHaveLength(2);
+    first.unsubscribe();
+    second.unsubscribe();
+    expect(signals.map((s) => s.aborted)).toEqual([true, true]);
   });
 
   it('unsubscribing aborts the signal handed to the client', () => {

@@ -1,13 +1,15 @@
+import { existsSync, watch } from 'node:fs';
 import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { firstValueFrom, lastValueFrom } from 'rxjs';
+import { dirname, join } from 'node:path';
+import { firstValueFrom, lastValueFrom, type Subscription } from 'rxjs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PipelineError } from '../../src/domain/error-class.js';
 import { FolderObjectStore } from '../../src/sinks/folder-object-store.js';
 import { isObjectNotFound, ObjectNotFoundError, type ObjectStore } from '../../src/sinks/object-store.js';
 import { S3ObjectStore } from '../../src/sinks/s3-object-store.js';
 import { startS3Server, type TestS3Server } from '../support/s3-server.js';
+import { startS3TapProxy } from '../support/s3-tap-proxy.js';
 
 /** A store under test plus how to clean up after it. */
 interface StoreFixture {
@@ -15,10 +17,34 @@ interface StoreFixture {
   close(): Promise<void>;
 }
 
+/**
+ * A look past the store at its backend, so tests can prove what did (not) happen there with events
+ * instead of sleeps. Folder store: the files on disk (temp files included) and inotify events. S3: a
+ * proxy in front of s3rver that logs every request and can hold one upload in flight.
+ */
+interface StoreProbe {
+  /**
+   * What reached the backend for keys under `dir` (ending in `/`): folder store, the files in that
+   * folder, temp files included (`dir/.tmp-...`); S3, the requests the server got (`PUT dir/key`).
+   */
+  touched(dir: string): Promise<string[]>;
+  /**
+   * Watches the next put of `key` (its folder must exist): `onReached` is called, synchronously, once
+   * the write has begun at the backend (folder: its temp file exists; S3: the request and its first
+   * body bytes reached the proxy, which holds it); `abandoned` resolves once the store gave it up
+   * (folder: the temp file is gone again; S3: the client closed the connection).
+   */
+  watchPut(key: string, onReached: () => void): { readonly reached: Promise<void>; readonly abandoned: Promise<void> };
+  /** What the backend holds under `dir`, read past the store: temp files and partial objects included. */
+  leftovers(dir: string): Promise<string[]>;
+}
+
 interface StoreFactory {
   readonly name: string;
   /** Builds a fresh, empty store (`pageSize` only matters for S3 pagination). */
   make(options?: { pageSize?: number }): Promise<StoreFixture>;
+  /** Builds a fresh, empty store with a {@link StoreProbe} on its backend. */
+  makeProbed(): Promise<StoreFixture & { readonly probe: StoreProbe }>;
   setup(): Promise<void>;
   teardown(): Promise<void>;
 }
@@ -38,6 +64,47 @@ const STORES: readonly StoreFactory[] = [
       const root = await mkdtemp(join(tmpdir(), 'folder-store-'));
       folders.push(root);
       return { store: new FolderObjectStore({ root }), close: async () => {} };
+    },
+    async makeProbed() {
+      const root = await mkdtemp(join(tmpdir(), 'folder-store-'));
+      folders.push(root);
+      const files = async (dir: string) => (await readdir(join(root, dir)).catch(() => [] as string[])).map((name) => `${dir}${name}`).sort();
+      const watchers: ReturnType<typeof watch>[] = [];
+      const probe: StoreProbe = {
+        touched: files,
+        leftovers: files,
+        watchPut(key, onReached) {
+          const folder = join(root, dirname(key));
+          let temp: string | undefined;
+          let reached!: () => void;
+          let abandoned!: () => void;
+          const watched = {
+            reached: new Promise<void>((resolve) => (reached = resolve)),
+            abandoned: new Promise<void>((resolve) => (abandoned = resolve)),
+          };
+          const watcher = watch(folder, (_event, name) => {
+            const file = name?.toString();
+            if (temp === undefined && file?.startsWith('.tmp-') && existsSync(join(folder, file))) {
+              temp = file;
+              onReached();
+              reached();
+            }
+            if (temp !== undefined && file === temp && !existsSync(join(folder, temp))) {
+              watcher.close();
+              abandoned();
+            }
+          });
+          watchers.push(watcher);
+          return watched;
+        },
+      };
+      return {
+        store: new FolderObjectStore({ root }),
+        probe,
+        close: async () => {
+          for (const w of watchers) w.close();
+        },
+      };
     },
   },
   {
@@ -62,8 +129,45 @@ const STORES: readonly StoreFactory[] = [
       });
       return { store, close: async () => store.destroy() };
     },
+    async makeProbed() {
+      if (!s3) throw new Error('s3rver not started');
+      const bucket = `bucket-${bucketCounter++}`;
+      const proxy = await startS3TapProxy({ target: s3.endpoint });
+      const options = { bucket, region: s3.region, forcePathStyle: true, credentials: s3.credentials };
+      const store = new S3ObjectStore({ ...options, endpoint: proxy.endpoint });
+      // Reads the bucket directly, past the proxy.
+      const direct = new S3ObjectStore({ ...options, endpoint: s3.endpoint });
+      const probe: StoreProbe = {
+        touched: async (dir) => proxy.log().filter((line) => line.split(' ')[1]?.startsWith(dir)),
+        leftovers: (dir) => firstValueFrom(direct.list(dir)),
+        watchPut(key, onReached) {
+          const held = proxy.holdPut(key);
+          return { reached: held.reached.then(onReached), abandoned: held.abandoned };
+        },
+      };
+      return {
+        store,
+        probe,
+        close: async () => {
+          store.destroy();
+          direct.destroy();
+          await proxy.close();
+        },
+      };
+    },
   },
 ];
+
+/** `promise`, or a failure saying what did not happen within `ms`. */
+async function within<T>(promise: Promise<T>, what: string, ms = 15_000): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`${what}: did not happen within ${ms} ms`)), ms)));
+  try {
+    return await Promise.race([promise, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
 
 const bytes = (text: string): Uint8Array => new TextEncoder().encode(text);
 
@@ -83,6 +187,15 @@ for (const factory of STORES) {
   describe(`ObjectStore contract: ${factory.name}`, () => {
     beforeAll(() => factory.setup());
     afterAll(() => factory.teardown());
+
+    async function withProbedStore(fn: (store: ObjectStore, probe: StoreProbe) => Promise<void>): Promise<void> {
+      const fixture = await factory.makeProbed();
+      try {
+        await fn(fixture.store, fixture.probe);
+      } finally {
+        await fixture.close();
+      }
+    }
 
     async function withStore(fn: (store: ObjectStore) => Promise<void>, options?: { pageSize?: number }): Promise<void> {
       const fixture = await factory.make(options);
@@ -119,11 +232,16 @@ for (const factory of STORES) {
       }));
 
     it('is cold: nothing is written until subscription', () =>
-      withStore(async (store) => {
+      withProbedStore(async (store, probe) => {
         const put$ = store.put('cold/key.txt', bytes('x'), 'text/plain');
-        await new Promise((r) => setTimeout(r, 50));
-        expect(await firstValueFrom(store.exists('cold/key.txt'))).toBe(false);
+        // A whole put of another key in the same folder, made after put$ was created: had creating put$
+        // started anything, the backend would show it (a request, a temp file or the object) by now.
+        await firstValueFrom(store.put('cold/marker.txt', bytes('m'), 'text/plain'));
+        const touched = await probe.touched('cold/');
+        expect(touched.length, 'the probe sees the marker').toBeGreaterThan(0);
+        expect(touched.filter((entry) => !entry.endsWith('cold/marker.txt'))).toEqual([]);
         await firstValueFrom(put$);
+        expect((await probe.touched('cold/')).filter((entry) => entry.endsWith('cold/key.txt'))).toHaveLength(1);
         expect(await firstValueFrom(store.exists('cold/key.txt'))).toBe(true);
       }));
 
@@ -199,19 +317,30 @@ for (const factory of STORES) {
         await expectPipelineError(firstValueFrom(store.list('/abs')), 'invalid_request');
       }));
 
-    it('unsubscribing before completion emits nothing and leaves the store usable', () =>
-      withStore(async (store) => {
+    it('unsubscribing while the write is in flight emits nothing, leaves no object and no partial or temp file, and the store stays usable', () =>
+      withProbedStore(async (store, probe) => {
+        // A neighbour in the same folder: it must survive, and the folder exists for the probe to watch.
+        await firstValueFrom(store.put('u/seed.bin', bytes('seed'), 'application/octet-stream'));
         const events: string[] = [];
-        const sub = store.put('u/big.bin', new Uint8Array(2_000_000), 'application/octet-stream').subscribe({
+        let subscription: Subscription | undefined;
+        // Unsubscribe the moment the write has begun at the backend (32 MiB: the folder store writes it in
+        // 64 chunks, checking for the abort between them; S3: the proxy holds the upload, never answering).
+        const put = probe.watchPut('u/big.bin', () => subscription?.unsubscribe());
+        subscription = store.put('u/big.bin', new Uint8Array(32 * 1024 * 1024).fill(7), 'application/octet-stream').subscribe({
           next: () => events.push('next'),
-          error: () => events.push('error'),
+          error: (e: unknown) => events.push(`error: ${String(e)}`),
           complete: () => events.push('complete'),
         });
-        sub.unsubscribe();
-        await new Promise((r) => setTimeout(r, 100));
-        expect(events).toEqual([]);
+        await within(put.reached, 'the write of u/big.bin reaching the backend');
+        expect(subscription.closed).toBe(true);
+        await within(put.abandoned, 'the store giving up the write of u/big.bin');
+        // Read past the store: nothing of u/big.bin, neither the object nor a temp file or a partial object.
+        expect(await probe.leftovers('u/')).toEqual(['u/seed.bin']);
+        expect(await firstValueFrom(store.exists('u/big.bin'))).toBe(false);
         await firstValueFrom(store.put('u/after.bin', bytes('ok'), 'application/octet-stream'));
         expect(await firstValueFrom(store.exists('u/after.bin'))).toBe(true);
+        expect(await probe.leftovers('u/')).toEqual(['u/after.bin', 'u/seed.bin']);
+        expect(events).toEqual([]);
       }));
   });
 }

@@ -1,5 +1,5 @@
 import sharp from 'sharp';
-import { firstValueFrom, lastValueFrom, toArray } from 'rxjs';
+import { firstValueFrom, lastValueFrom, toArray, VirtualTimeScheduler } from 'rxjs';
 import { TestScheduler } from 'rxjs/testing';
 import { describe, expect, it } from 'vitest';
 import { ASPECT_RATIOS, aspectRatioParts } from '../../src/domain/aspect-ratio.js';
@@ -150,12 +150,19 @@ describe('OfflineImageGenerator', () => {
     });
 
     it('unsubscribing before the latency elapses produces nothing', async () => {
-      const gen = new OfflineImageGenerator({ latencyMs: 200 });
+      // Virtual time: "before the latency elapses" is frame 100 of 200, whatever the machine's speed.
+      const scheduler = new VirtualTimeScheduler();
+      const gen = new OfflineImageGenerator({ latencyMs: 200, scheduler });
       const seen: unknown[] = [];
       const sub = gen.generate(request()).subscribe({ next: (v) => seen.push(v), error: (e: unknown) => seen.push(e) });
-      await new Promise((r) => setTimeout(r, 20));
+      // A twin request that stays subscribed: once it has its image, the unsubscribed one would have had its own.
+      const twin = firstValueFrom(gen.generate(request()));
+      scheduler.maxFrames = 100;
+      scheduler.flush();
       sub.unsubscribe();
-      await new Promise((r) => setTimeout(r, 300));
+      scheduler.maxFrames = Number.POSITIVE_INFINITY;
+      scheduler.flush();
+      expect((await twin).bytes.byteLength).toBeGreaterThan(0);
       expect(seen).toEqual([]);
     });
 

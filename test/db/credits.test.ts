@@ -14,6 +14,7 @@ import {
   submitJob,
 } from '../../src/db/index.js';
 import { createScratchDatabase, DATABASE_KINDS, forEachDatabase, TEST_DATABASE_URL, type ScratchDatabase } from '../support/databases.js';
+import { raceCalls, raceTitle } from '../support/pg-race.js';
 import { deliveryOf, footprint, inputAttachment, makeSpec, resultFromDatabase, seedJob, uid } from './fixtures.js';
 
 forEachDatabase('credits', (ctx) => {
@@ -154,15 +155,19 @@ forEachDatabase('credits', (ctx) => {
     expect(job?.credits).toEqual({ reserved: 35, captured: 14, released: 21 });
   });
 
-  it('finishing twice concurrently releases once', async () => {
+  it(raceTitle(ctx.kind, 'finishing twice concurrently releases once'), async () => {
     const { userId, jobId } = await seedJob(ctx.database, { quantities: [4], pricePerImage: 5, credits: 20 });
     await deliverSlot(ctx.database, deliveryOf(jobId, 0, 1));
     const result = await resultFromDatabase(ctx.database, jobId);
-    const outcomes = await Promise.all([finishJob(ctx.database, jobId, result), finishJob(ctx.database, jobId, result)]);
+    // PostgreSQL: both transactions are open and wait on the job row; the second finds the job final.
+    const settled = await raceCalls(ctx, { table: 'jobs', where: { id: jobId } }, [[() => finishJob(ctx.database, jobId, result), () => finishJob(ctx.database, jobId, result)]]);
+    const outcomes = settled.map((r) => (r.status === 'fulfilled' ? r.value : r.reason));
     expect(outcomes).toEqual([
       { reserved: 20, captured: 5, released: 15 },
       { reserved: 20, captured: 5, released: 15 },
     ]);
+    const releases = await ctx.database.db.selectFrom('credit_ledger').select('amount').where('job_id', '=', jobId).where('kind', '=', 'release').execute();
+    expect(releases).toEqual([{ amount: 15 }]);
     expect(await getBalance(ctx.database, userId)).toEqual({ balance: 15, reserved: 0 });
     expect(await replayLedger(ctx.database, userId)).toEqual({ balance: 15, reserved: 0 });
   });
@@ -193,13 +198,16 @@ forEachDatabase('credits', (ctx) => {
     expect((await footprint(ctx.database, userId)).account).toBeNull();
   });
 
-  it('parallel submits of one user never spend more than the balance', async () => {
+  it(raceTitle(ctx.kind, 'parallel submits of one user never spend more than the balance'), async () => {
     const userId = uid('user');
     await grantCredits(ctx.database, userId, 100);
     const inputId = await inputAttachment(ctx.database, userId);
-    // 12 jobs of 30 credits each: exactly 3 fit into 100.
-    const outcomes = await Promise.allSettled(
-      Array.from({ length: 12 }, () => submitJob(ctx.database, { spec: makeSpec(userId, [3], inputId), pricePerImage: 10 })),
+    // 8 jobs of 30 credits each: exactly 3 fit into 100. PostgreSQL: all 8 transactions wait on the
+    // user's account row (held by the test), so each reads the balance the ones before it left.
+    const outcomes = await raceCalls(
+      ctx,
+      { table: 'credit_accounts', where: { user_id: userId } },
+      [Array.from({ length: 8 }, () => () => submitJob(ctx.database, { spec: makeSpec(userId, [3], inputId), pricePerImage: 10 }))],
     );
     const accepted = outcomes.filter((o) => o.status === 'fulfilled');
     const refused = outcomes.filter((o) => o.status === 'rejected');

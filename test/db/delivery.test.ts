@@ -12,6 +12,7 @@ import {
 } from '../../src/db/index.js';
 import type { Database } from '../../src/db/index.js';
 import { forEachDatabase } from '../support/databases.js';
+import { raceCalls, raceTitle } from '../support/pg-race.js';
 import { deliveryOf, resultFromDatabase, seedJob } from './fixtures.js';
 
 /** Everything one delivery writes, for one job. */
@@ -72,12 +73,19 @@ forEachDatabase('delivery', (ctx) => {
     expect(await listDeliveredStorageKeys(ctx.database, jobId)).toEqual(new Set([`jobs/${jobId}/0/1/1.webp`]));
   });
 
-  it('racing deliveries of one slot fill it once and capture once', async () => {
+  it(raceTitle(ctx.kind, 'racing deliveries of one slot fill it once and capture once'), async () => {
     const { userId, jobId } = await seedJob(ctx.database, { quantities: [1], pricePerImage: 6, credits: 6 });
-    const results = await Promise.all(Array.from({ length: 6 }, (_, i) => deliverSlot(ctx.database, deliveryOf(jobId, 0, 0, i + 1))));
-    const fresh = results.filter((r) => !r.duplicate);
+    const deliveries = Array.from({ length: 6 }, (_, i) => () => deliverSlot(ctx.database, deliveryOf(jobId, 0, 0, i + 1)));
+    const settled = await raceCalls(ctx, { table: 'jobs', where: { id: jobId } }, [deliveries]);
+    const values = settled.map((r) => {
+      if (r.status === 'rejected') throw r.reason;
+      return r.value;
+    });
+    const fresh = values.filter((r) => !r.duplicate);
     expect(fresh).toHaveLength(1);
-    expect(new Set(results.map((r) => r.attachId))).toEqual(new Set([fresh[0]?.attachId]));
+    // The five others took the branch that finds the slot already filled, and answer its attach id.
+    expect(values.filter((r) => r.duplicate)).toHaveLength(5);
+    expect(new Set(values.map((r) => r.attachId))).toEqual(new Set([fresh[0]?.attachId]));
     const after = await jobFootprint(ctx.database, jobId);
     expect(after.attachments).toHaveLength(1);
     expect(after.captures).toHaveLength(1);
@@ -86,20 +94,50 @@ forEachDatabase('delivery', (ctx) => {
     expect(await replayLedger(ctx.database, userId)).toEqual({ balance: 0, reserved: 0 });
   });
 
-  it('parallel deliveries racing a finish never capture after the release', async () => {
-    const { userId, jobId } = await seedJob(ctx.database, { quantities: [12], pricePerImage: 3, credits: 36 });
+  it(raceTitle(ctx.kind, 'parallel deliveries racing a finish never capture after the release'), async () => {
+    const { userId, jobId } = await seedJob(ctx.database, { quantities: [7], pricePerImage: 3, credits: 21 });
     const early = await resultFromDatabase(ctx.database, jobId);
-    const deliveries = Array.from({ length: 12 }, (_, slot) => deliverSlot(ctx.database, deliveryOf(jobId, 0, slot)).then(() => 'delivered', (e: unknown) => e));
-    const finished = finishJob(ctx.database, jobId, early);
-    const outcomes = await Promise.all(deliveries);
-    const credits = await finished;
-    const delivered = outcomes.filter((o) => o === 'delivered').length;
-    for (const o of outcomes) if (o !== 'delivered') expect(o).toBeInstanceOf(JobStateError);
+    const deliver = (slot: number) => () => deliverSlot(ctx.database, deliveryOf(jobId, 0, slot)).then(() => 'delivered' as const);
+    const finish = () => finishJob(ctx.database, jobId, early).then(() => 'finished' as const);
+    // PostgreSQL: slot 0 is first in the job row's lock queue, then the finish, then slots 1-6 (which of
+    // those get the row before the finish is up to the server).
+    const settled = await raceCalls<'delivered' | 'finished'>(ctx, { table: 'jobs', where: { id: jobId } }, [[deliver(0)], [finish], [1, 2, 3, 4, 5, 6].map(deliver)]);
+    const outcomes = settled.map((r) => (r.status === 'fulfilled' ? r.value : r.reason));
+    expect(outcomes[0]).toBe('delivered');
+    expect(outcomes[1]).toBe('finished');
+    const deliveries = [outcomes[0], ...outcomes.slice(2)];
+    for (const o of deliveries) if (o !== 'delivered') expect(o).toBeInstanceOf(JobStateError);
+    const delivered = deliveries.filter((o) => o === 'delivered').length;
+    if (ctx.kind === 'pglite') expect(delivered).toBe(1); // one after another: the finish came second
     const job = await loadJob(ctx.database, jobId);
     expect(job?.delivered).toBe(delivered);
-    expect(credits).toEqual({ reserved: 36, captured: 3 * delivered, released: 36 - 3 * delivered });
-    expect(await getBalance(ctx.database, userId)).toEqual({ balance: 36 - 3 * delivered, reserved: 0 });
-    expect(await replayLedger(ctx.database, userId)).toEqual({ balance: 36 - 3 * delivered, reserved: 0 });
+    expect(job?.status).toBe('failed'); // what the early result (nothing delivered yet) said
+    expect(job?.credits).toEqual({ reserved: 21, captured: 3 * delivered, released: 21 - 3 * delivered });
+    expect(await getBalance(ctx.database, userId)).toEqual({ balance: 21 - 3 * delivered, reserved: 0 });
+    expect(await replayLedger(ctx.database, userId)).toEqual({ balance: 21 - 3 * delivered, reserved: 0 });
+  });
+
+  it(raceTitle(ctx.kind, 'deliveries queued behind a finish are refused once they get the job row, and capture nothing'), async () => {
+    const { userId, jobId } = await seedJob(ctx.database, { quantities: [4], pricePerImage: 5, credits: 20 });
+    const early = await resultFromDatabase(ctx.database, jobId);
+    const deliver = (slot: number) => () => deliverSlot(ctx.database, deliveryOf(jobId, 0, slot)).then(() => 'delivered' as const);
+    const finish = () => finishJob(ctx.database, jobId, early).then(() => 'finished' as const);
+    // PostgreSQL: the finish is first in the lock queue; every delivery opened its transaction before the
+    // finish committed, waited for it, and then found the job final.
+    const settled = await raceCalls<'delivered' | 'finished'>(ctx, { table: 'jobs', where: { id: jobId } }, [[finish], [0, 1, 2, 3].map(deliver)]);
+    const outcomes = settled.map((r) => (r.status === 'fulfilled' ? r.value : r.reason));
+    expect(outcomes[0]).toBe('finished');
+    for (const o of outcomes.slice(1)) {
+      expect(o).toBeInstanceOf(JobStateError);
+      expect((o as Error).message).toMatch(/is failed; its reservation is released, no more deliveries/);
+    }
+    const after = await jobFootprint(ctx.database, jobId);
+    expect(after.attachments).toEqual([]);
+    expect(after.captures).toEqual([]);
+    expect(after.slots.filter((s) => s.attach_id !== null)).toEqual([]);
+    expect((await loadJob(ctx.database, jobId))?.credits).toEqual({ reserved: 20, captured: 0, released: 20 });
+    expect(await getBalance(ctx.database, userId)).toEqual({ balance: 20, reserved: 0 });
+    expect(await replayLedger(ctx.database, userId)).toEqual({ balance: 20, reserved: 0 });
   });
 
   it('is all or nothing: a failure in its last step leaves no attach record, slot, capture or count', async () => {

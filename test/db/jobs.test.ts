@@ -1,3 +1,8 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { lastValueFrom, switchMap, tap, throwError, timer, toArray } from 'rxjs';
+import sharp from 'sharp';
 import { expect, it } from 'vitest';
 import {
   createAttachment,
@@ -16,7 +21,15 @@ import {
   startAttempt,
   submitJob,
 } from '../../src/db/index.js';
+import { readJobResult } from '../../src/db/ops/read-job-result.js';
+import { PipelineError } from '../../src/domain/error-class.js';
+import type { ImageGenerator } from '../../src/domain/ports.js';
+import { OfflineImageGenerator } from '../../src/generators/offline-image-generator.js';
+import { FolderObjectStore } from '../../src/sinks/folder-object-store.js';
+import { runStoredJob } from '../../src/streams/run-job.js';
+import { importInputImage } from '../../src/streams/submit-job.js';
 import { forEachDatabase } from '../support/databases.js';
+import { raceCalls, raceTitle } from '../support/pg-race.js';
 import { deliveryOf, footprint, inputAttachment, makeSpec, resultFromDatabase, seedJob, uid } from './fixtures.js';
 
 forEachDatabase('jobs', (ctx) => {
@@ -32,13 +45,23 @@ forEachDatabase('jobs', (ctx) => {
     expect(await replayLedger(ctx.database, userId)).toEqual({ balance: 70, reserved: 30 });
   });
 
-  it('parallel submits of one job id create it once', async () => {
+  it(raceTitle(ctx.kind, 'parallel submits of one job id create it once'), async () => {
     const userId = uid('user');
     await grantCredits(ctx.database, userId, 100);
     const spec = makeSpec(userId, [1], await inputAttachment(ctx.database, userId));
-    const results = await Promise.all(Array.from({ length: 5 }, () => submitJob(ctx.database, { spec, pricePerImage: 10 })));
+    // PostgreSQL: all five transactions are open and wait on the user's account row; the first creates the
+    // job, the other four find it once they get the row.
+    const settled = await raceCalls(ctx, { table: 'credit_accounts', where: { user_id: userId } }, [
+      Array.from({ length: 5 }, () => () => submitJob(ctx.database, { spec, pricePerImage: 10 })),
+    ]);
+    const results = settled.map((r) => {
+      if (r.status === 'rejected') throw r.reason;
+      return r.value;
+    });
     expect(results.filter((r) => r.created)).toHaveLength(1);
+    expect(results.filter((r) => !r.created)).toEqual(Array.from({ length: 4 }, () => ({ jobId: spec.jobId, created: false, status: 'queued' })));
     expect(await getBalance(ctx.database, userId)).toEqual({ balance: 90, reserved: 10 });
+    expect(await replayLedger(ctx.database, userId)).toEqual({ balance: 90, reserved: 10 });
   });
 
   it("another user's submit of a taken job id is refused and writes nothing", async () => {
@@ -168,25 +191,83 @@ forEachDatabase('jobs', (ctx) => {
     await expect(markJobRunning(ctx.database, 'no-such-job')).rejects.toThrow(/does not exist/);
   });
 
-  it('finishJob stores the merged ids in stage order and each stage shortfall', async () => {
-    const { jobId } = await seedJob(ctx.database, { quantities: [2, 1] });
-    const b = await deliverSlot(ctx.database, deliveryOf(jobId, 1, 0));
-    const a = await deliverSlot(ctx.database, deliveryOf(jobId, 0, 1));
-    const result = await resultFromDatabase(ctx.database, jobId);
-    expect(result.attachIds).toEqual([a.attachId, b.attachId]);
-    await finishJob(ctx.database, jobId, result, { error: 'stage 0 short by 1' });
-    const job = await ctx.database.db.selectFrom('jobs').select(['status', 'result_attach_ids', 'error']).where('id', '=', jobId).executeTakeFirstOrThrow();
-    expect(job).toEqual({ status: 'partial', result_attach_ids: [a.attachId, b.attachId], error: 'stage 0 short by 1' });
-    const stages = await ctx.database.db
-      .selectFrom('stages')
-      .select(['status', 'delivered', 'shortfall_count', 'shortfall_reason', 'shortfall_error_class'])
-      .where('job_id', '=', jobId)
-      .orderBy('stage_index')
-      .execute();
-    expect(stages).toEqual([
-      { status: 'short', delivered: 1, shortfall_count: 1, shortfall_reason: 'budget_exhausted', shortfall_error_class: 'overloaded' },
-      { status: 'completed', delivered: 1, shortfall_count: null, shortfall_reason: null, shortfall_error_class: null },
-    ]);
+  it('a run stores the merged ids in stage then slot order and each stage shortfall, as the engine computed them', async () => {
+    // A real run (runStoredJob: engine -> storage -> delivery transactions -> finishJob) with a scripted
+    // provider: stage 0 slot 0 is always overloaded (its 2 attempts are its whole budget), stage 0 slot 1
+    // answers late, so stage 1 delivers first; the stored order must still be stage 0, then stage 1.
+    const root = await mkdtemp(join(tmpdir(), 'imagegen-jobs-run-'));
+    try {
+      const store = new FolderObjectStore({ root });
+      const userId = uid('user');
+      await grantCredits(ctx.database, userId, 100);
+      const png = new Uint8Array(await sharp({ create: { width: 32, height: 18, channels: 3, background: '#406080' } }).png().toBuffer());
+      const inputId = await importInputImage({ database: ctx.database, store }, userId, { bytes: png, mimeType: 'image/png', width: 32, height: 18 });
+      const spec = makeSpec(userId, [2, 1], inputId);
+      const jobId = spec.jobId ?? '';
+      await submitJob(ctx.database, { spec, pricePerImage: 10 });
+      const offline = new OfflineImageGenerator({ seed: 3 });
+      const order: string[] = [];
+      const generator: ImageGenerator = {
+        generate: (request) => {
+          const at = `${request.stageIndex}/${request.slotIndex}`;
+          if (at === '0/0') return throwError(() => new PipelineError('overloaded', 'model overloaded (scripted)', { httpStatus: 503 }));
+          return timer(at === '0/1' ? 150 : 0).pipe(
+            switchMap(() => offline.generate(request)),
+            tap(() => order.push(at)),
+          );
+        },
+      };
+      const events = await lastValueFrom(
+        runStoredJob({ database: ctx.database, store, generator }, jobId, { backoff: { baseMs: 5, maxMs: 20 }, progressIntervalMs: 20, cancelPollMs: 50, maxAttemptsPerSlot: 2 }).pipe(toArray()),
+      );
+      expect(order).toEqual(['1/0', '0/1']);
+      const finished = events.at(-1);
+      expect(finished?.type).toBe('job:finished');
+
+      // The rows: merged ids from the slots in stage then slot order, the shortfall of stage 0 from the engine.
+      const filled = await ctx.database.db
+        .selectFrom('slots').select(['stage_index', 'slot_index', 'attach_id'])
+        .where('job_id', '=', jobId).where('attach_id', 'is not', null)
+        .orderBy('stage_index').orderBy('slot_index').execute();
+      expect(filled.map((s) => [s.stage_index, s.slot_index])).toEqual([[0, 1], [1, 0]]);
+      const job = await ctx.database.db.selectFrom('jobs').select(['status', 'result_attach_ids']).where('id', '=', jobId).executeTakeFirstOrThrow();
+      expect(job).toEqual({ status: 'partial', result_attach_ids: filled.map((s) => s.attach_id) });
+      const stages = await ctx.database.db
+        .selectFrom('stages')
+        .select(['status', 'delivered', 'shortfall_count', 'shortfall_reason', 'shortfall_error_class'])
+        .where('job_id', '=', jobId)
+        .orderBy('stage_index')
+        .execute();
+      expect(stages).toEqual([
+        { status: 'short', delivered: 1, shortfall_count: 1, shortfall_reason: 'budget_exhausted', shortfall_error_class: 'overloaded' },
+        { status: 'completed', delivered: 1, shortfall_count: null, shortfall_reason: null, shortfall_error_class: null },
+      ]);
+      const attempts = await ctx.database.db.selectFrom('attempts').select(['attempt', 'outcome', 'error_class'])
+        .where('job_id', '=', jobId).where('stage_index', '=', 0).where('slot_index', '=', 0).orderBy('attempt').execute();
+      expect(attempts).toEqual([
+        { attempt: 1, outcome: 'failed', error_class: 'overloaded' },
+        { attempt: 2, outcome: 'failed', error_class: 'overloaded' },
+      ]);
+      // What the database answers afterwards (status, summary) is the same result.
+      const stored = await readJobResult(ctx.database, jobId);
+      expect(stored?.result).toMatchObject({
+        status: 'partial',
+        attachIds: filled.map((s) => s.attach_id),
+        stages: [
+          { index: 0, quantity: 2, delivered: 1, shortfall: { count: 1, reason: 'budget_exhausted', errorClass: 'overloaded' } },
+          { index: 1, quantity: 1, delivered: 1, shortfall: null },
+        ],
+      });
+      expect(stored?.credits).toEqual({ reserved: 30, captured: 20, released: 10 });
+    } finally {
+      await rm(root, { recursive: true, force: true });
+    }
+  });
+
+  it('finishJob stores the error it is given', async () => {
+    const { jobId } = await seedJob(ctx.database, { quantities: [1] });
+    await finishJob(ctx.database, jobId, await resultFromDatabase(ctx.database, jobId), { error: 'stage 0 short by 1' });
+    expect(await ctx.database.db.selectFrom('jobs').select(['status', 'error']).where('id', '=', jobId).executeTakeFirstOrThrow()).toEqual({ status: 'failed', error: 'stage 0 short by 1' });
   });
 
   it('createAttachment keeps every field', async () => {

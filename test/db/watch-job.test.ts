@@ -142,25 +142,61 @@ forEachDatabase('watchJob', (ctx) => {
   it('stops listening on unsubscribe', async () => {
     const { jobId } = await seedJob(ctx.database, { quantities: [1] });
     await withWatcher(async (watcher) => {
-      const listening = async () => {
-        if (ctx.kind !== 'postgres') return -1;
+      // Count the watch's listeners through the Database port (both kinds: on PGlite this is the
+      // instance's listen/unlisten callback) and learn when its unlisten has finished.
+      let active = 0;
+      let unlistened!: () => void;
+      const unlistenDone = new Promise<void>((resolve) => (unlistened = resolve));
+      const counted: Database = {
+        ...watcher,
+        async listen(channel, onPayload) {
+          const stop = await watcher.listen(channel, onPayload);
+          active += 1;
+          return async () => {
+            await stop();
+            active -= 1;
+            unlistened();
+          };
+        },
+      };
+      const pgListeners = async () => {
         const { rows } = await sql<{ n: number }>`
           select count(*)::int as n from pg_stat_activity
           where datname = current_database() and query ilike 'listen %'`.execute(ctx.database.db);
         return rows[0]?.n ?? 0;
       };
-      const watch = record(watcher, jobId);
+      const watch = record(counted, jobId);
       await until(() => watch.events.length > 0);
-      if (ctx.kind === 'postgres') expect(await listening()).toBe(1);
+      expect(active).toBe(1);
+      if (ctx.kind === 'postgres') expect(await pgListeners()).toBe(1);
       watch.unsubscribe();
-      // After unsubscribe nothing more arrives, even when the job finishes.
-      await finishJob(ctx.database, jobId, await resultFromDatabase(ctx.database, jobId));
-      await new Promise((r) => setTimeout(r, 50));
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([
+        unlistenDone,
+        new Promise((_, reject) => (timer = setTimeout(() => reject(new Error('the watch did not unlisten within 5 s of the unsubscribe')), 5000))),
+      ]).finally(() => clearTimeout(timer));
+      expect(active).toBe(0);
+
+      // A listener of the test's own, on the same database the watch listened on.
+      const heard: string[] = [];
+      const stopOwn = await watcher.listen(PROGRESS_CHANNEL, (payload) => heard.push(payload));
+      try {
+        // The job finishes (its job:finished is published), then a marker the test waits for: once the
+        // marker is heard, the job:finished before it was delivered to every listener there was.
+        await finishJob(ctx.database, jobId, await resultFromDatabase(ctx.database, jobId));
+        const marker = `marker-after-unsubscribe-${jobId}`;
+        await ctx.database.notify(PROGRESS_CHANNEL, marker);
+        await until(() => heard.includes(marker));
+        const finishedForThisJob = heard.filter((p) => p !== marker).map((p) => JSON.parse(p) as { type: string; jobId: string });
+        expect(finishedForThisJob.filter((e) => e.jobId === jobId).map((e) => e.type)).toEqual(['job:finished']);
+      } finally {
+        await stopOwn();
+      }
       expect(watch.events.map((e) => e.type)).toEqual(['snapshot']);
       if (ctx.kind === 'postgres') {
         const deadline = Date.now() + 5000;
-        while ((await listening()) !== 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
-        expect(await listening()).toBe(0);
+        while ((await pgListeners()) !== 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+        expect(await pgListeners()).toBe(0);
       }
     });
   });

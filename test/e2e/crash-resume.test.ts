@@ -27,6 +27,16 @@ import {
   type Workspace,
 } from './support/cli.js';
 
+/**
+ * Deliveries the run reported as committed: its progress lines on stderr
+ * (`stage 1: 3/8 delivered, ...`, written on `slot:delivered`, after the commit), summed
+ * over stages from each stage's latest line. A lower bound of the committed rows.
+ */
+function committedPerProgress(stderr: string): number {
+  const latest = new Map<string, number>();
+  for (const m of stderr.matchAll(/^stage (\d+): (\d+)\/\d+ delivered/gm)) latest.set(m[1] as string, Math.max(latest.get(m[1] as string) ?? 0, Number(m[2])));
+  return [...latest.values()].reduce((a, b) => a + b, 0);
+}
 
 describe('imagegen run: SIGKILL mid-run, then run again', () => {
   const JOB_ID = 'e2e-crash';
@@ -58,12 +68,11 @@ describe('imagegen run: SIGKILL mid-run, then run again', () => {
     const jobFile = await ws.writeJob('job.json', jobSpec(JOB_ID, USER, [['one', 8], ['two', 8], ['three', 8]]));
     const storage = join(ws.dataDir, 'storage');
     const first = startCli(['run', jobFile, '--json'], { env });
-    // Wait until the fast calls' images are stored and later calls hang (the run is stuck mid-job).
-    const storedImages = async () => (await generatedFiles(storage, JOB_ID)).filter((f) => /^\d+\/\d+-\d+\.webp$/.test(f)).length;
-    await waitFor('stored images of the first run, then calls hanging', async () => (server.calls() > FAST_CALLS && (await storedImages()) >= 6) || first.child.exitCode !== null, 60_000);
-    // Let the deliveries of those images commit.
-    await new Promise((r) => setTimeout(r, 500));
+    // Wait until the run reported committed deliveries (its progress lines) and later calls
+    // hang (the run is stuck mid-job): the rows are there, not just files stored before the commit.
+    await waitFor('committed deliveries of the first run, then calls hanging', () => (server.calls() > FAST_CALLS && committedPerProgress(first.stderr()) >= 1) || first.child.exitCode !== null, 60_000);
     expect(first.child.exitCode, `the first run ended before it could be killed:\n${first.stderr()}`).toBeNull();
+    const committedBeforeKill = committedPerProgress(first.stderr());
 
     // While it runs, a second process on the same data dir is refused with a clear error.
     const second = await runCli(['status', JOB_ID, '--json'], { env });
@@ -92,7 +101,8 @@ describe('imagegen run: SIGKILL mid-run, then run again', () => {
     const already = /(\d+)\/24 images already delivered/.exec(resumed.stderr);
     expect(already, resumed.stderr).not.toBeNull();
     const deliveredBefore = Number(already?.[1]);
-    expect(deliveredBefore).toBeGreaterThan(0);
+    expect(deliveredBefore).toBeGreaterThanOrEqual(committedBeforeKill);
+    expect(deliveredBefore).toBeLessThanOrEqual(FAST_CALLS);
     expect(server.calls() - callsBeforeResume).toBe(TOTAL - deliveredBefore);
 
     const summary = parseSingleJson<Summary>(resumed.stdout);

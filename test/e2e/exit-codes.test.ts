@@ -83,39 +83,54 @@ describe('imagegen run exit codes', () => {
     expect(run.stderr).toMatch(/stage 1: 0\/2 .*short/);
   });
 
-  it('exit 2: bad JSON, a bad spec (stderr names the field), a missing input image file and an unknown input attachment write nothing and call no provider', { timeout: 120_000 }, async () => {
+  it('exit 2: bad JSON, a bad spec, a missing input image file and an unknown input attachment each name their field and rule, write nothing and call no provider', { timeout: 120_000 }, async () => {
     const { ws, server, env } = await setup();
     const user = 'user-invalid';
     expect((await runCli(['credits', 'grant', user, '100'], { env })).code).toBe(0);
 
-    const cases: { name: string; content: unknown; stderr: RegExp }[] = [
-      { name: 'bad-json.json', content: '{"jobId": "e2e-bad-json", "userId": ', stderr: /not valid JSON/ },
+    // Each refusal names exactly one field and the rule it broke: `--json` prints the error object on stdout,
+    // stderr says `imagegen: ... <field>: <rule>`. (The JSON parser's own wording is V8's, so only its prefix is fixed.)
+    const cases: { name: string; content: unknown; field: string; rule: string | RegExp }[] = [
+      { name: 'bad-json.json', content: '{"jobId": "e2e-bad-json", "userId": ', field: '(file)', rule: /^is not valid JSON: \S.*$/ },
       {
         name: 'bad-spec.json',
         content: { jobId: 'e2e-bad-spec', userId: user, stages: [{ prompt: 'ok', quantity: 2, inputImage: 'input.png' }, { prompt: 'x', quantity: -3, inputImage: 'input.png' }] },
-        stderr: /stages\[1\]\.quantity/,
+        field: 'stages[1].quantity',
+        rule: 'must be a positive integer, got number -3',
       },
       {
         name: 'missing-image.json',
         content: { jobId: 'e2e-missing-image', userId: user, stages: [{ prompt: 'ok', quantity: 2, inputImage: 'no-such-file.png' }] },
-        stderr: /stages\[0\]\.inputImage.*not found/,
+        field: 'stages[0].inputImage',
+        rule: 'no-such-file.png: file not found',
       },
       {
         name: 'unknown-attach.json',
         content: { jobId: 'e2e-unknown-attach', userId: user, stages: [{ prompt: 'ok', quantity: 2, mergedImageAttachId: 'no-such-attachment' }] },
-        stderr: /stages\[0\]\.mergedImageAttachId|no-such-attachment/,
+        field: 'stages[0].mergedImageAttachId',
+        rule: 'attachment no-such-attachment does not exist',
       },
     ];
     for (const c of cases) {
       const file = await ws.writeJob(c.name, c.content);
       const run = await runCli(['run', file, '--json'], { env });
       expect(run.code, `${c.name}: ${run.stderr}`).toBe(2);
-      expect(run.stderr, c.name).toMatch(c.stderr);
-      expect(run.stdout, `${c.name}: no summary on stdout`).toBe('');
+      const { error } = parseSingleJson<{ error: { code: string; message: string; problems: { field: string; rule: string; message: string }[] } }>(run.stdout);
+      expect(error.code, c.name).toBe('invalid_input');
+      expect(error.problems, c.name).toHaveLength(1);
+      const [problem] = error.problems;
+      expect(problem?.field, c.name).toBe(c.field);
+      if (typeof c.rule === 'string') expect(problem?.rule, c.name).toBe(c.rule);
+      else expect(problem?.rule, c.name).toMatch(c.rule);
+      expect(problem?.message, c.name).toBe(`${c.field}: ${problem?.rule}`);
+      // stderr: one `imagegen:` message naming the same field and rule.
+      expect(run.stderr, c.name).toMatch(/^imagegen: /);
+      expect(run.stderr, c.name).toContain(`${c.field}: ${problem?.rule}`);
     }
     // A missing job file is invalid input too.
     const missing = await runCli(['run', join(ws.root, 'nope.json')], { env });
     expect(missing.code, missing.stderr).toBe(2);
+    expect(missing.stderr).toContain(`(file): cannot read ${join(ws.root, 'nope.json')}: ENOENT`);
 
     expect(server.calls()).toBe(0);
     // No object written: not even an imported input image.
@@ -124,7 +139,11 @@ describe('imagegen run exit codes', () => {
     // `status` of a refused job: not found (exit 2).
     const status = await runCli(['status', 'e2e-bad-spec', '--json'], { env });
     expect(status.code).toBe(2);
-    expect(status.stderr).toMatch(/e2e-bad-spec/);
+    expect(parseSingleJson<{ error: { code: string; problems: { field: string; rule: string }[] } }>(status.stdout).error).toMatchObject({
+      code: 'invalid_input',
+      problems: [{ field: '<jobId>', rule: 'job e2e-bad-spec does not exist' }],
+    });
+    expect(status.stderr).toContain('job e2e-bad-spec does not exist');
     // Nothing in the database but the grant: no job, no attachment, no reservation, no attempt.
     const view = await readDb(pgliteOf(ws.dataDir), 'e2e-bad-spec', user);
     expect(view.totals).toEqual({ jobs: 0, attachments: 0, nonGrantLedger: 0, attempts: 0 });
@@ -138,7 +157,11 @@ describe('imagegen run exit codes', () => {
     const job = await ws.writeJob('job.json', jobSpec('e2e-poor', user, [['a', 3], ['b', 2]]));
     const run = await runCli(['run', job, '--json'], { env });
     expect(run.code, run.stderr).toBe(3);
-    expect(run.stderr).toMatch(/not enough credits/);
+    expect(parseSingleJson<{ error: { code: string; problems: { field: string; rule: string }[] } }>(run.stdout).error).toMatchObject({
+      code: 'insufficient_credits',
+      problems: [{ field: 'credits', rule: `user ${user} needs 5 credits, has 4` }],
+    });
+    expect(run.stderr).toContain(`imagegen: not enough credits: user ${user} needs 5 credits for this job but has 4 available`);
     expect(server.calls()).toBe(0);
     expect(await generatedFiles(join(ws.dataDir, 'storage'), 'e2e-poor')).toEqual([]);
     expect(existsSync(join(ws.dataDir, 'storage', 'inputs')), 'the input image is not imported for a refused job').toBe(false);

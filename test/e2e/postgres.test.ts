@@ -58,8 +58,7 @@ describe.skipIf(!TEST_DATABASE_URL)('imagegen on PostgreSQL (DATABASE_URL set; s
     databaseUrl = scratch.config.databaseUrl as string;
     ws = await createWorkspace();
     server = await startFakeGeminiServer({
-      // Slow enough that the first worker cannot finish its two jobs before the second starts polling.
-      latencyMs: 450,
+      latencyMs: 100,
       behavior: randomMixBehavior({ seed: 5, failureRate: 0.15, classes: ['status:503', 'text_only'] }),
     });
     stalling = await startFakeGeminiServer({ latencyMs: ({ n }) => (n <= 4 ? 100 : 120_000) });
@@ -99,10 +98,28 @@ describe.skipIf(!TEST_DATABASE_URL)('imagegen on PostgreSQL (DATABASE_URL set; s
     expect(parseSingleJson((await runCli(['credits', 'balance', USER, '--json'], { env })).stdout)).toEqual({ userId: USER, balance: 100 - 3 * PER_JOB, reserved: 3 * PER_JOB });
     expect(server.calls()).toBe(0);
 
-    // Each worker runs at most two jobs at once (its default), so three jobs need both.
+    // Each worker runs at most two jobs at once (its default), so three jobs need both, provided
+    // neither finishes a job before the other took one: the provider holds every call until
+    // both workers logged "job taken" (an event, not a head start measured in ms).
+    let bothTook!: () => void;
+    const gate = new Promise<void>((r) => (bothTook = r));
+    server.setHold(() => gate);
     const workers: CliProcess[] = [startCli(['worker', '--concurrency', '3'], { env }), startCli(['worker', '--concurrency', '3'], { env })];
     const summaries = new Map<string, Summary>();
     try {
+      try {
+        await waitFor(
+          'both workers to take a job',
+          () => {
+            for (const w of workers) if (w.child.exitCode !== null) throw new Error(`a worker exited early (${w.child.exitCode}):\n${w.stderr()}`);
+            return workers.every((w) => jobsTaken(w.stderr()).size > 0);
+          },
+          60_000,
+        );
+      } finally {
+        server.setHold(undefined);
+        bothTook();
+      }
       await waitFor(
         'every submitted job to complete',
         async () => {
@@ -168,7 +185,14 @@ describe.skipIf(!TEST_DATABASE_URL)('imagegen on PostgreSQL (DATABASE_URL set; s
     expect((await runCli(['credits', 'grant', USER, '50'], { env })).code).toBe(0);
     const file = await ws.writeJob('cancel.json', jobSpec(JOB_ID, USER, [['slow', 20], ['slower', 20]]));
     const run = startCli(['run', file, '--json', '--concurrency', '2'], { env: { ...env, GEMINI_BASE_URL: stalling.url, IMAGEGEN_STAGE_CONCURRENCY: '1' } });
-    await waitFor('4 stored images, then hanging calls', async () => (stalling.calls() > 4 && (await generatedFiles(join(ws.dataDir, 'storage'), JOB_ID)).length >= 4) || run.child.exitCode !== null, 60_000);
+    // The 4 answered calls' deliveries committed (their rows, not their files, which are
+    // stored before the commit), and the next calls hang: nothing more can be delivered.
+    await waitFor(
+      '4 committed deliveries, then hanging calls',
+      async () => (stalling.calls() > 4 && (await readDb({ databaseUrl }, JOB_ID, USER)).attachments.length >= 4) || run.child.exitCode !== null,
+      60_000,
+      200,
+    );
     expect(run.child.exitCode, run.stderr()).toBeNull();
 
     const watch = startCli(['watch', JOB_ID, '--json'], { env });
@@ -182,6 +206,7 @@ describe.skipIf(!TEST_DATABASE_URL)('imagegen on PostgreSQL (DATABASE_URL set; s
     expect(summary.status).toBe('cancelled');
     // The 4 answered calls were delivered; the hanging ones were aborted, never charged.
     expect(summary.deliveredImages).toBe(4);
+    expect((await readDb({ databaseUrl }, JOB_ID, USER)).attachments.map((a) => a.id)).toEqual(summary.attachIds);
     expect(summary.credits).toEqual({ reserved: 40, captured: summary.deliveredImages, released: 40 - summary.deliveredImages });
     expect(await generatedFiles(join(ws.dataDir, 'storage'), JOB_ID)).toHaveLength(summary.deliveredImages);
     expect(parseSingleJson((await runCli(['credits', 'balance', USER, '--json'], { env })).stdout)).toEqual({ userId: USER, balance: 50 - summary.deliveredImages, reserved: 0 });
@@ -214,11 +239,20 @@ describe.skipIf(!TEST_DATABASE_URL)('imagegen on PostgreSQL (DATABASE_URL set; s
 
       const doomed = startCli(['worker', '--concurrency', '2'], { env: crashEnv });
       const storage = join(ws.dataDir, 'storage');
-      await waitFor('the first worker to store images, then hang', async () => (flaky.calls() > 6 && (await generatedFiles(storage, JOB_ID)).length >= 4) || doomed.child.exitCode !== null, 60_000);
-      await new Promise((r) => setTimeout(r, 500));
-      expect(jobsTaken(doomed.stderr()).has(JOB_ID)).toBe(true);
+      // Committed deliveries (rows), not files (stored before the commit): the kill then surely leaves work done.
+      await waitFor(
+        'the first worker to commit deliveries, then hang',
+        async () =>
+          (jobsTaken(doomed.stderr()).has(JOB_ID) && flaky.calls() > 6 && (await readDb({ databaseUrl }, JOB_ID, USER)).attachments.length >= 4) ||
+          doomed.child.exitCode !== null,
+        60_000,
+        200,
+      );
+      expect(doomed.child.exitCode, doomed.stderr()).toBeNull();
       doomed.child.kill('SIGKILL');
       expect((await doomed.done).signal).toBe('SIGKILL');
+      const committedAtKill = (await readDb({ databaseUrl }, JOB_ID, USER)).attachments.length;
+      expect(committedAtKill).toBeGreaterThanOrEqual(4);
       const callsBefore = flaky.calls();
       stalled = false;
 
@@ -248,7 +282,7 @@ describe.skipIf(!TEST_DATABASE_URL)('imagegen on PostgreSQL (DATABASE_URL set; s
       expect(s).toMatchObject({ status: 'completed', totalImages: TOTAL, deliveredImages: TOTAL, credits: { reserved: TOTAL, captured: TOTAL, released: 0 } });
       expect(new Set(s.attachIds).size).toBe(TOTAL);
       // Resumed, not restarted: the second worker called only for the slots not yet filled.
-      expect(flaky.calls() - callsBefore).toBeLessThan(TOTAL);
+      expect(flaky.calls() - callsBefore).toBe(TOTAL - committedAtKill);
       const files = await generatedFiles(storage, JOB_ID);
       expect(files.filter((f) => !/(^|\/)\.tmp-/.test(f))).toHaveLength(TOTAL);
       expect(new Set(await stampsOnDisk(storage, JOB_ID)).size).toBe(TOTAL);
@@ -266,7 +300,10 @@ describe.skipIf(!TEST_DATABASE_URL)('imagegen on PostgreSQL (DATABASE_URL set; s
     const USER = 'user-pg-sigterm';
     const JOB_ID = 'e2e-pg-worker-sigterm';
     const TOTAL = 16;
-    const slow = await startFakeGeminiServer({ latencyMs: 400 });
+    // Calls after the 4th are held until the test has sent SIGTERM: the first worker is surely mid-job then.
+    let termSent!: () => void;
+    const afterTerm = new Promise<void>((r) => (termSent = r));
+    const slow = await startFakeGeminiServer({ latencyMs: 100, hold: ({ n }) => (n > 4 ? afterTerm : undefined) });
     try {
       const termEnv = { ...env, GEMINI_BASE_URL: slow.url, IMAGEGEN_QUEUE_EXPIRE_SECONDS: '4', IMAGEGEN_STAGE_CONCURRENCY: '2', IMAGEGEN_CONCURRENCY: '2' };
       expect((await runCli(['credits', 'grant', USER, '40'], { env: termEnv })).code).toBe(0);
@@ -277,6 +314,7 @@ describe.skipIf(!TEST_DATABASE_URL)('imagegen on PostgreSQL (DATABASE_URL set; s
       const storage = join(ws.dataDir, 'storage');
       await waitFor('the first worker to store a few images', async () => (await generatedFiles(storage, JOB_ID)).length >= 3 || first.child.exitCode !== null, 60_000);
       first.child.kill('SIGTERM');
+      termSent();
       const stopped = await first.done;
       expect(stopped.code, stopped.stderr.slice(-3000)).toBe(0);
       expect(stopped.stderr).toContain('job handed back for resume');

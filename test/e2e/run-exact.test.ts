@@ -160,7 +160,20 @@ describe('imagegen run (gemini provider, 25% injected faults)', () => {
     const stats = parseSingleJson<Record<string, unknown>>((await runCli(['stats', '--json'], { env })).stdout);
     const done = first as Summary;
     expect(stats).toMatchObject({ attempts: done.attempts.total, failed: done.attempts.failed, delivered: TOTAL, byClass: done.attempts.byClass });
-    for (const key of ['retries', 'retriesDelivered']) expect(typeof stats[key], key).toBe('number');
-    expect(stats['retrySuccessRate'] === null || typeof stats['retrySuccessRate'] === 'number').toBe(true);
+    // Retries are the attempts numbered > 1 of a slot. Every slot here got its first attempt and was retried
+    // until it delivered, so each failed provider call (counted by the server) caused exactly one retry, and a
+    // retry delivered for each stored image whose key says attempt > 1 (`<stage>/<slot>-<attempt>.webp`).
+    const failedCalls = server.requests.filter((c) => c.behavior !== 'image').length;
+    const files = await generatedFiles(join(ws.dataDir, 'storage'), JOB_ID);
+    const attemptOf = (f: string) => Number(/-(\d+)\.webp$/.exec(f)?.[1]);
+    const deliveredByRetry = files.filter((f) => attemptOf(f) > 1).length;
+    expect(failedCalls, 'the injected faults caused retries').toBeGreaterThan(0);
+    expect(deliveredByRetry, 'some images came from a retry').toBeGreaterThan(0);
+    expect(deliveredByRetry).toBeLessThanOrEqual(failedCalls);
+    expect(stats['retries']).toBe(failedCalls);
+    expect(stats['retries']).toBe(done.attempts.total - TOTAL);
+    expect(stats['retriesDelivered']).toBe(deliveredByRetry);
+    expect(stats['retrySuccessRate']).toBe(deliveredByRetry / failedCalls);
+    expect(stats['abandoned']).toBe(0);
   });
 });

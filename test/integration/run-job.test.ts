@@ -132,9 +132,17 @@ forEachDatabase('runStoredJob end to end (generator -> sharp -> storage -> deliv
     const generator = new OfflineImageGenerator({ seed: 2 });
     const deps: RunJobDeps = { database: ctx.database, store, generator };
     await expect(lastValueFrom(runStoredJob(deps, 'lease-1', FAST))).rejects.toBeInstanceOf(JobLeasedError);
-    const replayed = await lastValueFrom(runStoredJob(deps, 'off-1', FAST).pipe(toArray()));
+    // A job this test finishes itself, then runs again: only its job:finished, no provider call.
+    await submit('lease-done', [2]);
+    const first = await lastValueFrom(runStoredJob(deps, 'lease-done', FAST).pipe(toArray()));
+    expect((first.at(-1) as JobFinishedEvent).status).toBe('completed');
+    let calls = 0;
+    const counting = { generate: (request: Parameters<OfflineImageGenerator['generate']>[0]) => (calls++, generator.generate(request)) };
+    const replayed = await lastValueFrom(runStoredJob({ ...deps, generator: counting }, 'lease-done', FAST).pipe(toArray()));
     expect(replayed.map((e) => e.type)).toEqual(['job:finished']);
     expect((replayed[0] as JobFinishedEvent).status).toBe('completed');
+    expect((replayed[0] as JobFinishedEvent).attachIds).toEqual((first.at(-1) as JobFinishedEvent).attachIds);
+    expect(calls).toBe(0);
   });
 
   it('a job cancelled while queued ends cancelled at once with no provider call, releasing its whole reservation', async () => {
@@ -150,28 +158,45 @@ forEachDatabase('runStoredJob end to end (generator -> sharp -> storage -> deliv
     expect((await readJobResult(ctx.database, 'can-0'))?.credits).toEqual({ reserved: 3, captured: 0, released: 3 });
   });
 
-  it('a cancel request from another process ends the job cancelled and releases the rest', async () => {
-    await submit('can-1', [6]);
-    const generator = new OfflineImageGenerator({ latencyMs: 200, seed: 4 });
-    const deps: RunJobDeps = { database: ctx.database, store, generator };
-    const { requestCancel } = await import('../../src/db/ops/request-cancel.js');
-    const events = await lastValueFrom(
-      runStoredJob(deps, 'can-1', { ...FAST, stageConcurrency: 1 }).pipe(
-        tap((e) => {
-          if (e.type === 'slot:delivered') void requestCancel(ctx.database, 'can-1');
-        }),
-        toArray(),
-      ),
-    );
-    const finished = events.at(-1) as JobFinishedEvent;
-    expect(finished.status).toBe('cancelled');
-    const stored = await readJobResult(ctx.database, 'can-1');
-    expect(stored?.rowStatus).toBe('cancelled');
-    const captured = stored?.credits.captured ?? -1;
-    expect(captured).toBe(finished.result.deliveredImages);
-    expect(stored?.credits.released).toBe(6 - captured);
-    expect((await objectsOf('can-1')).length).toBe(captured);
-  });
+  it(
+    ctx.kind === 'postgres'
+      ? 'a cancel request from another connection (a second database handle, as another process has) ends the job cancelled and releases the rest'
+      : 'a cancel request through the database (PGlite: the same in-process handle, since an in-memory PGlite has one session) ends the job cancelled and releases the rest',
+    async () => {
+      await submit('can-1', [6]);
+      const generator = new OfflineImageGenerator({ latencyMs: 200, seed: 4 });
+      const deps: RunJobDeps = { database: ctx.database, store, generator };
+      const { requestCancel } = await import('../../src/db/ops/request-cancel.js');
+      const { openDatabase } = await import('../../src/db/database.js');
+      // PostgreSQL: a Database of its own (its own pool and sessions), sharing nothing with the runner but the server.
+      const other = ctx.kind === 'postgres' ? await openDatabase(ctx.config) : ctx.database;
+      let cancels: Promise<boolean>[] = [];
+      let events: PipelineEvent[];
+      try {
+        events = await lastValueFrom(
+          runStoredJob(deps, 'can-1', { ...FAST, stageConcurrency: 1 }).pipe(
+            tap((e) => {
+              if (e.type === 'slot:delivered' && cancels.length === 0) cancels = [requestCancel(other, 'can-1')];
+            }),
+            toArray(),
+          ),
+        );
+        expect(await Promise.all(cancels)).toEqual([true]);
+      } finally {
+        await Promise.allSettled(cancels);
+        if (other !== ctx.database) await other.close();
+      }
+      const finished = events.at(-1) as JobFinishedEvent;
+      expect(finished.status).toBe('cancelled');
+      const stored = await readJobResult(ctx.database, 'can-1');
+      expect(stored?.rowStatus).toBe('cancelled');
+      const captured = stored?.credits.captured ?? -1;
+      expect(captured).toBe(finished.result.deliveredImages);
+      expect(captured).toBeLessThan(6);
+      expect(stored?.credits.released).toBe(6 - captured);
+      expect((await objectsOf('can-1')).length).toBe(captured);
+    },
+  );
 });
 
 describe('input image is read once per stage', () => {

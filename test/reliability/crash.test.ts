@@ -6,9 +6,11 @@
  *
  * Kill points are chosen by provider progress: after call k (random) of the current
  * run arrives, plus a random 0..150 ms, so kills land while attempts are in flight,
- * while images are being converted/uploaded and while deliveries commit. Between
- * kills the resting state is audited (every committed delivery has its object and
- * exactly one capture; the ledger replays to the balance).
+ * while images are being converted/uploaded and while deliveries commit. The provider
+ * holds every later call of the run until the test has killed it, and k is below the
+ * images still missing, so each run is surely still mid-job when killed (however slow
+ * the machine). Between kills the resting state is audited (every committed delivery
+ * has its object and exactly one capture; the ledger replays to the balance).
  *
  * "Between the object upload and the database commit": a random SIGKILL lands there
  * only sometimes (the test reports how often it did: objects without attach record
@@ -61,7 +63,7 @@ for (const kind of databaseKinds()) {
 
     beforeAll(async () => {
       dir = await mkdtemp(join(tmpdir(), 'imagegen-crash-'));
-      // Slow enough that a run lasts a few seconds: kills land mid-job.
+      // Some latency spreads the kill points over the phases of an attempt (no verdict depends on it).
       server = await startFakeGeminiServer({ latencyMs: 120, jitterMs: 120, seed: SEED, imageSize: 256 });
       scratch = await createScratchDatabase(kind);
       env = {
@@ -74,6 +76,9 @@ for (const kind of databaseKinds()) {
         IMAGEGEN_PRICE_PER_IMAGE: String(PRICE),
         // In-flight attempts of a killed run stay counted (the budget survives a crash): room for 5 kills.
         IMAGEGEN_MAX_ATTEMPTS_PER_SLOT: '12',
+        // A kill may land before a run committed anything; the crash-loop guard (crash-budget.test.ts)
+        // must not end the job here, whatever the machine's speed: more resumes than kills.
+        IMAGEGEN_MAX_CRASH_RESUMES: String(KILLS * 4),
         IMAGEGEN_BACKOFF_BASE_MS: '5',
         IMAGEGEN_PROGRESS_INTERVAL_MS: '20',
         IMAGEGEN_LOG_LEVEL: 'warn',
@@ -107,17 +112,29 @@ for (const kind of databaseKinds()) {
 
       for (let kill = 1; kill <= KILLS; kill++) {
         const callsBefore = server.calls();
-        // Kill within the first half of what is left, so every run is still mid-job.
+        // Kill within the first half of what is left (k < remaining: at least 4 images are missing before each kill).
         const k = 1 + Math.floor(random() * Math.max(1, Math.min(8, Math.floor(remaining / 2))));
+        expect(k, `kill ${kill}: ${remaining} images missing`).toBeLessThan(remaining);
         const extraMs = Math.floor(random() * 150);
+        // Calls after the k-th of this run are held until the kill: this run answers at most k
+        // calls, so it delivers at most k < remaining images and cannot end by itself.
+        let killed!: () => void;
+        const gate = new Promise<void>((r) => (killed = r));
+        server.setHold(({ n }) => (n > callsBefore + k ? gate : undefined));
         const cli = await startCli(['run', join(dir, 'job.json')], { env, cwd: dir });
-        // Wait for call k of this run (or the process ending by itself).
         let ended = false;
         void cli.exited.then(() => (ended = true));
-        const deadline = Date.now() + 30_000;
-        while (!ended && server.calls() - callsBefore < k && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
-        await new Promise((r) => setTimeout(r, extraMs));
-        if (!ended) cli.child.kill('SIGKILL');
+        try {
+          // Wait for call k of this run (or the process ending by itself, a failure below).
+          await Promise.race([server.received(callsBefore + k), cli.exited]);
+          // A random point after call k: in flight, converting/uploading, or committing.
+          await new Promise((r) => setTimeout(r, extraMs));
+        } finally {
+          if (!ended) cli.child.kill('SIGKILL');
+          await cli.exited;
+          server.setHold(undefined);
+          killed();
+        }
         const result = await cli.exited;
         if (result.signal === 'SIGKILL') killedMidJob++;
         else log.push(`run ${kill} ended by itself: code ${result.code} ${result.stderr.slice(-400)}`);

@@ -29,6 +29,8 @@ import { openStack, PRICE, specOf, withPipelineOf, type Stack } from './support/
 
 const QUANTITIES = [6, 6, 6];
 const TOTAL = 18;
+/** Rounds of `pg_terminate_backend` on every session of the job's database while the first run works. */
+const KILL_ROUNDS = 8;
 
 describe('S3 PUT faults (proxy in front of s3rver)', () => {
   let s3: TestS3Server | undefined;
@@ -112,7 +114,10 @@ pgDescribe(`PostgreSQL connections killed mid-job with pg_terminate_backend, CLI
         GEMINI_API_KEY: server.apiKey,
         GEMINI_BASE_URL: server.url,
         IMAGEGEN_PRICE_PER_IMAGE: String(PRICE),
-        IMAGEGEN_MAX_ATTEMPTS_PER_SLOT: '12',
+        // Each kill fails every attempt whose statement was in flight: how many that is depends
+        // on the machine's speed, so the budget is far above what KILL_ROUNDS can cost.
+        IMAGEGEN_MAX_ATTEMPTS_PER_SLOT: '100',
+        IMAGEGEN_MAX_REPLACEMENTS_PER_STAGE: '1000',
         IMAGEGEN_BACKOFF_BASE_MS: '5',
         IMAGEGEN_PROGRESS_INTERVAL_MS: '20',
         IMAGEGEN_CONCURRENCY: '4',
@@ -125,12 +130,12 @@ pgDescribe(`PostgreSQL connections killed mid-job with pg_terminate_backend, CLI
       await writeFile(join(dir, 'job.json'), JSON.stringify({ jobId, userId: 'pg-user', stages: [0, 1, 2].map((i) => ({ quantity: 10, prompt: `pg ${i}`, inputImage: 'in.png' })) }));
 
       // First run: once the job is generating (first provider call), every session of the
-      // job's database is killed every 300 ms until the process ends.
+      // job's database is killed, KILL_ROUNDS times 300 ms apart (or until the process ends).
       const first = await startCli(['run', join(dir, 'job.json')], { env, cwd: dir });
       let running = true;
       void first.exited.then(() => (running = false));
       while (running && server.calls() === 0) await new Promise((r) => setTimeout(r, 10));
-      while (running) {
+      for (let round = 0; running && round < KILL_ROUNDS; round++) {
         await new Promise((r) => setTimeout(r, 300));
         const { rows } = await admin.query<{ n: number }>(
           'select count(pg_terminate_backend(pid))::int as n from pg_stat_activity where datname = $1 and pid <> pg_backend_pid()',
