@@ -1,4 +1,4 @@
-import { resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 import pino from 'pino';
 import { ERROR_CLASSES, isErrorClass, type ErrorClass } from './domain/error-class.js';
 import { MAX_TIMER_MS } from './operators/full-jitter-backoff.js';
@@ -61,6 +61,8 @@ export interface PipelineConfig {
   readonly shutdownGraceMs: number;
   /** After this long pg-boss hands a dead worker's queue job to another worker. */
   readonly queueExpireSeconds: number;
+  /** Where the template of a fresh embedded database is cached (undefined = none): a new data folder starts in ~1.5 s instead of ~6 s. */
+  readonly pgliteTemplateDir: string | undefined;
   /** Runs of one job that may die in a row without delivering anything before the job ends `failed` (`crash_loop`). */
   readonly maxCrashResumes: number;
 }
@@ -133,6 +135,15 @@ function hideConfigSecrets<T extends { readonly databaseUrl: string | undefined 
   return withSecretsHidden('PipelineConfig', hideField(config, 'databaseUrl'), () => ({ ...config, databaseUrl: redactUrlPassword(config.databaseUrl) }));
 }
 
+/** `IMAGEGEN_PGLITE_TEMPLATE_DIR`, else `$XDG_CACHE_HOME/imagegen-pipeline`, else `~/.cache/imagegen-pipeline`; `off` = none. */
+function pgliteTemplateDirOf(env: Env): string | undefined {
+  const raw = env['IMAGEGEN_PGLITE_TEMPLATE_DIR'];
+  if (raw === 'off') return undefined;
+  if (raw) return resolve(raw);
+  const cacheHome = env['XDG_CACHE_HOME'] || (env['HOME'] ? join(env['HOME'], '.cache') : undefined);
+  return cacheHome ? join(cacheHome, 'imagegen-pipeline') : undefined;
+}
+
 /**
  * Reads the configuration. The only place that looks at `process.env`.
  *
@@ -153,6 +164,7 @@ function hideConfigSecrets<T extends { readonly databaseUrl: string | undefined 
  * | `IMAGEGEN_WEBP_QUALITY`, `IMAGEGEN_PROGRESS_INTERVAL_MS`, `IMAGEGEN_LOG_LEVEL` | 80, 250, `info` |
  * | `IMAGEGEN_WORKER_JOBS`, `IMAGEGEN_QUEUE_EXPIRE_SECONDS`, `IMAGEGEN_SHUTDOWN_GRACE_MS` | 2, 600, 30000 |
  * | `IMAGEGEN_MAX_CRASH_RESUMES` | 5 |
+ * | `IMAGEGEN_PGLITE_TEMPLATE_DIR` | `~/.cache/imagegen-pipeline` (`off`: none) |
  *
  * Durations in ms are at most 2^31-1 (Node's timer limit: a longer delay fires after 1 ms).
  */
@@ -241,5 +253,6 @@ export function loadConfig(env: Env = process.env, overrides: ConfigOverrides = 
     // pg-boss refuses an expiry of 24 hours or more (and it stays far below the 2^31-1 ms timer limit).
     queueExpireSeconds: int(env, 'IMAGEGEN_QUEUE_EXPIRE_SECONDS', 600, 1, MAX_QUEUE_EXPIRE_SECONDS),
     maxCrashResumes: int(env, 'IMAGEGEN_MAX_CRASH_RESUMES', 5, 1, 1000),
+    pgliteTemplateDir: pgliteTemplateDirOf(env),
   });
 }

@@ -56,7 +56,7 @@ export async function openPipeline(config: PipelineConfig, overrides: PipelineOv
   }
   let database: Database;
   try {
-    database = await openDatabase({ databaseUrl: config.databaseUrl, dataDir });
+    database = await openDatabase({ databaseUrl: config.databaseUrl, dataDir, pgliteTemplateDir: config.pgliteTemplateDir });
   } catch (error) {
     unlock();
     throw error;

@@ -4,6 +4,7 @@ import type pg from 'pg';
 import { redactUrlPassword, withPrintedForm } from '../domain/hide-secrets.js';
 import { MigrationError } from './errors.js';
 import { MIGRATIONS } from './migrations/index.js';
+import { openPgliteDataDir } from './pglite-template.js';
 import type { DatabaseSchema } from './schema.js';
 
 /** Where the database lives. Frozen by {@link openDatabase}. */
@@ -12,6 +13,8 @@ export interface DatabaseConfig {
   readonly databaseUrl?: string | undefined;
   /** PGlite data folder (used when `databaseUrl` is not set); omitted = in-memory. */
   readonly dataDir?: string | undefined;
+  /** Where a fresh PGlite data folder's template is cached (see `openPgliteDataDir`); omitted = none. */
+  readonly pgliteTemplateDir?: string | undefined;
   /** Largest `pg` pool size. Default 10. Ignored by PGlite (one connection). */
   readonly maxConnections?: number | undefined;
 }
@@ -49,7 +52,7 @@ export interface Database {
 export async function openDatabase(config: DatabaseConfig, options: OpenDatabaseOptions = {}): Promise<Database> {
   const frozen = Object.freeze({ ...config });
   // Each driver is loaded only when used: a process on PostgreSQL never loads PGlite's WASM, and the reverse.
-  const database = frozen.databaseUrl ? await openPostgres(frozen.databaseUrl, frozen.maxConnections ?? 10) : await openPglite(frozen.dataDir);
+  const database = frozen.databaseUrl ? await openPostgres(frozen.databaseUrl, frozen.maxConnections ?? 10) : await openPglite(frozen.dataDir, frozen.pgliteTemplateDir);
   try {
     await migrate(database.db, options.migrations ?? MIGRATIONS);
   } catch (error) {
@@ -162,9 +165,9 @@ async function openPostgres(databaseUrl: string, max: number): Promise<Database>
   };
 }
 
-async function openPglite(dataDir: string | undefined): Promise<Database> {
+async function openPglite(dataDir: string | undefined, templateDir: string | undefined): Promise<Database> {
   const [{ PGlite }, { PGliteDialect }] = await Promise.all([import('@electric-sql/pglite'), import('kysely-pglite-dialect')]);
-  const pglite = await PGlite.create({ ...(dataDir === undefined ? {} : { dataDir }), parsers: { [INT8_OID]: parseInt8 } });
+  const pglite = await openPgliteDataDir((options) => PGlite.create(options), dataDir, templateDir, { parsers: { [INT8_OID]: parseInt8 } });
   const db = new Kysely<DatabaseSchema>({ dialect: new PGliteDialect(pglite) });
   let closed: Promise<void> | null = null;
 
