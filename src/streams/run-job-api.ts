@@ -1,4 +1,5 @@
 import { Observable, defer, from, mergeMap } from 'rxjs';
+import type { PipelineConfig } from '../config.js';
 import type { PipelineEvent } from '../domain/events.js';
 import { parseJobSpec, type JobSpecLimits } from '../domain/job-spec.js';
 import { runStoredJob, type RunJobDeps, type RunJobOptions } from './run-job.js';
@@ -7,7 +8,7 @@ import { submitSpec } from './submit-job.js';
 export interface RunJobInput {
   /** A job spec in the source system's shape or camelCase; validated here. */
   readonly spec: unknown;
-  /** Credits per delivered image. Default 1. */
+  /** Credits per delivered image. Default: the pipeline's `config.pricePerImage` (`IMAGEGEN_PRICE_PER_IMAGE`), else 1. */
   readonly pricePerImage?: number;
   readonly limits?: JobSpecLimits;
 }
@@ -21,9 +22,10 @@ export interface RunJobInput {
  * const events$ = runJob(pipeline, { spec: { userId: 'u1', stages: [{ quantity: 3, prompt: 'a cat', mergedImageAttachId: id }] } });
  * events$.subscribe((e) => e.type === 'job:finished' && console.log(e.result.attachIds));
  */
-export function runJob(deps: RunJobDeps, input: RunJobInput, options: RunJobOptions = {}): Observable<PipelineEvent> {
+export function runJob(deps: RunJobDeps & { readonly config?: Pick<PipelineConfig, 'pricePerImage' | 'maxQuantity'> }, input: RunJobInput, options: RunJobOptions = {}): Observable<PipelineEvent> {
   return defer(() => {
-    const spec = parseJobSpec(input.spec, input.limits);
-    return from(submitSpec(deps, spec, { pricePerImage: input.pricePerImage ?? 1 }));
+    // A pipeline (`openPipeline`) brings its configuration: the price and quantity limit the CLI uses.
+    const spec = parseJobSpec(input.spec, input.limits ?? (deps.config ? { maxQuantity: deps.config.maxQuantity } : undefined));
+    return from(submitSpec(deps, spec, { pricePerImage: input.pricePerImage ?? deps.config?.pricePerImage ?? 1 }));
   }).pipe(mergeMap(({ jobId }) => runStoredJob(deps, jobId, options)));
 }

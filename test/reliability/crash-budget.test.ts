@@ -201,6 +201,9 @@ for (const kind of KINDS) {
           if (ended) break; // the job finished before this kill: nothing left to interrupt
           cli.child.kill('SIGKILL');
           await cli.exited;
+          // At rest after every third kill (opening the database costs seconds on PGlite):
+          // committed deliveries are charged once, the ledger replays.
+          if (kill % 3 !== 0) continue;
           const audit = await withPipeline((p) => auditJob(p.database, p.store, jobId, { readStamps: false }));
           log.push(`kill ${kill}: ${audit.stored.result.deliveredImages}/${QUANTITY}`);
           expect(audit.captures).toHaveLength(audit.stored.result.deliveredImages);
