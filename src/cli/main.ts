@@ -19,7 +19,7 @@ import { getBalance } from '../db/ops/get-balance.js';
 import { retryTransient } from '../db/sql-errors.js';
 import { grantCredits } from '../db/ops/grant-credits.js';
 import { parseCreditAmount } from '../domain/credit-amount.js';
-import { jobStats } from '../db/ops/job-stats.js';
+import { jobStats, type JobStats } from '../db/ops/job-stats.js';
 import { requestCancel } from '../db/ops/request-cancel.js';
 import { loadJob } from '../db/ops/load-job.js';
 import { FINAL_JOB_STATUSES, type JobRowStatus } from '../db/schema.js';
@@ -254,9 +254,13 @@ async function cmdCancel(inv: Invocation): Promise<number> {
   });
 }
 
+/** What `stats` says of a database that was never created: nothing was attempted. */
+const NO_ATTEMPTS: JobStats = Object.freeze({ attempts: 0, failed: 0, delivered: 0, abandoned: 0, byClass: {}, retries: 0, retriesDelivered: 0, retrySuccessRate: null });
+
 async function cmdStats(inv: Invocation): Promise<number> {
-  return withPipeline(inv, async (pipeline) => {
-    const stats = await jobStats(pipeline.database);
+  // A read on a fresh data folder answers without creating the embedded database.
+  const read = embeddedDatabaseMissing(inv.config) ? async () => NO_ATTEMPTS : (fn: (p: Pipeline) => Promise<JobStats>) => withPipeline(inv, fn);
+  return read(async (pipeline) => jobStats(pipeline.database)).then((stats) => {
     const rate = stats.retrySuccessRate === null ? 'n/a' : `${(stats.retrySuccessRate * 100).toFixed(1)}%`;
     const classes = Object.entries(stats.byClass).map(([c, n]) => `  ${c}: ${n}`);
     print(inv.json, stats, [`attempts: ${stats.attempts} (${stats.delivered} delivered, ${stats.failed} failed, ${stats.abandoned} abandoned)`, `retries: ${stats.retries}, delivered ${stats.retriesDelivered}, success rate ${rate}`, 'failures by class:', ...classes].join('\n'));
@@ -278,11 +282,10 @@ async function cmdCreditsGrant(inv: Invocation): Promise<number> {
 
 async function cmdCreditsBalance(inv: Invocation): Promise<number> {
   const userId = inv.args[0] as string;
-  return withPipeline(inv, async (pipeline) => {
-    const { balance, reserved } = await getBalance(pipeline.database, userId);
-    print(inv.json, { userId, balance, reserved }, `${userId}: balance ${balance}, reserved ${reserved}`);
-    return 0;
-  });
+  // A read on a fresh data folder answers without creating the embedded database.
+  const { balance, reserved } = embeddedDatabaseMissing(inv.config) ? { balance: 0, reserved: 0 } : await withPipeline(inv, (pipeline) => getBalance(pipeline.database, userId));
+  print(inv.json, { userId, balance, reserved }, `${userId}: balance ${balance}, reserved ${reserved}`);
+  return 0;
 }
 
 async function cmdSubmit(inv: Invocation): Promise<number> {

@@ -452,6 +452,14 @@ for (const kind of DATABASE_KINDS) {
         expect(poor.code).toBe(3);
         const status = await cli(['status', ws.jobId], ws.dir, fresh);
         expect(status.code).toBe(2);
+        // Reads answer what an empty database holds, without creating it.
+        const stats = await cli(['stats', '--json'], ws.dir, fresh);
+        expect({ code: stats.code, stats: JSON.parse(stats.stdout) }).toEqual({
+          code: 0,
+          stats: { attempts: 0, failed: 0, delivered: 0, abandoned: 0, byClass: {}, retries: 0, retriesDelivered: 0, retrySuccessRate: null },
+        });
+        const balance = await cli(['credits', 'balance', ws.user, '--json'], ws.dir, fresh);
+        expect({ code: balance.code, balance: JSON.parse(balance.stdout) }).toEqual({ code: 0, balance: { userId: ws.user, balance: 0, reserved: 0 } });
         expect(existsSync(ws.dataDir), 'no data folder, no database files').toBe(false);
       });
 

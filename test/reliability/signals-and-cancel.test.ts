@@ -107,8 +107,8 @@ const NEVER = new Promise<void>(() => {});
  */
 const EVERY_REFUSAL_ON_PGLITE = !TEST_DATABASE_URL;
 
-// Every test has its own fake server, data folder and database, so they run concurrently
-// (the legs overlap: PGlite is CPU-bound, PostgreSQL mostly waits).
+// Every test has its own fake server, data folder and database. The two legs run side by
+// side (PGlite is CPU-bound, PostgreSQL mostly waits); within a leg, one test at a time.
 describe.concurrent('signals and cancel through the CLI', () => {
   for (const kind of DATABASE_KINDS) {
     const title = `[${kind}]`;
@@ -120,7 +120,7 @@ describe.concurrent('signals and cancel through the CLI', () => {
     }
     const everyRefusal = kind === 'postgres' || EVERY_REFUSAL_ON_PGLITE;
 
-    describe(title, () => {
+    describe.sequential(title, { timeout: 120_000 }, () => {
       let dir: string;
       const servers: FakeGeminiServer[] = [];
       const scratches: ScratchDatabase[] = [];
