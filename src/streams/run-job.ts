@@ -188,7 +188,7 @@ export function runStoredJob(deps: RunJobDeps, jobId: string, options: RunJobOpt
       stop$,
     };
     return runEngine({ jobId, stages: job.spec.stages, state: job.stages }, ports, engineOptions).pipe(
-      tap((event) => attemptLog.record(event)),
+      tap((event) => attemptLog.record(event, stopped)),
       progressWriter(database, {
         intervalMs: options.progressIntervalMs ?? 250,
         onError: (error) => logger?.warn({ err: error }, 'progress write failed'),
@@ -323,9 +323,15 @@ class AttemptLog {
     private readonly logger: Logger | undefined,
   ) {}
 
-  record(event: PipelineEvent): void {
+  /**
+   * @param shuttingDown whether the run was stopped (SIGINT/SIGTERM, lost lease): an
+   *   attempt it aborts after the grace is `abandoned` like one a dead process left, not a
+   *   provider failure (a user's cancel stays a `cancelled` failure: the job ends there).
+   */
+  record(event: PipelineEvent, shuttingDown: boolean): void {
     if (event.type !== 'attempt:failed' && event.type !== 'slot:delivered') return;
     const failed = event.type === 'attempt:failed';
+    const abandoned = failed && shuttingDown && event.errorClass === 'cancelled';
     if (failed) {
       this.logger?.debug({ stage: event.stage, slot: event.slot, attempt: event.attempt, errorClass: event.errorClass, willRetry: event.willRetry, delayMs: event.delayMs }, 'attempt failed');
     }
@@ -335,7 +341,7 @@ class AttemptLog {
         stageIndex: event.stage,
         slotIndex: event.slot,
         attempt: event.attempt,
-        outcome: failed ? 'failed' : 'delivered',
+        outcome: abandoned ? 'abandoned' : failed ? 'failed' : 'delivered',
         errorClass: failed ? event.errorClass : null,
         httpStatus: failed ? event.httpStatus : null,
         message: failed ? event.message : null,

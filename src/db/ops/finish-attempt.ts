@@ -8,7 +8,7 @@ export interface FinishAttemptOptions {
   readonly stageIndex: number;
   readonly slotIndex: number;
   readonly attempt: number;
-  readonly outcome: 'delivered' | 'failed';
+  readonly outcome: 'delivered' | 'failed' | 'abandoned';
   readonly errorClass: string | null;
   readonly httpStatus: number | null;
   readonly message: string | null;
