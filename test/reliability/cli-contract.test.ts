@@ -486,7 +486,8 @@ for (const kind of DATABASE_KINDS) {
         const ws = await workspace();
         // A folder even root cannot create anything in (sysfs); skipped where there is none.
         if (existsSync('/sys/kernel')) {
-          const unwritable = await cli(['stats', '--json'], ws.dir, { IMAGEGEN_DATA_DIR: '/sys/kernel' });
+          // A write (a read of a folder with no database answers without creating one).
+          const unwritable = await cli(['credits', 'grant', ws.user, '5', '--json'], ws.dir, { IMAGEGEN_DATA_DIR: '/sys/kernel' });
           expect(unwritable.code).toBe(1);
           expectOneClearLine(unwritable, '/sys/kernel', 'IMAGEGEN_DATA_DIR');
           expect(errorObject(unwritable)).toMatchObject({ code: 'unavailable' });
