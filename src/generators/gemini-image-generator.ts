@@ -66,7 +66,7 @@ export interface GeminiImageGeneratorConfig {
  *   {@link classifyGeminiResponse}; undecodable image bytes -> `corrupt_image`.
  *
  * @example
- * const gemini = new GeminiImageGenerator({ apiKey: process.env.GEMINI_API_KEY! });
+ * const gemini = new GeminiImageGenerator({ apiKey: config.gemini.apiKey ?? "" }); // config = loadConfig()
  * gemini.generate(request).subscribe({ next: (img) => store(img), error: (e: PipelineError) => log(e.errorClass) });
  */
 export class GeminiImageGenerator implements ImageGenerator {
