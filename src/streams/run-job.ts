@@ -38,6 +38,7 @@ import { getAttachment } from '../db/ops/get-attachment.js';
 import { listDeliveredStorageKeys } from '../db/ops/list-delivered-storage-keys.js';
 import { loadJob, type LoadedJob } from '../db/ops/load-job.js';
 import { beginRun } from '../db/ops/begin-run.js';
+import { getJobStatus } from '../db/ops/get-job-status.js';
 import { reopenJob } from '../db/ops/reopen-job.js';
 import { readJobResult } from '../db/ops/read-job-result.js';
 import { isCancelRequested } from '../db/ops/request-cancel.js';
@@ -108,9 +109,10 @@ export function runStoredJob(deps: RunJobDeps, jobId: string, options: RunJobOpt
   return defer(async () => {
     const { database, store, generator } = deps;
     const logger = deps.logger?.child({ jobId });
-    const found = await retryTransient(() => loadJob(database, jobId));
-    if (!found) throw new JobNotFoundError(jobId);
-    if (FINAL_JOB_STATUSES.includes(found.status)) {
+    // The status decides the path; the full state is loaded once, after `beginRun`.
+    const status = await retryTransient(() => getJobStatus(database, jobId));
+    if (status === null) throw new JobNotFoundError(jobId);
+    if (FINAL_JOB_STATUSES.includes(status)) {
       // A job that ended short only because a dead run's attempts were charged to its
       // budget (before attempts could be abandoned) goes on; any other is replayed.
       const reopened = await retryTransient(() => reopenJob(database, jobId));
