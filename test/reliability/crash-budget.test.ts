@@ -22,15 +22,16 @@ import { endedResult } from '../../src/domain/result.js';
 import type { Pipeline } from '../../src/pipeline.js';
 import { startFakeGeminiServer, type FakeGeminiServer } from '../../src/testing/fake-gemini-server.js';
 import { renderStampedPng } from '../../src/testing/stamped-image.js';
-import { createScratchDatabase, TEST_DATABASE_URL, type DatabaseKind, type ScratchDatabase } from '../support/databases.js';
+import { createScratchDatabase, type ScratchDatabase } from '../support/databases.js';
 import { auditJob, expectEndedHonestly } from './support/audit.js';
 import { runCli, startCli, type CliProcess } from './support/cli.js';
-import { withPipelineOf } from './support/stack.js';
+import { databaseKinds, FULL, withPipelineOf } from './support/stack.js';
 
 const PRICE = 2;
 const SEED = Number(process.env['IMAGEGEN_CRASH_SEED'] ?? 9_2026);
-// Both legs whenever PostgreSQL is there: the embedded default is what most users run first.
-const KINDS: DatabaseKind[] = TEST_DATABASE_URL ? ['pglite', 'postgres'] : ['pglite'];
+const KINDS = databaseKinds();
+/** Kills of the random-kill case: 10 in full mode, 6 in `npm test` (repetitions are cut, not legs). */
+const KILLS = FULL ? 10 : 6;
 
 /** Polls `condition` until it holds; the deadline only guards against a hang. */
 async function until(condition: () => boolean, what: string, guardMs = 60_000): Promise<void> {
@@ -177,8 +178,8 @@ for (const kind of KINDS) {
       expect(JSON.parse(again.stdout)).toMatchObject({ status: 'completed', deliveredImages: 6 });
     }, 180_000);
 
-    it('10 SIGKILLs at random moments with 5 images in flight, then a run: exact count, no duplicate, balance exact, budget whole', async () => {
-      const QUANTITY = 40;
+    it(`${KILLS} SIGKILLs at random moments with 5 images in flight, then a run: exact count, no duplicate, balance exact, budget whole`, async () => {
+      const QUANTITY = KILLS * 4;
       const { jobId, granted, env, file, withPipeline } = await setUp('ten-kills', QUANTITY, { IMAGEGEN_STAGE_CONCURRENCY: '5', IMAGEGEN_CONCURRENCY: '5' });
       // Calls answer (slowly enough that kills land with 5 in flight, and with deliveries between kills).
       hanging = false;
@@ -187,7 +188,7 @@ for (const kind of KINDS) {
       const random = seededRandom(SEED + (kind === 'postgres' ? 1 : 0));
       const log: string[] = [];
       try {
-        for (let kill = 1; kill <= 10; kill++) {
+        for (let kill = 1; kill <= KILLS; kill++) {
           const before = slow.calls();
           const cli = await startCli(['run', file], { env: slowEnv, cwd: dir });
           let ended = false;

@@ -21,8 +21,8 @@ import { startFakeGeminiServer, type FakeGeminiServer } from '../../src/testing/
 import { renderStampedPng } from '../../src/testing/stamped-image.js';
 import { createScratchDatabase, type ScratchDatabase } from '../support/databases.js';
 import { runCli, type CliResult } from './support/cli.js';
-// Quick mode (`npm test`) runs the cases issue 9 names through the CLI process, and the credit
-// cases on one database kind; FULL (`IMAGEGEN_RELIABILITY_FULL=1`) runs every case on every kind.
+// Quick mode (`npm test`) runs the cases issue 9 names through the CLI process, the credit cases
+// on every database kind; FULL (`IMAGEGEN_RELIABILITY_FULL=1`) runs every surrogate and range case.
 // Every case is also unit-tested in-process (job-spec, image-codec, config-ranges, credits tests).
 import { databaseKinds, FULL } from './support/stack.js';
 

@@ -5,7 +5,7 @@
  * - S3: a proxy in front of a real s3rver process fails 30% of the image PUTs (503,
  *   500, dropped connection, or "stored, then 500" which leaves an object the client
  *   thinks failed). The job must still deliver exactly, charge once per image, and
- *   leave no orphan object in the bucket.
+ *   leave no orphan object in the bucket. On PGlite, and on PostgreSQL when DATABASE_URL is set.
  * - PostgreSQL (DATABASE_URL only): every connection of the job's database is killed
  *   with `pg_terminate_backend` several times while the job runs. The job must end
  *   exact or honestly short (resumed if the kill hit its last write), never
@@ -25,68 +25,70 @@ import { createScratchDatabase, TEST_DATABASE_URL } from '../support/databases.j
 import { auditJob, expectEndedHonestly, type JobAudit } from './support/audit.js';
 import { runCli, startCli, type CliResult } from './support/cli.js';
 import { startFaultyS3Proxy, type FaultyS3Proxy, type S3Fault } from './support/faulty-s3-proxy.js';
-import { openStack, PRICE, specOf, withPipelineOf, type Stack } from './support/stack.js';
+import { databaseKinds, openStack, PRICE, specOf, withPipelineOf, type Stack } from './support/stack.js';
 
 const QUANTITIES = [6, 6, 6];
 const TOTAL = 18;
 /** Rounds of `pg_terminate_backend` on every session of the job's database while the first run works. */
 const KILL_ROUNDS = 8;
 
-describe('S3 PUT faults (proxy in front of s3rver)', () => {
-  let s3: TestS3Server | undefined;
-  let proxy: FaultyS3Proxy | undefined;
-  let stack: Stack | undefined;
-  beforeAll(async () => {
-    s3 = await startS3Server({ buckets: ['reliability'] });
-    proxy = await startFaultyS3Proxy({ target: s3.endpoint, failureRate: 0, faults: ['503'], seed: 0 });
-    stack = await openStack({
-      database: 'pglite',
-      env: {
-        S3_BUCKET: 'reliability',
-        S3_ENDPOINT: proxy.endpoint,
-        S3_FORCE_PATH_STYLE: 'true',
-        S3_ACCESS_KEY_ID: s3.credentials.accessKeyId,
-        S3_SECRET_ACCESS_KEY: s3.credentials.secretAccessKey,
-      },
+for (const kind of databaseKinds()) {
+  describe(`S3 PUT faults (proxy in front of s3rver) [${kind}]`, () => {
+    let s3: TestS3Server | undefined;
+    let proxy: FaultyS3Proxy | undefined;
+    let stack: Stack | undefined;
+    beforeAll(async () => {
+      s3 = await startS3Server({ buckets: ['reliability'] });
+      proxy = await startFaultyS3Proxy({ target: s3.endpoint, failureRate: 0, faults: ['503'], seed: 0 });
+      stack = await openStack({
+        database: kind,
+        env: {
+          S3_BUCKET: 'reliability',
+          S3_ENDPOINT: proxy.endpoint,
+          S3_FORCE_PATH_STYLE: 'true',
+          S3_ACCESS_KEY_ID: s3.credentials.accessKeyId,
+          S3_SECRET_ACCESS_KEY: s3.credentials.secretAccessKey,
+        },
+      });
+    });
+    afterAll(async () => {
+      await stack?.close();
+      await proxy?.close();
+      await s3?.close();
+    });
+
+    const cases: readonly { name: string; faults: readonly S3Fault[] }[] = [
+      { name: '503 SlowDown', faults: ['503'] },
+      { name: '500 InternalError', faults: ['500'] },
+      { name: 'dropped connections', faults: ['drop'] },
+      { name: 'object stored, then 500 (the client sees a failure)', faults: ['stored_then_500'] },
+      { name: 'all of them mixed', faults: ['503', '500', 'drop', 'stored_then_500'] },
+    ];
+
+    cases.forEach((c, i) => {
+      it(`${c.name} on 30% of image PUTs: exactly ${TOTAL} images, one charge each, no orphan object`, async () => {
+        if (!stack || !proxy) throw new Error('setup failed');
+        const before = { ...proxy.injected };
+        proxy.configure({ failureRate: 0.3, faults: c.faults, seed: 31 + i });
+        const granted = TOTAL * PRICE + 1;
+        const { userId, inputAttachId } = await stack.seedUser(granted);
+        const events = await stack.run(specOf(userId, inputAttachId, QUANTITIES));
+        proxy.configure({ failureRate: 0, faults: c.faults, seed: 0 });
+        const finished = events.at(-1);
+        if (finished?.type !== 'job:finished') throw new Error('no job:finished');
+        const audit = await auditJob(stack.pipeline.database, stack.pipeline.store, finished.jobId);
+        expectEndedHonestly(audit, { price: PRICE, granted, server: stack.server });
+        expect(finished.status).toBe('completed');
+        expect(audit.stamps).toHaveLength(TOTAL);
+        // The faults were really injected, and each one was seen as a failed storage attempt.
+        const injected = c.faults.reduce((n, f) => n + proxy!.injected[f] - before[f], 0);
+        expect(injected).toBeGreaterThan(0);
+        const storageFailures = events.filter((e) => e.type === 'attempt:failed' && e.errorClass === 'storage').length;
+        expect(storageFailures).toBe(injected);
+      });
     });
   });
-  afterAll(async () => {
-    await stack?.close();
-    await proxy?.close();
-    await s3?.close();
-  });
-
-  const cases: readonly { name: string; faults: readonly S3Fault[] }[] = [
-    { name: '503 SlowDown', faults: ['503'] },
-    { name: '500 InternalError', faults: ['500'] },
-    { name: 'dropped connections', faults: ['drop'] },
-    { name: 'object stored, then 500 (the client sees a failure)', faults: ['stored_then_500'] },
-    { name: 'all of them mixed', faults: ['503', '500', 'drop', 'stored_then_500'] },
-  ];
-
-  cases.forEach((c, i) => {
-    it(`${c.name} on 30% of image PUTs: exactly ${TOTAL} images, one charge each, no orphan object`, async () => {
-      if (!stack || !proxy) throw new Error('setup failed');
-      const before = { ...proxy.injected };
-      proxy.configure({ failureRate: 0.3, faults: c.faults, seed: 31 + i });
-      const granted = TOTAL * PRICE + 1;
-      const { userId, inputAttachId } = await stack.seedUser(granted);
-      const events = await stack.run(specOf(userId, inputAttachId, QUANTITIES));
-      proxy.configure({ failureRate: 0, faults: c.faults, seed: 0 });
-      const finished = events.at(-1);
-      if (finished?.type !== 'job:finished') throw new Error('no job:finished');
-      const audit = await auditJob(stack.pipeline.database, stack.pipeline.store, finished.jobId);
-      expectEndedHonestly(audit, { price: PRICE, granted, server: stack.server });
-      expect(finished.status).toBe('completed');
-      expect(audit.stamps).toHaveLength(TOTAL);
-      // The faults were really injected, and each one was seen as a failed storage attempt.
-      const injected = c.faults.reduce((n, f) => n + proxy!.injected[f] - before[f], 0);
-      expect(injected).toBeGreaterThan(0);
-      const storageFailures = events.filter((e) => e.type === 'attempt:failed' && e.errorClass === 'storage').length;
-      expect(storageFailures).toBe(injected);
-    });
-  });
-});
+}
 
 // Skipped only when there is no PostgreSQL to kill connections of (DATABASE_URL unset); said aloud below.
 const pgDescribe = TEST_DATABASE_URL ? describe : describe.skip;

@@ -122,17 +122,20 @@ export function specOf(userId: string, inputAttachId: string, quantities: readon
   };
 }
 
-/** `IMAGEGEN_RELIABILITY_FULL=1` (script `test:reliability:full`): every case on every database. */
+/**
+ * `IMAGEGEN_RELIABILITY_FULL=1` (script `test:reliability:full`): more repetitions (every
+ * bad-input case through the CLI, more kills, larger jobs). Never more database legs: both
+ * legs always run when PostgreSQL is there.
+ */
 export const FULL = process.env['IMAGEGEN_RELIABILITY_FULL'] === '1';
 
 /**
- * Database kinds to run on. Full mode: PGlite, and PostgreSQL when DATABASE_URL is set.
- * Quick mode (`npm test`): one of them, PostgreSQL when DATABASE_URL is set, else PGlite.
+ * Database kinds every reliability suite runs on: PGlite (the embedded default, what most users
+ * run first) always, and PostgreSQL too when DATABASE_URL is set (as in CI). Quick mode cuts
+ * repetitions, never a leg.
  */
 export function databaseKinds(): DatabaseKind[] {
-  const url = Boolean(process.env['DATABASE_URL']);
-  if (FULL) return url ? ['pglite', 'postgres'] : ['pglite'];
-  return url ? ['postgres'] : ['pglite'];
+  return process.env['DATABASE_URL'] ? ['pglite', 'postgres'] : ['pglite'];
 }
 
 /**
