@@ -37,7 +37,7 @@ import { finishJob } from '../db/ops/finish-job.js';
 import { getAttachment } from '../db/ops/get-attachment.js';
 import { listDeliveredStorageKeys } from '../db/ops/list-delivered-storage-keys.js';
 import { loadJob, type LoadedJob } from '../db/ops/load-job.js';
-import { beginRun } from '../db/ops/begin-run.js';
+import { beginRun, type BeganRun } from '../db/ops/begin-run.js';
 import { getJobStatus } from '../db/ops/get-job-status.js';
 import { reopenJob } from '../db/ops/reopen-job.js';
 import { readJobResult } from '../db/ops/read-job-result.js';
@@ -116,7 +116,11 @@ export function runStoredJob(deps: RunJobDeps, jobId: string, options: RunJobOpt
       // A job that ended short only because a dead run's attempts were charged to its
       // budget (before attempts could be abandoned) goes on; any other is replayed.
       const reopened = await retryTransient(() => reopenJob(database, jobId));
-      if (!reopened) return replayFinished(database, jobId);
+      if (!reopened) {
+        // An ended job's runs are over: what its last sweep could not remove goes now.
+        await sweepOrphans(database, store, jobId, logger, 'warn');
+        return replayFinished(database, jobId);
+      }
       logger?.warn({ ...reopened }, 'job ended short only because of abandoned attempts: reopened with its budget recomputed');
     }
 
@@ -124,13 +128,23 @@ export function runStoredJob(deps: RunJobDeps, jobId: string, options: RunJobOpt
     const owner = options.leaseOwner ?? newLeaseOwner();
     const leaseTtlMs = options.leaseTtlMs ?? 30_000;
     await retryTransient(() => claimJobLease(database, jobId, owner, leaseTtlMs));
-    const began = await retryTransient(() => beginRun(database, jobId));
+    let began: BeganRun;
+    let job: LoadedJob | null;
+    try {
+      // Orphans of dead runs go first, before `beginRun`: a storage that does not answer
+      // (after retries) refuses the run with the job as it was: resumable, no crash counted.
+      await sweepOrphans(database, store, jobId, logger, 'refuse');
+      began = await retryTransient(() => beginRun(database, jobId));
+      job = await retryTransient(() => loadJob(database, jobId));
+      if (!job) throw new JobNotFoundError(jobId);
+    } catch (error) {
+      // A run that could not start gives its lease back at once (the same process may retry).
+      await releaseJobLease(database, jobId, owner).catch((e: unknown) => logger?.warn({ err: e }, 'lease release failed'));
+      throw error;
+    }
     if (began.previousRunDied || began.abandoned > 0) {
       logger?.warn({ abandoned: began.abandoned, crashResumes: began.crashResumes }, 'resuming after a run that died: its unfinished attempts are abandoned (no budget charged)');
     }
-    await retryTransient(() => removeOrphans(database, store, jobId, logger));
-    const job = await retryTransient(() => loadJob(database, jobId));
-    if (!job) throw new JobNotFoundError(jobId);
     const maxCrashResumes = options.maxCrashResumes ?? 5;
     // A cancel request wins: the job ends `cancelled`, as its user asked.
     if (began.crashResumes >= maxCrashResumes && !job.cancelRequested) return endCrashLoop(database, jobId, job, owner, began.crashResumes, logger);
@@ -207,7 +221,7 @@ export function runStoredJob(deps: RunJobDeps, jobId: string, options: RunJobOpt
             return EMPTY;
           }
           const credits = await retryTransient(() => finishJob(database, jobId, event.result));
-          await retryTransient(() => removeOrphans(database, store, jobId, logger));
+          await sweepOrphans(database, store, jobId, logger, 'warn');
           await retryTransient(() => releaseJobLease(database, jobId, owner));
           leaseReleased = true;
           logger?.info({ status: event.status, delivered: event.result.deliveredImages, total: event.result.totalImages, credits }, 'job finished');
@@ -290,6 +304,31 @@ function deliverImage(
       return concat(store.delete(key).pipe(ignoreElements(), catchTo('storage')), of(delivery));
     }),
   );
+}
+
+/** Tries of an orphan sweep before it gives up (with 100 ms, 400 ms between them). */
+const SWEEP_TRIES = 3;
+
+/**
+ * Removes the job's orphan objects, retrying a storage or database error. A sweep that
+ * still fails either refuses the run (`refuse`: at the start, so a storage outage leaves
+ * the job as it was instead of spending its budget) or is logged and left to the next
+ * sweep (`warn`: after the job ended; orphans cost storage, never correctness).
+ */
+async function sweepOrphans(database: Database, store: ObjectStore, jobId: string, logger: Logger | undefined, onFailure: 'refuse' | 'warn'): Promise<void> {
+  for (let tried = 1; ; tried++) {
+    try {
+      await removeOrphans(database, store, jobId, logger);
+      return;
+    } catch (error) {
+      if (tried >= SWEEP_TRIES) {
+        if (onFailure === 'refuse') throw error;
+        logger?.warn({ err: error }, 'orphan sweep failed: left for the next run of the job');
+        return;
+      }
+      await new Promise((resolve) => setTimeout(resolve, 100 * 4 ** (tried - 1)));
+    }
+  }
 }
 
 /** Objects under the job's prefix that no committed attach record points to. */

@@ -1,9 +1,11 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { firstValueFrom, lastValueFrom, Subject, tap, toArray } from 'rxjs';
+import { defer, firstValueFrom, lastValueFrom, Subject, tap, toArray } from 'rxjs';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { JobStateError } from '../../src/db/errors.js';
+import { finishJob } from '../../src/db/ops/finish-job.js';
 import { grantCredits } from '../../src/db/ops/grant-credits.js';
 import { getBalance } from '../../src/db/ops/get-balance.js';
 import { jobStats } from '../../src/db/ops/job-stats.js';
@@ -11,6 +13,7 @@ import { claimJobLease, JobLeasedError } from '../../src/db/ops/job-lease.js';
 import { readJobResult } from '../../src/db/ops/read-job-result.js';
 import { replayLedger } from '../../src/db/ops/replay-ledger.js';
 import type { JobFinishedEvent, PipelineEvent } from '../../src/domain/events.js';
+import { endedResult } from '../../src/domain/result.js';
 import { parseJobSpec } from '../../src/domain/job-spec.js';
 import { GeminiImageGenerator } from '../../src/generators/gemini-image-generator.js';
 import { OfflineImageGenerator } from '../../src/generators/offline-image-generator.js';
@@ -143,6 +146,51 @@ forEachDatabase('runStoredJob end to end (generator -> sharp -> storage -> deliv
     expect((replayed[0] as JobFinishedEvent).status).toBe('completed');
     expect((replayed[0] as JobFinishedEvent).attachIds).toEqual((first.at(-1) as JobFinishedEvent).attachIds);
     expect(calls).toBe(0);
+  });
+
+  it('a run that fails after claiming the lease, before its engine starts (beginRun finds the job ended meanwhile), gives the lease back at once', async () => {
+    await submit('lease-rel', [2]);
+    // The store's first listing (the start sweep, right after the lease is claimed) waits until
+    // the test has ended the job another way: `beginRun` then refuses it.
+    let listing!: () => void;
+    const listed = new Promise<void>((r) => (listing = r));
+    let endJob!: () => void;
+    const jobEnded = new Promise<void>((r) => (endJob = r));
+    let lists = 0;
+    const gated: ObjectStore = {
+      put: (key, body, type) => store.put(key, body, type),
+      get: (key) => store.get(key),
+      exists: (key) => store.exists(key),
+      delete: (key) => store.delete(key),
+      list: (prefix) =>
+        ++lists > 1
+          ? store.list(prefix)
+          : defer(async () => {
+              listing();
+              await jobEnded;
+              return firstValueFrom(store.list(prefix));
+            }),
+    };
+    let calls = 0;
+    const offline = new OfflineImageGenerator({ seed: 6 });
+    const generator = { generate: (request: Parameters<OfflineImageGenerator['generate']>[0]) => (calls++, offline.generate(request)) };
+    const outcome = lastValueFrom(runStoredJob({ database: ctx.database, store: gated, generator }, 'lease-rel', FAST)).then(
+      () => new Error('the run did not fail'),
+      (error: unknown) => error,
+    );
+    await listed;
+    // The run holds the lease now: another runner is refused.
+    await expect(claimJobLease(ctx.database, 'lease-rel', 'someone-else:1:x', 60_000)).rejects.toBeInstanceOf(JobLeasedError);
+    const cancelled = { ...endedResult('lease-rel', [{ index: 0, quantity: 2, attachIds: [] }], { reason: 'cancelled', errorClass: null }), status: 'cancelled' as const };
+    await finishJob(ctx.database, 'lease-rel', cancelled);
+    endJob();
+    const error = await outcome;
+    expect(error).toBeInstanceOf(JobStateError);
+    expect((error as Error).message).toBe('job lease-rel: cannot run a job that is cancelled');
+    expect(calls).toBe(0);
+    // Released when the run failed, not when its 30 s lease expires: another runner gets it at once.
+    await expect(claimJobLease(ctx.database, 'lease-rel', 'someone-else:1:x', 60_000)).resolves.toBeUndefined();
+    expect((await readJobResult(ctx.database, 'lease-rel'))?.rowStatus).toBe('cancelled');
   });
 
   it('a job cancelled while queued ends cancelled at once with no provider call, releasing its whole reservation', async () => {
