@@ -16,9 +16,9 @@
  */
 import { createHash } from 'node:crypto';
 import sharp from 'sharp';
-import { GeminiImageGenerator } from '../src/generators/gemini-image-generator.js';
-import { renderStampedPng } from '../src/testing/stamped-image.js';
-import { toWebp } from '../src/sinks/image-codec.js';
+import { GeminiImageGenerator } from '../src/adapters/gemini-image-generator.js';
+import { renderStampedPng } from '../test/support/stamped-image.js';
+import { toWebp } from '../src/adapters/image-codec.js';
 import { spawnFakeServer } from './fake-server-process.js';
 import { InstantImageGenerator, fmt, openBenchPipeline, photoLikePngs, pool, runOurs, type BenchPipeline } from './support.js';
 import type { ImageGenerator } from '../src/domain/ports.js';

@@ -10,7 +10,7 @@
 import { spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import { startFakeGeminiServer, type FakeGeminiServerOptions } from '../src/testing/fake-gemini-server.js';
+import { startFakeGeminiServer, type FakeGeminiServerOptions } from '../test/support/fake-gemini-server.js';
 
 export interface FakeServerProcess {
   readonly url: string;

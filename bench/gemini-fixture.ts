@@ -1,10 +1,10 @@
 /**
  * The provider every latency benchmark talks to: the local Gemini-protocol server
- * (`src/testing/fake-gemini-server.ts`) with a set latency and a seeded failure rate,
+ * (`test/support/fake-gemini-server.ts`) with a set latency and a seeded failure rate,
  * reached through the real `GeminiImageGenerator` (`@google/genai` over HTTP).
  */
-import { GeminiImageGenerator } from '../src/generators/gemini-image-generator.js';
-import { randomMixBehavior, startFakeGeminiServer, type FakeBehavior, type FakeGeminiServer } from '../src/testing/fake-gemini-server.js';
+import { GeminiImageGenerator } from '../src/adapters/gemini-image-generator.js';
+import { randomMixBehavior, startFakeGeminiServer, type FakeBehavior, type FakeGeminiServer } from '../test/support/fake-gemini-server.js';
 
 /**
  * Failure classes drawn by the server. Transient 5xx only: the default mix also has

@@ -13,8 +13,8 @@
  */
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { GeminiImageGenerator } from '../src/generators/gemini-image-generator.js';
-import { runJob } from '../src/streams/run-job-api.js';
+import { GeminiImageGenerator } from '../src/adapters/gemini-image-generator.js';
+import { runJob } from '../src/jobs/run-job.js';
 import { spawnFakeServer } from './fake-server-process.js';
 import { fmt, openBenchPipeline } from './support.js';
 

@@ -17,7 +17,7 @@ import type { ImageGenerator, InputImage } from '../src/domain/ports.js';
 import type { Database } from '../src/db/database.js';
 import { createAttachment } from '../src/db/ops/create-attachment.js';
 import { getAttachment } from '../src/db/ops/get-attachment.js';
-import { toWebp } from '../src/sinks/image-codec.js';
+import { toWebp } from '../src/adapters/image-codec.js';
 import type { ObjectStore } from '../src/sinks/object-store.js';
 
 export interface SourceDesignDeps {

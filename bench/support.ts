@@ -17,11 +17,11 @@ import type { GeneratedImage, GenerationRequest, ImageGenerator } from '../src/d
 import type { JobResult } from '../src/domain/result.js';
 import { openDatabase, type Database } from '../src/db/database.js';
 import { grantCredits } from '../src/db/ops/grant-credits.js';
-import { AdaptiveConcurrencyLimiter } from '../src/operators/adaptive-concurrency-limiter.js';
+import { AdaptiveConcurrencyLimiter } from '../src/engine/adaptive-concurrency-limiter.js';
 import { FolderObjectStore } from '../src/sinks/folder-object-store.js';
-import { runJob } from '../src/streams/run-job-api.js';
+import { runJob } from '../src/jobs/run-job.js';
 import type { RunJobOptions } from '../src/streams/run-job.js';
-import { importInputImage } from '../src/streams/submit-job.js';
+import { importInputImage } from '../src/jobs/submit-job.js';
 import './trace-sql.js';
 
 export interface BenchPipeline {

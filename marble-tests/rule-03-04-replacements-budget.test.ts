@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { fullJitterBackoff } from '../src/operators/full-jitter-backoff.js';
+import { fullJitterBackoff } from '../src/engine/full-jitter-backoff.js';
 import { runEngine } from '../src/streams/engine.js';
 import { newScheduler, scriptedPorts, simulate, stages, timeline, virtualOptions } from './support.js';
 

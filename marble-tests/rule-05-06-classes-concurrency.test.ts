@@ -1,8 +1,8 @@
 import { timer, map } from 'rxjs';
 import { describe, expect, it } from 'vitest';
 import { ERROR_CLASSES, PipelineError, RETRYABLE, isRetryable, toPipelineError } from '../src/domain/error-class.js';
-import { AdaptiveConcurrencyLimiter } from '../src/operators/adaptive-concurrency-limiter.js';
-import { ConcurrencyLimiter } from '../src/operators/concurrency-limiter.js';
+import { AdaptiveConcurrencyLimiter } from '../src/engine/adaptive-concurrency-limiter.js';
+import { ConcurrencyLimiter } from '../src/engine/concurrency-limiter.js';
 import { runEngine } from '../src/streams/engine.js';
 import { newScheduler, scriptedPorts, simulate, stages, timeline, virtualOptions } from './support.js';
 

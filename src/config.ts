@@ -1,7 +1,7 @@
 import { join, resolve } from 'node:path';
 import pino from 'pino';
 import { ERROR_CLASSES, isErrorClass, type ErrorClass } from './domain/error-class.js';
-import { MAX_TIMER_MS } from './operators/full-jitter-backoff.js';
+import { MAX_TIMER_MS } from './engine/full-jitter-backoff.js';
 import { hideField, REDACTED, redactUrlPassword, withSecretsHidden } from './domain/hide-secrets.js';
 
 /** Where generated and input images live. */

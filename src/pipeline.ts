@@ -6,7 +6,7 @@ import type { ImageGenerator } from './domain/ports.js';
 import { withPrintedForm } from './domain/hide-secrets.js';
 import { lockDataDir } from './db/data-dir-lock.js';
 import { openDatabase, type Database } from './db/database.js';
-import { AdaptiveConcurrencyLimiter } from './operators/adaptive-concurrency-limiter.js';
+import { AdaptiveConcurrencyLimiter } from './engine/adaptive-concurrency-limiter.js';
 import { FolderObjectStore } from './sinks/folder-object-store.js';
 import type { ObjectStore } from './sinks/object-store.js';
 
@@ -82,13 +82,13 @@ export async function openPipeline(config: PipelineConfig, overrides: PipelineOv
   const generator =
     overrides.generator ??
     (config.provider === 'gemini'
-      ? new (await import('./generators/gemini-image-generator.js')).GeminiImageGenerator({
+      ? new (await import('./adapters/gemini-image-generator.js')).GeminiImageGenerator({
           apiKey: config.gemini.apiKey ?? '',
           model: config.gemini.model,
           timeoutMs: config.gemini.timeoutMs,
           ...(config.gemini.baseUrl ? { baseUrl: config.gemini.baseUrl } : {}),
         })
-      : new (await import('./generators/offline-image-generator.js')).OfflineImageGenerator({
+      : new (await import('./adapters/offline-image-generator.js')).OfflineImageGenerator({
           latencyMs: config.offline.latencyMs,
           jitterMs: config.offline.jitterMs,
           failureRate: config.offline.failureRate,

@@ -12,7 +12,7 @@ import { ERROR_CLASSES, PipelineError, isRetryable } from '../src/domain/error-c
 import type { PipelineEvent } from '../src/domain/events.js';
 import { parseJobSpec } from '../src/domain/job-spec.js';
 import type { AttemptRequest, EnginePorts } from '../src/domain/ports.js';
-import { DEFAULT_OFFLINE_FAILURE_CLASSES, OfflineImageGenerator } from '../src/generators/offline-image-generator.js';
+import { DEFAULT_OFFLINE_FAILURE_CLASSES, OfflineImageGenerator } from '../src/adapters/offline-image-generator.js';
 import { engineOptionsOf } from '../src/pipeline.js';
 import { DEFAULT_ENGINE_OPTIONS, runEngine } from '../src/streams/engine.js';
 

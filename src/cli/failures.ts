@@ -8,7 +8,7 @@ import { CreditOverflowError, InputAttachmentError, InsufficientCreditsError, Jo
 import { JobLeasedError } from '../db/ops/job-lease.js';
 import { PipelineError } from '../domain/error-class.js';
 import { JobSpecError } from '../domain/job-spec.js';
-import { JobSpecConflictError } from '../streams/submit-job.js';
+import { JobSpecConflictError } from '../jobs/submit-job.js';
 
 /** 0 completed; 1 ended short or could not run; 2 invalid input or configuration; 3 not enough credits. */
 export const EXIT = Object.freeze({ completed: 0, short: 1, invalid: 2, credits: 3 });

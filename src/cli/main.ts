@@ -27,7 +27,7 @@ import { engineOptionsOf, openPipeline, type Pipeline } from '../pipeline.js';
 import { readJobFile } from '../sources/job-file.js';
 import { watchJob, type WatchedEvent } from '../sources/watch-job.js';
 import { runStoredJob } from '../streams/run-job.js';
-import { refuseOnEmptyDatabase, submitSpec } from '../streams/submit-job.js';
+import { refuseOnEmptyDatabase, submitSpec } from '../jobs/submit-job.js';
 import { databaseUnavailable, EXIT, isConnectionError, reportError, UnavailableError, UsageError } from './failures.js';
 import { formatSummary, jobSummary, type JobSummary } from './summary.js';
 import { ProgressView } from './progress-view.js';

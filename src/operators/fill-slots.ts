@@ -33,10 +33,10 @@ import type { AttemptRequest, Delivery, EnginePorts, GeneratedImage } from '../d
 import type { RandomSource } from '../domain/random.js';
 import type { StageState } from '../domain/resume-state.js';
 import type { Shortfall, StageResult } from '../domain/result.js';
-import type { AdaptiveConcurrencyLimiter } from './adaptive-concurrency-limiter.js';
-import type { ConcurrencyLimiter, Permit } from './concurrency-limiter.js';
-import { capRetryAfter } from './cap-retry-after.js';
-import { DEFAULT_MAX_RETRY_AFTER_MS, fullJitterBackoff, type BackoffConfig } from './full-jitter-backoff.js';
+import type { AdaptiveConcurrencyLimiter } from '../engine/adaptive-concurrency-limiter.js';
+import type { ConcurrencyLimiter, Permit } from '../engine/concurrency-limiter.js';
+import { capRetryAfter } from '../engine/cap-retry-after.js';
+import { DEFAULT_MAX_RETRY_AFTER_MS, fullJitterBackoff, type BackoffConfig } from '../engine/full-jitter-backoff.js';
 
 /** How much a stage may spend on failures. */
 export interface RetryBudget {

@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { PipelineError } from '../domain/error-class.js';
-import { extensionForMimeType } from './image-codec.js';
+import { extensionForMimeType } from '../adapters/image-codec.js';
 
 /** Where a generated image is stored: one object per (job, stage, slot, attempt). */
 export interface GeneratedImageKeyParts {

@@ -1,7 +1,7 @@
 import { readFile, stat } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import { JobSpecError, parseJobSpec, type JobSpec, type JobSpecLimits, type SpecProblem } from '../domain/job-spec.js';
-import { decodeImage, probeImage, DEFAULT_MAX_INPUT_BYTES, DEFAULT_MAX_PIXELS } from '../sinks/image-codec.js';
+import { decodeImage, probeImage, DEFAULT_MAX_INPUT_BYTES, DEFAULT_MAX_PIXELS } from '../adapters/image-codec.js';
 
 /** Largest job file we read. */
 export const MAX_JOB_FILE_BYTES = 1024 * 1024;

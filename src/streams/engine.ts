@@ -21,10 +21,10 @@ import type { EnginePorts } from '../domain/ports.js';
 import { seededRandom, type RandomSource } from '../domain/random.js';
 import { freshStageState, type StageState } from '../domain/resume-state.js';
 import { jobStatusOf, type JobResult, type StageResult } from '../domain/result.js';
-import { AdaptiveConcurrencyLimiter } from '../operators/adaptive-concurrency-limiter.js';
-import { ConcurrencyLimiter } from '../operators/concurrency-limiter.js';
+import { AdaptiveConcurrencyLimiter } from '../engine/adaptive-concurrency-limiter.js';
+import { ConcurrencyLimiter } from '../engine/concurrency-limiter.js';
 import { JobControl, fillSlots, type StageItem } from '../operators/fill-slots.js';
-import { DEFAULT_BACKOFF, type BackoffConfig } from '../operators/full-jitter-backoff.js';
+import { DEFAULT_BACKOFF, type BackoffConfig } from '../engine/full-jitter-backoff.js';
 
 /** The part of a job the engine needs. */
 export interface EngineJob {

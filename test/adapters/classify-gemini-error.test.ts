@@ -7,7 +7,7 @@ import {
   parseRetryAfterHeader,
   parseRetryDelay,
   type GeminiResponseLike,
-} from '../../src/generators/classify-gemini-error.js';
+} from '../../src/adapters/classify-gemini-error.js';
 
 /** An error shaped like @google/genai's ApiError (message = JSON body, numeric status). */
 function apiError(status: number, body: unknown): Error {

@@ -1,8 +1,8 @@
 import { request as httpRequest } from 'node:http';
 import { afterEach, describe, expect, it } from 'vitest';
-import { toWebp } from '../../src/sinks/image-codec.js';
-import { randomMixBehavior, startFakeGeminiServer, type FakeGeminiServer } from '../../src/testing/fake-gemini-server.js';
-import { MAX_STAMP, readStamp, renderStampedPng } from '../../src/testing/stamped-image.js';
+import { toWebp } from '../../src/adapters/image-codec.js';
+import { randomMixBehavior, startFakeGeminiServer, type FakeGeminiServer } from '../support/fake-gemini-server.js';
+import { MAX_STAMP, readStamp, renderStampedPng } from '../support/stamped-image.js';
 
 const open: FakeGeminiServer[] = [];
 afterEach(async () => {

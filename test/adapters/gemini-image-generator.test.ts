@@ -4,9 +4,9 @@ import { TestScheduler } from 'rxjs/testing';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { PipelineError } from '../../src/domain/error-class.js';
 import type { GeneratedImage, GenerationRequest } from '../../src/domain/ports.js';
-import { GeminiImageGenerator, type GeminiModelsClient } from '../../src/generators/gemini-image-generator.js';
-import { FAKE_USAGE, startFakeGeminiServer, THOUGHT_STAMP, type FakeBehavior, type FakeGeminiServer } from '../../src/testing/fake-gemini-server.js';
-import { readStamp } from '../../src/testing/stamped-image.js';
+import { GeminiImageGenerator, type GeminiModelsClient } from '../../src/adapters/gemini-image-generator.js';
+import { FAKE_USAGE, startFakeGeminiServer, THOUGHT_STAMP, type FakeBehavior, type FakeGeminiServer } from '../support/fake-gemini-server.js';
+import { readStamp } from '../support/stamped-image.js';
 
 const API_KEY = 'fake-key-DO-NOT-LEAK-4242';
 let server: FakeGeminiServer;

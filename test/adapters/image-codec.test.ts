@@ -1,7 +1,7 @@
 import sharp from 'sharp';
 import { describe, expect, it } from 'vitest';
 import { PipelineError } from '../../src/domain/error-class.js';
-import { decodeImage, extensionForMimeType, probeImage, toWebp } from '../../src/sinks/image-codec.js';
+import { decodeImage, extensionForMimeType, probeImage, toWebp } from '../../src/adapters/image-codec.js';
 
 async function solid(format: 'png' | 'jpeg' | 'webp', width: number, height: number): Promise<Uint8Array> {
   const img = sharp({ create: { width, height, channels: 3, background: { r: 10, g: 120, b: 200 } } });

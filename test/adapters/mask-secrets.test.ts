@@ -4,8 +4,8 @@
  * case, URL-encoded, and as any piece of 8+ characters at the cut.
  */
 import { describe, expect, it } from 'vitest';
-import { classifyGeminiError } from '../../src/generators/classify-gemini-error.js';
-import { maskSecrets, MIN_SECRET_FRAGMENT } from '../../src/generators/mask-secrets.js';
+import { classifyGeminiError } from '../../src/adapters/classify-gemini-error.js';
+import { maskSecrets, MIN_SECRET_FRAGMENT } from '../../src/adapters/mask-secrets.js';
 
 // 40 characters, with characters that URL-encoding changes.
 const KEY = 'AIzaSy/Echo+Key=0123456789abcdefghijklmn';

@@ -5,7 +5,7 @@ import { describe, expect, it } from 'vitest';
 import { ASPECT_RATIOS, aspectRatioParts } from '../../src/domain/aspect-ratio.js';
 import { PipelineError, type ErrorClass } from '../../src/domain/error-class.js';
 import type { GenerationRequest } from '../../src/domain/ports.js';
-import { OfflineImageGenerator } from '../../src/generators/offline-image-generator.js';
+import { OfflineImageGenerator } from '../../src/adapters/offline-image-generator.js';
 
 function request(overrides: Partial<GenerationRequest> = {}): GenerationRequest {
   return {

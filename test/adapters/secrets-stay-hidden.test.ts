@@ -17,10 +17,10 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig, type PipelineConfig } from '../../src/config.js';
 import { openDatabase } from '../../src/db/database.js';
 import { PipelineError } from '../../src/domain/error-class.js';
-import { GeminiImageGenerator } from '../../src/generators/gemini-image-generator.js';
+import { GeminiImageGenerator } from '../../src/adapters/gemini-image-generator.js';
 import { createLogger, openPipeline } from '../../src/pipeline.js';
 import { S3ObjectStore } from '../../src/sinks/s3-object-store.js';
-import { startFakeGeminiServer, type FakeGeminiServer } from '../../src/testing/fake-gemini-server.js';
+import { startFakeGeminiServer, type FakeGeminiServer } from '../support/fake-gemini-server.js';
 import { createScratchDatabase, TEST_DATABASE_URL, type ScratchDatabase } from '../support/databases.js';
 
 const API_KEY = 'AIzaSyHidden-KEY_0123456789abcdefghijkl';

@@ -24,10 +24,10 @@ import {
 import { readJobResult } from '../../src/db/ops/read-job-result.js';
 import { PipelineError } from '../../src/domain/error-class.js';
 import type { ImageGenerator } from '../../src/domain/ports.js';
-import { OfflineImageGenerator } from '../../src/generators/offline-image-generator.js';
+import { OfflineImageGenerator } from '../../src/adapters/offline-image-generator.js';
 import { FolderObjectStore } from '../../src/sinks/folder-object-store.js';
 import { runStoredJob } from '../../src/streams/run-job.js';
-import { importInputImage } from '../../src/streams/submit-job.js';
+import { importInputImage } from '../../src/jobs/submit-job.js';
 import { forEachDatabase } from '../support/databases.js';
 import { raceCalls, raceTitle } from '../support/pg-race.js';
 import { deliveryOf, footprint, inputAttachment, makeSpec, resultFromDatabase, seedJob, uid } from './fixtures.js';

@@ -8,7 +8,7 @@ import { copyFile, mkdir, readdir } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startFakeGeminiServer, type FakeGeminiServer } from '../../src/testing/fake-gemini-server.js';
+import { startFakeGeminiServer, type FakeGeminiServer } from '../support/fake-gemini-server.js';
 import {
   assertCliBuilt,
   cliEnv,

@@ -6,7 +6,7 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { startFakeGeminiServer, type FakeBehaviorFn, type FakeGeminiServer } from '../../src/testing/fake-gemini-server.js';
+import { startFakeGeminiServer, type FakeBehaviorFn, type FakeGeminiServer } from '../support/fake-gemini-server.js';
 import {
   assertCliBuilt,
   cliEnv,

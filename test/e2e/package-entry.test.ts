@@ -13,7 +13,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import * as lib from 'imagegen-pipeline';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as srcConfig from '../../src/config.js';
-import { renderStampedPng } from '../../src/testing/stamped-image.js';
+import { renderStampedPng } from '../support/stamped-image.js';
 import { openExamplePipeline, runExampleJob, watchExampleJob } from './readme-example.js';
 
 const ROOT = resolve(fileURLToPath(new URL('.', import.meta.url)), '../..');

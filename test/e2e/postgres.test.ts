@@ -6,7 +6,7 @@
  */
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { randomMixBehavior, startFakeGeminiServer, type FakeGeminiServer } from '../../src/testing/fake-gemini-server.js';
+import { randomMixBehavior, startFakeGeminiServer, type FakeGeminiServer } from '../support/fake-gemini-server.js';
 import { createScratchDatabase, TEST_DATABASE_URL, type ScratchDatabase } from '../support/databases.js';
 import {
   assertCliBuilt,

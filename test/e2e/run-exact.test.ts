@@ -4,7 +4,7 @@
  * finished job.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { randomMixBehavior, startFakeGeminiServer, type FakeGeminiServer } from '../../src/testing/fake-gemini-server.js';
+import { randomMixBehavior, startFakeGeminiServer, type FakeGeminiServer } from '../support/fake-gemini-server.js';
 import {
   assertCliBuilt,
   cliEnv,

@@ -23,8 +23,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { startFakeGeminiServer, type FakeGeminiServer } from '../../src/testing/fake-gemini-server.js';
-import { renderStampedPng } from '../../src/testing/stamped-image.js';
+import { startFakeGeminiServer, type FakeGeminiServer } from '../support/fake-gemini-server.js';
+import { renderStampedPng } from '../support/stamped-image.js';
 import { createScratchDatabase, TEST_DATABASE_URL, type ScratchDatabase } from '../support/databases.js';
 import { runCli, startCli, type CliProcess } from '../reliability/support/cli.js';
 

@@ -28,12 +28,12 @@ import { openDatabase } from '../../src/db/database.js';
 import { claimJobLease } from '../../src/db/ops/job-lease.js';
 import { grantCredits } from '../../src/db/ops/grant-credits.js';
 import { openPipeline, type Pipeline } from '../../src/pipeline.js';
-import { runJob } from '../../src/streams/run-job-api.js';
-import { importInputImage, JobSpecConflictError, submitSpec } from '../../src/streams/submit-job.js';
+import { runJob } from '../../src/jobs/run-job.js';
+import { importInputImage, JobSpecConflictError, submitSpec } from '../../src/jobs/submit-job.js';
 import { parseJobSpec } from '../../src/domain/job-spec.js';
 import { readJobFile } from '../../src/sources/job-file.js';
-import { startFakeGeminiServer, type FakeGeminiServer } from '../../src/testing/fake-gemini-server.js';
-import { renderStampedPng } from '../../src/testing/stamped-image.js';
+import { startFakeGeminiServer, type FakeGeminiServer } from '../support/fake-gemini-server.js';
+import { renderStampedPng } from '../support/stamped-image.js';
 import { createScratchDatabase, DATABASE_KINDS, TEST_DATABASE_URL, type ScratchDatabase } from '../support/databases.js';
 import { runCli, startCli, type CliResult } from './support/cli.js';
 

@@ -10,7 +10,7 @@
  * the balance and nothing stays reserved.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { FakeBehavior, FakeBehaviorFn } from '../../src/testing/fake-gemini-server.js';
+import type { FakeBehavior, FakeBehaviorFn } from '../support/fake-gemini-server.js';
 import type { ErrorClass } from '../../src/domain/error-class.js';
 import type { PipelineEvent } from '../../src/domain/events.js';
 import { auditJob, expectEndedHonestly } from './support/audit.js';

@@ -17,8 +17,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startFakeGeminiServer, type FakeGeminiServer } from '../../src/testing/fake-gemini-server.js';
-import { renderStampedPng } from '../../src/testing/stamped-image.js';
+import { startFakeGeminiServer, type FakeGeminiServer } from '../support/fake-gemini-server.js';
+import { renderStampedPng } from '../support/stamped-image.js';
 import { createScratchDatabase, type ScratchDatabase } from '../support/databases.js';
 import { runCli, type CliResult } from './support/cli.js';
 // Quick mode (`npm test`) runs the cases issue 9 names through the CLI process, the credit cases

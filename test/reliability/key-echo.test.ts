@@ -11,9 +11,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { openDatabase, type Database } from '../../src/db/database.js';
-import { MIN_SECRET_FRAGMENT } from '../../src/generators/mask-secrets.js';
-import { startFakeGeminiServer, type FakeBehaviorFn, type FakeGeminiServer } from '../../src/testing/fake-gemini-server.js';
-import { renderStampedPng } from '../../src/testing/stamped-image.js';
+import { MIN_SECRET_FRAGMENT } from '../../src/adapters/mask-secrets.js';
+import { startFakeGeminiServer, type FakeBehaviorFn, type FakeGeminiServer } from '../support/fake-gemini-server.js';
+import { renderStampedPng } from '../support/stamped-image.js';
 import { createScratchDatabase, TEST_DATABASE_URL } from '../support/databases.js';
 import { runCli, startCli } from './support/cli.js';
 

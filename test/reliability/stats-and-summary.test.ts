@@ -19,8 +19,8 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startFakeGeminiServer, type FakeBehavior, type FakeGeminiServer } from '../../src/testing/fake-gemini-server.js';
-import { renderStampedPng } from '../../src/testing/stamped-image.js';
+import { startFakeGeminiServer, type FakeBehavior, type FakeGeminiServer } from '../support/fake-gemini-server.js';
+import { renderStampedPng } from '../support/stamped-image.js';
 import { runCli } from './support/cli.js';
 
 const PROMPTS = ['sched-A overloaded twice', 'sched-B rate limited once', 'sched-C clean', 'sched-D blocked'] as const;

@@ -15,7 +15,7 @@ import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import sharp from 'sharp';
 import { openDatabase, type DatabaseConfig } from '../../../src/db/database.js';
-import { readStamp } from '../../../src/testing/stamped-image.js';
+import { readStamp } from '../../support/stamped-image.js';
 
 export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
 export const CLI_PATH = join(REPO_ROOT, 'dist', 'cli.js');

@@ -12,8 +12,8 @@ import { readJobResult } from '../../../src/db/ops/read-job-result.js';
 import { replayLedger } from '../../../src/db/ops/replay-ledger.js';
 import type { ObjectStore } from '../../../src/sinks/object-store.js';
 import { generatedImagePrefix } from '../../../src/sinks/storage-keys.js';
-import { readStamp } from '../../../src/testing/stamped-image.js';
-import type { FakeGeminiServer } from '../../../src/testing/fake-gemini-server.js';
+import { readStamp } from '../../support/stamped-image.js';
+import type { FakeGeminiServer } from '../../support/fake-gemini-server.js';
 import type { StoredJobResult } from '../../../src/db/ops/read-job-result.js';
 
 export interface JobAudit {

@@ -13,11 +13,11 @@ import { loadConfig } from '../../../src/config.js';
 import { grantCredits } from '../../../src/db/ops/grant-credits.js';
 import type { PipelineEvent } from '../../../src/domain/events.js';
 import { engineOptionsOf, openPipeline, type Pipeline } from '../../../src/pipeline.js';
-import { runJob } from '../../../src/streams/run-job-api.js';
+import { runJob } from '../../../src/jobs/run-job.js';
 import type { RunJobOptions } from '../../../src/streams/run-job.js';
-import { importInputImage } from '../../../src/streams/submit-job.js';
-import { startFakeGeminiServer, type FakeGeminiServer, type FakeGeminiServerOptions } from '../../../src/testing/fake-gemini-server.js';
-import { renderStampedPng } from '../../../src/testing/stamped-image.js';
+import { importInputImage } from '../../../src/jobs/submit-job.js';
+import { startFakeGeminiServer, type FakeGeminiServer, type FakeGeminiServerOptions } from '../../support/fake-gemini-server.js';
+import { renderStampedPng } from '../../support/stamped-image.js';
 import { createScratchDatabase, type DatabaseKind, type ScratchDatabase } from '../../support/databases.js';
 
 export const PRICE = 2;

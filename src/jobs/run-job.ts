@@ -2,7 +2,7 @@ import { Observable, defer, from, mergeMap } from 'rxjs';
 import type { PipelineConfig } from '../config.js';
 import type { PipelineEvent } from '../domain/events.js';
 import { parseJobSpec, type JobSpecLimits } from '../domain/job-spec.js';
-import { runStoredJob, type RunJobDeps, type RunJobOptions } from './run-job.js';
+import { runStoredJob, type RunJobDeps, type RunJobOptions } from '../streams/run-job.js';
 import { submitSpec } from './submit-job.js';
 
 export interface RunJobInput {

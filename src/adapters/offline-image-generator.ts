@@ -1,7 +1,7 @@
 import { asyncScheduler, defer, from, mergeMap, Observable, throwError, timer, type SchedulerLike } from 'rxjs';
 import { PipelineError, type ErrorClass } from '../domain/error-class.js';
 import type { GeneratedImage, GenerationRequest, ImageGenerator } from '../domain/ports.js';
-import { loadSharp } from '../sinks/image-codec.js';
+import { loadSharp } from './image-codec.js';
 import { dimensionsForAspectRatio } from './image-dimensions.js';
 
 /** Configuration of an {@link OfflineImageGenerator}. Every field is optional. */

@@ -1,7 +1,7 @@
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { ASPECT_RATIOS, type AspectRatio } from '../domain/aspect-ratio.js';
-import { dimensionsForAspectRatio } from '../generators/image-dimensions.js';
+import { ASPECT_RATIOS, type AspectRatio } from '../../src/domain/aspect-ratio.js';
+import { dimensionsForAspectRatio } from '../../src/adapters/image-dimensions.js';
 import { MAX_STAMP, renderStampedPng } from './stamped-image.js';
 
 /**

@@ -3,7 +3,7 @@ import { GoogleGenAI, Modality } from '@google/genai';
 import { asyncScheduler, Observable, type SchedulerLike } from 'rxjs';
 import type { GeneratedImage, GenerationRequest, ImageGenerator, InputImage, TokenUsage } from '../domain/ports.js';
 import { PipelineError } from '../domain/error-class.js';
-import { probeImage } from '../sinks/image-codec.js';
+import { probeImage } from './image-codec.js';
 import { classifyGeminiError, classifyGeminiResponse, type GeminiResponseLike } from './classify-gemini-error.js';
 
 /** Default Gemini image model. */

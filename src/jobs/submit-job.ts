@@ -10,7 +10,7 @@ import { getAttachment } from '../db/ops/get-attachment.js';
 import { getBalance } from '../db/ops/get-balance.js';
 import { submitJob } from '../db/ops/submit-job.js';
 import { retryTransient } from '../db/sql-errors.js';
-import { extensionForMimeType } from '../sinks/image-codec.js';
+import { extensionForMimeType } from '../adapters/image-codec.js';
 import type { ObjectStore } from '../sinks/object-store.js';
 import type { InputFile } from '../sources/job-file.js';
 
