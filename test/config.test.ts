@@ -2,19 +2,21 @@
  * `loadConfig` (src/config.ts): the promises of the README's configuration table.
  *
  * Unit tests, no I/O: the environment is an object passed in, never `process.env`.
- * Ranges of the duration settings are in `config-ranges.test.ts`; not repeated here.
+ * Not repeated here: the ranges of the duration settings (`config-ranges.test.ts`), the
+ * generator settings (`config-generator.test.ts`) and the engine settings' effect on
+ * `runEngine` (`config-engine.test.ts`).
  */
 import { resolve } from 'node:path';
-import { lastValueFrom, throwError, toArray } from 'rxjs';
 import { describe, expect, it } from 'vitest';
-import { ConfigError, loadConfig, type ConfigOverrides } from '../src/config.js';
-import { ERROR_CLASSES, PipelineError, isRetryable } from '../src/domain/error-class.js';
-import type { PipelineEvent } from '../src/domain/events.js';
-import { parseJobSpec } from '../src/domain/job-spec.js';
-import type { AttemptRequest, EnginePorts } from '../src/domain/ports.js';
-import { DEFAULT_OFFLINE_FAILURE_CLASSES, OfflineImageGenerator } from '../src/adapters/offline-image-generator.js';
-import { engineOptionsOf } from '../src/pipeline.js';
-import { DEFAULT_ENGINE_OPTIONS, runEngine } from '../src/streams/engine.js';
+import { DEFAULT_GEMINI_IMAGE_MODEL, DEFAULT_GEMINI_TIMEOUT_MS, GeminiImageGenerator } from '../src/adapters/gemini-image-generator.js';
+import { DEFAULT_WEBP_QUALITY } from '../src/adapters/image-codec.js';
+import { OfflineImageGenerator } from '../src/adapters/offline-image-generator.js';
+import { ConfigError, envWithPresets, loadConfig, type ConfigOverrides } from '../src/config.js';
+import { DEFAULT_JOB_SPEC_LIMITS } from '../src/domain/job-spec.js';
+import { DEFAULT_BACKOFF } from '../src/engine/full-jitter-backoff.js';
+import { S3ObjectStore } from '../src/sinks/s3-object-store.js';
+import { DEFAULT_ENGINE_OPTIONS } from '../src/streams/engine.js';
+import { DEFAULT_RUN_OPTIONS } from '../src/streams/run-job.js';
 
 type Env = Record<string, string | undefined>;
 
@@ -29,7 +31,7 @@ function refusal(env: Env, overrides: ConfigOverrides = {}): ConfigError | null 
   }
 }
 
-describe('loadConfig: defaults are the README configuration table', () => {
+describe('loadConfig: defaults are the README configuration table, each from its one owner', () => {
   // No HOME / XDG_CACHE_HOME either: the template dir default is tested on its own below.
   const config = loadConfig({});
 
@@ -39,15 +41,16 @@ describe('loadConfig: defaults are the README configuration table', () => {
     expect(config.storage).toEqual({ kind: 'folder', root: resolve('./.imagegen', 'storage') });
   });
 
-  it('provider and Gemini settings', () => {
+  it('provider offline; the Gemini model and timeout are left unset for the adapter: gemini-2.5-flash-image, 60000 ms', () => {
     expect(config.provider).toBe('offline');
+    expect({ ...config.gemini }).toEqual({ model: undefined, baseUrl: undefined, timeoutMs: undefined });
     expect(config.gemini.apiKey).toBeUndefined();
-    expect(config.gemini.model).toBe('gemini-2.5-flash-image');
-    expect(config.gemini.baseUrl).toBeUndefined();
-    expect(config.gemini.timeoutMs).toBe(60_000);
+    const gemini = new GeminiImageGenerator({ apiKey: 'k', model: config.gemini.model, timeoutMs: config.gemini.timeoutMs });
+    expect([gemini.config.model, gemini.config.baseUrl, gemini.config.timeoutMs]).toEqual(['gemini-2.5-flash-image', undefined, 60_000]);
+    expect([DEFAULT_GEMINI_IMAGE_MODEL, DEFAULT_GEMINI_TIMEOUT_MS]).toEqual(['gemini-2.5-flash-image', 60_000]);
   });
 
-  it('engine: concurrency 8/4, budget 5 per slot and no fixed stage budget, timeouts and backoff', () => {
+  it('engine: concurrency 8/4, budget 5 per slot and no fixed stage budget, timeouts and backoff, read from the engine and the backoff', () => {
     expect({ ...config.engine }).toEqual({
       globalConcurrency: 8,
       stageConcurrency: 4,
@@ -58,19 +61,30 @@ describe('loadConfig: defaults are the README configuration table', () => {
       backoffMaxMs: 30_000,
       maxRetryAfterMs: 120_000,
     });
+    const { globalConcurrency, maxAttemptsPerSlot, attemptTimeoutMs } = DEFAULT_ENGINE_OPTIONS;
+    expect(config.engine).toMatchObject({ globalConcurrency, maxAttemptsPerSlot, attemptTimeoutMs });
+    expect(config.engine).toMatchObject({ backoffBaseMs: DEFAULT_BACKOFF.baseMs, backoffMaxMs: DEFAULT_BACKOFF.maxMs, maxRetryAfterMs: DEFAULT_BACKOFF.maxRetryAfterMs });
   });
 
-  it('money, limits, offline generator, queue, shutdown, worker, crash resumes, output', () => {
+  it('money, limits, queue, shutdown, crash resumes, output', () => {
     expect(config.pricePerImage).toBe(1);
     expect(config.maxQuantity).toBe(1000);
-    expect({ ...config.offline }).toEqual({ failureRate: 0, latencyMs: 0, jitterMs: 0, failureClasses: undefined, seed: 0 });
+    expect(config.maxQuantity).toBe(DEFAULT_JOB_SPEC_LIMITS.maxQuantity);
     expect(config.queueExpireSeconds).toBe(600);
     expect(config.shutdownGraceMs).toBe(30_000);
-    expect(config.workerJobs).toBe(2);
     expect(config.maxCrashResumes).toBe(5);
     expect(config.webpQuality).toBe(80);
+    expect(config.webpQuality).toBe(DEFAULT_WEBP_QUALITY);
     expect(config.progressIntervalMs).toBe(250);
+    expect([config.progressIntervalMs, config.shutdownGraceMs, config.maxCrashResumes]).toEqual([DEFAULT_RUN_OPTIONS.progressIntervalMs, DEFAULT_RUN_OPTIONS.graceMs, DEFAULT_RUN_OPTIONS.maxCrashResumes]);
     expect(config.logLevel).toBe('info');
+  });
+
+  it('left unset for their owners: the worker jobs (`runWorker` runs 2) and the offline fault injection (off)', () => {
+    expect(config.workerJobs).toBeUndefined();
+    expect({ ...config.offline }).toEqual({ failureRate: undefined, latencyMs: undefined, jitterMs: undefined, failureClasses: undefined, seed: undefined });
+    const { latencyMs, jitterMs, failureRate, seed } = new OfflineImageGenerator({ ...config.offline, failureClasses: undefined }).config;
+    expect({ latencyMs, jitterMs, failureRate, seed }).toEqual({ latencyMs: 0, jitterMs: 0, failureRate: 0, seed: 0 });
   });
 
   it('IMAGEGEN_PGLITE_TEMPLATE_DIR: $XDG_CACHE_HOME/imagegen-pipeline, else ~/.cache/imagegen-pipeline; off = none', () => {
@@ -81,30 +95,27 @@ describe('loadConfig: defaults are the README configuration table', () => {
     expect(config.pgliteTemplateDir).toBeUndefined();
   });
 
-  it('"transient mix": without IMAGEGEN_OFFLINE_FAILURE_CLASSES the offline generator injects retryable classes only', () => {
-    const generator = new OfflineImageGenerator({ failureRate: 1, ...(config.offline.failureClasses ? { failureClasses: config.offline.failureClasses } : {}) });
-    expect(generator.config.failureClasses).toEqual(DEFAULT_OFFLINE_FAILURE_CLASSES);
-    expect(DEFAULT_OFFLINE_FAILURE_CLASSES.length).toBeGreaterThan(1);
-    for (const errorClass of DEFAULT_OFFLINE_FAILURE_CLASSES) expect(isRetryable(errorClass), errorClass).toBe(true);
-    // Every injected failure is drawn from the mix.
-    const planned = new Set(Array.from({ length: 200 }, (_, i) => generator.plannedFailure({ jobId: 'j', stageIndex: 0, slotIndex: i, attempt: 1 })));
-    for (const errorClass of planned) expect(DEFAULT_OFFLINE_FAILURE_CLASSES).toContain(errorClass);
-  });
-
-  it('S3 storage with S3_BUCKET: region us-east-1, path style with an endpoint, credentials only as a pair', () => {
+  it('S3 storage with S3_BUCKET: region left to the store (us-east-1), path style with an endpoint, credentials only as a pair', () => {
     const s3 = loadConfig({ S3_BUCKET: 'b', S3_ENDPOINT: 'http://127.0.0.1:9000', S3_ACCESS_KEY_ID: 'id', S3_SECRET_ACCESS_KEY: 'secret' }).storage;
-    expect(s3).toMatchObject({ kind: 's3', bucket: 'b', region: 'us-east-1', endpoint: 'http://127.0.0.1:9000', forcePathStyle: true });
+    expect(s3).toMatchObject({ kind: 's3', bucket: 'b', region: undefined, endpoint: 'http://127.0.0.1:9000', forcePathStyle: true });
+    const store = new S3ObjectStore({ bucket: 'b', region: s3.kind === 's3' ? s3.region : 'folder' });
+    expect(store.config.region).toBe('us-east-1');
+    store.destroy();
     expect(s3.kind === 's3' ? [s3.credentials?.accessKeyId, s3.credentials?.secretAccessKey] : null).toEqual(['id', 'secret']);
     expect(loadConfig({ S3_BUCKET: 'b' }).storage).toMatchObject({ kind: 's3', endpoint: undefined, forcePathStyle: false, credentials: undefined });
     expect(loadConfig({ S3_BUCKET: 'b', S3_ACCESS_KEY_ID: 'id' }).storage).toMatchObject({ credentials: undefined });
     expect(loadConfig({ S3_BUCKET: 'b', S3_ENDPOINT: 'http://e', S3_FORCE_PATH_STYLE: 'false' }).storage).toMatchObject({ forcePathStyle: false });
+    // The AWS_* names are read when the S3_* ones are not set.
+    const aws = loadConfig({ S3_BUCKET: 'b', AWS_REGION: 'eu-west-3', AWS_ACCESS_KEY_ID: 'aid', AWS_SECRET_ACCESS_KEY: 'asecret' }).storage;
+    expect(aws.kind === 's3' ? [aws.region, aws.credentials?.accessKeyId, aws.credentials?.secretAccessKey] : null).toEqual(['eu-west-3', 'aid', 'asecret']);
+    expect(loadConfig({ S3_BUCKET: 'b', S3_REGION: 'r', AWS_REGION: 'eu-west-3' }).storage).toMatchObject({ region: 'r' });
   });
 
   it('an empty variable is the default, not 0 or ""', () => {
     const empty = loadConfig({ IMAGEGEN_CONCURRENCY: '', IMAGEGEN_WORKER_JOBS: '', IMAGEGEN_DATA_DIR: '', IMAGEGEN_LOG_LEVEL: '', IMAGEGEN_MAX_REPLACEMENTS_PER_STAGE: '' });
     expect([empty.engine.globalConcurrency, empty.workerJobs, empty.dataDir, empty.logLevel, empty.engine.maxReplacementsPerStage]).toEqual([
       8,
-      2,
+      undefined,
       resolve('./.imagegen'),
       'info',
       undefined,
@@ -183,127 +194,12 @@ describe('loadConfig: flags win over the environment', () => {
   });
 });
 
-describe('loadConfig: provider choice', () => {
-  it('gemini with a key, offline without one (an empty key is none)', () => {
-    expect(loadConfig({ GEMINI_API_KEY: 'k' }).provider).toBe('gemini');
-    expect(loadConfig({ GEMINI_API_KEY: 'k' }).gemini.apiKey).toBe('k');
-    expect(loadConfig({}).provider).toBe('offline');
-    expect(loadConfig({ GEMINI_API_KEY: '' }).provider).toBe('offline');
-  });
-
-  it('gemini without a key is a ConfigError naming GEMINI_API_KEY, from the variable or the flag', () => {
-    for (const [env, overrides] of [
-      [{ IMAGEGEN_PROVIDER: 'gemini' }, {}],
-      [{}, { provider: 'gemini' }],
-      [{ IMAGEGEN_PROVIDER: 'gemini', GEMINI_API_KEY: '' }, {}],
-    ] as const) {
-      const error = refusal(env, overrides);
-      expect(error?.variable).toBe('GEMINI_API_KEY');
-      expect(error?.message).toContain('required');
-    }
-  });
-
-  it('GEMINI_MODEL, GEMINI_BASE_URL and GEMINI_TIMEOUT_MS are read', () => {
-    const { gemini } = loadConfig({ GEMINI_API_KEY: 'k', GEMINI_MODEL: 'm', GEMINI_BASE_URL: 'http://127.0.0.1:1', GEMINI_TIMEOUT_MS: '5' });
-    expect([gemini.model, gemini.baseUrl, gemini.timeoutMs]).toEqual(['m', 'http://127.0.0.1:1', 5]);
-  });
-});
-
-describe('loadConfig: IMAGEGEN_OFFLINE_*', () => {
-  it('reads rate, latency, jitter, seed and a comma list of classes (spaces trimmed)', () => {
-    const { offline } = loadConfig({
-      IMAGEGEN_OFFLINE_FAILURE_RATE: '0.25',
-      IMAGEGEN_OFFLINE_LATENCY_MS: '7',
-      IMAGEGEN_OFFLINE_JITTER_MS: '3',
-      IMAGEGEN_OFFLINE_SEED: '-42',
-      IMAGEGEN_OFFLINE_FAILURE_CLASSES: 'rate_limited, overloaded ,prompt_blocked',
-    });
-    expect({ ...offline }).toEqual({ failureRate: 0.25, latencyMs: 7, jitterMs: 3, seed: -42, failureClasses: ['rate_limited', 'overloaded', 'prompt_blocked'] });
-  });
-
-  it('every known class is accepted; an unknown one is refused naming it and listing the known ones', () => {
-    expect(loadConfig({ IMAGEGEN_OFFLINE_FAILURE_CLASSES: ERROR_CLASSES.join(',') }).offline.failureClasses).toEqual([...ERROR_CLASSES]);
-    const error = refusal({ IMAGEGEN_OFFLINE_FAILURE_CLASSES: 'overloaded,Overloaded' });
-    expect(error?.variable).toBe('IMAGEGEN_OFFLINE_FAILURE_CLASSES');
-    expect(error?.message).toContain('unknown class Overloaded');
-    for (const known of ERROR_CLASSES) expect(error?.message).toContain(known);
-    // A trailing comma is an empty (unknown) class, not silently dropped.
-    expect(refusal({ IMAGEGEN_OFFLINE_FAILURE_CLASSES: 'overloaded,' })?.variable).toBe('IMAGEGEN_OFFLINE_FAILURE_CLASSES');
-  });
-
-  it('the configured classes are the ones the offline generator injects', () => {
-    const { offline } = loadConfig({ IMAGEGEN_OFFLINE_FAILURE_RATE: '1', IMAGEGEN_OFFLINE_FAILURE_CLASSES: 'prompt_blocked' });
-    const generator = new OfflineImageGenerator({ failureRate: offline.failureRate, ...(offline.failureClasses ? { failureClasses: offline.failureClasses } : {}) });
-    for (let slot = 0; slot < 20; slot++) expect(generator.plannedFailure({ jobId: 'j', stageIndex: 0, slotIndex: slot, attempt: 1 })).toBe('prompt_blocked');
-  });
-});
-
-describe('IMAGEGEN_CONCURRENCY vs IMAGEGEN_STAGE_CONCURRENCY', () => {
-  it.each([
-    ['1', 1],
-    ['3', 3],
-    ['4', 4],
-    ['8', 4],
-    ['1000', 4],
-  ])('IMAGEGEN_CONCURRENCY=%s: the stage default is min(4, global) = %i', (global, stage) => {
-    expect(loadConfig({ IMAGEGEN_CONCURRENCY: global }).engine).toMatchObject({ globalConcurrency: Number(global), stageConcurrency: stage });
-  });
-
-  it('an explicit IMAGEGEN_STAGE_CONCURRENCY is taken as given', () => {
-    expect(loadConfig({ IMAGEGEN_CONCURRENCY: '2', IMAGEGEN_STAGE_CONCURRENCY: '6' }).engine).toMatchObject({ globalConcurrency: 2, stageConcurrency: 6 });
-    expect(loadConfig({ IMAGEGEN_CONCURRENCY: '16', IMAGEGEN_STAGE_CONCURRENCY: '1' }).engine).toMatchObject({ globalConcurrency: 16, stageConcurrency: 1 });
-  });
-
-  it('engineOptionsOf passes the stage concurrency to the engine', () => {
-    expect(engineOptionsOf(loadConfig({ IMAGEGEN_CONCURRENCY: '2' })).stageConcurrency).toBe(2);
-  });
-});
-
-describe('IMAGEGEN_MAX_REPLACEMENTS_PER_STAGE unset: the engine uses max(10, quantity)', () => {
-  /**
-   * Runs a one-stage job of `quantity` through `runEngine` with the engine options the
-   * configuration `env` gives, every attempt failing `overloaded` (retryable), no
-   * backoff and a per-slot budget that never binds: the attempts made are exactly
-   * quantity + the stage's replacement budget.
-   */
-  async function attemptsMade(env: Env, quantity: number): Promise<{ calls: number; events: PipelineEvent[] }> {
-    const config = loadConfig({ IMAGEGEN_MAX_ATTEMPTS_PER_SLOT: '100', IMAGEGEN_BACKOFF_BASE_MS: '0', IMAGEGEN_BACKOFF_MAX_MS: '0', ...env });
-    const stages = parseJobSpec({ userId: 'u', stages: [{ quantity, prompt: 'p', mergedImageAttachId: 'in' }] }).stages;
-    let calls = 0;
-    const ports: EnginePorts = {
-      generate: (_request: AttemptRequest) => {
-        calls++;
-        return throwError(() => new PipelineError('overloaded', 'scripted 503'));
-      },
-      deliver: () => throwError(() => new Error('nothing is ever generated')),
-    };
-    const events = await lastValueFrom(runEngine({ jobId: 'j', stages }, ports, { ...engineOptionsOf(config), random: () => 0 }).pipe(toArray()));
-    return { calls, events };
-  }
-
-  it('the default lives in the engine (DEFAULT_ENGINE_OPTIONS), and the config leaves it to the engine', () => {
-    expect(loadConfig({}).engine.maxReplacementsPerStage).toBeUndefined();
-    expect('maxReplacementsPerStage' in engineOptionsOf(loadConfig({}))).toBe(false);
-    const byQuantity = DEFAULT_ENGINE_OPTIONS.maxReplacementsPerStage;
-    expect([1, 3, 10, 11, 25, 1000].map((q) => byQuantity(q))).toEqual([10, 10, 10, 11, 25, 1000]);
-  });
-
-  it.each([
-    [3, 10],
-    [10, 10],
-    [25, 25],
-  ])('quantity %i: %i replacements, then the stage ends short with budget_exhausted', async (quantity, replacements) => {
-    const { calls, events } = await attemptsMade({}, quantity);
-    expect(calls).toBe(quantity + replacements);
-    expect(events.filter((e) => e.type === 'attempt:failed')).toHaveLength(quantity + replacements);
-    const short = events.find((e) => e.type === 'stage:short');
-    expect(short).toMatchObject({ missing: quantity, reason: 'budget_exhausted', errorClass: 'overloaded' });
-    expect(events.at(-1)).toMatchObject({ type: 'job:finished', status: 'failed' });
-  });
-
-  it('a set value replaces the default (0 included)', async () => {
-    expect((await attemptsMade({ IMAGEGEN_MAX_REPLACEMENTS_PER_STAGE: '2' }, 3)).calls).toBe(5);
-    expect((await attemptsMade({ IMAGEGEN_MAX_REPLACEMENTS_PER_STAGE: '0' }, 3)).calls).toBe(3);
-    expect((await attemptsMade({ IMAGEGEN_MAX_REPLACEMENTS_PER_STAGE: '40' }, 25)).calls).toBe(65);
+describe('envWithPresets: settings of an entry point of its own (npm run demo) under the environment', () => {
+  it('a preset applies where the environment is silent; a set variable wins, even an empty one (then the built-in default)', () => {
+    const env = envWithPresets({ IMAGEGEN_OFFLINE_FAILURE_RATE: '0.2', IMAGEGEN_BACKOFF_BASE_MS: '200', IMAGEGEN_PROVIDER: 'offline' }, { IMAGEGEN_BACKOFF_BASE_MS: '7', IMAGEGEN_PROVIDER: '' });
+    expect(env).toEqual({ IMAGEGEN_OFFLINE_FAILURE_RATE: '0.2', IMAGEGEN_BACKOFF_BASE_MS: '7', IMAGEGEN_PROVIDER: '' });
+    const config = loadConfig(env);
+    expect([config.offline.failureRate, config.engine.backoffBaseMs, config.provider]).toEqual([0.2, 7, 'offline']);
+    expect(loadConfig(envWithPresets({ IMAGEGEN_PROVIDER: 'offline' }, { GEMINI_API_KEY: 'k' })).provider).toBe('offline');
   });
 });

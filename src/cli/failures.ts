@@ -3,9 +3,16 @@
  * the `--json` error object `{"error":{"code","message","problems"}}`.
  */
 import { ConfigError } from '../config.js';
-import { DataDirLockedError } from '../db/data-dir-lock.js';
-import { CreditOverflowError, InputAttachmentError, InsufficientCreditsError, JobNotFoundError, JobOwnershipError, MigrationError } from '../db/errors.js';
-import { JobLeasedError } from '../db/ops/job-lease.js';
+import {
+  CreditOverflowError,
+  DataDirLockedError,
+  InputAttachmentError,
+  InsufficientCreditsError,
+  JobLeasedError,
+  JobNotFoundError,
+  JobOwnershipError,
+  MigrationError,
+} from '../db/index.js';
 import { PipelineError } from '../domain/error-class.js';
 import { JobSpecError } from '../domain/job-spec.js';
 import { JobSpecConflictError } from '../jobs/submit-job.js';

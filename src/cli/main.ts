@@ -11,18 +11,10 @@ import { existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { lastValueFrom, of, Subject, takeWhile, tap } from 'rxjs';
-import { ConfigError, loadConfig, type ConfigOverrides, type PipelineConfig } from '../config.js';
-import { JobNotFoundError } from '../db/errors.js';
-import { DataDirLockedError } from '../db/data-dir-lock.js';
-import { JobLeasedError } from '../db/ops/job-lease.js';
-import { getBalance } from '../db/ops/get-balance.js';
-import { retryTransient } from '../db/sql-errors.js';
-import { grantCredits } from '../db/ops/grant-credits.js';
+import { ConfigError, loadConfig, type ConfigEnv, type ConfigOverrides, type PipelineConfig } from '../config.js';
+import { DataDirLockedError, FINAL_JOB_STATUSES, getBalance, getJobStatus, grantCredits, JobLeasedError, JobNotFoundError, jobStats, requestCancel, retryTransient } from '../db/index.js';
+import type { JobRowStatus, JobStats } from '../db/index.js';
 import { parseCreditAmount } from '../domain/credit-amount.js';
-import { jobStats, type JobStats } from '../db/ops/job-stats.js';
-import { requestCancel } from '../db/ops/request-cancel.js';
-import { loadJob } from '../db/ops/load-job.js';
-import { FINAL_JOB_STATUSES, type JobRowStatus } from '../db/schema.js';
 import { engineOptionsOf, openPipeline, type Pipeline } from '../pipeline.js';
 import { readJobFile } from '../sources/job-file.js';
 import { watchJob, type WatchedEvent } from '../sources/watch-job.js';
@@ -211,7 +203,7 @@ async function cmdWatch(inv: Invocation): Promise<number> {
   return withPipeline(inv, async (pipeline) => {
     let status = 'running' as JobRowStatus;
     await lastValueFrom(
-      watchJob(pipeline.database, jobId).pipe(
+      watchJob(pipeline.database, jobId, { logger: pipeline.logger }).pipe(
         tap((event) => {
           if (event.type === 'snapshot' || event.type === 'job:finished') status = event.status as JobRowStatus;
           process.stdout.write(`${inv.json ? JSON.stringify(event) : describeWatched(event)}\n`);
@@ -237,9 +229,9 @@ async function cmdCancel(inv: Invocation): Promise<number> {
   return withPipeline(inv, async (pipeline) => {
     const ok = await requestCancel(pipeline.database, jobId);
     if (!ok) {
-      const job = await loadJob(pipeline.database, jobId);
-      if (!job) throw new JobNotFoundError(jobId);
-      print(inv.json, { jobId, outcome: 'already_ended', status: job.status }, `job ${jobId} has already ended (${job.status})`);
+      const status = await getJobStatus(pipeline.database, jobId);
+      if (status === null) throw new JobNotFoundError(jobId);
+      print(inv.json, { jobId, outcome: 'already_ended', status }, `job ${jobId} has already ended (${status})`);
       return EXIT.short;
     }
     // Nobody runs it (queued, or its runner died): end it here, with no provider call.
@@ -362,8 +354,11 @@ function resolveCommand(positionals: readonly string[], values: Values): { name:
   return { name, args };
 }
 
-/** Runs the CLI with `argv` (without node and the script) and returns the exit code. */
-export async function main(argv: readonly string[]): Promise<number> {
+/**
+ * Runs the CLI with `argv` (without node and the script) and returns the exit code.
+ * `env` is the environment `loadConfig` reads (default `process.env`; `npm run demo` gives its presets).
+ */
+export async function main(argv: readonly string[], env?: ConfigEnv): Promise<number> {
   // Known before parsing, so even an unparsable command line answers in JSON when asked to.
   let json = argv.includes('--json');
   let debug = false;
@@ -383,7 +378,7 @@ export async function main(argv: readonly string[]): Promise<number> {
     }
     const { name, args } = resolveCommand(parsed.positionals, values);
     const overrides: ConfigOverrides = { dataDir: values['data-dir'], provider: values.provider, concurrency: values.concurrency };
-    const config = loadConfig(undefined, overrides);
+    const config = loadConfig(env, overrides);
     debug = config.logLevel === 'debug' || config.logLevel === 'trace';
     storage = config.storage.kind;
     checkDataDir(config, values);

@@ -1,7 +1,4 @@
-import type { Database } from '../db/database.js';
-import { JobNotFoundError } from '../db/errors.js';
-import { jobStats } from '../db/ops/job-stats.js';
-import { readJobResult } from '../db/ops/read-job-result.js';
+import { JobNotFoundError, jobStats, readJobResult, type Database } from '../db/index.js';
 import type { JobStatus } from '../domain/result.js';
 
 /** The `--json` summary of a job: the CLI's contract. */

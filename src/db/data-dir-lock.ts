@@ -1,18 +1,5 @@
 import { closeSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
-
-/** The embedded database is open in another live process. */
-export class DataDirLockedError extends Error {
-  override readonly name = 'DataDirLockedError';
-  constructor(
-    readonly lockFile: string,
-    readonly pid: number,
-  ) {
-    super(
-      `the embedded database is in use by process ${pid} (${lockFile}); PGlite serves one process at a time: ` +
-        'wait for it, or set DATABASE_URL to share a PostgreSQL database between processes',
-    );
-  }
-}
+import { DataDirLockedError } from './errors.js';
 
 function alive(pid: number): boolean {
   try {

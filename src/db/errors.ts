@@ -111,3 +111,28 @@ export class MigrationError extends Error {
     this.migration = migration;
   }
 }
+
+/** The job is being run by another live process (it holds the job's lease). */
+export class JobLeasedError extends Error {
+  override readonly name = 'JobLeasedError';
+  constructor(
+    readonly jobId: string,
+    readonly owner: string,
+  ) {
+    super(`job ${jobId} is being run by ${owner}; try again when it stops (its lease expires if it died)`);
+  }
+}
+
+/** The embedded database is open in another live process (PGlite serves one process at a time). */
+export class DataDirLockedError extends Error {
+  override readonly name = 'DataDirLockedError';
+  constructor(
+    readonly lockFile: string,
+    readonly pid: number,
+  ) {
+    super(
+      `the embedded database is in use by process ${pid} (${lockFile}); PGlite serves one process at a time: ` +
+        'wait for it, or set DATABASE_URL to share a PostgreSQL database between processes',
+    );
+  }
+}

@@ -1,8 +1,20 @@
-/** The database layer: connection, schema, migrations and one operation per file. */
+/**
+ * The database layer's one door: code outside `src/db` imports from here only
+ * (test/architecture.test.ts checks it). Behind it: the connection, the schema and
+ * migrations, one operation per file in `ops/` (each says why it locks the way it
+ * does), and `internal/` helpers no caller needs.
+ */
+
+/** Opening a database (PGlite or PostgreSQL, migrations at open) and the data folder lock PGlite needs. */
 export { openDatabase, migrate, type Database, type DatabaseConfig, type OpenDatabaseOptions } from './database.js';
+export { MIGRATIONS } from './migrations/index.js';
+export { lockDataDir } from './data-dir-lock.js';
+
+/** Row types and the closed sets of stored statuses. */
 export type { DatabaseSchema, JobRowStatus, StageRowStatus, AttemptOutcome, LedgerKind } from './schema.js';
 export { JOB_STATUSES, FINAL_JOB_STATUSES } from './schema.js';
-export { MIGRATIONS } from './migrations/index.js';
+
+/** Every refusal the database layer throws on purpose. */
 export {
   InsufficientCreditsError,
   CreditOverflowError,
@@ -11,7 +23,14 @@ export {
   JobNotFoundError,
   JobStateError,
   MigrationError,
+  JobLeasedError,
+  DataDirLockedError,
 } from './errors.js';
+
+/** Running an idempotent operation again after a lost connection. */
+export { retryTransient } from './internal/sql-errors.js';
+
+/** Progress across processes: the NOTIFY channel and its checked payloads. */
 export {
   PROGRESS_CHANNEL,
   MAX_NOTIFY_PAYLOAD_BYTES,
@@ -19,27 +38,47 @@ export {
   encodeNotification,
   decodeNotification,
   type NotifiedEvent,
+  type JobStartedNotification,
+  type AttemptStartedNotification,
+  type AttemptFailedNotification,
+  type SlotDeliveredNotification,
+  type StageCompletedNotification,
+  type StageShortNotification,
+  type JobFinishedNotification,
+  type JobCancelRequestedNotification,
 } from './notifications.js';
+
+/** Money: grants, balances and the ledger that replays to them. */
 export { grantCredits } from './ops/grant-credits.js';
 export { getBalance } from './ops/get-balance.js';
 export { replayLedger } from './ops/replay-ledger.js';
+
+/** Attach records (input images and delivered images). */
 export { createAttachment, type NewAttachment } from './ops/create-attachment.js';
 export { getAttachment, type AttachmentRow } from './ops/get-attachment.js';
+export { findAttachmentByKey } from './ops/find-attachment-by-key.js';
+
+/** A job's life: submit (reserve), run under a lease, resume or reopen, cancel, finish (release). */
 export { submitJob, type SubmitJobOptions, type SubmitJobResult } from './ops/submit-job.js';
+export { getJobSpec, type StoredJobSpec } from './ops/get-job-spec.js';
+export { getJobStatus } from './ops/get-job-status.js';
 export { loadJob, type LoadedJob } from './ops/load-job.js';
 export { markJobRunning } from './ops/mark-job-running.js';
+export { claimJobLease, renewJobLease, releaseJobLease, newLeaseOwner } from './ops/job-lease.js';
 export { beginRun, type BeganRun } from './ops/begin-run.js';
 export { reopenJob, type ReopenedJob } from './ops/reopen-job.js';
+export { suspendJob } from './ops/suspend-job.js';
+export { requestCancel, isCancelRequested } from './ops/request-cancel.js';
+export { finishJob, type FinishJobOptions, type FinishedCredits } from './ops/finish-job.js';
+
+/** Attempts and deliveries: the attempt log and the one-transaction delivery. */
 export { startAttempt, type StartAttemptOptions } from './ops/start-attempt.js';
 export { finishAttempt, type FinishAttemptOptions } from './ops/finish-attempt.js';
 export { deliverSlot, type DeliverSlotOptions } from './ops/deliver-slot.js';
-export { finishJob, type FinishJobOptions, type FinishedCredits } from './ops/finish-job.js';
-export { requestCancel, isCancelRequested } from './ops/request-cancel.js';
 export { listDeliveredStorageKeys } from './ops/list-delivered-storage-keys.js';
-export { jobStats, type JobStats, type JobStatsOptions } from './ops/job-stats.js';
+
+/** Reading a job back: progress, result, a consistent snapshot, attempt statistics. */
 export { appendProgress, getProgress } from './ops/append-progress.js';
 export { readJobResult, type StoredJobResult } from './ops/read-job-result.js';
-export { findAttachmentByKey } from './ops/find-attachment-by-key.js';
-export { suspendJob } from './ops/suspend-job.js';
-export { claimJobLease, renewJobLease, releaseJobLease, newLeaseOwner, JobLeasedError } from './ops/job-lease.js';
-export { lockDataDir, DataDirLockedError } from './data-dir-lock.js';
+export { readJobSnapshot, type StoredJobSnapshot } from './ops/read-job-snapshot.js';
+export { jobStats, type JobStats, type JobStatsOptions } from './ops/job-stats.js';

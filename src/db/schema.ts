@@ -9,13 +9,13 @@
  * number (`parseInt8` in `database.ts`; `pg` alone returns a string, PGlite a BigInt
  * above 2^53-1). Aggregates are cast in SQL: counts to `int`, credit sums to `bigint`
  * (a `bigint` sum is `numeric`, a string on both drivers), ratios to `float8`.
- * JSON: values are written as `cast($1::text as jsonb)` (see `json.ts`) because
+ * JSON: values are written as `cast($1::text as jsonb)` (see `internal/json.ts`) because
  * `pg` and PGlite serialise a JS value bound to a jsonb parameter differently.
  */
 import type { ColumnType, Generated } from 'kysely';
 import type { JobSpec } from '../domain/job-spec.js';
 
-/** A jsonb column: always written through `jsonb(value)` (json.ts), read back parsed. */
+/** A jsonb column: always written through `jsonb(value)` (internal/json.ts), read back parsed. */
 export type Json<T> = ColumnType<T, T, T>;
 /** A `timestamptz` column filled by `now()`. */
 export type Timestamp = ColumnType<Date, Date | string | undefined, Date | string>;

@@ -3,7 +3,7 @@ import type { PipelineConfig } from '../config.js';
 import type { PipelineEvent } from '../domain/events.js';
 import { parseJobSpec, type JobSpecLimits } from '../domain/job-spec.js';
 import { runStoredJob, type RunJobDeps, type RunJobOptions } from '../streams/run-job.js';
-import { submitSpec } from './submit-job.js';
+import { DEFAULT_PRICE_PER_IMAGE, submitSpec } from './submit-job.js';
 
 export interface RunJobInput {
   /** A job spec in the source system's shape or camelCase; validated here. */
@@ -26,6 +26,6 @@ export function runJob(deps: RunJobDeps & { readonly config?: Pick<PipelineConfi
   return defer(() => {
     // A pipeline (`openPipeline`) brings its configuration: the price and quantity limit the CLI uses.
     const spec = parseJobSpec(input.spec, input.limits ?? (deps.config ? { maxQuantity: deps.config.maxQuantity } : undefined));
-    return from(submitSpec(deps, spec, { pricePerImage: input.pricePerImage ?? deps.config?.pricePerImage ?? 1 }));
+    return from(submitSpec(deps, spec, { pricePerImage: input.pricePerImage ?? deps.config?.pricePerImage ?? DEFAULT_PRICE_PER_IMAGE }));
   }).pipe(mergeMap(({ jobId }) => runStoredJob(deps, jobId, options)));
 }

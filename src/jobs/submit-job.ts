@@ -2,17 +2,25 @@ import { createHash, randomUUID } from 'node:crypto';
 import { firstValueFrom } from 'rxjs';
 import type { JobSpec, StageSpec } from '../domain/job-spec.js';
 import { totalImages } from '../domain/job-spec.js';
-import type { Database } from '../db/database.js';
-import { InputAttachmentError, InsufficientCreditsError, JobOwnershipError } from '../db/errors.js';
-import { createAttachment } from '../db/ops/create-attachment.js';
-import { findAttachmentByKey } from '../db/ops/find-attachment-by-key.js';
-import { getAttachment } from '../db/ops/get-attachment.js';
-import { getBalance } from '../db/ops/get-balance.js';
-import { submitJob } from '../db/ops/submit-job.js';
-import { retryTransient } from '../db/sql-errors.js';
+import {
+  createAttachment,
+  findAttachmentByKey,
+  getAttachment,
+  getBalance,
+  getJobSpec,
+  InputAttachmentError,
+  InsufficientCreditsError,
+  JobOwnershipError,
+  retryTransient,
+  submitJob,
+  type Database,
+} from '../db/index.js';
 import { extensionForMimeType } from '../adapters/image-codec.js';
 import type { ObjectStore } from '../sinks/object-store.js';
 import type { InputFile } from '../sources/job-file.js';
+
+/** Credits per delivered image when neither the caller nor `IMAGEGEN_PRICE_PER_IMAGE` says. */
+export const DEFAULT_PRICE_PER_IMAGE = 1;
 
 export interface SubmitDeps {
   readonly database: Database;
@@ -120,10 +128,10 @@ export function refuseOnEmptyDatabase(spec: JobSpec, options: Pick<SubmitSpecOpt
  * @throws {JobSpecConflictError} the id is this user's job with another spec.
  */
 async function existingJobMatches(database: Database, jobId: string, spec: JobSpec, inputFiles: readonly InputFile[]): Promise<boolean> {
-  const row = await retryTransient(() => database.db.selectFrom('jobs').select(['user_id', 'spec']).where('id', '=', jobId).executeTakeFirst());
-  if (!row) return false;
-  if (row.user_id !== spec.userId) throw new JobOwnershipError(jobId, spec.userId);
-  const differs = await specDifference(database, row.spec, spec, inputFiles);
+  const stored = await retryTransient(() => getJobSpec(database, jobId));
+  if (!stored) return false;
+  if (stored.userId !== spec.userId) throw new JobOwnershipError(jobId, spec.userId);
+  const differs = await specDifference(database, stored.spec, spec, inputFiles);
   if (differs !== null) throw new JobSpecConflictError(jobId, differs);
   return true;
 }

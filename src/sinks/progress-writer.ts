@@ -23,9 +23,10 @@ import {
   type SchedulerLike,
 } from 'rxjs';
 import type { PipelineEvent, SlotDeliveredEvent } from '../domain/events.js';
-import type { Database } from '../db/database.js';
-import { encodeNotification, PROGRESS_CHANNEL, toNotifiedEvent } from '../db/notifications.js';
-import { appendProgress } from '../db/ops/append-progress.js';
+import { appendProgress, encodeNotification, PROGRESS_CHANNEL, toNotifiedEvent, type Database } from '../db/index.js';
+
+/** Least time between two progress writes of one job, by default (ms). */
+export const DEFAULT_PROGRESS_INTERVAL_MS = 250;
 
 export interface ProgressWriterOptions {
   /** Least time between two progress writes of one job, in ms. Default 250. */
@@ -74,7 +75,7 @@ export interface ProgressWriterOptions {
  * engine.events$.pipe(progressWriter(database)).subscribe();
  */
 export function progressWriter(database: Database, options: ProgressWriterOptions = {}): MonoTypeOperatorFunction<PipelineEvent> {
-  const intervalMs = options.intervalMs ?? 250;
+  const intervalMs = options.intervalMs ?? DEFAULT_PROGRESS_INTERVAL_MS;
   const scheduler = options.scheduler ?? asyncScheduler;
   const write = options.writeProgress ?? ((jobId, ids) => appendProgress(database, jobId, ids));
   const publish = options.publish ?? ((payload) => database.notify(PROGRESS_CHANNEL, payload));

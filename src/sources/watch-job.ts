@@ -1,25 +1,24 @@
+import type { Logger } from 'pino';
 import { Observable } from 'rxjs';
-import type { Database } from '../db/database.js';
-import { JobNotFoundError } from '../db/errors.js';
-import { decodeNotification, PROGRESS_CHANNEL, type NotifiedEvent } from '../db/notifications.js';
-import { FINAL_JOB_STATUSES, type JobRowStatus, type StageRowStatus } from '../db/schema.js';
+import {
+  decodeNotification,
+  FINAL_JOB_STATUSES,
+  JobNotFoundError,
+  PROGRESS_CHANNEL,
+  readJobSnapshot,
+  type Database,
+  type NotifiedEvent,
+  type StoredJobSnapshot,
+} from '../db/index.js';
 
-/** A job's state as read from the database when watching starts. */
-export interface JobSnapshot {
+/** A job's state as read from the database when watching starts (one consistent read, see `readJobSnapshot`). */
+export interface JobSnapshot extends StoredJobSnapshot {
   readonly type: 'snapshot';
-  readonly jobId: string;
-  readonly status: JobRowStatus;
-  readonly total: number;
-  readonly delivered: number;
-  /** Every committed delivery so far, in delivery order. */
-  readonly attachIds: readonly string[];
-  readonly cancelRequested: boolean;
-  readonly stages: readonly {
-    readonly index: number;
-    readonly quantity: number;
-    readonly delivered: number;
-    readonly status: StageRowStatus;
-  }[];
+}
+
+export interface WatchJobOptions {
+  /** Told (`warn`) about each payload on the progress channel that is not a valid notification; it is skipped. Default: none (skipped silently). */
+  readonly logger?: Pick<Logger, 'warn'> | undefined;
 }
 
 /** What {@link watchJob} emits: one snapshot, then live notifications. */
@@ -38,6 +37,9 @@ export type WatchedEvent = JobSnapshot | NotifiedEvent;
  * is lost; notifications that arrive before the snapshot is emitted are held
  * back, and a `slot:delivered` the snapshot already holds is dropped.
  *
+ * A payload that does not decode (`decodeNotification`: malformed, foreign, or
+ * another version's shape) is skipped and reported to `options.logger`.
+ *
  * Cold: each subscription LISTENs on its own (PostgreSQL: its own connection)
  * and stops listening when it completes, errors or is unsubscribed.
  *
@@ -46,7 +48,7 @@ export type WatchedEvent = JobSnapshot | NotifiedEvent;
  * output:   s ------------ d5 --- d6 --- f|
  * ```
  */
-export function watchJob(database: Database, jobId: string): Observable<WatchedEvent> {
+export function watchJob(database: Database, jobId: string, options: WatchJobOptions = {}): Observable<WatchedEvent> {
   return new Observable<WatchedEvent>((subscriber) => {
     let stop: (() => Promise<void>) | null = null;
     let closed = false;
@@ -72,7 +74,11 @@ export function watchJob(database: Database, jobId: string): Observable<WatchedE
     (async () => {
       const unlisten = await database.listen(PROGRESS_CHANNEL, (payload) => {
         const event = decodeNotification(payload);
-        if (event === null || event.jobId !== jobId || subscriber.closed) return;
+        if (event === null) {
+          options.logger?.warn({ channel: PROGRESS_CHANNEL, watchedJobId: jobId, bytes: Buffer.byteLength(payload, 'utf8') }, 'skipped a progress notification that is not valid');
+          return;
+        }
+        if (event.jobId !== jobId || subscriber.closed) return;
         if (snapshotSent) deliver(event);
         else early.push(event);
       });
@@ -108,33 +114,8 @@ export function watchJob(database: Database, jobId: string): Observable<WatchedE
   });
 }
 
-/** Reads the job, its stages and its committed deliveries (delivery order). */
+/** The job's {@link JobSnapshot}, or null when it does not exist. */
 export async function readSnapshot(database: Database, jobId: string): Promise<JobSnapshot | null> {
-  // One repeatable-read transaction: job counters, stages and the id list are
-  // one consistent picture, not three reads with deliveries in between.
-  return database.db.transaction().setIsolationLevel('repeatable read').execute(async (db) => {
-  const job = await db
-    .selectFrom('jobs')
-    .select(['status', 'total', 'delivered', 'cancel_requested'])
-    .where('id', '=', jobId)
-    .executeTakeFirst();
-  if (!job) return null;
-  const stages = await db
-    .selectFrom('stages')
-    .select(['stage_index', 'quantity', 'delivered', 'status'])
-    .where('job_id', '=', jobId)
-    .orderBy('stage_index')
-    .execute();
-  const attachments = await db.selectFrom('attachments').select('id').where('job_id', '=', jobId).orderBy('seq').execute();
-  return {
-    type: 'snapshot',
-    jobId,
-    status: job.status,
-    total: job.total,
-    delivered: job.delivered,
-    attachIds: attachments.map((a) => a.id),
-    cancelRequested: job.cancel_requested,
-    stages: stages.map((s) => ({ index: s.stage_index, quantity: s.quantity, delivered: s.delivered, status: s.status })),
-  };
-  });
+  const snapshot = await readJobSnapshot(database, jobId);
+  return snapshot === null ? null : { type: 'snapshot', ...snapshot };
 }

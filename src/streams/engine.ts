@@ -23,7 +23,8 @@ import { freshStageState, type StageState } from '../domain/resume-state.js';
 import { jobStatusOf, type JobResult, type StageResult } from '../domain/result.js';
 import { AdaptiveConcurrencyLimiter } from '../engine/adaptive-concurrency-limiter.js';
 import { ConcurrencyLimiter } from '../engine/concurrency-limiter.js';
-import { JobControl, fillSlots, type StageItem } from '../operators/fill-slots.js';
+import { JobControl } from '../engine/job-control.js';
+import { fillSlots, type StageItem } from '../operators/fill-slots.js';
 import { DEFAULT_BACKOFF, type BackoffConfig } from '../engine/full-jitter-backoff.js';
 
 /** The part of a job the engine needs. */
@@ -63,6 +64,14 @@ export interface EngineOptions {
   readonly random?: RandomSource;
 }
 
+/**
+ * A stage's own limit when none is given: 4, but never above the global limit (a stage
+ * permit beyond it would only queue). The one owner of this rule; `loadConfig` uses it too.
+ */
+export function defaultStageConcurrency(globalConcurrency: number): number {
+  return Math.min(DEFAULT_ENGINE_OPTIONS.stageConcurrency, globalConcurrency);
+}
+
 export const DEFAULT_ENGINE_OPTIONS = Object.freeze({
   stageConcurrency: 4,
   globalConcurrency: 8,
@@ -99,9 +108,9 @@ export function runEngine(job: EngineJob, ports: EnginePorts, options: EngineOpt
   return defer(() => {
     const scheduler = options.scheduler ?? asyncScheduler;
     const random = options.random ?? seededRandom(Date.now());
-    const stageConcurrency = options.stageConcurrency ?? DEFAULT_ENGINE_OPTIONS.stageConcurrency;
     const globalLimiter =
       options.globalLimiter ?? new AdaptiveConcurrencyLimiter({ max: options.globalConcurrency ?? DEFAULT_ENGINE_OPTIONS.globalConcurrency });
+    const stageConcurrency = options.stageConcurrency ?? defaultStageConcurrency(globalLimiter.max);
     const replacements = options.maxReplacementsPerStage ?? DEFAULT_ENGINE_OPTIONS.maxReplacementsPerStage;
     const states = job.stages.map((stage, i) => job.state?.[i] ?? freshStageState(stage.quantity));
     states.forEach((state, i) => {

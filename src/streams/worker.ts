@@ -7,6 +7,9 @@ import { runStoredJob, type RunJobOptions } from './run-job.js';
 /** The pg-boss queue jobs go through. */
 export const JOB_QUEUE = 'imagegen-jobs';
 
+/** Jobs one worker runs at once, by default (`IMAGEGEN_WORKER_JOBS`). */
+export const DEFAULT_WORKER_JOBS = 2;
+
 export interface WorkerOptions {
   /** Shutdown: stop taking queue jobs and new slots, finish in-flight attempts, hand unfinished jobs back. */
   readonly stop$?: Observable<unknown>;
@@ -65,7 +68,7 @@ export async function runWorker(pipeline: Pipeline, options: WorkerOptions = {})
   await ensureQueue(boss, expireInSeconds);
   const stopping$ = new Subject<void>();
   const stopSubscription = (options.stop$ ?? EMPTY).subscribe(() => stopping$.next());
-  const slots = options.jobConcurrency ?? 2;
+  const slots = options.jobConcurrency ?? DEFAULT_WORKER_JOBS;
   logger.info({ jobConcurrency: slots, globalConcurrency: pipeline.limiter.max }, 'worker started');
   const handle = async ([job]: PgBoss.Job<{ jobId: string }>[]) => {
     if (!job) return;

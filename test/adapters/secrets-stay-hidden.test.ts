@@ -114,7 +114,8 @@ describe('objects holding secrets never print them', () => {
   it('the configuration from loadConfig: key, S3 secret and database password are in no printed form, yet readable by name', () => {
     const url = new URL('postgres://imagegen@db.example:5432/imagegen');
     url.password = DB_PASSWORD;
-    const config: PipelineConfig = loadConfig({ ...ENV, DATABASE_URL: url.toString() }, { dataDir });
+    // GEMINI_MODEL set: an unset model is left to the generator (undefined here, so not printed).
+    const config: PipelineConfig = loadConfig({ ...ENV, GEMINI_MODEL: 'gemini-2.5-flash-image', DATABASE_URL: url.toString() }, { dataDir });
     expect(leaks(config)).toEqual({});
     expect(leaks(config.gemini)).toEqual({});
     expect(leaks(config.storage)).toEqual({});

@@ -79,7 +79,7 @@ forEachDatabase('progress writer', (ctx) => {
     expect(rec.published).toHaveLength(13);
     expect(JSON.parse(rec.published[5] ?? '')).toEqual({
       type: 'slot:delivered', jobId, stage: 0, slot: events[4]?.slot, attempt: 1, attachId: ids[4],
-      stageDelivered: 5, stageTotal: 11, delivered: 5, total: 11,
+      stageProgress: { delivered: 5, total: 11 }, progress: { delivered: 5, total: 11 },
     });
   });
 

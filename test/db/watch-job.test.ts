@@ -63,10 +63,10 @@ forEachDatabase('watchJob', (ctx) => {
       await watch.done;
 
       expect(watch.events.slice(1)).toEqual([
-        { type: 'slot:delivered', jobId, stage: 0, slot: 0, attempt: 1, attachId: ids[0], stageDelivered: 2, stageTotal: 3, delivered: 2, total: 3 },
-        { type: 'slot:delivered', jobId, stage: 0, slot: 2, attempt: 1, attachId: ids[1], stageDelivered: 3, stageTotal: 3, delivered: 3, total: 3 },
+        { type: 'slot:delivered', jobId, stage: 0, slot: 0, attempt: 1, attachId: ids[0], stageProgress: { delivered: 2, total: 3 }, progress: { delivered: 2, total: 3 } },
+        { type: 'slot:delivered', jobId, stage: 0, slot: 2, attempt: 1, attachId: ids[1], stageProgress: { delivered: 3, total: 3 }, progress: { delivered: 3, total: 3 } },
         { type: 'stage:completed', jobId, stage: 0, quantity: 3, delivered: 3 },
-        { type: 'job:finished', jobId, status: 'completed', total: 3, delivered: 3 },
+        { type: 'job:finished', jobId, status: 'completed', result: { totalImages: 3, deliveredImages: 3 } },
       ]);
     });
   });
@@ -75,7 +75,7 @@ forEachDatabase('watchJob', (ctx) => {
     const { jobId } = await seedJob(ctx.database, { quantities: [2] });
     const known = await deliverSlot(ctx.database, deliveryOf(jobId, 0, 0));
     const notified = (attachId: string, slot: number): NotifiedEvent => ({
-      type: 'slot:delivered', jobId, stage: 0, slot, attempt: 1, attachId, stageDelivered: slot + 1, stageTotal: 2, delivered: slot + 1, total: 2,
+      type: 'slot:delivered', jobId, stage: 0, slot, attempt: 1, attachId, stageProgress: { delivered: slot + 1, total: 2 }, progress: { delivered: slot + 1, total: 2 },
     });
     await withWatcher(async (watcher) => {
       // Publish two notifications after LISTEN is active but before the snapshot is read.
@@ -114,7 +114,26 @@ forEachDatabase('watchJob', (ctx) => {
       await watch.done;
       expect(watch.events.map((e) => e.type)).toEqual(['snapshot', 'job:cancel-requested', 'job:finished']);
       expect(watch.events.every((e) => e.jobId === mine.jobId)).toBe(true);
-      expect(watch.events[2]).toMatchObject({ status: 'cancelled', delivered: 0 });
+      expect(watch.events[2]).toMatchObject({ status: 'cancelled', result: { deliveredImages: 0 } });
+    });
+  });
+
+  it('skips a payload that is not a valid notification and tells the logger, then goes on', async () => {
+    const { jobId } = await seedJob(ctx.database, { quantities: [1] });
+    await withWatcher(async (watcher) => {
+      const warned: unknown[][] = [];
+      const events: WatchedEvent[] = [];
+      const done = new Promise<void>((resolve, reject) => {
+        watchJob(watcher, jobId, { logger: { warn: (...args: unknown[]) => void warned.push(args) } }).subscribe({ next: (e) => events.push(e), complete: resolve, error: reject });
+      });
+      await until(() => events.length > 0);
+      await ctx.database.notify(PROGRESS_CHANNEL, JSON.stringify({ type: 'slot:delivered', jobId, attachId: 'no-counts' }));
+      await ctx.database.notify(PROGRESS_CHANNEL, 'not json');
+      await finishJob(ctx.database, jobId, await resultFromDatabase(ctx.database, jobId, true));
+      await done;
+      expect(events.map((e) => e.type)).toEqual(['snapshot', 'job:finished']);
+      expect(warned).toHaveLength(2);
+      expect(warned[0]).toEqual([expect.objectContaining({ channel: PROGRESS_CHANNEL, watchedJobId: jobId }), 'skipped a progress notification that is not valid']);
     });
   });
 

@@ -8,24 +8,9 @@ import { copyFile, mkdir, readdir } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startFakeGeminiServer, type FakeGeminiServer } from '../support/fake-gemini-server.js';
-import {
-  assertCliBuilt,
-  cliEnv,
-  createWorkspace,
-  generatedFiles,
-  jobSpec,
-  killLiveCliProcesses,
-  parseSingleJson,
-  pgliteOf,
-  readDb,
-  runCli,
-  stampsOnDisk,
-  startCli,
-  waitFor,
-  type Summary,
-  type Workspace,
-} from './support/cli.js';
+import { waitFor } from '../support/cli.js';
+import { openCliSuite, type CliSuite } from '../support/cli-suite.js';
+import { generatedFiles, jobSpec, parseSingleJson, pgliteOf, readDb, stampsOnDisk, type Summary } from '../support/cli-workspace.js';
 
 /**
  * Deliveries the run reported as committed: its progress lines on stderr
@@ -42,47 +27,41 @@ describe('imagegen run: SIGKILL mid-run, then run again', () => {
   const JOB_ID = 'e2e-crash';
   const USER = 'user-crash';
   const TOTAL = 24;
-  let ws: Workspace;
-  let server: FakeGeminiServer;
-  let env: NodeJS.ProcessEnv;
+  let suite: CliSuite;
   const FAST_CALLS = 10;
   let stalled = true;
 
   beforeAll(async () => {
-    assertCliBuilt();
-    ws = await createWorkspace();
-    // The first FAST_CALLS calls answer quickly; while `stalled`, later calls hang, so the
-    // first run is surely still running (with calls in flight) when it is killed.
-    server = await startFakeGeminiServer({ latencyMs: ({ n }) => (n <= FAST_CALLS || !stalled ? 150 : 120_000) });
-    env = cliEnv({ IMAGEGEN_DATA_DIR: ws.dataDir, GEMINI_API_KEY: server.apiKey, GEMINI_BASE_URL: server.url, IMAGEGEN_CONCURRENCY: '4', IMAGEGEN_STAGE_CONCURRENCY: '2' });
-    expect((await runCli(['credits', 'grant', USER, '100'], { env })).code).toBe(0);
+    suite = await openCliSuite({
+      // The first FAST_CALLS calls answer quickly; while `stalled`, later calls hang, so the
+      // first run is surely still running (with calls in flight) when it is killed.
+      server: { latencyMs: ({ n }) => (n <= FAST_CALLS || !stalled ? 150 : 120_000) },
+      env: { IMAGEGEN_CONCURRENCY: '4', IMAGEGEN_STAGE_CONCURRENCY: '2' },
+      grants: { [USER]: 100 },
+    });
   });
 
-  afterAll(async () => {
-    await killLiveCliProcesses();
-    await server?.close();
-    await ws?.dispose();
-  });
+  afterAll(() => suite?.close());
 
   it('resumes to exactly the asked images with no duplicate attach records, charges, reservations or orphan objects; a second process on the embedded DB is refused meanwhile', { timeout: 120_000 }, async () => {
-    const jobFile = await ws.writeJob('job.json', jobSpec(JOB_ID, USER, [['one', 8], ['two', 8], ['three', 8]]));
-    const storage = join(ws.dataDir, 'storage');
-    const first = startCli(['run', jobFile, '--json'], { env });
+    const jobFile = await suite.ws.writeJob('job.json', jobSpec(JOB_ID, USER, [['one', 8], ['two', 8], ['three', 8]]));
+    const storage = join(suite.ws.dataDir, 'storage');
+    const first = await suite.start(['run', jobFile, '--json']);
     // Wait until the run reported committed deliveries (its progress lines) and later calls
     // hang (the run is stuck mid-job): the rows are there, not just files stored before the commit.
-    await waitFor('committed deliveries of the first run, then calls hanging', () => (server.calls() > FAST_CALLS && committedPerProgress(first.stderr()) >= 1) || first.child.exitCode !== null, 60_000);
+    await waitFor('committed deliveries of the first run, then calls hanging', () => (suite.server.calls() > FAST_CALLS && committedPerProgress(first.stderr()) >= 1) || first.child.exitCode !== null, 60_000);
     expect(first.child.exitCode, `the first run ended before it could be killed:\n${first.stderr()}`).toBeNull();
     const committedBeforeKill = committedPerProgress(first.stderr());
 
     // While it runs, a second process on the same data dir is refused with a clear error.
-    const second = await runCli(['status', JOB_ID, '--json'], { env });
+    const second = await suite.run(['status', JOB_ID, '--json']);
     expect(second.code).toBe(1);
     expect(second.stderr).toMatch(/in use by process \d+/);
     expect(second.stderr).toMatch(/DATABASE_URL/);
 
     expect(first.child.exitCode, 'still running at the kill').toBeNull();
     first.child.kill('SIGKILL');
-    const killed = await first.done;
+    const killed = await first.exited;
     expect(killed.signal).toBe('SIGKILL');
     expect(killed.stdout).toBe('');
     const filesAtKill = await generatedFiles(storage, JOB_ID);
@@ -92,10 +71,10 @@ describe('imagegen run: SIGKILL mid-run, then run again', () => {
     const planted = join(storage, 'generated', JOB_ID, '2', '7-99.webp');
     await mkdir(dirname(planted), { recursive: true });
     await copyFile(join(storage, 'generated', JOB_ID, filesAtKill.find((f) => /^\d+\/\d+-\d+\.webp$/.test(f)) as string), planted);
-    const callsBeforeResume = server.calls();
+    const callsBeforeResume = suite.server.calls();
     stalled = false;
 
-    const resumed = await runCli(['run', jobFile, '--json'], { env });
+    const resumed = await suite.run(['run', jobFile, '--json']);
     expect(resumed.code, resumed.stderr).toBe(0);
     // It resumed: it started from what the killed run had committed and called the provider only for the rest.
     const already = /(\d+)\/24 images already delivered/.exec(resumed.stderr);
@@ -103,7 +82,7 @@ describe('imagegen run: SIGKILL mid-run, then run again', () => {
     const deliveredBefore = Number(already?.[1]);
     expect(deliveredBefore).toBeGreaterThanOrEqual(committedBeforeKill);
     expect(deliveredBefore).toBeLessThanOrEqual(FAST_CALLS);
-    expect(server.calls() - callsBeforeResume).toBe(TOTAL - deliveredBefore);
+    expect(suite.server.calls() - callsBeforeResume).toBe(TOTAL - deliveredBefore);
 
     const summary = parseSingleJson<Summary>(resumed.stdout);
     expect(summary).toMatchObject({ jobId: JOB_ID, status: 'completed', totalImages: TOTAL, deliveredImages: TOTAL });
@@ -111,7 +90,7 @@ describe('imagegen run: SIGKILL mid-run, then run again', () => {
     expect(new Set(summary.attachIds).size).toBe(TOTAL);
     // Reserved once (not doubled), captured once per delivered image.
     expect(summary.credits).toEqual({ reserved: TOTAL, captured: TOTAL, released: 0 });
-    const balance = parseSingleJson((await runCli(['credits', 'balance', USER, '--json'], { env })).stdout);
+    const balance = parseSingleJson((await suite.run(['credits', 'balance', USER, '--json'])).stdout);
     expect(balance).toEqual({ userId: USER, balance: 100 - TOTAL, reserved: 0 });
 
     // Storage: exactly one object per attach record, every one a distinct served image.
@@ -126,12 +105,12 @@ describe('imagegen run: SIGKILL mid-run, then run again', () => {
     expect(files, `files: ${files.join(' ')}`).toHaveLength(TOTAL);
     const stamps = await stampsOnDisk(storage, JOB_ID);
     expect(new Set(stamps).size).toBe(TOTAL);
-    const served = new Set(server.requests.map((r) => r.servedStamp).filter((s) => s !== undefined));
+    const served = new Set(suite.server.requests.map((r) => r.servedStamp).filter((s) => s !== undefined));
     for (const s of stamps) expect(served.has(s)).toBe(true);
     // Nothing was stored under any other job id.
     expect(existsSync(storage) ? (await readdir(join(storage, 'generated'))).sort() : []).toEqual([JOB_ID]);
 
-    const view = await readDb(pgliteOf(ws.dataDir), JOB_ID, USER);
+    const view = await readDb(pgliteOf(suite.ws.dataDir), JOB_ID, USER);
     expect(view.attachments.map((a) => a.id)).toEqual(summary.attachIds);
     expect(new Set(view.attachments.map((a) => `${a.stage}/${a.slot}`)).size).toBe(TOTAL);
     expect(view.attachments.map((a) => a.storageKey).sort()).toEqual(files.map((f) => `generated/${JOB_ID}/${f}`).sort());

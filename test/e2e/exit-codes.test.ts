@@ -5,22 +5,10 @@
  */
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { startFakeGeminiServer, type FakeBehaviorFn, type FakeGeminiServer } from '../support/fake-gemini-server.js';
-import {
-  assertCliBuilt,
-  cliEnv,
-  createWorkspace,
-  generatedFiles,
-  jobSpec,
-  killLiveCliProcesses,
-  parseSingleJson,
-  pgliteOf,
-  readDb,
-  runCli,
-  type Summary,
-  type Workspace,
-} from './support/cli.js';
+import { afterEach, describe, expect, it } from 'vitest';
+import type { FakeBehaviorFn } from '../support/fake-gemini-server.js';
+import { openCliSuite, type CliSuite } from '../support/cli-suite.js';
+import { generatedFiles, jobSpec, parseSingleJson, pgliteOf, readDb, type Summary } from '../support/cli-workspace.js';
 
 /** Prompt of the request a call carries (the fake server records it). */
 function promptOf(body: unknown): string {
@@ -29,24 +17,20 @@ function promptOf(body: unknown): string {
 }
 
 describe('imagegen run exit codes', () => {
-  const cleanups: (() => Promise<void>)[] = [];
-  beforeAll(() => assertCliBuilt());
+  const suites: CliSuite[] = [];
   afterEach(async () => {
-    await killLiveCliProcesses();
-    for (const c of cleanups.splice(0).reverse()) await c();
+    for (const suite of suites.splice(0).reverse()) await suite.close();
   });
 
-  async function setup(behavior?: FakeBehaviorFn, extraEnv: Record<string, string> = {}): Promise<{ ws: Workspace; server: FakeGeminiServer; env: NodeJS.ProcessEnv }> {
-    const ws = await createWorkspace();
-    cleanups.push(() => ws.dispose());
-    const server = await startFakeGeminiServer({ latencyMs: 5, ...(behavior ? { behavior } : {}) });
-    cleanups.push(() => server.close());
-    const env = cliEnv({ IMAGEGEN_DATA_DIR: ws.dataDir, GEMINI_API_KEY: server.apiKey, GEMINI_BASE_URL: server.url, ...extraEnv });
-    return { ws, server, env };
+  /** A workspace and a fake server answering with `behavior` (default: always an image), closed after the test. */
+  async function setup(behavior?: FakeBehaviorFn, env: Record<string, string> = {}): Promise<CliSuite> {
+    const suite = await openCliSuite({ server: { latencyMs: 5, ...(behavior ? { behavior } : {}) }, env });
+    suites.push(suite);
+    return suite;
   }
 
   it('exit 1 (partial): a blocked prompt ends its stage short as non_retryable, an always-503 stage as budget_exhausted, the good stage completes; only delivered images are charged', { timeout: 120_000 }, async () => {
-    const { ws, server, env } = await setup(
+    const { ws, server, run: cli, grant } = await setup(
       ({ body }) => {
         const prompt = promptOf(body);
         if (prompt.includes('FORBIDDEN')) return 'prompt_blocked';
@@ -56,10 +40,10 @@ describe('imagegen run exit codes', () => {
       { IMAGEGEN_MAX_ATTEMPTS_PER_SLOT: '2' },
     );
     const user = 'user-short';
-    expect((await runCli(['credits', 'grant', user, '20'], { env })).code).toBe(0);
+    await grant(user, 20);
     const job = await ws.writeJob('job.json', jobSpec('e2e-short', user, [['a calm lake', 3], ['FORBIDDEN thing', 2], ['OVERLOADED server', 2]]));
 
-    const run = await runCli(['run', job, '--json'], { env });
+    const run = await cli(['run', job, '--json']);
     expect(run.code, run.stderr).toBe(1);
     const summary = parseSingleJson<Summary>(run.stdout);
     expect(summary).toMatchObject({ jobId: 'e2e-short', status: 'partial', totalImages: 7, deliveredImages: 3 });
@@ -77,16 +61,16 @@ describe('imagegen run exit codes', () => {
     expect(summary.attempts.byClass['overloaded']).toBe(4);
 
     expect(summary.credits).toEqual({ reserved: 7, captured: 3, released: 4 });
-    const balance = parseSingleJson<{ balance: number; reserved: number }>((await runCli(['credits', 'balance', user, '--json'], { env })).stdout);
+    const balance = parseSingleJson<{ balance: number; reserved: number }>((await cli(['credits', 'balance', user, '--json'])).stdout);
     expect(balance).toEqual({ userId: user, balance: 17, reserved: 0 });
     expect(await generatedFiles(join(ws.dataDir, 'storage'), 'e2e-short')).toHaveLength(3);
     expect(run.stderr).toMatch(/stage 1: 0\/2 .*short/);
   });
 
   it('exit 2: bad JSON, a bad spec, a missing input image file and an unknown input attachment each name their field and rule, write nothing and call no provider', { timeout: 120_000 }, async () => {
-    const { ws, server, env } = await setup();
+    const { ws, server, run: cli, grant } = await setup();
     const user = 'user-invalid';
-    expect((await runCli(['credits', 'grant', user, '100'], { env })).code).toBe(0);
+    await grant(user, 100);
 
     // Each refusal names exactly one field and the rule it broke: `--json` prints the error object on stdout,
     // stderr says `imagegen: ... <field>: <rule>`. (The JSON parser's own wording is V8's, so only its prefix is fixed.)
@@ -113,7 +97,7 @@ describe('imagegen run exit codes', () => {
     ];
     for (const c of cases) {
       const file = await ws.writeJob(c.name, c.content);
-      const run = await runCli(['run', file, '--json'], { env });
+      const run = await cli(['run', file, '--json']);
       expect(run.code, `${c.name}: ${run.stderr}`).toBe(2);
       const { error } = parseSingleJson<{ error: { code: string; message: string; problems: { field: string; rule: string; message: string }[] } }>(run.stdout);
       expect(error.code, c.name).toBe('invalid_input');
@@ -128,7 +112,7 @@ describe('imagegen run exit codes', () => {
       expect(run.stderr, c.name).toContain(`${c.field}: ${problem?.rule}`);
     }
     // A missing job file is invalid input too.
-    const missing = await runCli(['run', join(ws.root, 'nope.json')], { env });
+    const missing = await cli(['run', join(ws.root, 'nope.json')]);
     expect(missing.code, missing.stderr).toBe(2);
     expect(missing.stderr).toContain(`(file): cannot read ${join(ws.root, 'nope.json')}: ENOENT`);
 
@@ -137,7 +121,7 @@ describe('imagegen run exit codes', () => {
     expect(existsSync(join(ws.dataDir, 'storage', 'generated'))).toBe(false);
     expect(existsSync(join(ws.dataDir, 'storage', 'inputs'))).toBe(false);
     // `status` of a refused job: not found (exit 2).
-    const status = await runCli(['status', 'e2e-bad-spec', '--json'], { env });
+    const status = await cli(['status', 'e2e-bad-spec', '--json']);
     expect(status.code).toBe(2);
     expect(parseSingleJson<{ error: { code: string; problems: { field: string; rule: string }[] } }>(status.stdout).error).toMatchObject({
       code: 'invalid_input',
@@ -151,11 +135,11 @@ describe('imagegen run exit codes', () => {
   });
 
   it('exit 3: a job the user cannot pay for generates nothing, reserves nothing and calls no provider', { timeout: 120_000 }, async () => {
-    const { ws, server, env } = await setup();
+    const { ws, server, run: cli, grant } = await setup();
     const user = 'user-poor';
-    expect((await runCli(['credits', 'grant', user, '4'], { env })).code).toBe(0);
+    await grant(user, 4);
     const job = await ws.writeJob('job.json', jobSpec('e2e-poor', user, [['a', 3], ['b', 2]]));
-    const run = await runCli(['run', job, '--json'], { env });
+    const run = await cli(['run', job, '--json']);
     expect(run.code, run.stderr).toBe(3);
     expect(parseSingleJson<{ error: { code: string; problems: { field: string; rule: string }[] } }>(run.stdout).error).toMatchObject({
       code: 'insufficient_credits',

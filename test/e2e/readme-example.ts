@@ -6,12 +6,10 @@
  * package's published types; test/e2e/package-entry.test.ts runs it.
  *
  * The README's free names are parameters here: the environment given to `loadConfig`
- * (the README reads `process.env`), `inputId`, `console`, `render` and `done`.
- *
- * One line differs from the README: its watch example reads
- * `event.progress.delivered` / `event.progress.total` on a watched `slot:delivered`,
- * which does not compile: a watched (notified) `slot:delivered` carries `delivered` and
- * `total` (see `NotifiedEvent`); `progress` is on the engine's own `SlotDeliveredEvent`.
+ * (the README reads `process.env`), `inputId`, `console`, `render` and `done`. Every
+ * other line is the README's (indented, and returned): a watched `slot:delivered`
+ * (`SlotDeliveredNotification`, derived from the engine's `SlotDeliveredEvent`) carries
+ * `progress` and `stageProgress` under the same names as the event `runJob` emits.
  */
 import { engineOptionsOf, loadConfig, openPipeline, runJob, watchJob, type Pipeline } from 'imagegen-pipeline';
 import type { Subscription } from 'rxjs';
@@ -38,7 +36,7 @@ export function runExampleJob(pipeline: Pipeline, inputId: string, console: Pick
 export function watchExampleJob(pipeline: Pipeline, render: (delivered: number, total: number) => void, done: (status: string) => void): Subscription {
   return watchJob(pipeline.database, 'j-1').subscribe((event) => {
     if (event.type === 'snapshot') render(event.delivered, event.total);   // state at subscribe time
-    if (event.type === 'slot:delivered') render(event.delivered, event.total); // README: event.progress.delivered / .total (does not compile)
+    if (event.type === 'slot:delivered') render(event.progress.delivered, event.progress.total); // job-wide (stageProgress: the stage's)
     if (event.type === 'job:finished') done(event.status);
   });
 }

@@ -4,23 +4,10 @@
  * finished job.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { randomMixBehavior, startFakeGeminiServer, type FakeGeminiServer } from '../support/fake-gemini-server.js';
-import {
-  assertCliBuilt,
-  cliEnv,
-  createWorkspace,
-  generatedFiles,
-  jobSpec,
-  killLiveCliProcesses,
-  parseSingleJson,
-  pgliteOf,
-  readDb,
-  runCli,
-  stampsOnDisk,
-  type Summary,
-  type Workspace,
-} from './support/cli.js';
 import { join } from 'node:path';
+import { randomMixBehavior } from '../support/fake-gemini-server.js';
+import { openCliSuite, type CliSuite } from '../support/cli-suite.js';
+import { generatedFiles, jobSpec, parseSingleJson, pgliteOf, readDb, stampsOnDisk, type Summary } from '../support/cli-workspace.js';
 
 /** How the pipeline classifies each fake behavior (see classify-gemini-error.ts). */
 const CLASS_OF: Record<string, string> = {
@@ -40,45 +27,32 @@ describe('imagegen run (gemini provider, 25% injected faults)', () => {
     ['a green frog', 5],
   ] as const;
   const TOTAL = 18;
-  let ws: Workspace;
-  let server: FakeGeminiServer;
-  let env: NodeJS.ProcessEnv;
+  let suite: CliSuite;
   let jobFile: string;
   let first: Summary | undefined;
 
   beforeAll(async () => {
-    assertCliBuilt();
-    ws = await createWorkspace();
-    server = await startFakeGeminiServer({
-      latencyMs: 15,
-      behavior: randomMixBehavior({
-        seed: 11,
-        failureRate: 0.25,
-        // 429 with a short server retry delay so the test stays fast.
-        classes: [{ status: 429, retryDelay: '0.05s', retryAfter: null }, 'status:503', 'status:500', 'text_only', 'drop'],
-      }),
-    });
-    env = cliEnv({
-      IMAGEGEN_DATA_DIR: ws.dataDir,
-      GEMINI_API_KEY: server.apiKey,
-      GEMINI_BASE_URL: server.url,
+    suite = await openCliSuite({
+      server: {
+        latencyMs: 15,
+        behavior: randomMixBehavior({
+          seed: 11,
+          failureRate: 0.25,
+          // 429 with a short server retry delay so the test stays fast.
+          classes: [{ status: 429, retryDelay: '0.05s', retryAfter: null }, 'status:503', 'status:500', 'text_only', 'drop'],
+        }),
+      },
       // Enough budget that a 25% fault rate can never end a slot short: the test is about exactness.
-      IMAGEGEN_MAX_ATTEMPTS_PER_SLOT: '30',
-      IMAGEGEN_MAX_REPLACEMENTS_PER_STAGE: '200',
+      env: { IMAGEGEN_MAX_ATTEMPTS_PER_SLOT: '30', IMAGEGEN_MAX_REPLACEMENTS_PER_STAGE: '200' },
+      grants: { [USER]: 50 },
     });
-    jobFile = await ws.writeJob('job.json', jobSpec(JOB_ID, USER, STAGES));
-    const grant = await runCli(['credits', 'grant', USER, '50'], { env });
-    expect(grant.code, grant.stderr).toBe(0);
+    jobFile = await suite.ws.writeJob('job.json', jobSpec(JOB_ID, USER, STAGES));
   });
 
-  afterAll(async () => {
-    await killLiveCliProcesses();
-    await server?.close();
-    await ws?.dispose();
-  });
+  afterAll(() => suite?.close());
 
   it('delivers exactly the asked images, exit 0, and the --json summary, status, disk, DB and credits all agree', { timeout: 120_000 }, async () => {
-    const run = await runCli(['run', jobFile, '--json'], { env });
+    const run = await suite.run(['run', jobFile, '--json']);
     expect(run.code, run.stderr).toBe(0);
     const summary = parseSingleJson<Summary>(run.stdout);
     first = summary;
@@ -96,11 +70,11 @@ describe('imagegen run (gemini provider, 25% injected faults)', () => {
     expect(new Set(summary.attachIds).size).toBe(TOTAL);
 
     // Faults really happened, and every provider call is one recorded attempt.
-    const calls = server.requests;
+    const calls = suite.server.requests;
     const failedCalls = calls.filter((c) => c.behavior !== 'image');
     expect(failedCalls.length).toBeGreaterThan(0);
     expect(calls.every((c) => c.apiKeyOk)).toBe(true);
-    expect(summary.attempts.total).toBe(server.calls());
+    expect(summary.attempts.total).toBe(suite.server.calls());
     expect(summary.attempts.total).toBe(TOTAL + summary.attempts.failed);
     expect(summary.attempts.failed).toBe(failedCalls.length);
     const expectedByClass: Record<string, number> = {};
@@ -115,7 +89,7 @@ describe('imagegen run (gemini provider, 25% injected faults)', () => {
     expect(summary.credits.released).toBe(summary.credits.reserved - summary.credits.captured);
 
     // Storage: one object per delivered image, no leftovers, at <data dir>/storage/generated/<jobId>/<stage>/<slot>-<attempt>.webp.
-    const storage = join(ws.dataDir, 'storage');
+    const storage = join(suite.ws.dataDir, 'storage');
     const files = await generatedFiles(storage, JOB_ID);
     expect(files).toHaveLength(TOTAL);
     for (const f of files) expect(f).toMatch(/^\d+\/\d+-\d+\.webp$/);
@@ -126,15 +100,15 @@ describe('imagegen run (gemini provider, 25% injected faults)', () => {
     for (const s of stamps) expect(served.has(s)).toBe(true);
 
     // status --json prints the same summary from the database.
-    const status = await runCli(['status', JOB_ID, '--json'], { env });
+    const status = await suite.run(['status', JOB_ID, '--json']);
     expect(status.code, status.stderr).toBe(0);
     expect(parseSingleJson<Summary>(status.stdout)).toEqual(summary);
 
-    const balance = await runCli(['credits', 'balance', USER, '--json'], { env });
+    const balance = await suite.run(['credits', 'balance', USER, '--json']);
     expect(parseSingleJson(balance.stdout)).toEqual({ userId: USER, balance: 50 - TOTAL, reserved: 0 });
 
     // The database: attach ids in stage then slot order, each pointing at a file on disk; one capture per attach record.
-    const view = await readDb(pgliteOf(ws.dataDir), JOB_ID, USER);
+    const view = await readDb(pgliteOf(suite.ws.dataDir), JOB_ID, USER);
     expect(view.attachments.map((a) => a.id)).toEqual(summary.attachIds);
     expect(view.attachments.map((a) => [a.stage, a.slot])).toEqual(STAGES.flatMap(([, q], s) => Array.from({ length: q }, (_, i) => [s, i])));
     expect(view.attachments.map((a) => a.storageKey).sort()).toEqual(files.map((f) => `generated/${JOB_ID}/${f}`).sort());
@@ -147,24 +121,24 @@ describe('imagegen run (gemini provider, 25% injected faults)', () => {
 
   it('running a finished job again prints the same summary, exit 0, with zero provider calls and no new charge; stats --json counts its attempts', { timeout: 120_000 }, async () => {
     expect(first, 'needs the first run of this suite').toBeDefined();
-    const callsBefore = server.calls();
-    const rerun = await runCli(['run', jobFile, '--json'], { env });
+    const callsBefore = suite.server.calls();
+    const rerun = await suite.run(['run', jobFile, '--json']);
     expect(rerun.code, rerun.stderr).toBe(0);
     expect(parseSingleJson<Summary>(rerun.stdout)).toEqual(first);
-    expect(server.calls()).toBe(callsBefore);
-    const balance = await runCli(['credits', 'balance', USER, '--json'], { env });
+    expect(suite.server.calls()).toBe(callsBefore);
+    const balance = await suite.run(['credits', 'balance', USER, '--json']);
     expect(parseSingleJson(balance.stdout)).toEqual({ userId: USER, balance: 50 - TOTAL, reserved: 0 });
-    expect(await generatedFiles(join(ws.dataDir, 'storage'), JOB_ID)).toHaveLength(TOTAL);
+    expect(await generatedFiles(join(suite.ws.dataDir, 'storage'), JOB_ID)).toHaveLength(TOTAL);
 
     // stats --json: numbers from the attempts table, the same as the job's (the only job here).
-    const stats = parseSingleJson<Record<string, unknown>>((await runCli(['stats', '--json'], { env })).stdout);
+    const stats = parseSingleJson<Record<string, unknown>>((await suite.run(['stats', '--json'])).stdout);
     const done = first as Summary;
     expect(stats).toMatchObject({ attempts: done.attempts.total, failed: done.attempts.failed, delivered: TOTAL, byClass: done.attempts.byClass });
     // Retries are the attempts numbered > 1 of a slot. Every slot here got its first attempt and was retried
     // until it delivered, so each failed provider call (counted by the server) caused exactly one retry, and a
     // retry delivered for each stored image whose key says attempt > 1 (`<stage>/<slot>-<attempt>.webp`).
-    const failedCalls = server.requests.filter((c) => c.behavior !== 'image').length;
-    const files = await generatedFiles(join(ws.dataDir, 'storage'), JOB_ID);
+    const failedCalls = suite.server.requests.filter((c) => c.behavior !== 'image').length;
+    const files = await generatedFiles(join(suite.ws.dataDir, 'storage'), JOB_ID);
     const attemptOf = (f: string) => Number(/-(\d+)\.webp$/.exec(f)?.[1]);
     const deliveredByRetry = files.filter((f) => attemptOf(f) > 1).length;
     expect(failedCalls, 'the injected faults caused retries').toBeGreaterThan(0);

@@ -1,7 +1,7 @@
 /**
  * `IMAGEGEN_WORKER_JOBS`: the jobs one `imagegen worker` runs at once, asserted
  * through the real CLI on PostgreSQL (child processes compiled from src by the
- * reliability CLI support) against a fake Gemini server that holds every call.
+ * CLI harness, test/support/cli.ts) against a fake Gemini server that holds every call.
  *
  * Each job's stage prompt names the job, so the calls in flight say which jobs the
  * worker is running. The server records, at the arrival of every call, how many
@@ -26,36 +26,15 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startFakeGeminiServer, type FakeGeminiServer } from '../support/fake-gemini-server.js';
 import { renderStampedPng } from '../support/stamped-image.js';
 import { createScratchDatabase, TEST_DATABASE_URL, type ScratchDatabase } from '../support/databases.js';
-import { runCli, startCli, type CliProcess } from '../reliability/support/cli.js';
+import { logLines, runCli, startCli, waitFor, type CliProcess } from '../support/cli.js';
 
 if (!TEST_DATABASE_URL) console.warn('worker-jobs: skipped: DATABASE_URL is not set (it needs PostgreSQL for the pg-boss queue)');
 
 const QUANTITY = 2;
 const PROMPT_PREFIX = 'worker-jobs prompt of ';
 
-/** Polls `condition` until it holds; the deadline only guards against a hang. */
-async function until(condition: () => boolean | Promise<boolean>, what: string, guardMs = 60_000): Promise<void> {
-  const deadline = Date.now() + guardMs;
-  while (!(await condition())) {
-    if (Date.now() > deadline) throw new Error(`still waiting for ${what} after ${guardMs} ms`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
-
-/** pino lines of a worker's stderr with this `msg`. */
-function logLines(stderr: string, msg: string): Record<string, unknown>[] {
-  return stderr
-    .split('\n')
-    .filter((line) => line.startsWith('{'))
-    .flatMap((line) => {
-      try {
-        const entry = JSON.parse(line) as Record<string, unknown>;
-        return entry['msg'] === msg ? [entry] : [];
-      } catch {
-        return [];
-      }
-    });
-}
+/** Polls `condition` every 20 ms until it holds; the 60 s deadline only guards against a hang. */
+const until = (condition: () => boolean | Promise<boolean>, what: string): Promise<void> => waitFor(what, condition, 60_000, 20);
 
 describe.skipIf(!TEST_DATABASE_URL)('IMAGEGEN_WORKER_JOBS: jobs one worker runs at once [postgres]', () => {
   let server: FakeGeminiServer;

@@ -22,7 +22,7 @@ import { startFakeGeminiServer, type FakeGeminiServer } from '../support/fake-ge
 import { renderStampedPng } from '../support/stamped-image.js';
 import { readJobFile } from '../../src/sources/job-file.js';
 import { JobSpecError } from '../../src/domain/job-spec.js';
-import { runCli, type CliResult } from './support/cli.js';
+import { runCli, type CliResult } from '../support/cli.js';
 // Every case is checked in-process against `readJobFile` (the CLI's first step). Through the
 // CLI process (~1 s of CPU each) `npm test` runs every fourth case; FULL
 // (`IMAGEGEN_RELIABILITY_FULL=1`, script `test:reliability:full`) runs all of them.

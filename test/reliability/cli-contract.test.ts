@@ -35,7 +35,7 @@ import { readJobFile } from '../../src/sources/job-file.js';
 import { startFakeGeminiServer, type FakeGeminiServer } from '../support/fake-gemini-server.js';
 import { renderStampedPng } from '../support/stamped-image.js';
 import { createScratchDatabase, DATABASE_KINDS, TEST_DATABASE_URL, type ScratchDatabase } from '../support/databases.js';
-import { runCli, startCli, type CliResult } from './support/cli.js';
+import { runCli, startCli, type CliResult } from '../support/cli.js';
 
 /** Stdout that must hold exactly one JSON object. */
 function singleJson(result: CliResult): Record<string, unknown> {

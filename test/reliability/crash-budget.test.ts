@@ -24,7 +24,7 @@ import { startFakeGeminiServer, type FakeGeminiServer } from '../support/fake-ge
 import { renderStampedPng } from '../support/stamped-image.js';
 import { createScratchDatabase, type ScratchDatabase } from '../support/databases.js';
 import { auditJob, expectEndedHonestly } from './support/audit.js';
-import { runCli, startCli, type CliProcess } from './support/cli.js';
+import { runCli, startCli, type CliProcess } from '../support/cli.js';
 import { databaseKinds, FULL, withPipelineOf } from './support/stack.js';
 
 const PRICE = 2;

@@ -32,7 +32,7 @@ import { startFakeGeminiServer, type FakeGeminiServer } from '../support/fake-ge
 import { renderStampedPng } from '../support/stamped-image.js';
 import { createScratchDatabase, type ScratchDatabase } from '../support/databases.js';
 import { auditJob, expectEndedHonestly } from './support/audit.js';
-import { startCli } from './support/cli.js';
+import { startCli } from '../support/cli.js';
 import { databaseKinds } from './support/stack.js';
 
 const QUANTITIES = [10, 10, 10];

@@ -20,7 +20,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startFakeGeminiServer, type FakeGeminiServer } from '../support/fake-gemini-server.js';
 import { renderStampedPng } from '../support/stamped-image.js';
 import { createScratchDatabase, type ScratchDatabase } from '../support/databases.js';
-import { runCli, type CliResult } from './support/cli.js';
+import { runCli, type CliResult } from '../support/cli.js';
 // Quick mode (`npm test`) runs the cases issue 9 names through the CLI process, the credit cases
 // on every database kind; FULL (`IMAGEGEN_RELIABILITY_FULL=1`) runs every surrogate and range case.
 // Every case is also unit-tested in-process (job-spec, image-codec, config-ranges, credits tests).

@@ -15,7 +15,7 @@ import { MIN_SECRET_FRAGMENT } from '../../src/adapters/mask-secrets.js';
 import { startFakeGeminiServer, type FakeBehaviorFn, type FakeGeminiServer } from '../support/fake-gemini-server.js';
 import { renderStampedPng } from '../support/stamped-image.js';
 import { createScratchDatabase, TEST_DATABASE_URL } from '../support/databases.js';
-import { runCli, startCli } from './support/cli.js';
+import { runCli, startCli } from '../support/cli.js';
 
 // 40 characters, with characters that URL-encoding changes.
 const KEY = 'AIzaSy/Echo+Key=0123456789abcdefghijklmn';

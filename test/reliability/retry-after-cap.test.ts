@@ -15,7 +15,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { openDatabase } from '../../src/db/database.js';
 import { startFakeGeminiServer, type FakeBehaviorFn } from '../support/fake-gemini-server.js';
 import { renderStampedPng } from '../support/stamped-image.js';
-import { runCli } from './support/cli.js';
+import { runCli } from '../support/cli.js';
 
 interface Summary {
   status: string;

@@ -9,7 +9,7 @@
  *    for it as `storage` (retryable, before any provider call); the replacements read again.
  *    Flaky reads: the job ends exact. An input that is never readable: the job ends
  *    `failed`, each stage short `budget_exhausted`/`storage`, nothing charged, no provider call.
- * 2. LIST and DELETE of the orphan sweep (`sweepOrphans` in `src/streams/run-job.ts`: before
+ * 2. LIST and DELETE of the orphan sweep (`sweepOrphans` in `src/sinks/orphan-sweep.ts`: before
  *    `beginRun` at the start of a run, after `finishJob` at its end, and before the replay of a
  *    job that already ended). A sweep retries a storage error (3 tries, 100 ms then 400 ms
  *    apart; each try is one listing of the job's prefix and stops at its first failed request);
@@ -57,7 +57,7 @@ import { renderStampedPng } from '../support/stamped-image.js';
 import { startS3Server, type TestS3Server } from '../support/s3-server.js';
 import { createScratchDatabase, TEST_DATABASE_URL, type DatabaseKind, type ScratchDatabase } from '../support/databases.js';
 import { auditJob, expectEndedHonestly } from './support/audit.js';
-import { runCli, startCli, type CliResult } from './support/cli.js';
+import { runCli, startCli, type CliResult } from '../support/cli.js';
 import { S3_LIST, s3ObjectPath, startFaultyS3Proxy, type FaultyS3Proxy, type S3Fault, type S3ProxyRequest } from './support/faulty-s3-proxy.js';
 import { openStack, PRICE, specOf, withPipelineOf, type Stack } from './support/stack.js';
 

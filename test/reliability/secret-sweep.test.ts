@@ -39,7 +39,7 @@ import { startFakeGeminiServer, type FakeBehavior, type FakeGeminiServer } from 
 import { renderStampedPng } from '../support/stamped-image.js';
 import { createScratchDatabase, TEST_DATABASE_URL, type ScratchDatabase } from '../support/databases.js';
 import { startS3Server, type TestS3Server } from '../support/s3-server.js';
-import { cliEntry, runCli, type CliResult } from './support/cli.js';
+import { cliEntry, runCli, type CliResult } from '../support/cli.js';
 
 // ---------------------------------------------------------------------------------------
 // The secrets, distinctive so that a piece of one cannot be anything else.

@@ -26,7 +26,7 @@ import { startFakeGeminiServer, type FakeGeminiServer } from '../support/fake-ge
 import { renderStampedPng } from '../support/stamped-image.js';
 import { createScratchDatabase, DATABASE_KINDS, TEST_DATABASE_URL, type ScratchDatabase } from '../support/databases.js';
 import { auditJob, expectEndedHonestly } from './support/audit.js';
-import { runCli, startCli, type CliProcess, type CliResult } from './support/cli.js';
+import { runCli, startCli, type CliProcess, type CliResult } from '../support/cli.js';
 import { withPipelineOf } from './support/stack.js';
 
 const PRICE = 2;

@@ -21,7 +21,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startFakeGeminiServer, type FakeBehavior, type FakeGeminiServer } from '../support/fake-gemini-server.js';
 import { renderStampedPng } from '../support/stamped-image.js';
-import { runCli } from './support/cli.js';
+import { runCli } from '../support/cli.js';
 
 const PROMPTS = ['sched-A overloaded twice', 'sched-B rate limited once', 'sched-C clean', 'sched-D blocked'] as const;
 const QUANTITIES = [1, 1, 2, 2] as const;

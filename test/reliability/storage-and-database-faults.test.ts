@@ -23,7 +23,7 @@ import { renderStampedPng } from '../support/stamped-image.js';
 import { startS3Server, type TestS3Server } from '../support/s3-server.js';
 import { createScratchDatabase, TEST_DATABASE_URL } from '../support/databases.js';
 import { auditJob, expectEndedHonestly, type JobAudit } from './support/audit.js';
-import { runCli, startCli, type CliResult } from './support/cli.js';
+import { runCli, startCli, type CliResult } from '../support/cli.js';
 import { startFaultyS3Proxy, type FaultyS3Proxy, type S3Fault } from './support/faulty-s3-proxy.js';
 import { databaseKinds, openStack, PRICE, specOf, withPipelineOf, type Stack } from './support/stack.js';
 

@@ -1,7 +1,7 @@
 import { sql } from 'kysely';
 import type { Database } from '../database.js';
 import { JobNotFoundError, JobStateError } from '../errors.js';
-import { abandonStartedAttempts } from './abandon-started-attempts.js';
+import { abandonStartedAttempts } from '../internal/abandon-started-attempts.js';
 
 export interface BeganRun {
   /** The previous run of this job died (the job was still `running`, not handed back). */

@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import type { Database } from '../database.js';
-import { assertCount } from './assert.js';
+import { assertCount } from '../internal/assert.js';
 
 /** An attach record not tied to a slot (e.g. a stage's input image). */
 export interface NewAttachment {

@@ -4,8 +4,8 @@ import type { Delivery } from '../../domain/ports.js';
 import type { Database } from '../database.js';
 import { JobNotFoundError, JobStateError } from '../errors.js';
 import { FINAL_JOB_STATUSES } from '../schema.js';
-import { assertCount } from './assert.js';
-import { assertSlotExists } from './stage-slot.js';
+import { assertCount } from '../internal/assert.js';
+import { assertSlotExists } from '../internal/stage-slot.js';
 
 export interface DeliverSlotOptions {
   readonly jobId: string;

@@ -1,7 +1,7 @@
 import { sql } from 'kysely';
 import type { TokenUsage } from '../../domain/ports.js';
 import type { Database } from '../database.js';
-import { assertCount } from './assert.js';
+import { assertCount } from '../internal/assert.js';
 
 export interface FinishAttemptOptions {
   readonly jobId: string;

@@ -2,7 +2,7 @@ import { sql } from 'kysely';
 import type { JobResult } from '../../domain/result.js';
 import type { Database } from '../database.js';
 import { JobNotFoundError, JobStateError } from '../errors.js';
-import { jsonb } from '../json.js';
+import { jsonb } from '../internal/json.js';
 import { encodeNotification, PROGRESS_CHANNEL } from '../notifications.js';
 import { FINAL_JOB_STATUSES } from '../schema.js';
 
@@ -113,7 +113,12 @@ export async function finishJob(
       .returning(['credits_reserved', 'credits_captured', 'credits_released'])
       .executeTakeFirstOrThrow();
 
-    const payload = encodeNotification({ type: 'job:finished', jobId, status: result.status, total: job.total, delivered: job.delivered });
+    const payload = encodeNotification({
+      type: 'job:finished',
+      jobId,
+      status: result.status,
+      result: { totalImages: job.total, deliveredImages: job.delivered },
+    });
     await sql`select pg_notify(${PROGRESS_CHANNEL}, ${payload})`.execute(trx);
 
     return { reserved: updated.credits_reserved, captured: updated.credits_captured, released: updated.credits_released };

@@ -2,8 +2,8 @@ import { sql } from 'kysely';
 import { MAX_CREDITS } from '../../domain/credit-amount.js';
 import type { Database } from '../database.js';
 import { CreditOverflowError } from '../errors.js';
-import { assertAmount } from './assert.js';
-import { lockCreditAccount } from './lock-credit-account.js';
+import { assertAmount } from '../internal/assert.js';
+import { lockCreditAccount } from '../internal/lock-credit-account.js';
 
 /**
  * Adds `amount` spendable credits to the user's account (creating it) and writes

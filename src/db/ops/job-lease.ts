@@ -2,17 +2,7 @@ import { hostname } from 'node:os';
 import { randomUUID } from 'node:crypto';
 import { sql, type RawBuilder } from 'kysely';
 import type { Database } from '../database.js';
-
-/** The job is being run by another live process. */
-export class JobLeasedError extends Error {
-  override readonly name = 'JobLeasedError';
-  constructor(
-    readonly jobId: string,
-    readonly owner: string,
-  ) {
-    super(`job ${jobId} is being run by ${owner}; try again when it stops (its lease expires if it died)`);
-  }
-}
+import { JobLeasedError } from '../errors.js';
 
 /** A lease owner id for this process: `host:pid:uuid`. */
 export function newLeaseOwner(): string {

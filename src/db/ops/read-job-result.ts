@@ -1,7 +1,8 @@
 import type { ErrorClass } from '../../domain/error-class.js';
 import { isErrorClass } from '../../domain/error-class.js';
-import { jobStatusOf, type JobResult, type JobStatus, type ShortfallReason, type StageResult } from '../../domain/result.js';
+import { jobStatusOf, type JobResult, type JobStatus, type StageResult } from '../../domain/result.js';
 import type { Database } from '../database.js';
+import { isJobStatus, isShortfallReason } from '../internal/domain-values.js';
 import type { JobRowStatus } from '../schema.js';
 
 /** A job as it stands in the database, in the shape of the engine's {@link JobResult}. */
@@ -11,8 +12,6 @@ export interface StoredJobResult {
   readonly result: JobResult;
   readonly credits: { readonly reserved: number; readonly captured: number; readonly released: number };
 }
-
-const SHORTFALL_REASONS: readonly ShortfallReason[] = ['budget_exhausted', 'non_retryable', 'job_aborted', 'cancelled', 'crash_loop'];
 
 /**
  * Reads a job's result from its rows: per stage the filled slots in slot order and
@@ -44,7 +43,7 @@ export async function readJobResult(database: Database, jobId: string): Promise<
   const stages: StageResult[] = stageRows.map((row) => {
     const attachIds = slotRows.filter((s) => s.stage_index === row.stage_index).map((s) => s.attach_id as string);
     const missing = row.quantity - attachIds.length;
-    const reason = SHORTFALL_REASONS.find((r) => r === row.shortfall_reason) ?? 'budget_exhausted';
+    const reason = isShortfallReason(row.shortfall_reason) ? row.shortfall_reason : 'budget_exhausted';
     const errorClass: ErrorClass | null = isErrorClass(row.shortfall_error_class) ? row.shortfall_error_class : null;
     return {
       index: row.stage_index,
@@ -55,8 +54,8 @@ export async function readJobResult(database: Database, jobId: string): Promise<
     };
   });
   const attachIds = stages.flatMap((s) => s.attachIds);
-  const final: readonly string[] = ['completed', 'partial', 'failed', 'cancelled'];
-  const status: JobStatus = final.includes(job.status) ? (job.status as JobStatus) : jobStatusOf(stages, job.status === 'cancelled');
+  // A job not ended yet (`queued`, `running`): what it would be if it ended now, uncancelled.
+  const status: JobStatus = isJobStatus(job.status) ? job.status : jobStatusOf(stages, false);
   return {
     rowStatus: job.status,
     userId: job.user_id,

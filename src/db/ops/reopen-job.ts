@@ -1,8 +1,8 @@
 import { sql } from 'kysely';
 import type { Database } from '../database.js';
 import { InsufficientCreditsError } from '../errors.js';
-import { abandonStartedAttempts } from './abandon-started-attempts.js';
-import { lockCreditAccount } from './lock-credit-account.js';
+import { abandonStartedAttempts } from '../internal/abandon-started-attempts.js';
+import { lockCreditAccount } from '../internal/lock-credit-account.js';
 
 export interface ReopenedJob {
   /** Attempts marked `abandoned`. */

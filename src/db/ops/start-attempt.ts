@@ -1,7 +1,7 @@
 import { sql } from 'kysely';
 import type { Database } from '../database.js';
-import { assertCount } from './assert.js';
-import { assertSlotExists } from './stage-slot.js';
+import { assertCount } from '../internal/assert.js';
+import { assertSlotExists } from '../internal/stage-slot.js';
 
 export interface StartAttemptOptions {
   readonly jobId: string;

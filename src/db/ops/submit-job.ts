@@ -2,10 +2,10 @@ import type { JobSpec } from '../../domain/job-spec.js';
 import { totalImages } from '../../domain/job-spec.js';
 import type { Database } from '../database.js';
 import { InputAttachmentError, InsufficientCreditsError, JobOwnershipError } from '../errors.js';
-import { jsonb } from '../json.js';
-import { isUniqueViolation } from '../sql-errors.js';
-import { assertAmount } from './assert.js';
-import { lockCreditAccount } from './lock-credit-account.js';
+import { jsonb } from '../internal/json.js';
+import { isUniqueViolation } from '../internal/sql-errors.js';
+import { assertAmount } from '../internal/assert.js';
+import { lockCreditAccount } from '../internal/lock-credit-account.js';
 
 export interface SubmitJobOptions {
   /** A validated spec with a non-null `jobId` and an `inputAttachId` on every stage. */

@@ -1,144 +1,33 @@
 /**
- * Runs the BUILT `imagegen` CLI (`dist/cli.js`) as a child process, the way a user
- * does, and gives tests what they need around it: temp data dirs, job files with a
- * real input image, the generated files on disk, and a read-only look at the
- * database after the CLI exited.
+ * What CLI tests need around the process (see cli.ts): a temp workspace with a real
+ * input image, job files, the generated files on disk, the `--json` summary contract,
+ * and a read-only look at the database after the CLI exited.
  *
- * The tests assume `npm run build` ran (the CI builds before `npm test`); a missing
- * `dist/cli.js` fails with a message saying so.
+ *   <workspace>/input.png                       the stages' input image
+ *   <workspace>/<name>.json                     job files (writeJob)
+ *   <workspace>/data/db                         the CLI's PGlite (pgliteOf)
+ *   <workspace>/data/storage/generated/<jobId>  delivered images (generatedFiles, stampsOnDisk)
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { dirname, join, relative, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join, relative } from 'node:path';
 import sharp from 'sharp';
-import { openDatabase, type DatabaseConfig } from '../../../src/db/database.js';
-import { readStamp } from '../../support/stamped-image.js';
-
-export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
-export const CLI_PATH = join(REPO_ROOT, 'dist', 'cli.js');
-
-/** Fails loudly when the CLI was not built: these tests run `node dist/cli.js`. */
-export function assertCliBuilt(): void {
-  if (!existsSync(CLI_PATH)) {
-    throw new Error(`${CLI_PATH} is missing: the e2e tests run the built CLI; run \`npm run build\` first`);
-  }
-}
-
-/** Variables of the parent that must not leak into the child (the test sets what it wants). */
-const SCRUBBED = /^(DATABASE_URL|GEMINI_|IMAGEGEN_|S3_|AWS_)/;
-
-/**
- * The child's environment: the parent's minus every imagegen/Gemini/S3/DB variable,
- * plus fast-test defaults (small backoff, fast progress) and `extra`.
- */
-export function cliEnv(extra: Record<string, string | undefined>): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = {};
-  for (const [k, v] of Object.entries(process.env)) if (!SCRUBBED.test(k)) env[k] = v;
-  Object.assign(env, {
-    IMAGEGEN_BACKOFF_BASE_MS: '20',
-    IMAGEGEN_BACKOFF_MAX_MS: '200',
-    IMAGEGEN_PROGRESS_INTERVAL_MS: '50',
-    IMAGEGEN_LOG_LEVEL: 'info',
-  });
-  for (const [k, v] of Object.entries(extra)) {
-    if (v === undefined) delete env[k];
-    else env[k] = v;
-  }
-  return env;
-}
-
-export interface CliResult {
-  readonly code: number | null;
-  readonly signal: NodeJS.Signals | null;
-  readonly stdout: string;
-  readonly stderr: string;
-}
-
-/** A CLI process started in the background. */
-export interface CliProcess {
-  readonly child: ChildProcess;
-  /** Everything written to stderr so far. */
-  stderr(): string;
-  stdout(): string;
-  /** Resolves when the process exits. */
-  readonly done: Promise<CliResult>;
-}
-
-const live = new Set<ChildProcess>();
-
-/** Starts `node dist/cli.js ...args` in the background. */
-export function startCli(args: readonly string[], options: { env: NodeJS.ProcessEnv; cwd?: string }): CliProcess {
-  assertCliBuilt();
-  const child = spawn(process.execPath, [CLI_PATH, ...args], { env: options.env, cwd: options.cwd ?? REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
-  live.add(child);
-  let out = '';
-  let err = '';
-  child.stdout?.setEncoding('utf8').on('data', (d: string) => (out += d));
-  child.stderr?.setEncoding('utf8').on('data', (d: string) => (err += d));
-  const done = new Promise<CliResult>((resolvePromise, reject) => {
-    child.once('error', reject);
-    child.once('close', (code, signal) => {
-      live.delete(child);
-      resolvePromise({ code, signal, stdout: out, stderr: err });
-    });
-  });
-  return { child, stderr: () => err, stdout: () => out, done };
-}
-
-/** Runs the CLI to its end; kills it (and fails) after `timeoutMs`. */
-export async function runCli(args: readonly string[], options: { env: NodeJS.ProcessEnv; cwd?: string; timeoutMs?: number }): Promise<CliResult> {
-  const proc = startCli(args, options);
-  const timeoutMs = options.timeoutMs ?? 60_000;
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => {
-      proc.child.kill('SIGKILL');
-      reject(new Error(`imagegen ${args.join(' ')} did not end within ${timeoutMs} ms\nstderr:\n${proc.stderr()}`));
-    }, timeoutMs);
-  });
-  try {
-    return await Promise.race([proc.done, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-/** Kills every CLI process a test left running (afterEach/afterAll). */
-export async function killLiveCliProcesses(): Promise<void> {
-  const waits = [...live].map(
-    (child) =>
-      new Promise<void>((resolvePromise) => {
-        child.once('close', () => resolvePromise());
-        child.kill('SIGKILL');
-      }),
-  );
-  await Promise.all(waits);
-}
-
-/** Waits until `predicate` is true, polling; fails with `what` after `timeoutMs`. */
-export async function waitFor(what: string, predicate: () => boolean | Promise<boolean>, timeoutMs = 30_000, everyMs = 50): Promise<void> {
-  const until = Date.now() + timeoutMs;
-  while (!(await predicate())) {
-    if (Date.now() > until) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, everyMs));
-  }
-}
+import { openDatabase, type DatabaseConfig } from '../../src/db/index.js';
+import { readStamp } from './stamped-image.js';
 
 /** A temp folder holding a job's files and (under `data/`) the CLI's data dir. */
 export interface Workspace {
   readonly root: string;
   readonly dataDir: string;
-  /** Writes `job.json`-like files (an object is JSON-encoded) and returns the path. */
+  /** Writes a job file (an object is JSON-encoded, a string written as is) and returns its path. */
   writeJob(name: string, content: unknown): Promise<string>;
   dispose(): Promise<void>;
 }
 
+/** Creates a workspace with `input.png`, the image `jobSpec` stages refer to (relative to the job file). */
 export async function createWorkspace(): Promise<Workspace> {
   const root = await mkdtemp(join(tmpdir(), 'imagegen-e2e-'));
-  // A real input image, next to the job files (stages refer to it relative to the job file).
   await sharp({ create: { width: 32, height: 18, channels: 3, background: '#6a8caf' } })
     .png()
     .toFile(join(root, 'input.png'));
@@ -210,7 +99,11 @@ export interface DbView {
   totals: { jobs: number; attachments: number; nonGrantLedger: number; attempts: number };
 }
 
-/** Opens the database (PGlite of a data dir, or PostgreSQL) read-only-by-convention and reads a job's rows. */
+/**
+ * Opens the database (PGlite of a data dir, or PostgreSQL) read-only by convention and
+ * reads a job's rows. The embedded database admits one process: call it while no CLI
+ * process holds that data dir.
+ */
 export async function readDb(config: DatabaseConfig, jobId: string, userId: string): Promise<DbView> {
   const database = await openDatabase(config);
   try {

@@ -1,0 +1,78 @@
+// The events a stage emits, each built in exactly one place, so that every path that
+// reports the same fact (an attempt failed at the provider, in its delivery, or was
+// aborted by a cancel) reports it with the same fields. `at` is the engine scheduler's clock.
+import type { PipelineError } from '../domain/error-class.js';
+import type {
+  AttemptFailedEvent,
+  AttemptStartedEvent,
+  Progress,
+  SlotDeliveredEvent,
+  StageCompletedEvent,
+  StageShortEvent,
+} from '../domain/events.js';
+import type { AttemptRequest, TokenUsage } from '../domain/ports.js';
+import type { StageResult } from '../domain/result.js';
+
+/** An attempt got its permits and was sent. */
+export function attemptStarted(request: AttemptRequest, at: number): AttemptStartedEvent {
+  return { type: 'attempt:started', jobId: request.jobId, at, stage: request.stageIndex, slot: request.slotIndex, attempt: request.attempt };
+}
+
+/** What follows a failed attempt: its replacement's backoff, or null when there is none. */
+export interface FailedAttempt {
+  readonly error: Pick<PipelineError, 'errorClass' | 'message' | 'httpStatus'>;
+  readonly latencyMs: number;
+  /** Backoff before the slot's replacement; null: no replacement (`willRetry: false`, `delayMs: 0`). */
+  readonly retryInMs: number | null;
+}
+
+/** An attempt failed (at the provider, in its delivery, or aborted by a cancel). */
+export function attemptFailed(request: AttemptRequest, at: number, failed: FailedAttempt): AttemptFailedEvent {
+  return {
+    type: 'attempt:failed',
+    jobId: request.jobId,
+    at,
+    stage: request.stageIndex,
+    slot: request.slotIndex,
+    attempt: request.attempt,
+    errorClass: failed.error.errorClass,
+    message: failed.error.message,
+    httpStatus: failed.error.httpStatus ?? null,
+    latencyMs: failed.latencyMs,
+    willRetry: failed.retryInMs !== null,
+    delayMs: failed.retryInMs ?? 0,
+  };
+}
+
+/** What a delivery filled, and the progress after it. */
+export interface DeliveredSlot {
+  readonly attachId: string;
+  readonly latencyMs: number;
+  readonly usage: TokenUsage | null;
+  readonly stageProgress: Progress;
+  readonly progress: Progress;
+}
+
+/** A slot was filled (stored, recorded, charged). */
+export function slotDelivered(request: AttemptRequest, at: number, delivered: DeliveredSlot): SlotDeliveredEvent {
+  return {
+    type: 'slot:delivered',
+    jobId: request.jobId,
+    at,
+    stage: request.stageIndex,
+    slot: request.slotIndex,
+    attempt: request.attempt,
+    attachId: delivered.attachId,
+    latencyMs: delivered.latencyMs,
+    usage: delivered.usage,
+    stageProgress: delivered.stageProgress,
+    progress: delivered.progress,
+  };
+}
+
+/** The stage's last event: `stage:completed` when it holds its quantity, else `stage:short` with the reason. */
+export function stageEnded(jobId: string, at: number, result: StageResult): StageCompletedEvent | StageShortEvent {
+  const { index: stage, quantity, delivered, shortfall } = result;
+  if (shortfall === null) return { type: 'stage:completed', jobId, at, stage, quantity, delivered };
+  return { type: 'stage:short', jobId, at, stage, quantity, delivered, missing: shortfall.count, reason: shortfall.reason, errorClass: shortfall.errorClass };
+}

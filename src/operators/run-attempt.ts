@@ -1,0 +1,93 @@
+import { Observable, catchError, concat, defer, map, mergeMap, of, race, take, throwError, throwIfEmpty, timeout, type SchedulerLike } from 'rxjs';
+import { PipelineError, toPipelineError } from '../domain/error-class.js';
+import type { AttemptRequest, Delivery, EnginePorts, GeneratedImage } from '../domain/ports.js';
+import type { AdaptiveConcurrencyLimiter } from '../engine/adaptive-concurrency-limiter.js';
+import type { ConcurrencyLimiter, Permit } from '../engine/concurrency-limiter.js';
+
+/** An attempt that got both permits and was sent: what its outcome needs to know about its start. */
+export interface SentAttempt {
+  readonly request: AttemptRequest;
+  /** The global permit it ran under (a 429 cuts the limit once per permit epoch). */
+  readonly permit: Permit;
+  readonly startedAt: number;
+}
+
+/** What one request becomes: `started`, then exactly one outcome; or only `dropped` (never sent). */
+export type AttemptItem =
+  | { readonly kind: 'started'; readonly sent: SentAttempt }
+  | { readonly kind: 'delivered'; readonly sent: SentAttempt; readonly image: GeneratedImage; readonly delivery: Delivery }
+  | { readonly kind: 'failed'; readonly sent: SentAttempt; readonly error: PipelineError }
+  | { readonly kind: 'dropped' };
+
+export interface AttemptConfig {
+  readonly ports: EnginePorts;
+  /** A hung `generate` call becomes a `timeout` failure after this many ms. */
+  readonly attemptTimeoutMs: number;
+  /** The stage's own limit: held for the whole attempt. */
+  readonly stageLimiter: ConcurrencyLimiter;
+  /** The provider's limit, shared and adaptive: held for the `generate` call only. */
+  readonly globalLimiter: AdaptiveConcurrencyLimiter;
+  readonly scheduler: SchedulerLike;
+  /** Emits once the stage stops taking requests (its own stop or the job's halt). */
+  readonly halt$: Observable<void>;
+  /** Whether the stage has stopped (or is being torn down), asked when the permits are granted. */
+  readonly halted: () => boolean;
+}
+
+const DROPPED = { kind: 'dropped' } as const;
+
+/**
+ * One request's attempt: the stage permit for the whole attempt, the global (provider)
+ * permit for the `generate` call only, so WebP conversion, upload and the delivery
+ * transaction never keep the provider idle. Emits `started` once both permits are
+ * held, then exactly one outcome: `delivered`, or `failed` with the classified error
+ * (a throw, an error, an empty answer or a hung call; nothing escapes as an error, and
+ * images after the first are not waited for). A request the stage stopped before it was
+ * sent emits only `dropped`: a halt drops a request still waiting for a permit, never
+ * one already sent.
+ *
+ * ```
+ * stage permit   ^----------------------!
+ * global permit     ^-----------!                   generate
+ * emits          ---s-----------------o|            s=started o=delivered|failed
+ * halt$          -h                                  while waiting for a permit:
+ * emits          -(d|)                               d=dropped, no call made
+ * ```
+ *
+ * An outcome is emitted while its permits are still held (the stage's, and the global
+ * one for a failed `generate`), so the caller's bookkeeping runs first: a `rate_limited`
+ * outcome cuts the global limit before its own permit goes back.
+ */
+export function runAttempt(request: AttemptRequest, config: AttemptConfig): Observable<AttemptItem> {
+  const { ports, scheduler, attemptTimeoutMs } = config;
+  const failed = (sent: SentAttempt) => (error: unknown) => of<AttemptItem>({ kind: 'failed', sent, error: toPipelineError(error) });
+  const generate$ = (sent: SentAttempt) =>
+    defer(() => ports.generate(request)).pipe(
+      timeout({ first: attemptTimeoutMs, scheduler, with: () => throwError(() => new PipelineError('timeout', `no image within ${attemptTimeoutMs} ms`)) }),
+      take(1),
+      throwIfEmpty(() => new PipelineError('no_image', 'the generator completed without an image')),
+      map((image) => ({ kind: 'generated', sent, image }) as const),
+      catchError(failed(sent)),
+    );
+  const deliver$ = (sent: SentAttempt, image: GeneratedImage) =>
+    defer(() => ports.deliver(request, image)).pipe(
+      take(1),
+      throwIfEmpty(() => new PipelineError('storage', 'the delivery completed without a result')),
+      map((delivery): AttemptItem => ({ kind: 'delivered', sent, image, delivery })),
+      catchError(failed(sent)),
+    );
+  const sent$ = config.stageLimiter.run(() =>
+    config.globalLimiter
+      .run((permit) =>
+        defer(() => {
+          // A request that waited for a permit while the stage stopped is dropped unsent.
+          if (config.halted()) return of(DROPPED);
+          const sent: SentAttempt = { request, permit, startedAt: scheduler.now() };
+          return concat(of<AttemptItem>({ kind: 'started', sent }), generate$(sent));
+        }),
+      )
+      .pipe(mergeMap((item) => (item.kind === 'generated' ? deliver$(item.sent, item.image) : of(item)))),
+  );
+  // Whichever emits first wins: the halt (still waiting for a permit) or the attempt (`started`).
+  return race(config.halt$.pipe(take(1), map(() => DROPPED)), sent$);
+}

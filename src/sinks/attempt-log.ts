@@ -1,0 +1,63 @@
+import type { Logger } from 'pino';
+import type { PipelineEvent } from '../domain/events.js';
+import { finishAttempt, type Database } from '../db/index.js';
+
+/**
+ * Writes how each attempt ended (`attempts` row: outcome, error class, HTTP status,
+ * latency, usage), in event order and off the event path: the events never wait for
+ * these writes, a failed write is logged and the next goes on. `flush` waits for the
+ * writes so far: the run calls it before the job is finished, so statistics are complete.
+ *
+ * ```
+ * events   ──f1──d2──────f3──────F
+ * writes   ──[f1][d2]────[f3]          one at a time, in order
+ * flush                          └─ resolves after [f3]
+ * ```
+ *
+ * @example
+ * const log = new AttemptLog(database, logger);
+ * events$.pipe(tap((event) => log.record(event, stopped)));
+ * await log.flush();
+ */
+export class AttemptLog {
+  #tail: Promise<void> = Promise.resolve();
+  constructor(
+    private readonly database: Database,
+    private readonly logger: Logger | undefined,
+  ) {}
+
+  /**
+   * Queues the write of an `attempt:failed` or `slot:delivered` event; other events are ignored.
+   *
+   * @param shuttingDown whether the run was stopped (SIGINT/SIGTERM, lost lease): an
+   *   attempt it aborts after the grace is `abandoned` like one a dead process left, not a
+   *   provider failure (a user's cancel stays a `cancelled` failure: the job ends there).
+   */
+  record(event: PipelineEvent, shuttingDown: boolean): void {
+    if (event.type !== 'attempt:failed' && event.type !== 'slot:delivered') return;
+    const failed = event.type === 'attempt:failed';
+    const abandoned = failed && shuttingDown && event.errorClass === 'cancelled';
+    if (failed) {
+      this.logger?.debug({ stage: event.stage, slot: event.slot, attempt: event.attempt, errorClass: event.errorClass, willRetry: event.willRetry, delayMs: event.delayMs }, 'attempt failed');
+    }
+    const write = () =>
+      finishAttempt(this.database, {
+        jobId: event.jobId,
+        stageIndex: event.stage,
+        slotIndex: event.slot,
+        attempt: event.attempt,
+        outcome: abandoned ? 'abandoned' : failed ? 'failed' : 'delivered',
+        errorClass: failed ? event.errorClass : null,
+        httpStatus: failed ? event.httpStatus : null,
+        message: failed ? event.message : null,
+        latencyMs: event.latencyMs,
+        usage: failed ? null : event.usage,
+      });
+    this.#tail = this.#tail.then(write).catch((error: unknown) => this.logger?.warn({ err: error }, 'attempt record failed'));
+  }
+
+  /** Resolves when every write queued so far is done (a failed one included); never rejects. */
+  flush(): Promise<void> {
+    return this.#tail;
+  }
+}

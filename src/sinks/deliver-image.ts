@@ -1,0 +1,80 @@
+import { catchError, concat, concatMap, from, ignoreElements, of, throwError, type Observable } from 'rxjs';
+import type { Logger } from 'pino';
+import { toPipelineError } from '../domain/error-class.js';
+import type { AttemptRequest, Delivery, GeneratedImage } from '../domain/ports.js';
+import { deliverSlot, type Database } from '../db/index.js';
+import { DEFAULT_WEBP_QUALITY, toWebp } from '../adapters/image-codec.js';
+import type { ObjectStore } from './object-store.js';
+import { generatedImageKey } from './storage-keys.js';
+
+/** Where a delivery goes. */
+export interface DeliverImageDeps {
+  readonly database: Database;
+  readonly store: ObjectStore;
+  readonly logger?: Logger | undefined;
+}
+
+/** Per-run options of {@link deliverImage}. */
+export interface DeliverImageOptions {
+  /** WebP quality of stored images. Default {@link DEFAULT_WEBP_QUALITY}. */
+  readonly webpQuality?: number | undefined;
+}
+
+/**
+ * The engine's `deliver` port over real parts: convert to WebP (sharp validates the
+ * bytes), store it under `generated/<jobId>/<stage>/<slot>-<attempt>.webp`, then commit
+ * the delivery with `deliverSlot` (one transaction: attach record, slot fill, credit
+ * capture, counters). A duplicate (the slot was already filled) commits nothing and its
+ * upload is removed. Each step's failure is classified: an unreadable image is
+ * `corrupt_image`, a failed commit `database`, a failed cleanup `storage`; a store's own
+ * {@link PipelineError} keeps its class.
+ *
+ * ```
+ * toWebp ──w|
+ * put       ──|
+ * commit       ──d|                 d = { attachId, duplicate }
+ * delete          ──|               only when d.duplicate
+ * result ─────────────d|
+ * ```
+ *
+ * The conversion starts when `deliverImage` is called; the upload and the commit on
+ * subscription.
+ */
+export function deliverImage(deps: DeliverImageDeps, request: AttemptRequest, image: GeneratedImage, options: DeliverImageOptions = {}): Observable<Delivery> {
+  const { database, store, logger } = deps;
+  const key = generatedImageKey(request);
+  return from(toWebp(image.bytes, { quality: options.webpQuality ?? DEFAULT_WEBP_QUALITY })).pipe(
+    catchError((e: unknown) => throwError(() => toPipelineError(e, 'corrupt_image'))),
+    concatMap((webp) => concat(store.put(key, webp.bytes, webp.contentType).pipe(ignoreElements()), of(webp))),
+    concatMap((webp) =>
+      from(
+        deliverSlot(database, {
+          jobId: request.jobId,
+          stageIndex: request.stageIndex,
+          slotIndex: request.slotIndex,
+          attempt: request.attempt,
+          storageKey: key,
+          contentType: webp.contentType,
+          byteSize: webp.byteSize,
+          width: webp.width,
+          height: webp.height,
+        }),
+      ).pipe(
+        // No delete on a database error: the commit may have happened before the
+        // connection died. The resume step compares with the committed rows.
+        catchError((e: unknown) => throwError(() => toPipelineError(e, 'database'))),
+      ),
+    ),
+    concatMap((delivery) => {
+      if (!delivery.duplicate) return of(delivery);
+      logger?.info({ stage: request.stageIndex, slot: request.slotIndex, attachId: delivery.attachId }, 'slot was already filled; upload removed');
+      return concat(
+        store.delete(key).pipe(
+          ignoreElements(),
+          catchError((e: unknown) => throwError(() => toPipelineError(e, 'storage'))),
+        ),
+        of(delivery),
+      );
+    }),
+  );
+}

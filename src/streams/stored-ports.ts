@@ -1,0 +1,51 @@
+import { catchError, from, switchMap, take, throwError } from 'rxjs';
+import type { Logger } from 'pino';
+import { toPipelineError } from '../domain/error-class.js';
+import type { StageSpec } from '../domain/job-spec.js';
+import type { EnginePorts, ImageGenerator } from '../domain/ports.js';
+import { startAttempt, type Database } from '../db/index.js';
+import type { ObjectStore } from '../sinks/object-store.js';
+import { deliverImage } from '../sinks/deliver-image.js';
+import { stageInputs } from '../sources/stage-inputs.js';
+
+/** The real parts behind the engine's ports. */
+export interface StoredPortsDeps {
+  readonly database: Database;
+  readonly store: ObjectStore;
+  readonly generator: ImageGenerator;
+  readonly logger?: Logger | undefined;
+}
+
+/** Per-run options of {@link storedPorts}. */
+export interface StoredPortsOptions {
+  /** WebP quality of stored images. Default `DEFAULT_WEBP_QUALITY`. */
+  readonly webpQuality?: number | undefined;
+}
+
+/**
+ * Binds the engine's two ports to the database, the object store and the generator for
+ * one job's stages:
+ *
+ * - `generate` = record the attempt start (`startAttempt`, so a crash does not reset the
+ *   budget; a failure is `database`) → the stage's shared input image (a failed read is
+ *   `storage`) → the generator.
+ * - `deliver` = {@link deliverImage}: WebP, upload, one delivery transaction, duplicate cleanup.
+ *
+ * ```
+ * generate  start──input──generator──img|
+ * deliver   webp──put──commit──(delete if duplicate)──d|
+ * ```
+ */
+export function storedPorts(deps: StoredPortsDeps, stages: readonly StageSpec[], options: StoredPortsOptions = {}): EnginePorts {
+  const { database, generator } = deps;
+  const inputs = stageInputs(deps, stages);
+  return {
+    generate: (request) =>
+      from(startAttempt(database, request).catch((e: unknown) => Promise.reject(toPipelineError(e, 'database')))).pipe(
+        switchMap(() => inputs[request.stageIndex]!.pipe(take(1))),
+        catchError((e: unknown) => throwError(() => toPipelineError(e, 'storage'))),
+        switchMap((input) => generator.generate({ ...request, input })),
+      ),
+    deliver: (request, image) => deliverImage(deps, request, image, options),
+  };
+}
