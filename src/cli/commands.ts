@@ -1,0 +1,181 @@
+/** One function per `imagegen` command: what it reads, what it prints, its exit code. */
+import { join } from 'node:path';
+import { lastValueFrom, of, takeWhile, tap } from 'rxjs';
+import { ConfigError } from '../config.js';
+import { FINAL_JOB_STATUSES, getBalance, getJobStatus, grantCredits, JobLeasedError, JobNotFoundError, jobStats, requestCancel, retryTransient } from '../db/index.js';
+import type { JobRowStatus, JobStats } from '../db/index.js';
+import { parseCreditAmount } from '../domain/credit-amount.js';
+import { engineOptionsOf, type Pipeline } from '../pipeline.js';
+import { readJobFile } from '../sources/job-file.js';
+import { watchJob, type WatchedEvent } from '../sources/watch-job.js';
+import { runStoredJob } from '../streams/run-job.js';
+import { refuseOnEmptyDatabase, submitSpec } from '../jobs/submit-job.js';
+import { EXIT, UnavailableError, UsageError } from './failures.js';
+import { formatSummary, jobSummary } from './summary.js';
+import { ProgressView } from './progress-view.js';
+import { exitCodeOf, print, withPipeline, shutdownSignals, type Invocation, embeddedDatabaseMissing } from './invocation.js';
+
+async function cmdRun(inv: Invocation): Promise<number> {
+  const { config, json } = inv;
+  const file = inv.args[0] as string;
+  // Everything that can be checked without the database is checked first: a bad file writes nothing.
+  const jobFile = await readJobFile(file, { maxQuantity: config.maxQuantity });
+  // A fresh data folder holds no attachment, credit or job: refuse what needs one without creating the database.
+  if (embeddedDatabaseMissing(config)) refuseOnEmptyDatabase(jobFile.spec, { pricePerImage: config.pricePerImage });
+  return withPipeline(inv, async (pipeline) => {
+    const { jobId, created } = await submitSpec(pipeline, jobFile.spec, { inputFiles: jobFile.inputFiles, pricePerImage: config.pricePerImage });
+    pipeline.logger.info({ jobId, created, provider: config.provider }, created ? 'job submitted' : 'job exists: resuming or reporting');
+    const view = new ProgressView(process.stderr);
+    const signals = shutdownSignals();
+    try {
+      await lastValueFrom(
+        runStoredJob(pipeline, jobId, { ...engineOptionsOf(config), stop$: signals.stop$ }).pipe(tap((event) => view.handle(event))),
+        { defaultValue: null },
+      );
+    } finally {
+      signals.dispose();
+    }
+    const summary = await retryTransient(() => jobSummary(pipeline.database, jobId));
+    print(json, summary, formatSummary(summary));
+    return exitCodeOf(summary);
+  });
+}
+
+async function cmdStatus(inv: Invocation): Promise<number> {
+  const jobId = inv.args[0] as string;
+  if (embeddedDatabaseMissing(inv.config)) throw new JobNotFoundError(jobId);
+  return withPipeline(inv, async (pipeline) => {
+    const summary = await jobSummary(pipeline.database, jobId);
+    print(inv.json, summary, formatSummary(summary));
+    return summary.status === 'completed' || summary.status === 'running' || summary.status === 'queued' ? 0 : EXIT.short;
+  });
+}
+
+/** Why `watch` of an unfinished job stops after the snapshot on the embedded database. */
+export const EMBEDDED_WATCH_MESSAGE = 'no process can run this job while you watch it on the embedded database; use PostgreSQL for watch';
+
+async function cmdWatch(inv: Invocation): Promise<number> {
+  const jobId = inv.args[0] as string;
+  if (embeddedDatabaseMissing(inv.config)) throw new JobNotFoundError(jobId);
+  // PGlite serves one process at a time: while we hold it, nobody can run the job, so no event can ever come.
+  const embedded = !inv.config.databaseUrl;
+  return withPipeline(inv, async (pipeline) => {
+    let status = 'running' as JobRowStatus;
+    await lastValueFrom(
+      watchJob(pipeline.database, jobId, { logger: pipeline.logger }).pipe(
+        tap((event) => {
+          if (event.type === 'snapshot' || event.type === 'job:finished') status = event.status as JobRowStatus;
+          process.stdout.write(`${inv.json ? JSON.stringify(event) : describeWatched(event)}\n`);
+        }),
+        takeWhile((event) => !(embedded && event.type === 'snapshot'), true),
+      ),
+      { defaultValue: null },
+    );
+    if (!FINAL_JOB_STATUSES.includes(status)) throw new UnavailableError(EMBEDDED_WATCH_MESSAGE);
+    return status === 'completed' ? 0 : EXIT.short;
+  });
+}
+
+function describeWatched(event: WatchedEvent): string {
+  if (event.type === 'snapshot') return `${event.jobId}: ${event.status} ${event.delivered}/${event.total}`;
+  const { type, jobId: _jobId, ...rest } = event;
+  return `${type} ${JSON.stringify(rest)}`;
+}
+
+async function cmdCancel(inv: Invocation): Promise<number> {
+  const jobId = inv.args[0] as string;
+  if (embeddedDatabaseMissing(inv.config)) throw new JobNotFoundError(jobId);
+  return withPipeline(inv, async (pipeline) => {
+    const ok = await requestCancel(pipeline.database, jobId);
+    if (!ok) {
+      const status = await getJobStatus(pipeline.database, jobId);
+      if (status === null) throw new JobNotFoundError(jobId);
+      print(inv.json, { jobId, outcome: 'already_ended', status }, `job ${jobId} has already ended (${status})`);
+      return EXIT.short;
+    }
+    // Nobody runs it (queued, or its runner died): end it here, with no provider call.
+    try {
+      await lastValueFrom(runStoredJob(pipeline, jobId, { cancel$: of(true) }), { defaultValue: null });
+      print(inv.json, { jobId, outcome: 'cancelled', status: 'cancelled' }, `job ${jobId} cancelled`);
+    } catch (error) {
+      if (!(error instanceof JobLeasedError)) throw error;
+      print(inv.json, { jobId, outcome: 'requested', status: 'running' }, `cancel requested for ${jobId}; the process running it stops within a second`);
+    }
+    return 0;
+  });
+}
+
+/** What `stats` says of a database that was never created: nothing was attempted. */
+const NO_ATTEMPTS: JobStats = Object.freeze({ attempts: 0, failed: 0, delivered: 0, abandoned: 0, byClass: {}, retries: 0, retriesDelivered: 0, retrySuccessRate: null });
+
+async function cmdStats(inv: Invocation): Promise<number> {
+  // A read on a fresh data folder answers without creating the embedded database.
+  const read = embeddedDatabaseMissing(inv.config) ? async () => NO_ATTEMPTS : (fn: (p: Pipeline) => Promise<JobStats>) => withPipeline(inv, fn);
+  return read(async (pipeline) => jobStats(pipeline.database)).then((stats) => {
+    const rate = stats.retrySuccessRate === null ? 'n/a' : `${(stats.retrySuccessRate * 100).toFixed(1)}%`;
+    const classes = Object.entries(stats.byClass).map(([c, n]) => `  ${c}: ${n}`);
+    print(inv.json, stats, [`attempts: ${stats.attempts} (${stats.delivered} delivered, ${stats.failed} failed, ${stats.abandoned} abandoned)`, `retries: ${stats.retries}, delivered ${stats.retriesDelivered}, success rate ${rate}`, 'failures by class:', ...classes].join('\n'));
+    return 0;
+  });
+}
+
+async function cmdCreditsGrant(inv: Invocation): Promise<number> {
+  const [userId, amountText] = inv.args as [string, string];
+  const parsed = parseCreditAmount(amountText);
+  if ('rule' in parsed) throw new UsageError('<amount>', parsed.rule);
+  const { amount } = parsed;
+  return withPipeline(inv, async (pipeline) => {
+    const { balance } = await grantCredits(pipeline.database, userId, amount);
+    print(inv.json, { userId, balance }, `granted ${amount} credits to ${userId}; balance ${balance}`);
+    return 0;
+  });
+}
+
+async function cmdCreditsBalance(inv: Invocation): Promise<number> {
+  const userId = inv.args[0] as string;
+  // A read on a fresh data folder answers without creating the embedded database.
+  const { balance, reserved } = embeddedDatabaseMissing(inv.config) ? { balance: 0, reserved: 0 } : await withPipeline(inv, (pipeline) => getBalance(pipeline.database, userId));
+  print(inv.json, { userId, balance, reserved }, `${userId}: balance ${balance}, reserved ${reserved}`);
+  return 0;
+}
+
+async function cmdSubmit(inv: Invocation): Promise<number> {
+  const { config } = inv;
+  if (!config.databaseUrl) throw new ConfigError('DATABASE_URL', 'submit puts jobs on a PostgreSQL job queue for workers; set DATABASE_URL (or use imagegen run)');
+  const jobFile = await readJobFile(inv.args[0] as string, { maxQuantity: config.maxQuantity });
+  return withPipeline(inv, async (pipeline) => {
+    const { jobId, created } = await submitSpec(pipeline, jobFile.spec, { inputFiles: jobFile.inputFiles, pricePerImage: config.pricePerImage });
+    // pg-boss is loaded by the two commands that use the queue only.
+    const { submitToQueue } = await import('../streams/worker.js');
+    await submitToQueue(pipeline, jobId);
+    print(inv.json, { jobId, created }, `${created ? 'submitted' : 'already submitted'}: ${jobId}`);
+    return 0;
+  });
+}
+
+async function cmdWorker(inv: Invocation): Promise<number> {
+  const { config } = inv;
+  if (!config.databaseUrl) throw new ConfigError('DATABASE_URL', 'the worker shares a PostgreSQL job queue; set DATABASE_URL');
+  return withPipeline(inv, async (pipeline) => {
+    const signals = shutdownSignals();
+    try {
+      const { runWorker } = await import('../streams/worker.js');
+      await runWorker(pipeline, { stop$: signals.stop$, engine: engineOptionsOf(config), jobConcurrency: config.workerJobs });
+    } finally {
+      signals.dispose();
+    }
+    return 0;
+  });
+}
+
+export const HANDLERS: Readonly<Record<string, (inv: Invocation) => Promise<number>>> = {
+  run: cmdRun,
+  submit: cmdSubmit,
+  worker: cmdWorker,
+  status: cmdStatus,
+  watch: cmdWatch,
+  cancel: cmdCancel,
+  stats: cmdStats,
+  'credits grant': cmdCreditsGrant,
+  'credits balance': cmdCreditsBalance,
+};

@@ -1,0 +1,172 @@
+/** The command line's arguments and what every command shares: options, usage, opening the pipeline, printing, signals. */
+import { existsSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { of, Subject } from 'rxjs';
+import { ConfigError, type PipelineConfig } from '../config.js';
+import { DataDirLockedError } from '../db/index.js';
+import { openPipeline, type Pipeline } from '../pipeline.js';
+import { databaseUnavailable, EXIT, isConnectionError, UnavailableError, UsageError } from './failures.js';
+import { type JobSummary } from './summary.js';
+
+export const USAGE = `usage:
+  imagegen run <job.json> [--json] [--concurrency N] [--provider offline|gemini] [--data-dir DIR]
+  imagegen submit <job.json> [--json] [--data-dir DIR]
+  imagegen worker [--concurrency N] [--provider offline|gemini] [--data-dir DIR]
+  imagegen status <jobId> [--json] [--data-dir DIR]
+  imagegen watch <jobId> [--json] [--data-dir DIR]
+  imagegen cancel <jobId> [--json] [--data-dir DIR]
+  imagegen stats [--json] [--data-dir DIR]
+  imagegen credits grant <userId> <amount> [--json] [--data-dir DIR]
+  imagegen credits balance <userId> [--json] [--data-dir DIR]
+
+exit codes: 0 completed, 1 ended short or could not run, 2 invalid input, 3 not enough credits`;
+
+export const OPTIONS = {
+  json: { type: 'boolean' },
+  concurrency: { type: 'string' },
+  provider: { type: 'string' },
+  'data-dir': { type: 'string' },
+  help: { type: 'boolean', short: 'h' },
+} as const;
+
+export type OptionName = keyof typeof OPTIONS;
+export type Values = { readonly [K in OptionName]?: (typeof OPTIONS)[K]['type'] extends 'boolean' ? boolean : string };
+
+/** Per command: its positional arguments (by name, all required) and the options it takes. */
+const COMMANDS: Readonly<Record<string, { readonly args: readonly string[]; readonly options: readonly OptionName[] }>> = {
+  run: { args: ['<job.json>'], options: ['json', 'concurrency', 'provider', 'data-dir'] },
+  submit: { args: ['<job.json>'], options: ['json', 'data-dir'] },
+  worker: { args: [], options: ['concurrency', 'provider', 'data-dir'] },
+  status: { args: ['<jobId>'], options: ['json', 'data-dir'] },
+  watch: { args: ['<jobId>'], options: ['json', 'data-dir'] },
+  cancel: { args: ['<jobId>'], options: ['json', 'data-dir'] },
+  stats: { args: [], options: ['json', 'data-dir'] },
+  'credits grant': { args: ['<userId>', '<amount>'], options: ['json', 'data-dir'] },
+  'credits balance': { args: ['<userId>'], options: ['json', 'data-dir'] },
+};
+
+/** What one command invocation gets: its checked arguments, the configuration and the output mode. */
+export interface Invocation {
+  readonly args: readonly string[];
+  readonly values: Values;
+  readonly config: PipelineConfig;
+  readonly json: boolean;
+}
+
+export function exitCodeOf(summary: Pick<JobSummary, 'status'>): number {
+  return summary.status === 'completed' ? EXIT.completed : EXIT.short;
+}
+
+export function print(json: boolean, value: unknown, text: string): void {
+  process.stdout.write(json ? `${JSON.stringify(value)}\n` : `${text}\n`);
+}
+
+/**
+ * Whether the embedded database of this configuration has never been created. A
+ * command that only reads, or a submit refused on what an empty database holds,
+ * answers without creating it (`openPipeline` puts PGlite in `<data dir>/db`).
+ */
+export function embeddedDatabaseMissing(config: PipelineConfig): boolean {
+  return !config.databaseUrl && !existsSync(join(config.dataDir, 'db'));
+}
+
+/** The variable or flag the data folder came from, for messages. */
+export function dataDirSource(values: Values): string {
+  return values['data-dir'] !== undefined ? '--data-dir' : 'IMAGEGEN_DATA_DIR';
+}
+
+/** A data folder that exists as a file can never work: bad configuration (exit 2), found before anything else. */
+export function checkDataDir(config: PipelineConfig, values: Values): void {
+  const usesDataDir = !config.databaseUrl || config.storage.kind === 'folder';
+  if (usesDataDir && existsSync(config.dataDir) && !statSync(config.dataDir).isDirectory()) {
+    throw new ConfigError(dataDirSource(values), `${config.dataDir} is a file, not a folder`);
+  }
+}
+
+/**
+ * Opens the pipeline for a command, turning the ways opening fails into errors that
+ * say what to fix: a data folder that cannot be written, a database that cannot be
+ * reached or refuses.
+ */
+export async function withPipeline<T>(inv: Invocation, fn: (pipeline: Pipeline) => Promise<T>): Promise<T> {
+  let pipeline: Pipeline;
+  try {
+    pipeline = await openPipeline(inv.config);
+  } catch (error) {
+    throw openFailure(error, inv);
+  }
+  try {
+    return await fn(pipeline);
+  } finally {
+    await pipeline.close();
+  }
+}
+
+export function openFailure(error: unknown, inv: Invocation): unknown {
+  if (error instanceof DataDirLockedError) return error;
+  const fsError = error as NodeJS.ErrnoException;
+  if (typeof fsError?.syscall === 'string' && typeof fsError.path === 'string' && !isConnectionError(error)) {
+    return new UnavailableError(
+      `data folder ${inv.config.dataDir} cannot be used: ${fsError.syscall} ${fsError.path} failed (${fsError.code ?? 'error'}); ` +
+        `set ${dataDirSource(inv.values)} to a folder this process can write`,
+      { cause: error },
+    );
+  }
+  // A MigrationError whose cause is a refused connection is an unreachable database, not a schema problem.
+  if (inv.config.databaseUrl && isConnectionError(error)) return databaseUnavailable(error, inv.config.databaseUrl);
+  return error;
+}
+
+/** SIGINT/SIGTERM: stop taking new slots; a second signal aborts in-flight attempts. */
+export function shutdownSignals(): { stop$: Subject<void>; dispose: () => void } {
+  const stop$ = new Subject<void>();
+  let count = 0;
+  const onSignal = (signal: NodeJS.Signals) => {
+    count++;
+    process.stderr.write(`\n${signal}: ${count === 1 ? 'finishing in-flight attempts; the job can be resumed' : 'aborting'}\n`);
+    if (count === 1) stop$.next();
+    else process.exit(EXIT.short);
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  return {
+    stop$,
+    dispose: () => {
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
+    },
+  };
+}
+
+/**
+ * The command named by the positionals and its arguments, checked: a known command,
+ * exactly its arguments (none empty), only options it takes, no empty option value.
+ */
+export function resolveCommand(positionals: readonly string[], values: Values): { name: string; args: string[] } {
+  const [first, ...rest] = positionals;
+  if (first === undefined) throw new UsageError('<command>', 'is required');
+  let name = first;
+  let args = rest;
+  if (first === 'credits') {
+    const action = rest[0];
+    if (action !== 'grant' && action !== 'balance') throw new UsageError('credits', `needs grant or balance, got ${JSON.stringify(action ?? null)}`);
+    name = `credits ${action}`;
+    args = rest.slice(1);
+  }
+  const command = COMMANDS[name];
+  if (!command) throw new UsageError('<command>', `unknown command ${JSON.stringify(first)}`);
+  command.args.forEach((arg, i) => {
+    const value = args[i];
+    if (value === undefined) throw new UsageError(arg, `is required: imagegen ${name} ${command.args.join(' ')}`);
+    if (value.trim() === '') throw new UsageError(arg, 'must not be empty');
+  });
+  if (args.length > command.args.length) {
+    throw new UsageError('(arguments)', `unexpected argument ${JSON.stringify(args[command.args.length])}: imagegen ${name} takes ${command.args.length === 0 ? 'no arguments' : command.args.join(' ')}`);
+  }
+  for (const [option, value] of Object.entries(values) as [OptionName, string | boolean | undefined][]) {
+    if (value === undefined || option === 'help') continue;
+    if (!command.options.includes(option)) throw new UsageError(`--${option}`, `is not an option of imagegen ${name}`);
+    if (typeof value === 'string' && value.trim() === '') throw new UsageError(`--${option}`, 'must not be empty');
+  }
+  return { name, args };
+}
