@@ -7,21 +7,10 @@
  */
 import { describe, expect, it } from 'vitest';
 import { DEFAULT_OFFLINE_FAILURE_CLASSES, OfflineImageGenerator } from '../src/adapters/offline-image-generator.js';
-import { ConfigError, loadConfig, type ConfigOverrides } from '../src/config.js';
+import { ConfigError, loadConfig } from '../src/config.js';
 import { ERROR_CLASSES, isRetryable } from '../src/domain/error-class.js';
+import { refusal, type Env } from './support/config-refusal.js';
 
-type Env = Record<string, string | undefined>;
-
-/** The ConfigError `loadConfig` throws, or null when it accepts. */
-function refusal(env: Env, overrides: ConfigOverrides = {}): ConfigError | null {
-  try {
-    loadConfig(env, overrides);
-    return null;
-  } catch (error) {
-    if (error instanceof ConfigError) return error;
-    throw error;
-  }
-}
 
 describe('loadConfig: provider choice', () => {
   it('gemini with a key, offline without one (an empty key is none)', () => {

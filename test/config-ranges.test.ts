@@ -1,18 +1,10 @@
 import { describe, expect, it } from 'vitest';
-import { ConfigError, loadConfig } from '../src/config.js';
+import { loadConfig } from '../src/config.js';
+import { refusal } from './support/config-refusal.js';
 
 /** Node runs a timer above 2^31-1 ms after 1 ms: no duration setting may reach past it. */
 const NODE_TIMER_LIMIT_MS = 2 ** 31 - 1;
 
-function refusal(env: Record<string, string>): ConfigError | null {
-  try {
-    loadConfig(env);
-    return null;
-  } catch (error) {
-    if (error instanceof ConfigError) return error;
-    throw error;
-  }
-}
 
 describe('loadConfig: every duration setting has a range below the timer limit', () => {
   // [variable, largest accepted value]

@@ -11,25 +11,14 @@ import { describe, expect, it } from 'vitest';
 import { DEFAULT_GEMINI_IMAGE_MODEL, DEFAULT_GEMINI_TIMEOUT_MS, GeminiImageGenerator } from '../src/adapters/gemini-image-generator.js';
 import { DEFAULT_WEBP_QUALITY } from '../src/adapters/image-codec.js';
 import { OfflineImageGenerator } from '../src/adapters/offline-image-generator.js';
-import { ConfigError, envWithPresets, loadConfig, type ConfigOverrides } from '../src/config.js';
+import { ConfigError, envWithPresets, loadConfig } from '../src/config.js';
 import { DEFAULT_JOB_SPEC_LIMITS } from '../src/domain/job-spec.js';
 import { DEFAULT_BACKOFF } from '../src/engine/full-jitter-backoff.js';
 import { S3ObjectStore } from '../src/sinks/s3-object-store.js';
 import { DEFAULT_ENGINE_OPTIONS } from '../src/streams/engine.js';
 import { DEFAULT_RUN_OPTIONS } from '../src/streams/run-job.js';
+import { refusal, type Env } from './support/config-refusal.js';
 
-type Env = Record<string, string | undefined>;
-
-/** The ConfigError `loadConfig` throws, or null when it accepts. */
-function refusal(env: Env, overrides: ConfigOverrides = {}): ConfigError | null {
-  try {
-    loadConfig(env, overrides);
-    return null;
-  } catch (error) {
-    if (error instanceof ConfigError) return error;
-    throw error;
-  }
-}
 
 describe('loadConfig: defaults are the README configuration table, each from its one owner', () => {
   // No HOME / XDG_CACHE_HOME either: the template dir default is tested on its own below.

@@ -17,8 +17,6 @@
  */
 import { copyFile, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { existsSync, readdirSync, statSync } from 'node:fs';
-import { createServer } from 'node:net';
-import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { lastValueFrom, toArray } from 'rxjs';
@@ -36,6 +34,7 @@ import { startFakeGeminiServer, type FakeGeminiServer } from '../support/fake-ge
 import { renderStampedPng } from '../support/stamped-image.js';
 import { createScratchDatabase, DATABASE_KINDS, TEST_DATABASE_URL, type ScratchDatabase } from '../support/databases.js';
 import { runCli, startCli, type CliResult } from '../support/cli.js';
+import { closedPort } from '../support/closed-port.js';
 
 /** Stdout that must hold exactly one JSON object. */
 function singleJson(result: CliResult): Record<string, unknown> {
@@ -69,14 +68,6 @@ function expectOneClearLine(result: CliResult, ...mentions: string[]): void {
   for (const m of mentions) expect(lines[0]).toContain(m);
 }
 
-/** A local TCP port nobody listens on. */
-async function closedPort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as AddressInfo;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
 
 /** Files under a folder, relative, sorted ([] when it does not exist). */
 function filesUnder(dir: string): string[] {

@@ -28,7 +28,6 @@
  * signatures (the AWS SDK signs V4), so the secret here can be distinctive.
  */
 import { cp, mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { sql } from 'kysely';
@@ -40,6 +39,7 @@ import { renderStampedPng } from '../support/stamped-image.js';
 import { createScratchDatabase, TEST_DATABASE_URL, type ScratchDatabase } from '../support/databases.js';
 import { startS3Server, type TestS3Server } from '../support/s3-server.js';
 import { cliEntry, runCli, type CliResult } from '../support/cli.js';
+import { closedPort } from '../support/closed-port.js';
 
 // ---------------------------------------------------------------------------------------
 // The secrets, distinctive so that a piece of one cannot be anything else.
@@ -131,14 +131,6 @@ async function startProvider(): Promise<FakeGeminiServer> {
   return startFakeGeminiServer({ apiKey: API_KEY, latencyMs: 5, behavior: ({ n }) => CYCLE[(n - 1) % CYCLE.length] ?? 'image' });
 }
 
-/** A port nobody listens on (bound, then closed). */
-async function closedPort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as AddressInfo;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
 
 /** `url` with `password` set (PostgreSQL trusts local connections here: any password connects). */
 function withPassword(url: string, password: string): string {
