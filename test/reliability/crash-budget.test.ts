@@ -30,8 +30,8 @@ import { databaseKinds, FULL, withPipelineOf } from './support/stack.js';
 const PRICE = 2;
 const SEED = Number(process.env['IMAGEGEN_CRASH_SEED'] ?? 9_2026);
 const KINDS = databaseKinds();
-/** Kills of the random-kill case: 10 in full mode, 6 in `npm test` (repetitions are cut, not legs). */
-const KILLS = FULL ? 10 : 6;
+/** Kills of the random-kill case: 10 in full mode, 4 in `npm test` (repetitions are cut, not legs). */
+const KILLS = FULL ? 10 : 4;
 
 /** Polls `condition` until it holds; the deadline only guards against a hang. */
 async function until(condition: () => boolean, what: string, guardMs = 60_000): Promise<void> {
