@@ -6,7 +6,7 @@
  *
  * The demo's settings are presets under the environment (a variable you set wins),
  * given to `loadConfig` and to the CLI as one environment: the demo never reads or
- * writes `process.env` (only src/config.ts reads it).
+ * writes the process environment (only src/config.ts reads it).
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';

@@ -18,7 +18,7 @@ export { EMBEDDED_WATCH_MESSAGE } from './commands.js';
 
 /**
  * Runs the CLI with `argv` (without node and the script) and returns the exit code.
- * `env` is the environment `loadConfig` reads (default `process.env`; `npm run demo` gives its presets).
+ * `env` is the environment `loadConfig` reads (default: the process environment; `npm run demo` gives its presets).
  */
 export async function main(argv: readonly string[], env?: ConfigEnv): Promise<number> {
   // Known before parsing, so even an unparsable command line answers in JSON when asked to.

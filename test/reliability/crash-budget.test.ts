@@ -24,7 +24,7 @@ import { startFakeGeminiServer, type FakeGeminiServer } from '../support/fake-ge
 import { renderStampedPng } from '../support/stamped-image.js';
 import { createScratchDatabase, type ScratchDatabase } from '../support/databases.js';
 import { auditJob, expectEndedHonestly } from './support/audit.js';
-import { runCli, startCli, type CliProcess } from '../support/cli.js';
+import { geminiCliEnv, runCli, startCli, type CliProcess } from '../support/cli.js';
 import { databaseKinds, FULL, withPipelineOf } from './support/stack.js';
 
 const PRICE = 2;
@@ -78,16 +78,7 @@ for (const kind of KINDS) {
       const userId = `${name}-user`;
       const granted = quantity * PRICE + 7;
       const env: Record<string, string> = {
-        IMAGEGEN_DATA_DIR: join(dir, `${name}-data`),
-        IMAGEGEN_PROVIDER: 'gemini',
-        GEMINI_API_KEY: server.apiKey,
-        GEMINI_BASE_URL: server.url,
-        IMAGEGEN_PRICE_PER_IMAGE: String(PRICE),
-        IMAGEGEN_BACKOFF_BASE_MS: '5',
-        IMAGEGEN_BACKOFF_MAX_MS: '50',
-        IMAGEGEN_PROGRESS_INTERVAL_MS: '20',
-        IMAGEGEN_LOG_LEVEL: 'warn',
-        ...(scratch.config.databaseUrl ? { DATABASE_URL: scratch.config.databaseUrl } : {}),
+        ...geminiCliEnv({ server, dataDir: join(dir, `${name}-data`), price: PRICE, databaseUrl: scratch.config.databaseUrl }),
         ...extraEnv,
       };
       const file = join(dir, `${name}.json`);

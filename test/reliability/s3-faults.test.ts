@@ -57,7 +57,7 @@ import { renderStampedPng } from '../support/stamped-image.js';
 import { startS3Server, type TestS3Server } from '../support/s3-server.js';
 import { createScratchDatabase, TEST_DATABASE_URL, type DatabaseKind, type ScratchDatabase } from '../support/databases.js';
 import { auditJob, expectEndedHonestly } from './support/audit.js';
-import { runCli, startCli, type CliResult } from '../support/cli.js';
+import { geminiCliEnv, runCli, startCli, type CliResult } from '../support/cli.js';
 import { S3_LIST, s3ObjectPath, startFaultyS3Proxy, type FaultyS3Proxy, type S3Fault, type S3ProxyRequest } from './support/faulty-s3-proxy.js';
 import { openStack, PRICE, specOf, withPipelineOf, type Stack } from './support/stack.js';
 
@@ -367,16 +367,7 @@ for (const kind of kinds) {
       if (kind === 'postgres') scratch = await createScratchDatabase('postgres');
       dir = await mkdtemp(join(tmpdir(), 'imagegen-s3faults-'));
       env = {
-        IMAGEGEN_DATA_DIR: join(dir, 'data'),
-        IMAGEGEN_PROVIDER: 'gemini',
-        GEMINI_API_KEY: server.apiKey,
-        GEMINI_BASE_URL: server.url,
-        IMAGEGEN_PRICE_PER_IMAGE: String(PRICE),
-        IMAGEGEN_BACKOFF_BASE_MS: '5',
-        IMAGEGEN_BACKOFF_MAX_MS: '50',
-        IMAGEGEN_PROGRESS_INTERVAL_MS: '20',
-        IMAGEGEN_LOG_LEVEL: 'warn',
-        ...(scratch?.config.databaseUrl ? { DATABASE_URL: scratch.config.databaseUrl } : {}),
+        ...geminiCliEnv({ server, dataDir: join(dir, 'data'), price: PRICE, databaseUrl: scratch?.config.databaseUrl }),
         ...s3Env(proxy.endpoint),
       };
       directEnv = { ...env, S3_ENDPOINT: s3.endpoint };

@@ -187,7 +187,15 @@ describe('signals and cancel through the CLI', () => {
           expect(ended, `the run ended before the test could signal it:\n${child.stderr().slice(-800)}`).toBe(false);
           return { cli: child, first };
         };
-        return { server, jobId, userId, granted: granted(name), env, file, withPipeline, cli, runUntilCalls };
+        /** Lets calls answer again and runs the file once more: it must exit 0; its summary and how many calls it made. */
+        const rerun = async (): Promise<{ summary: unknown; calls: number }> => {
+          server.setHold(undefined);
+          const before = server.calls();
+          const result = await cli(['run', file, '--json']);
+          expect({ code: result.code, stderr: result.stderr.slice(-800) }).toMatchObject({ code: 0 });
+          return { summary: oneJsonObject(result), calls: server.calls() - before };
+        };
+        return { server, jobId, userId, granted: granted(name), env, file, withPipeline, cli, runUntilCalls, rerun };
       }
       type Setup = Awaited<ReturnType<typeof setUp>>;
 
@@ -257,17 +265,14 @@ describe('signals and cancel through the CLI', () => {
           }
         }
 
-        s.server.setHold(undefined);
-        const rerunFirst = s.server.calls() + 1;
-        const rerun = await s.cli(['run', s.file, '--json']);
-        expect({ code: rerun.code, stderr: rerun.stderr.slice(-800) }).toMatchObject({ code: 0 });
-        expect(oneJsonObject(rerun)).toMatchObject({
+        const rerun = await s.rerun();
+        expect(rerun.summary).toMatchObject({
           status: 'completed',
           deliveredImages: QUANTITY,
           attempts: { total: QUANTITY, failed: 0, abandoned: 0 },
           credits: { reserved: QUANTITY * PRICE, captured: QUANTITY * PRICE, released: 0 },
         });
-        expect(s.server.calls() - rerunFirst + 1).toBe(QUANTITY - delivered);
+        expect(rerun.calls).toBe(QUANTITY - delivered);
         const audit = await s.withPipeline((p) => auditJob(p.database, p.store, s.jobId));
         expectEndedHonestly(audit, { price: PRICE, granted: s.granted, server: s.server });
         expect(audit.stamps).toHaveLength(QUANTITY);
@@ -299,11 +304,8 @@ describe('signals and cancel through the CLI', () => {
         expect(summary).toMatchObject({ deliveredImages: 0, credits: { reserved: QUANTITY * PRICE, captured: 0, released: 0 } });
         expect(s.server.calls() - first + 1).toBe(IN_FLIGHT);
         for (let n = first; n < first + IN_FLIGHT; n++) expect((await guarded(s.server.settled(n), `call ${n} to be closed by the client`)).outcome).toBe('client_closed');
-        s.server.setHold(undefined);
-        const rerunFirst = s.server.calls() + 1;
-        const rerun = await s.cli(['run', s.file, '--json']);
-        expect({ code: rerun.code, stderr: rerun.stderr.slice(-800) }).toMatchObject({ code: 0 });
-        expect(oneJsonObject(rerun)).toMatchObject({
+        const rerun = await s.rerun();
+        expect(rerun.summary).toMatchObject({
           status: 'completed',
           deliveredImages: QUANTITY,
           // The attempts the shutdown aborted are `abandoned` (recorded by the stopping run itself),
@@ -311,7 +313,7 @@ describe('signals and cancel through the CLI', () => {
           attempts: { total: IN_FLIGHT + QUANTITY, failed: 0, abandoned: IN_FLIGHT, byClass: {} },
           credits: { reserved: QUANTITY * PRICE, captured: QUANTITY * PRICE, released: 0 },
         });
-        expect(s.server.calls() - rerunFirst + 1).toBe(QUANTITY);
+        expect(rerun.calls).toBe(QUANTITY);
         const audit = await s.withPipeline((p) => auditJob(p.database, p.store, s.jobId));
         expectEndedHonestly(audit, { price: PRICE, granted: s.granted, server: s.server });
         if (everyRefusal) {

@@ -46,6 +46,31 @@ export function cliEnv(extra: Readonly<Record<string, string | undefined>> = {})
   return env;
 }
 
+/**
+ * The CLI's settings for a job against a fake Gemini server: its key and URL, the price, short
+ * backoff, fast progress, warnings only, the data folder, and the scratch database's URL when
+ * it has one (PGlite otherwise).
+ */
+export function geminiCliEnv(options: {
+  readonly server: { readonly apiKey: string; readonly url: string };
+  readonly dataDir: string;
+  readonly price: number;
+  readonly databaseUrl?: string | undefined;
+}): Record<string, string> {
+  return {
+    IMAGEGEN_DATA_DIR: options.dataDir,
+    IMAGEGEN_PROVIDER: 'gemini',
+    GEMINI_API_KEY: options.server.apiKey,
+    GEMINI_BASE_URL: options.server.url,
+    IMAGEGEN_PRICE_PER_IMAGE: String(options.price),
+    IMAGEGEN_BACKOFF_BASE_MS: '5',
+    IMAGEGEN_BACKOFF_MAX_MS: '50',
+    IMAGEGEN_PROGRESS_INTERVAL_MS: '20',
+    IMAGEGEN_LOG_LEVEL: 'warn',
+    ...(options.databaseUrl ? { DATABASE_URL: options.databaseUrl } : {}),
+  };
+}
+
 export interface CliResult {
   readonly code: number | null;
   readonly signal: NodeJS.Signals | null;
