@@ -4,7 +4,7 @@ import type pg from 'pg';
 import { redactUrlPassword, withPrintedForm } from '../domain/hide-secrets.js';
 import { MigrationError } from './errors.js';
 import { MIGRATIONS } from './migrations/index.js';
-import { openPgliteDataDir } from './pglite-template.js';
+import { openPgliteDataDir, pgliteTemplateFile, writePgliteTemplate, type OpenedPglite } from './pglite-template.js';
 import type { DatabaseSchema } from './schema.js';
 
 /** Where the database lives. Frozen by {@link openDatabase}. */
@@ -13,7 +13,7 @@ export interface DatabaseConfig {
   readonly databaseUrl?: string | undefined;
   /** PGlite data folder (used when `databaseUrl` is not set); omitted = in-memory. */
   readonly dataDir?: string | undefined;
-  /** Where a fresh PGlite data folder's template is cached (see `openPgliteDataDir`); omitted = none. */
+  /** Where the template of a new PGlite database (folder or in memory) is cached (see `openPgliteDataDir`); omitted = none. */
   readonly pgliteTemplateDir?: string | undefined;
   /** Largest `pg` pool size. Default 10. Ignored by PGlite (one connection). */
   readonly maxConnections?: number | undefined;
@@ -51,10 +51,16 @@ export interface Database {
  */
 export async function openDatabase(config: DatabaseConfig, options: OpenDatabaseOptions = {}): Promise<Database> {
   const frozen = Object.freeze({ ...config });
+  const migrations = options.migrations ?? MIGRATIONS;
+  // Only the built-in migrations make a template (a test's own list never lands in the cache).
+  const template = frozen.pgliteTemplateDir !== undefined && options.migrations === undefined ? pgliteTemplateFile(frozen.pgliteTemplateDir, Object.keys(MIGRATIONS)) : undefined;
   // Each driver is loaded only when used: a process on PostgreSQL never loads PGlite's WASM, and the reverse.
-  const database = frozen.databaseUrl ? await openPostgres(frozen.databaseUrl, frozen.maxConnections ?? 10) : await openPglite(frozen.dataDir, frozen.pgliteTemplateDir);
+  const opened = frozen.databaseUrl ? { database: await openPostgres(frozen.databaseUrl, frozen.maxConnections ?? 10) } : await openPglite(frozen.dataDir, template);
+  const { database } = opened;
   try {
-    await migrate(database.db, options.migrations ?? MIGRATIONS);
+    await migrate(database.db, migrations);
+    // A cluster this start created, now migrated and still empty, becomes the template.
+    if ('started' in opened && opened.started.initialised && template !== undefined) await writePgliteTemplate(opened.started.pglite, template);
   } catch (error) {
     await database.close();
     throw error;
@@ -187,16 +193,17 @@ async function openPostgres(databaseUrl: string, max: number): Promise<Database>
  */
 const PGLITE_SHARED_BUFFERS = '16MB';
 
-async function openPglite(dataDir: string | undefined, templateDir: string | undefined): Promise<Database> {
+async function openPglite(dataDir: string | undefined, template: string | undefined): Promise<{ database: Database; started: OpenedPglite }> {
   const [{ PGlite }, { PGliteDialect }] = await Promise.all([import('@electric-sql/pglite'), import('kysely-pglite-dialect')]);
-  const pglite = await openPgliteDataDir((options) => PGlite.create(options), dataDir, templateDir, {
+  const started = await openPgliteDataDir((options) => PGlite.create(options), dataDir, template, {
     parsers: { [INT8_OID]: parseInt8 },
     startParams: [...PGlite.defaultStartParams, '-c', `shared_buffers=${PGLITE_SHARED_BUFFERS}`],
   });
+  const { pglite } = started;
   const db = new Kysely<DatabaseSchema>({ dialect: new PGliteDialect(pglite) });
   let closed: Promise<void> | null = null;
 
-  return {
+  const database: Database = {
     db,
     kind: 'pglite',
     notify: (channel, payload) => notifyWith(db, channel, payload),
@@ -225,4 +232,5 @@ async function openPglite(dataDir: string | undefined, templateDir: string | und
       return closed;
     },
   };
+  return { database, started };
 }

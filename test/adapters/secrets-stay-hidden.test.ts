@@ -21,7 +21,7 @@ import { GeminiImageGenerator } from '../../src/adapters/gemini-image-generator.
 import { createLogger, openPipeline } from '../../src/pipeline.js';
 import { S3ObjectStore } from '../../src/sinks/s3-object-store.js';
 import { startFakeGeminiServer, type FakeGeminiServer } from '../support/fake-gemini-server.js';
-import { createScratchDatabase, TEST_DATABASE_URL, type ScratchDatabase } from '../support/databases.js';
+import { createScratchDatabase, TEST_DATABASE_URL, TEST_PGLITE_TEMPLATE_DIR, type ScratchDatabase } from '../support/databases.js';
 
 const API_KEY = 'AIzaSyHidden-KEY_0123456789abcdefghijkl';
 const S3_SECRET = 's3-SECRET-wJalrXUtnFEMI-K7MDENG';
@@ -60,6 +60,7 @@ function leaks(value: unknown): Record<string, string[]> {
 }
 
 const ENV = {
+  IMAGEGEN_PGLITE_TEMPLATE_DIR: TEST_PGLITE_TEMPLATE_DIR,
   GEMINI_API_KEY: API_KEY,
   S3_BUCKET: 'images',
   // Nothing listens on port 1: the store is built and used, never reached.

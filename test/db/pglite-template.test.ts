@@ -1,19 +1,24 @@
 /**
- * A fresh embedded data folder starts from a cached template of an initialised
- * cluster instead of running initdb again; the template is a cache, never a risk.
+ * A new embedded database (a fresh data folder, or in memory) starts from a cached
+ * template of an initialised and migrated cluster instead of running initdb and the
+ * migrations again; the template is a cache, never a risk.
  */
-import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PGlite, type PGliteOptions } from '@electric-sql/pglite';
+import { sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openDatabase } from '../../src/db/database.js';
+import { MIGRATIONS } from '../../src/db/migrations/index.js';
 import { getBalance } from '../../src/db/ops/get-balance.js';
 import { grantCredits } from '../../src/db/ops/grant-credits.js';
-import { openPgliteDataDir } from '../../src/db/pglite-template.js';
+import { openPgliteDataDir, pgliteTemplateFile } from '../../src/db/pglite-template.js';
 
-describe('PGlite data folder template', () => {
+const TEMPLATE_NAME = /^pglite-[\d.]+-[0-9a-f]{12}\.tar\.gz$/;
+
+describe('PGlite template', () => {
   let root: string;
   const starts: { fromTemplate: boolean }[] = [];
   const create = (options: PGliteOptions) => {
@@ -28,54 +33,89 @@ describe('PGlite data folder template', () => {
     await rm(root, { recursive: true, force: true });
   });
 
-  it('the first fresh folder writes the template, the next one starts from it, and both hold working databases', async () => {
+  it('the first new folder writes a migrated template; the next folder and an in-memory database start from it with every migration recorded', async () => {
     const templates = join(root, 'templates');
-    const first = await openPgliteDataDir(create, join(root, 'a'), templates, {});
+    const first = await openDatabase({ dataDir: join(root, 'a'), pgliteTemplateDir: templates });
+    await grantCredits(first, 'tina', 7);
     await first.close();
-    expect(readdirSync(templates)).toEqual([expect.stringMatching(/^pglite-[\d.]+-[0-9a-f]{12}\.tar\.gz$/)]);
-    const second = await openPgliteDataDir(create, join(root, 'b'), templates, {});
-    expect((await second.query<{ n: number }>('select 1 as n')).rows).toEqual([{ n: 1 }]);
-    await second.close();
-    expect(starts).toEqual([{ fromTemplate: false }, { fromTemplate: true }]);
+    const names = readdirSync(templates);
+    expect(names).toEqual([expect.stringMatching(TEMPLATE_NAME)]);
+    const template = join(templates, names[0]!);
+    expect(template).toBe(pgliteTemplateFile(templates, Object.keys(MIGRATIONS)));
 
-    // Through openDatabase: migrations run on the templated folder and money works.
-    const database = await openDatabase({ dataDir: join(root, 'c'), pgliteTemplateDir: templates });
-    try {
-      await grantCredits(database, 'tina', 7);
-      expect(await getBalance(database, 'tina')).toEqual({ balance: 7, reserved: 0 });
-    } finally {
-      await database.close();
+    // Straight from the template: already migrated, and none of the first folder's rows.
+    for (const dataDir of [join(root, 'b'), undefined]) {
+      starts.length = 0;
+      const started = await openPgliteDataDir(create, dataDir, template, {});
+      try {
+        expect(started.initialised).toBe(false);
+        const applied = await started.pglite.query<{ name: string }>('select name from kysely_migration order by name');
+        expect(applied.rows.map((r) => r.name)).toEqual(Object.keys(MIGRATIONS).sort());
+        expect((await started.pglite.query('select * from credit_accounts')).rows).toEqual([]);
+      } finally {
+        await started.pglite.close();
+      }
+      expect(starts).toEqual([{ fromTemplate: true }]);
     }
-    // Reopened: the data is its own, not the template's.
-    const again = await openDatabase({ dataDir: join(root, 'c'), pgliteTemplateDir: templates });
+
+    // Through openDatabase, folder and memory: money works, and each holds its own data.
+    for (const dataDir of [join(root, 'c'), undefined]) {
+      const database = await openDatabase({ dataDir, pgliteTemplateDir: templates });
+      try {
+        expect(await getBalance(database, 'tina')).toEqual({ balance: 0, reserved: 0 });
+        await grantCredits(database, 'tina', 3);
+        expect(await getBalance(database, 'tina')).toEqual({ balance: 3, reserved: 0 });
+      } finally {
+        await database.close();
+      }
+    }
+    const again = await openDatabase({ dataDir: join(root, 'a'), pgliteTemplateDir: templates });
     try {
       expect(await getBalance(again, 'tina')).toEqual({ balance: 7, reserved: 0 });
     } finally {
       await again.close();
     }
+    expect(readdirSync(templates)).toEqual(names);
   });
 
-  it('a damaged template is dropped and the folder starts plainly; a folder that is not empty never gets it', async () => {
+  it('an in-memory database writes the template too; a migration list of its own never does, and another list is another template', async () => {
+    const templates = join(root, 'memory-templates');
+    const memory = await openDatabase({ pgliteTemplateDir: templates });
+    await memory.close();
+    expect(readdirSync(templates)).toEqual([expect.stringMatching(TEMPLATE_NAME)]);
+
+    const own = join(root, 'own-templates');
+    const custom = await openDatabase({ pgliteTemplateDir: own }, { migrations: { '0001_only': { up: async (db) => void (await sql`create table t (x int)`.execute(db)) } } });
+    await custom.close();
+    expect(existsSync(own)).toBe(false);
+
+    const names = Object.keys(MIGRATIONS);
+    expect(pgliteTemplateFile(templates, [...names, '9999_next'])).not.toBe(pgliteTemplateFile(templates, names));
+  });
+
+  it('a damaged template is dropped and the database starts plainly, then writes a good one; a folder that is not empty never gets it', async () => {
     const templates = join(root, 'bad-templates');
-    const seed = await openPgliteDataDir(create, join(root, 'seed'), templates, {});
-    await seed.close();
-    const [name] = readdirSync(templates);
-    writeFileSync(join(templates, name!), 'not a tarball');
-    starts.length = 0;
-    const pglite = await openPgliteDataDir(create, join(root, 'd'), templates, {});
-    expect((await pglite.query<{ n: number }>('select 2 as n')).rows).toEqual([{ n: 2 }]);
-    await pglite.close();
-    expect(starts).toEqual([{ fromTemplate: true }, { fromTemplate: false }]);
-    // Rebuilt from the plain start.
-    expect(existsSync(join(templates, name!))).toBe(true);
+    const template = pgliteTemplateFile(templates, Object.keys(MIGRATIONS))!;
+    mkdirSync(templates);
+    writeFileSync(template, 'not a tarball');
+    const database = await openDatabase({ dataDir: join(root, 'd'), pgliteTemplateDir: templates });
+    try {
+      await grantCredits(database, 'tina', 2);
+      expect(await getBalance(database, 'tina')).toEqual({ balance: 2, reserved: 0 });
+    } finally {
+      await database.close();
+    }
+    // Replaced by a gzip dump of the plainly started, migrated cluster.
+    expect([...readFileSync(template).subarray(0, 2)]).toEqual([0x1f, 0x8b]);
 
     const occupied = join(root, 'occupied');
     mkdirSync(occupied);
     writeFileSync(join(occupied, 'notes.txt'), 'mine');
     starts.length = 0;
-    const other = await openPgliteDataDir(create, occupied, templates, {});
-    await other.close();
+    const other = await openPgliteDataDir(create, occupied, template, {});
+    await other.pglite.close();
     expect(starts).toEqual([{ fromTemplate: false }]);
+    expect(other.initialised).toBe(false);
     expect(existsSync(join(occupied, 'notes.txt'))).toBe(true);
   });
 });

@@ -25,7 +25,7 @@ import { runStoredJob, type RunJobDeps } from '../../src/streams/run-job.js';
 import { importInputImage, submitSpec } from '../../src/jobs/submit-job.js';
 import { randomMixBehavior, startFakeGeminiServer } from '../support/fake-gemini-server.js';
 import { readStamp } from '../support/stamped-image.js';
-import { forEachDatabase } from '../support/databases.js';
+import { forEachDatabase, TEST_PGLITE_TEMPLATE_DIR } from '../support/databases.js';
 
 const FAST = { backoff: { baseMs: 5, maxMs: 50 }, progressIntervalMs: 20, cancelPollMs: 50, stageConcurrency: 4 } as const;
 
@@ -252,7 +252,7 @@ describe('input image is read once per stage', () => {
   it('shares one storage read between all attempts of a stage', async () => {
     const root = await mkdtemp(join(tmpdir(), 'imagegen-once-'));
     const { openDatabase } = await import('../../src/db/database.js');
-    const database = await openDatabase({});
+    const database = await openDatabase({ pgliteTemplateDir: TEST_PGLITE_TEMPLATE_DIR });
     try {
       const base = new FolderObjectStore({ root });
       let gets = 0;

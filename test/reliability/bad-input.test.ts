@@ -20,6 +20,7 @@ import { openPipeline } from '../../src/pipeline.js';
 import { importInputImage } from '../../src/jobs/submit-job.js';
 import { startFakeGeminiServer, type FakeGeminiServer } from '../support/fake-gemini-server.js';
 import { renderStampedPng } from '../support/stamped-image.js';
+import { TEST_PGLITE_TEMPLATE_DIR } from '../support/databases.js';
 import { readJobFile } from '../../src/sources/job-file.js';
 import { JobSpecError } from '../../src/domain/job-spec.js';
 import { runCli, type CliResult } from '../support/cli.js';
@@ -288,7 +289,7 @@ describe('specs that need the database to be found wrong: refused before anythin
   let snapshotBefore: unknown;
 
   async function snapshot() {
-    const pipeline = await openPipeline(loadConfig({ IMAGEGEN_LOG_LEVEL: 'silent' }, { dataDir }));
+    const pipeline = await openPipeline(loadConfig({ IMAGEGEN_LOG_LEVEL: 'silent', IMAGEGEN_PGLITE_TEMPLATE_DIR: TEST_PGLITE_TEMPLATE_DIR }, { dataDir }));
     try {
       const db = pipeline.database.db;
       const count = async (table: 'jobs' | 'attachments' | 'credit_ledger' | 'slots' | 'attempts') =>
@@ -309,7 +310,7 @@ describe('specs that need the database to be found wrong: refused before anythin
 
   beforeAll(async () => {
     dataDir = join(root, 'seeded');
-    const pipeline = await openPipeline(loadConfig({ IMAGEGEN_LOG_LEVEL: 'silent' }, { dataDir }));
+    const pipeline = await openPipeline(loadConfig({ IMAGEGEN_LOG_LEVEL: 'silent', IMAGEGEN_PGLITE_TEMPLATE_DIR: TEST_PGLITE_TEMPLATE_DIR }, { dataDir }));
     try {
       await grantCredits(pipeline.database, 'alice', 10);
       await grantCredits(pipeline.database, 'bob', 10);

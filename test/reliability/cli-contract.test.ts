@@ -32,7 +32,7 @@ import { parseJobSpec } from '../../src/domain/job-spec.js';
 import { readJobFile } from '../../src/sources/job-file.js';
 import { startFakeGeminiServer, type FakeGeminiServer } from '../support/fake-gemini-server.js';
 import { renderStampedPng } from '../support/stamped-image.js';
-import { createScratchDatabase, DATABASE_KINDS, TEST_DATABASE_URL, type ScratchDatabase } from '../support/databases.js';
+import { createScratchDatabase, DATABASE_KINDS, TEST_DATABASE_URL, TEST_PGLITE_TEMPLATE_DIR, type ScratchDatabase } from '../support/databases.js';
 import { runCli, startCli, type CliResult } from '../support/cli.js';
 import { closedPort } from '../support/closed-port.js';
 
@@ -165,7 +165,7 @@ for (const kind of DATABASE_KINDS) {
 
     /** The library on the same database and data folder (to seed, or to hold a lease). Closed after the test. */
     async function library(dataDir: string): Promise<Pipeline> {
-      const pipeline = await openPipeline(loadConfig({ IMAGEGEN_LOG_LEVEL: 'silent', ...(databaseUrl ? { DATABASE_URL: databaseUrl } : {}) }, { dataDir }));
+      const pipeline = await openPipeline(loadConfig({ IMAGEGEN_LOG_LEVEL: 'silent', IMAGEGEN_PGLITE_TEMPLATE_DIR: TEST_PGLITE_TEMPLATE_DIR, ...(databaseUrl ? { DATABASE_URL: databaseUrl } : {}) }, { dataDir }));
       pipelines.add(pipeline);
       return pipeline;
     }

@@ -15,7 +15,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { homedir, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
 import { afterAll, beforeAll, describe } from 'vitest';
@@ -23,6 +23,14 @@ import { openDatabase, type Database, type DatabaseConfig, type OpenDatabaseOpti
 
 export type DatabaseKind = 'pglite' | 'postgres';
 export const DATABASE_KINDS: readonly DatabaseKind[] = ['pglite', 'postgres'];
+
+/**
+ * Where in-process PGlite databases of the tests cache their template: the same folder a CLI
+ * child uses by default (`$XDG_CACHE_HOME` or `~/.cache`, `/imagegen-pipeline`), so one
+ * initdb serves the whole run. Without it every new PGlite database pays initdb and the
+ * migrations (3.5-6 s each on a 2-core machine).
+ */
+export const TEST_PGLITE_TEMPLATE_DIR = join(process.env['XDG_CACHE_HOME'] || join(homedir(), '.cache'), 'imagegen-pipeline');
 
 /** The server URL tests create their databases on, or undefined (PostgreSQL leg skipped). */
 export const TEST_DATABASE_URL: string | undefined = process.env['DATABASE_URL'] || undefined;
@@ -42,9 +50,9 @@ export interface ScratchDatabase {
  */
 export async function createScratchDatabase(kind: DatabaseKind, options: { persistent?: boolean } = {}): Promise<ScratchDatabase> {
   if (kind === 'pglite') {
-    if (!options.persistent) return { kind, config: {}, dispose: async () => {} };
+    if (!options.persistent) return { kind, config: { pgliteTemplateDir: TEST_PGLITE_TEMPLATE_DIR }, dispose: async () => {} };
     const dataDir = await mkdtemp(join(tmpdir(), 'imagegen-pglite-'));
-    return { kind, config: { dataDir }, dispose: () => rm(dataDir, { recursive: true, force: true }) };
+    return { kind, config: { dataDir, pgliteTemplateDir: TEST_PGLITE_TEMPLATE_DIR }, dispose: () => rm(dataDir, { recursive: true, force: true }) };
   }
   if (!TEST_DATABASE_URL) throw new Error('DATABASE_URL is not set');
   const name = `imagegen_t_${randomBytes(6).toString('hex')}`;

@@ -18,7 +18,7 @@ import type { RunJobOptions } from '../../../src/streams/run-job.js';
 import { importInputImage } from '../../../src/jobs/submit-job.js';
 import { startFakeGeminiServer, type FakeGeminiServer, type FakeGeminiServerOptions } from '../../support/fake-gemini-server.js';
 import { renderStampedPng } from '../../support/stamped-image.js';
-import { createScratchDatabase, type DatabaseKind, type ScratchDatabase } from '../../support/databases.js';
+import { createScratchDatabase, TEST_PGLITE_TEMPLATE_DIR, type DatabaseKind, type ScratchDatabase } from '../../support/databases.js';
 
 export const PRICE = 2;
 
@@ -73,6 +73,7 @@ export async function openStack(options: StackOptions): Promise<Stack> {
       GEMINI_API_KEY: server.apiKey,
       GEMINI_BASE_URL: server.url,
       ...(scratch.config.databaseUrl ? { DATABASE_URL: scratch.config.databaseUrl } : {}),
+      IMAGEGEN_PGLITE_TEMPLATE_DIR: TEST_PGLITE_TEMPLATE_DIR,
       ...options.env,
     };
     const config = loadConfig(env, { dataDir });
