@@ -75,6 +75,19 @@ export interface PipelineConfig {
   readonly pgliteTemplateDir: string | undefined;
   /** Runs of one job that may die in a row without delivering anything before the job ends `failed` (`crash_loop`). */
   readonly maxCrashResumes: number;
+  /** A job's lease (and a worker's heartbeat) not renewed for this long belongs to a dead process, in ms. */
+  readonly leaseTtlMs: number;
+  /** The fleet (workers on PostgreSQL). */
+  readonly fleet: {
+    /** The worker's name in `imagegen workers` and its lease owner ids. Unset: the host name. */
+    readonly workerName: string | undefined;
+    /** Calls the whole fleet may have in flight to one provider key. Unset: AIMD alone finds the limit. */
+    readonly providerMaxInFlight: number | undefined;
+    /** Calls the whole fleet may start per minute with one provider key. Unset: no rate cap. */
+    readonly providerMaxPerMinute: number | undefined;
+    /** Attempts of one user in flight across the fleet. Unset: no cap (fair share still applies). */
+    readonly maxInFlightPerUser: number | undefined;
+  };
 }
 
 /** Values given on the command line; they win over the environment. */
@@ -179,7 +192,10 @@ function failureClassesOf(env: ConfigEnv): ErrorClass[] | undefined {
  * | `IMAGEGEN_WEBP_QUALITY` | 80 (`toWebp`) |
  * | `IMAGEGEN_PROGRESS_INTERVAL_MS`, `IMAGEGEN_SHUTDOWN_GRACE_MS`, `IMAGEGEN_MAX_CRASH_RESUMES` | 250, 30000, 5 (`runStoredJob`) |
  * | `IMAGEGEN_WORKER_JOBS` | 2 (`runWorker`) |
- * | `IMAGEGEN_LOG_LEVEL`, `IMAGEGEN_QUEUE_EXPIRE_SECONDS` | `info`, 600 |
+ * | `IMAGEGEN_LOG_LEVEL`, `IMAGEGEN_QUEUE_EXPIRE_SECONDS` | `info`, 600 (only how long a queue message waits for a lease claim) |
+ * | `IMAGEGEN_LEASE_TTL_SECONDS` | 15 (`runStoredJob`: a lease not renewed this long is a dead process's) |
+ * | `IMAGEGEN_WORKER_NAME` | the host name |
+ * | `IMAGEGEN_PROVIDER_MAX_INFLIGHT`, `IMAGEGEN_PROVIDER_MAX_PER_MINUTE`, `IMAGEGEN_MAX_INFLIGHT_PER_USER` | unset (`FleetLimiter`) |
  * | `IMAGEGEN_PGLITE_TEMPLATE_DIR` | `$XDG_CACHE_HOME/imagegen-pipeline` or `~/.cache/imagegen-pipeline` (`off`: none) |
  *
  * Durations in ms are at most 2^31-1 (Node's timer limit: a longer delay fires after 1 ms).
@@ -246,5 +262,23 @@ export function loadConfig(env: ConfigEnv = process.env, overrides: ConfigOverri
     queueExpireSeconds: intOf(env, 'IMAGEGEN_QUEUE_EXPIRE_SECONDS', 1, MAX_QUEUE_EXPIRE_SECONDS) ?? 600,
     maxCrashResumes: intOf(env, 'IMAGEGEN_MAX_CRASH_RESUMES', 1, 1000) ?? DEFAULT_RUN_OPTIONS.maxCrashResumes,
     pgliteTemplateDir: pgliteTemplateDirOf(env),
+    leaseTtlMs: (intOf(env, 'IMAGEGEN_LEASE_TTL_SECONDS', 1, MAX_LEASE_TTL_SECONDS) ?? DEFAULT_RUN_OPTIONS.leaseTtlMs / 1000) * 1000,
+    fleet: Object.freeze({
+      workerName: workerNameOf(env),
+      providerMaxInFlight: intOf(env, 'IMAGEGEN_PROVIDER_MAX_INFLIGHT', 1, 100_000),
+      providerMaxPerMinute: intOf(env, 'IMAGEGEN_PROVIDER_MAX_PER_MINUTE', 1, 10_000_000),
+      maxInFlightPerUser: intOf(env, 'IMAGEGEN_MAX_INFLIGHT_PER_USER', 1, 100_000),
+    }),
   });
+}
+
+/** Largest `IMAGEGEN_LEASE_TTL_SECONDS`: one hour (a dead worker's job would wait that long). */
+export const MAX_LEASE_TTL_SECONDS = 3600;
+
+/** `IMAGEGEN_WORKER_NAME`: letters, digits, `.`, `_`, `-` (it is the first part of `name:pid:uuid`). */
+function workerNameOf(env: ConfigEnv): string | undefined {
+  const raw = env['IMAGEGEN_WORKER_NAME'];
+  if (!raw) return undefined;
+  if (!/^[A-Za-z0-9._-]{1,64}$/.test(raw)) throw new ConfigError('IMAGEGEN_WORKER_NAME', `must match [A-Za-z0-9._-]{1,64}, got ${JSON.stringify(raw)}`);
+  return raw;
 }

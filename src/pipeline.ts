@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import pino, { type Logger } from 'pino';
@@ -129,5 +130,17 @@ export function engineOptionsOf(config: PipelineConfig) {
     progressIntervalMs: config.progressIntervalMs,
     graceMs: config.shutdownGraceMs,
     maxCrashResumes: config.maxCrashResumes,
+    leaseTtlMs: config.leaseTtlMs,
   };
+}
+
+/**
+ * Which provider limit a process shares with the fleet: a hash of the provider, its
+ * endpoint, model and API key (never the key itself). Workers with the same one call the
+ * same quota.
+ */
+export function providerKeyOf(config: PipelineConfig): string {
+  if (config.provider === 'offline') return 'offline';
+  const { baseUrl, model, apiKey } = config.gemini;
+  return 'gemini:' + createHash('sha256').update([baseUrl ?? '', model ?? '', apiKey ?? ''].join('\0')).digest('hex').slice(0, 16);
 }

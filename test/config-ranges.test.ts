@@ -19,6 +19,8 @@ describe('loadConfig: every duration setting has a range below the timer limit',
     ['IMAGEGEN_SHUTDOWN_GRACE_MS', NODE_TIMER_LIMIT_MS],
     // pg-boss refuses an expiry of 24 hours or more.
     ['IMAGEGEN_QUEUE_EXPIRE_SECONDS', 86_399],
+    // A dead worker's job would wait this long: one hour at most.
+    ['IMAGEGEN_LEASE_TTL_SECONDS', 3600],
   ];
 
   it.each(DURATIONS)('%s: %i is accepted, one more is refused naming the variable', (variable, max) => {

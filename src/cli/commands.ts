@@ -2,7 +2,7 @@
 import { join } from 'node:path';
 import { lastValueFrom, of, takeWhile, tap } from 'rxjs';
 import { ConfigError } from '../config.js';
-import { FINAL_JOB_STATUSES, getBalance, getJobStatus, grantCredits, JobLeasedError, JobNotFoundError, jobStats, requestCancel, retryTransient } from '../db/index.js';
+import { FINAL_JOB_STATUSES, findJobRunner, getBalance, getJobStatus, grantCredits, JobLeasedError, JobNotFoundError, jobStats, listWorkers, requestCancel, retryTransient } from '../db/index.js';
 import type { JobRowStatus, JobStats } from '../db/index.js';
 import { parseCreditAmount } from '../domain/credit-amount.js';
 import { engineOptionsOf, type Pipeline } from '../pipeline.js';
@@ -46,9 +46,26 @@ async function cmdStatus(inv: Invocation): Promise<number> {
   if (embeddedDatabaseMissing(inv.config)) throw new JobNotFoundError(jobId);
   return withPipeline(inv, async (pipeline) => {
     const summary = await jobSummary(pipeline.database, jobId);
+    if (summary.status === 'running' || summary.status === 'queued') {
+      // A job that has not ended also says who runs it (a worker, or a `run` process): null = nobody now.
+      const runner = await findJobRunner(pipeline.database, jobId);
+      const runs = runner ? `  runner: ${runner.worker ? 'worker' : 'process'} ${runner.name} pid ${runner.pid} (${runner.id}), lease until ${runner.leaseUntil}` : '  runner: none (waiting for a worker)';
+      print(inv.json, { ...summary, runner }, `${formatSummary(summary)}\n${runs}`);
+      return 0;
+    }
     print(inv.json, summary, formatSummary(summary));
-    return summary.status === 'completed' || summary.status === 'running' || summary.status === 'queued' ? 0 : EXIT.short;
+    return summary.status === 'completed' ? 0 : EXIT.short;
   });
+}
+
+async function cmdWorkers(inv: Invocation): Promise<number> {
+  // The embedded database has no workers: `run` runs its job in its own process.
+  const workers = inv.config.databaseUrl ? await withPipeline(inv, (pipeline) => listWorkers(pipeline.database)) : [];
+  const lines = workers.map(
+    (w) => `${w.id}  ${w.name} pid ${w.pid}  started ${w.startedAt}  heartbeat ${w.lastHeartbeatAt}  jobs ${w.jobs.length > 0 ? w.jobs.join(',') : '-'}  attempts in flight ${w.attemptsInFlight}  permits ${w.held}/${w.concurrency}`,
+  );
+  print(inv.json, { workers }, workers.length === 0 ? 'no live workers' : lines.join('\n'));
+  return 0;
 }
 
 /** Why `watch` of an unfinished job stops after the snapshot on the embedded database. */
@@ -147,7 +164,7 @@ async function cmdSubmit(inv: Invocation): Promise<number> {
     const { jobId, created } = await submitSpec(pipeline, jobFile.spec, { inputFiles: jobFile.inputFiles, pricePerImage: config.pricePerImage });
     // pg-boss is loaded by the two commands that use the queue only.
     const { submitToQueue } = await import('../streams/worker.js');
-    await submitToQueue(pipeline, jobId);
+    await submitToQueue(pipeline, jobId, { priority: jobFile.spec.priority ?? 0 });
     print(inv.json, { jobId, created }, `${created ? 'submitted' : 'already submitted'}: ${jobId}`);
     return 0;
   });
@@ -176,6 +193,7 @@ export const HANDLERS: Readonly<Record<string, (inv: Invocation) => Promise<numb
   watch: cmdWatch,
   cancel: cmdCancel,
   stats: cmdStats,
+  workers: cmdWorkers,
   'credits grant': cmdCreditsGrant,
   'credits balance': cmdCreditsBalance,
 };

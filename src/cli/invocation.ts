@@ -16,6 +16,7 @@ export const USAGE = `usage:
   imagegen watch <jobId> [--json] [--data-dir DIR]
   imagegen cancel <jobId> [--json] [--data-dir DIR]
   imagegen stats [--json] [--data-dir DIR]
+  imagegen workers [--json] [--data-dir DIR]
   imagegen credits grant <userId> <amount> [--json] [--data-dir DIR]
   imagegen credits balance <userId> [--json] [--data-dir DIR]
 
@@ -41,6 +42,7 @@ const COMMANDS: Readonly<Record<string, { readonly args: readonly string[]; read
   watch: { args: ['<jobId>'], options: ['json', 'data-dir'] },
   cancel: { args: ['<jobId>'], options: ['json', 'data-dir'] },
   stats: { args: [], options: ['json', 'data-dir'] },
+  workers: { args: [], options: ['json', 'data-dir'] },
   'credits grant': { args: ['<userId>', '<amount>'], options: ['json', 'data-dir'] },
   'credits balance': { args: ['<userId>'], options: ['json', 'data-dir'] },
 };

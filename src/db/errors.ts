@@ -123,6 +123,22 @@ export class JobLeasedError extends Error {
   }
 }
 
+/**
+ * A delivery by a runner that no longer holds the job's lease (it stalled past the TTL and
+ * another worker took the job over): refused, so a slot is only ever filled by the job's
+ * current runner. Nothing was written.
+ */
+export class LeaseLostError extends Error {
+  override readonly name = 'LeaseLostError';
+  constructor(
+    readonly jobId: string,
+    readonly owner: string,
+    readonly holder: string | null,
+  ) {
+    super(`job ${jobId} is no longer leased to ${owner} (now ${holder ?? 'nobody'}); its delivery is refused`);
+  }
+}
+
 /** The embedded database is open in another live process (PGlite serves one process at a time). */
 export class DataDirLockedError extends Error {
   override readonly name = 'DataDirLockedError';

@@ -24,6 +24,7 @@ export {
   JobStateError,
   MigrationError,
   JobLeasedError,
+  LeaseLostError,
   DataDirLockedError,
 } from './errors.js';
 
@@ -64,7 +65,12 @@ export { getJobSpec, type StoredJobSpec } from './ops/get-job-spec.js';
 export { getJobStatus } from './ops/get-job-status.js';
 export { loadJob, type LoadedJob } from './ops/load-job.js';
 export { markJobRunning } from './ops/mark-job-running.js';
-export { claimJobLease, renewJobLease, releaseJobLease, newLeaseOwner } from './ops/job-lease.js';
+export { claimJobLease, renewJobLease, releaseJobLease, newLeaseOwner, isDeadLocalOwner } from './ops/job-lease.js';
+
+/** The fleet: takeover of jobs nobody runs, live workers, one provider limit shared by all. */
+export { claimUnattendedJob, type UnattendedJob } from './ops/claim-unattended-job.js';
+export { registerWorker, removeWorker, listWorkers, findJobRunner, type NewWorker, type WorkerInfo, type JobRunner } from './ops/workers.js';
+export { rebalanceProviderShare, type ProviderShareReport, type ProviderShare } from './ops/rebalance-provider-share.js';
 export { beginRun, type BeganRun } from './ops/begin-run.js';
 export { reopenJob, type ReopenedJob } from './ops/reopen-job.js';
 export { suspendJob } from './ops/suspend-job.js';

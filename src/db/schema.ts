@@ -104,6 +104,8 @@ export interface JobsTable {
   /** Which process runs the job (`host:pid:uuid`) and until when; see `claimJobLease`. */
   lease_owner: ColumnType<string | null, string | null | undefined, string | null>;
   lease_until: NullableTimestamp;
+  /** Higher runs first (migration 0005). */
+  priority: Generated<number>;
   /** Runs in a row that died without delivering anything (crash-loop guard). */
   crash_resumes: Generated<number>;
   /** `delivered` when the last run started; null before the first run. */
@@ -162,4 +164,47 @@ export interface DatabaseSchema {
   stages: StagesTable;
   slots: SlotsTable;
   attempts: AttemptsTable;
+  workers: WorkersTable;
+  provider_limits: ProviderLimitsTable;
+}
+
+/** A worker process of the fleet, renewed with its heartbeat (migration 0005). */
+export interface WorkersTable {
+  /** The worker's lease owner id, `name:pid:uuid`: the same id holds its jobs' leases. */
+  id: string;
+  /** The host name, or `IMAGEGEN_WORKER_NAME`. */
+  name: string;
+  pid: number;
+  started_at: Generated<Date>;
+  heartbeat_at: Generated<Date>;
+  /** After this the worker is dead: its jobs and its share of the provider limit are free. */
+  alive_until: Date;
+  /** The provider key's hash (never the key); null = no shared provider limit. */
+  provider_key: string | null;
+  /** Its configured attempt ceiling (`IMAGEGEN_CONCURRENCY`). */
+  concurrency: number;
+  /** Its `IMAGEGEN_PROVIDER_MAX_INFLIGHT`, or null; the smallest of the live workers' caps the fleet. */
+  provider_ceiling: number | null;
+  /** Attempts it wants to run now (in flight + waiting, at most `concurrency`). */
+  demand: Generated<number>;
+  /** Permits of the shared provider limit it may hold (never below what it has in flight). */
+  held: Generated<number>;
+  in_flight: Generated<number>;
+}
+
+/** The fleet's adaptive limit for one provider key (migration 0005). */
+export interface ProviderLimitsTable {
+  /** The provider key's hash. */
+  key: string;
+  /** Calls the whole fleet may have in flight now (AIMD: halved on a 429, +1 per `current_limit` successes). */
+  current_limit: number;
+  /** Successes since the last change of the limit. */
+  successes: Generated<number>;
+  /** Bumped at each change; a 429 cuts the limit only once per epoch. */
+  epoch: Generated<number>;
+  /** The limit at which the last 429 came (0 = none): growth above it is slow. */
+  last_cut_at: Generated<number>;
+  /** How many times a 429 cut the limit. */
+  cuts: Generated<number>;
+  updated_at: Generated<Date>;
 }

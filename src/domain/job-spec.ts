@@ -21,8 +21,16 @@ export interface JobSpec {
   readonly jobId: string | null;
   readonly userId: string;
   readonly productionId: string | null;
+  /**
+   * Scheduling priority: higher runs first (the fleet's queue and the attempt permits of a
+   * worker, see `FairQueue`). Absent = 0, the default; stored only when given.
+   */
+  readonly priority?: number;
   readonly stages: readonly StageSpec[];
 }
+
+/** The range of a job's `priority` (PostgreSQL `integer`). */
+export const PRIORITY_RANGE = Object.freeze({ min: -1_000_000, max: 1_000_000 });
 
 export interface JobSpecLimits {
   /** Largest `quantity` a stage may ask for. Default 1000. */
@@ -212,6 +220,16 @@ export function parseJobSpec(input: unknown, limitsIn: JobSpecLimits = {}): JobS
     productionId = readId(input['productionId'], 'productionId', problems);
   }
 
+  let priority: number | undefined;
+  const rawPriority = input['priority'];
+  if (rawPriority !== undefined && rawPriority !== null) {
+    if (typeof rawPriority === 'number' && Number.isInteger(rawPriority) && rawPriority >= PRIORITY_RANGE.min && rawPriority <= PRIORITY_RANGE.max) {
+      if (rawPriority !== 0) priority = rawPriority;
+    } else {
+      problems.push({ field: 'priority', rule: `must be an integer from ${PRIORITY_RANGE.min} to ${PRIORITY_RANGE.max}, got ${describe(rawPriority)}` });
+    }
+  }
+
   const rawStages = input['stages'];
   const stages: StageSpec[] = [];
   if (rawStages === undefined) problems.push({ field: 'stages', rule: 'is required' });
@@ -227,7 +245,7 @@ export function parseJobSpec(input: unknown, limitsIn: JobSpecLimits = {}): JobS
   }
 
   if (problems.length > 0) throw new JobSpecError(problems);
-  return Object.freeze({ jobId, userId: userId as string, productionId, stages: Object.freeze(stages) });
+  return Object.freeze({ jobId, userId: userId as string, productionId, ...(priority !== undefined ? { priority } : {}), stages: Object.freeze(stages) });
 }
 
 /** Total images a job asks for. */

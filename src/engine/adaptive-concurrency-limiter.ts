@@ -1,10 +1,19 @@
+import type { SchedulerLike } from 'rxjs';
 import { ConcurrencyLimiter, type Permit } from './concurrency-limiter.js';
+import type { ProviderLimiter } from './provider-limiter.js';
 
+/** An {@link AdaptiveConcurrencyLimiter}'s settings; the gates are the base limiter's. */
 export interface AdaptiveConcurrencyConfig {
   /** The configured ceiling, and the starting limit. */
   readonly max: number;
   /** Floor of the limit. Default 1. */
   readonly min?: number;
+  /** Starts per minute (the base limiter's token bucket). Default none. */
+  readonly maxPerMinute?: number | undefined;
+  /** Permits out at once per user. Default none. */
+  readonly userCap?: number | undefined;
+  /** Time source of the rate gate. Default `asyncScheduler`. */
+  readonly scheduler?: SchedulerLike | undefined;
 }
 
 /**
@@ -19,15 +28,22 @@ export interface AdaptiveConcurrencyConfig {
  * ```
  * max 8: 8 ─429─► 4 ─429 (same epoch, ignored)─► 4 ─4 successes─► 5 ...
  * ```
+ *
+ * Permits are handed out by fair share, with the optional per-user cap and start-rate
+ * gate of {@link ConcurrencyLimiter}; the AIMD moves only the limit.
+ *
+ * @example
+ * const limiter = new AdaptiveConcurrencyLimiter({ max: 8, maxPerMinute: 600, userCap: 4 });
+ * runEngine(job, ports, { globalLimiter: limiter });
  */
-export class AdaptiveConcurrencyLimiter extends ConcurrencyLimiter {
+export class AdaptiveConcurrencyLimiter extends ConcurrencyLimiter implements ProviderLimiter {
   readonly max: number;
   readonly min: number;
   #epoch = 0;
   #successes = 0;
 
   constructor(config: AdaptiveConcurrencyConfig) {
-    super(config.max);
+    super({ limit: config.max, maxPerMinute: config.maxPerMinute, userCap: config.userCap, scheduler: config.scheduler });
     this.max = config.max;
     this.min = Math.max(1, Math.min(config.min ?? 1, config.max));
   }

@@ -138,7 +138,7 @@ async function existingJobMatches(database: Database, jobId: string, spec: JobSp
 
 /**
  * The one place that decides whether a submitted spec is the stored job: the first
- * field that differs, or null. Compared: `productionId`, the number of stages, and per
+ * field that differs, or null. Compared: `productionId`, `priority`, the number of stages, and per
  * stage `prompt`, `aspectRatio`, `quantity` and the input image. An input attachment id
  * is compared as an id; an input file by content (its content-addressed storage key
  * against the key of the stored job's input attachment), so the same image under
@@ -146,6 +146,7 @@ async function existingJobMatches(database: Database, jobId: string, spec: JobSp
  */
 async function specDifference(database: Database, stored: JobSpec, spec: JobSpec, inputFiles: readonly InputFile[]): Promise<string | null> {
   if ((stored.productionId ?? null) !== spec.productionId) return 'productionId';
+  if ((stored.priority ?? 0) !== (spec.priority ?? 0)) return 'priority';
   if (stored.stages.length !== spec.stages.length) return 'stages';
   for (const [i, stage] of spec.stages.entries()) {
     const old = stored.stages[i] as StageSpec;

@@ -6,12 +6,13 @@ import type { AttemptRequest, EnginePorts } from '../domain/ports.js';
 import type { RandomSource } from '../domain/random.js';
 import type { StageState } from '../domain/resume-state.js';
 import type { StageResult } from '../domain/result.js';
-import type { AdaptiveConcurrencyLimiter } from '../engine/adaptive-concurrency-limiter.js';
 import { attemptFailed, attemptStarted, slotDelivered, stageEnded } from '../engine/attempt-events.js';
 import { capRetryAfter } from '../engine/cap-retry-after.js';
 import type { ConcurrencyLimiter } from '../engine/concurrency-limiter.js';
+import type { Share } from '../engine/fair-queue.js';
 import { DEFAULT_MAX_RETRY_AFTER_MS, fullJitterBackoff, type BackoffConfig } from '../engine/full-jitter-backoff.js';
 import type { JobControl } from '../engine/job-control.js';
+import type { ProviderLimiter } from '../engine/provider-limiter.js';
 import { runAttempt, type AttemptItem, type SentAttempt } from './run-attempt.js';
 import { StageLedger, type RetryBudget, type SlotRequest } from '../engine/stage-ledger.js';
 import { untilCancelled } from './until-cancelled.js';
@@ -28,7 +29,9 @@ export interface FillSlotsConfig {
   /** This stage's own limit (see "Why the stage limit is a permit" in {@link fillSlots}). */
   readonly stageLimiter: ConcurrencyLimiter;
   /** The limit shared by every stage (and every job of a worker); it adapts (AIMD). */
-  readonly globalLimiter: AdaptiveConcurrencyLimiter;
+  readonly globalLimiter: ProviderLimiter;
+  /** This job's share of `globalLimiter` (user, job, priority): jobs of different users take turns. */
+  readonly share: Share;
   readonly job: JobControl;
   /** Cancellation: in-flight attempts are aborted, the stage ends short with `cancelled`. */
   readonly cancel$: Observable<unknown>;

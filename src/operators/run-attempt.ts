@@ -1,8 +1,9 @@
 import { Observable, catchError, concat, defer, map, mergeMap, of, race, take, throwError, throwIfEmpty, timeout, type SchedulerLike } from 'rxjs';
 import { PipelineError, toPipelineError } from '../domain/error-class.js';
 import type { AttemptRequest, Delivery, EnginePorts, GeneratedImage } from '../domain/ports.js';
-import type { AdaptiveConcurrencyLimiter } from '../engine/adaptive-concurrency-limiter.js';
 import type { ConcurrencyLimiter, Permit } from '../engine/concurrency-limiter.js';
+import type { Share } from '../engine/fair-queue.js';
+import type { ProviderLimiter } from '../engine/provider-limiter.js';
 
 /** An attempt that got both permits and was sent: what its outcome needs to know about its start. */
 export interface SentAttempt {
@@ -26,7 +27,9 @@ export interface AttemptConfig {
   /** The stage's own limit: held for the whole attempt. */
   readonly stageLimiter: ConcurrencyLimiter;
   /** The provider's limit, shared and adaptive: held for the `generate` call only. */
-  readonly globalLimiter: AdaptiveConcurrencyLimiter;
+  readonly globalLimiter: ProviderLimiter;
+  /** Whose turn this attempt waits for at the provider's limit (user, job, priority). */
+  readonly share: Share;
   readonly scheduler: SchedulerLike;
   /** Emits once the stage stops taking requests (its own stop or the job's halt). */
   readonly halt$: Observable<void>;
@@ -39,12 +42,13 @@ const DROPPED = { kind: 'dropped' } as const;
 /**
  * One request's attempt: the stage permit for the whole attempt, the global (provider)
  * permit for the `generate` call only, so WebP conversion, upload and the delivery
- * transaction never keep the provider idle. Emits `started` once both permits are
- * held, then exactly one outcome: `delivered`, or `failed` with the classified error
- * (a throw, an error, an empty answer or a hung call; nothing escapes as an error, and
- * images after the first are not waited for). A request the stage stopped before it was
- * sent emits only `dropped`: a halt drops a request still waiting for a permit, never
- * one already sent.
+ * transaction never keep the provider idle. The provider permit is asked for with the
+ * job's `share`, so jobs of different users take turns at it. Emits `started` once both
+ * permits are held, then exactly one outcome: `delivered`, or `failed` with the
+ * classified error (a throw, an error, an empty answer or a hung call; nothing escapes
+ * as an error, and images after the first are not waited for). A request the stage
+ * stopped before it was sent emits only `dropped`: a halt drops a request still waiting
+ * for a permit, never one already sent.
  *
  * ```
  * stage permit   ^----------------------!
@@ -76,15 +80,18 @@ export function runAttempt(request: AttemptRequest, config: AttemptConfig): Obse
       map((delivery): AttemptItem => ({ kind: 'delivered', sent, image, delivery })),
       catchError(failed(sent)),
     );
+  // The stage permit is unkeyed (one stage, FIFO); the provider permit waits its share's turn.
   const sent$ = config.stageLimiter.run(() =>
     config.globalLimiter
-      .run((permit) =>
-        defer(() => {
-          // A request that waited for a permit while the stage stopped is dropped unsent.
-          if (config.halted()) return of(DROPPED);
-          const sent: SentAttempt = { request, permit, startedAt: scheduler.now() };
-          return concat(of<AttemptItem>({ kind: 'started', sent }), generate$(sent));
-        }),
+      .run(
+        (permit) =>
+          defer(() => {
+            // A request that waited for a permit while the stage stopped is dropped unsent.
+            if (config.halted()) return of(DROPPED);
+            const sent: SentAttempt = { request, permit, startedAt: scheduler.now() };
+            return concat(of<AttemptItem>({ kind: 'started', sent }), generate$(sent));
+          }),
+        config.share,
       )
       .pipe(mergeMap((item) => (item.kind === 'generated' ? deliver$(item.sent, item.image) : of(item)))),
   );

@@ -2,7 +2,7 @@ import { catchError, concat, concatMap, from, ignoreElements, of, throwError, ty
 import type { Logger } from 'pino';
 import { toPipelineError } from '../domain/error-class.js';
 import type { AttemptRequest, Delivery, GeneratedImage } from '../domain/ports.js';
-import { deliverSlot, type Database } from '../db/index.js';
+import { deliverSlot, LeaseLostError, type Database } from '../db/index.js';
 import { DEFAULT_WEBP_QUALITY, toWebp } from '../adapters/image-codec.js';
 import type { ObjectStore } from './object-store.js';
 import { generatedImageKey } from './storage-keys.js';
@@ -12,6 +12,15 @@ export interface DeliverImageDeps {
   readonly database: Database;
   readonly store: ObjectStore;
   readonly logger?: Logger | undefined;
+  /** The run's lease: deliveries commit only while it is held; a refusal calls `lost()`. */
+  readonly lease?: RunLease | undefined;
+}
+
+/** What a delivery needs of the run's lease. */
+export interface RunLease {
+  readonly owner: string;
+  /** Called when a delivery found the lease taken by another runner (the run stops). */
+  lost(): void;
 }
 
 /** Per-run options of {@link deliverImage}. */
@@ -25,7 +34,7 @@ export interface DeliverImageOptions {
  * bytes), store it under `generated/<jobId>/<stage>/<slot>-<attempt>.webp`, then commit
  * the delivery with `deliverSlot` (one transaction: attach record, slot fill, credit
  * capture, counters). A duplicate (the slot was already filled) commits nothing and its
- * upload is removed. Each step's failure is classified: an unreadable image is
+ * upload is removed. A run that lost its lease commits nothing (`cancelled`; `lease.lost()`). Each step's failure is classified: an unreadable image is
  * `corrupt_image`, a failed commit `database`, a failed cleanup `storage`; a store's own
  * {@link PipelineError} keeps its class.
  *
@@ -58,11 +67,19 @@ export function deliverImage(deps: DeliverImageDeps, request: AttemptRequest, im
           byteSize: webp.byteSize,
           width: webp.width,
           height: webp.height,
+          leaseOwner: deps.lease?.owner,
         }),
       ).pipe(
-        // No delete on a database error: the commit may have happened before the
-        // connection died. The resume step compares with the committed rows.
-        catchError((e: unknown) => throwError(() => toPipelineError(e, 'database'))),
+        catchError((e: unknown) => {
+          // Another runner holds the job now: this run stops; the upload is an orphan its sweep removes.
+          if (e instanceof LeaseLostError) {
+            deps.lease?.lost();
+            return throwError(() => toPipelineError(e, 'cancelled'));
+          }
+          // No delete on a database error: the commit may have happened before the
+          // connection died. The resume step compares with the committed rows.
+          return throwError(() => toPipelineError(e, 'database'));
+        }),
       ),
     ),
     concatMap((delivery) => {

@@ -23,6 +23,8 @@ import { freshStageState, type StageState } from '../domain/resume-state.js';
 import { jobStatusOf, type JobResult, type StageResult } from '../domain/result.js';
 import { AdaptiveConcurrencyLimiter } from '../engine/adaptive-concurrency-limiter.js';
 import { ConcurrencyLimiter } from '../engine/concurrency-limiter.js';
+import type { Share } from '../engine/fair-queue.js';
+import type { ProviderLimiter } from '../engine/provider-limiter.js';
 import { JobControl } from '../engine/job-control.js';
 import { fillSlots, type StageItem } from '../operators/fill-slots.js';
 import { DEFAULT_BACKOFF, type BackoffConfig } from '../engine/full-jitter-backoff.js';
@@ -33,6 +35,10 @@ export interface EngineJob {
   readonly stages: readonly StageSpec[];
   /** Per stage, what is already filled and spent (resume). Omitted: a fresh job. */
   readonly state?: readonly StageState[] | undefined;
+  /** Whose job it is, for the fair share of a shared `globalLimiter`: users take turns. Default `''`. */
+  readonly userId?: string | undefined;
+  /** A higher priority gets the shared limiter's permits first. Default 0. */
+  readonly priority?: number | undefined;
 }
 
 /** Engine settings; every field has a default. */
@@ -41,8 +47,11 @@ export interface EngineOptions {
   readonly stageConcurrency?: number;
   /** Attempts in flight across all stages, when no `globalLimiter` is given. Default 8. */
   readonly globalConcurrency?: number;
-  /** Share one limiter between jobs (a worker does) so a provider key's limit is respected. */
-  readonly globalLimiter?: AdaptiveConcurrencyLimiter;
+  /**
+   * Share one limiter between jobs (a worker does) so a provider key's limit is respected;
+   * its permits go by fair share (the job's `priority`, then users, then jobs take turns).
+   */
+  readonly globalLimiter?: ProviderLimiter;
   /** Attempts one slot may use, the first included. Default 5. */
   readonly maxAttemptsPerSlot?: number;
   /** Replacement attempts per stage: a number, or a function of the stage quantity. Default `max(10, quantity)`. */
@@ -122,6 +131,7 @@ export function runEngine(job: EngineJob, ports: EnginePorts, options: EngineOpt
     const already = states.reduce((sum, state) => sum + state.filter((s) => s.attachId !== null).length, 0);
     const control = new JobControl(job.jobId, total, already);
     const cancel$ = options.cancel$ ?? NEVER;
+    const share: Share = { userId: job.userId ?? '', jobId: job.jobId, priority: job.priority ?? 0 };
 
     const started: JobStartedEvent = {
       type: 'job:started',
@@ -151,6 +161,7 @@ export function runEngine(job: EngineJob, ports: EnginePorts, options: EngineOpt
         attemptTimeoutMs: options.attemptTimeoutMs ?? DEFAULT_ENGINE_OPTIONS.attemptTimeoutMs,
         stageLimiter: new ConcurrencyLimiter(stageConcurrency),
         globalLimiter,
+        share,
         job: control,
         cancel$,
         scheduler,

@@ -36,6 +36,8 @@ export class JobLease {
   readonly #lost = new AsyncSubject<void>();
   readonly #renewals: Subscription;
   #releasing: Promise<void> | null = null;
+  /** Renewing stopped: released or lost. */
+  #ended = false;
 
   private constructor(
     private readonly database: Database,
@@ -49,11 +51,23 @@ export class JobLease {
         mergeMap(() => from(renewJobLease(database, jobId, config.owner, config.ttlMs)).pipe(catchError(() => EMPTY))),
         filter((held) => !held),
       )
-      .subscribe(() => {
-        config.logger?.error('lost the job lease to another runner: stopping');
-        this.#lost.next();
-        this.#stopRenewing();
-      });
+      .subscribe(() => this.markLost());
+  }
+
+  /** This run's lease owner id. */
+  get owner(): string {
+    return this.config.owner;
+  }
+
+  /**
+   * The lease is gone (a renewal or a delivery found another owner): `lost$` emits, renewing
+   * stops. Does nothing after a release or a first loss.
+   */
+  markLost(): void {
+    if (this.#ended || this.#releasing) return;
+    this.config.logger?.error('lost the job lease to another runner: stopping');
+    this.#lost.next();
+    this.#stopRenewing();
   }
 
   /**
@@ -98,6 +112,7 @@ export class JobLease {
   }
 
   #stopRenewing(): void {
+    this.#ended = true;
     this.#renewals.unsubscribe();
     this.#lost.complete();
   }

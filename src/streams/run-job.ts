@@ -3,7 +3,7 @@ import type { Logger } from 'pino';
 import type { JobFinishedEvent, PipelineEvent } from '../domain/events.js';
 import type { ImageGenerator } from '../domain/ports.js';
 import { FINAL_JOB_STATUSES, JobNotFoundError, beginRun, getJobStatus, loadJob, newLeaseOwner, reopenJob, retryTransient, type Database, type LoadedJob } from '../db/index.js';
-import type { AdaptiveConcurrencyLimiter } from '../engine/adaptive-concurrency-limiter.js';
+import type { ProviderLimiter } from '../engine/provider-limiter.js';
 import { AttemptLog } from '../sinks/attempt-log.js';
 import type { ObjectStore } from '../sinks/object-store.js';
 import { sweepOrphans } from '../sinks/orphan-sweep.js';
@@ -20,7 +20,7 @@ export interface RunJobDeps {
   readonly store: ObjectStore;
   readonly generator: ImageGenerator;
   /** Shared by every job of a process, so one API key's limit is respected. */
-  readonly limiter?: AdaptiveConcurrencyLimiter | undefined;
+  readonly limiter?: ProviderLimiter | undefined;
   readonly logger?: Logger | undefined;
 }
 
@@ -44,7 +44,7 @@ export interface RunJobOptions extends Omit<EngineOptions, 'globalLimiter' | 'ca
   readonly cancelPollMs?: number;
   /** This run's lease owner id. Default a fresh `host:pid:uuid`. */
   readonly leaseOwner?: string;
-  /** How long the lease lasts without renewal (it is renewed every third of it). Default 30,000 ms. */
+  /** How long the lease lasts without renewal (it is renewed every third of it). Default 15,000 ms. */
   readonly leaseTtlMs?: number;
   /** Runs that may die in a row without delivering before the job ends `crash_loop`. Default 5. */
   readonly maxCrashResumes?: number;
@@ -55,7 +55,7 @@ export const DEFAULT_RUN_OPTIONS = Object.freeze({
   graceMs: 30_000,
   progressIntervalMs: DEFAULT_PROGRESS_INTERVAL_MS,
   cancelPollMs: 500,
-  leaseTtlMs: 30_000,
+  leaseTtlMs: 15_000,
   maxCrashResumes: 5,
 });
 
@@ -112,7 +112,7 @@ interface RunContext {
   readonly database: Database;
   readonly store: ObjectStore;
   readonly generator: ImageGenerator;
-  readonly limiter: AdaptiveConcurrencyLimiter | undefined;
+  readonly limiter: ProviderLimiter | undefined;
   readonly logger: Logger | undefined;
   readonly jobId: string;
   readonly options: RunJobOptions;
@@ -160,9 +160,9 @@ function runStages(run: RunContext, lease: JobLease, job: LoadedJob): Observable
     logger,
   });
   const attemptLog = new AttemptLog(database, logger);
-  const ports = storedPorts(run, job.spec.stages, { webpQuality: options.webpQuality });
+  const ports = storedPorts({ ...run, lease: { owner: lease.owner, lost: () => lease.markLost() } }, job.spec.stages, { webpQuality: options.webpQuality });
   const engineOptions: EngineOptions = { ...options, globalLimiter: run.limiter, cancel$: signals.cancel$, stop$: signals.stop$ };
-  return runEngine({ jobId, stages: job.spec.stages, state: job.stages }, ports, engineOptions).pipe(
+  return runEngine({ jobId, stages: job.spec.stages, state: job.stages, userId: job.spec.userId, priority: job.spec.priority ?? 0 }, ports, engineOptions).pipe(
     tap((event) => attemptLog.record(event, signals.stopped)),
     progressWriter(database, {
       intervalMs: options.progressIntervalMs ?? DEFAULT_RUN_OPTIONS.progressIntervalMs,

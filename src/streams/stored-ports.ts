@@ -5,7 +5,7 @@ import type { StageSpec } from '../domain/job-spec.js';
 import type { EnginePorts, ImageGenerator } from '../domain/ports.js';
 import { startAttempt, type Database } from '../db/index.js';
 import type { ObjectStore } from '../sinks/object-store.js';
-import { deliverImage } from '../sinks/deliver-image.js';
+import { deliverImage, type RunLease } from '../sinks/deliver-image.js';
 import { stageInputs } from '../sources/stage-inputs.js';
 
 /** The real parts behind the engine's ports. */
@@ -14,6 +14,8 @@ export interface StoredPortsDeps {
   readonly store: ObjectStore;
   readonly generator: ImageGenerator;
   readonly logger?: Logger | undefined;
+  /** The run's lease: deliveries commit only while it is held (see `deliverImage`). */
+  readonly lease?: RunLease | undefined;
 }
 
 /** Per-run options of {@link storedPorts}. */

@@ -3,6 +3,7 @@ import { initial } from './0001-initial.js';
 import { jobLease } from './0002-job-lease.js';
 import { abandonedAttempts } from './0003-abandoned-attempts.js';
 import { creditBigint } from './0004-credit-bigint.js';
+import { fleet } from './0005-fleet.js';
 
 /**
  * Every migration, keyed by a numbered name. Names sort in the order they run;
@@ -13,4 +14,5 @@ export const MIGRATIONS: Readonly<Record<string, Migration>> = Object.freeze({
   '0002_job_lease': jobLease,
   '0003_abandoned_attempts': abandonedAttempts,
   '0004_credit_bigint': creditBigint,
+  '0005_fleet': fleet,
 });

@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { sql } from 'kysely';
 import type { Delivery } from '../../domain/ports.js';
 import type { Database } from '../database.js';
-import { JobNotFoundError, JobStateError } from '../errors.js';
+import { JobNotFoundError, JobStateError, LeaseLostError } from '../errors.js';
 import { FINAL_JOB_STATUSES } from '../schema.js';
 import { assertCount } from '../internal/assert.js';
 import { assertSlotExists } from '../internal/stage-slot.js';
@@ -19,6 +19,11 @@ export interface DeliverSlotOptions {
   readonly byteSize: number;
   readonly width: number | null;
   readonly height: number | null;
+  /**
+   * The run's lease owner: when given, the delivery commits only while the job's lease is
+   * still this owner's (checked under the job row lock), else {@link LeaseLostError}.
+   */
+  readonly leaseOwner?: string | undefined;
 }
 
 /**
@@ -28,7 +33,8 @@ export interface DeliverSlotOptions {
  * delivered counters. All or nothing.
  *
  * If the slot is already filled, nothing is written, no credit moves, and the
- * existing attach id comes back with `duplicate: true`.
+ * existing attach id comes back with `duplicate: true`. A runner that lost the job's
+ * lease (`leaseOwner`) delivers nothing: {@link LeaseLostError}.
  *
  * Locking, in this order (every operation that takes several of these locks
  * takes them in the same order, so they cannot deadlock: job -> slot -> account):
@@ -49,11 +55,12 @@ export async function deliverSlot(database: Database, options: DeliverSlotOption
   return database.db.transaction().execute(async (trx) => {
     const job = await trx
       .selectFrom('jobs')
-      .select(['user_id', 'price_per_image', 'status'])
+      .select(['user_id', 'price_per_image', 'status', 'lease_owner'])
       .where('id', '=', jobId)
       .forUpdate()
       .executeTakeFirst();
     if (!job) throw new JobNotFoundError(jobId);
+    if (options.leaseOwner !== undefined && job.lease_owner !== options.leaseOwner) throw new LeaseLostError(jobId, options.leaseOwner, job.lease_owner);
     await assertSlotExists(trx, jobId, stageIndex, slotIndex);
 
     const slotKey = { job_id: jobId, stage_index: stageIndex, slot_index: slotIndex };

@@ -4,12 +4,17 @@ import { sql, type RawBuilder } from 'kysely';
 import type { Database } from '../database.js';
 import { JobLeasedError } from '../errors.js';
 
-/** A lease owner id for this process: `host:pid:uuid`. */
-export function newLeaseOwner(): string {
-  return `${hostname()}:${process.pid}:${randomUUID()}`;
+/**
+ * A lease owner id for this process: `name:pid:uuid`, `name` being the host name unless
+ * the caller names itself (a worker's `IMAGEGEN_WORKER_NAME`; it must not contain `:`).
+ * Only an owner named after this host is ever found dead by its pid (see `isDeadLocalOwner`).
+ */
+export function newLeaseOwner(name: string = hostname()): string {
+  return `${name}:${process.pid}:${randomUUID()}`;
 }
 
-function deadLocalOwner(owner: string): boolean {
+/** Whether `owner` names a process of this host (by host name) that no longer exists. */
+export function isDeadLocalOwner(owner: string): boolean {
   const [host, pidText] = owner.split(':');
   const pid = Number(pidText);
   if (host !== hostname() || !Number.isInteger(pid) || pid <= 0 || pid === process.pid) return false;
@@ -41,7 +46,7 @@ export async function claimJobLease(database: Database, jobId: string, owner: st
   if (await take(sql<boolean>`(lease_owner is null or lease_owner = ${owner} or lease_until < now())`)) return;
   const row = await database.db.selectFrom('jobs').select('lease_owner').where('id', '=', jobId).executeTakeFirst();
   const holder = row?.lease_owner ?? null;
-  if (holder !== null && deadLocalOwner(holder) && (await take(sql<boolean>`lease_owner = ${holder}`))) return;
+  if (holder !== null && isDeadLocalOwner(holder) && (await take(sql<boolean>`lease_owner = ${holder}`))) return;
   throw new JobLeasedError(jobId, holder ?? 'unknown');
 }
 
@@ -57,7 +62,11 @@ export async function renewJobLease(database: Database, jobId: string, owner: st
   return row !== undefined;
 }
 
-/** Gives the lease up (only if still ours). */
+/**
+ * Gives the lease up (only if still ours). `lease_until` keeps the time of release: a job
+ * left unheld (handed back, not finished) is found by the fleet's sweep a grace period
+ * later (`claimUnattendedJob`) if nobody took it meanwhile.
+ */
 export async function releaseJobLease(database: Database, jobId: string, owner: string): Promise<void> {
-  await database.db.updateTable('jobs').set({ lease_owner: null, lease_until: null }).where('id', '=', jobId).where('lease_owner', '=', owner).execute();
+  await database.db.updateTable('jobs').set({ lease_owner: null, lease_until: sql`now()` }).where('id', '=', jobId).where('lease_owner', '=', owner).execute();
 }

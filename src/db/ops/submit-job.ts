@@ -82,6 +82,7 @@ export async function submitJob(database: Database, options: SubmitJobOptions): 
           id: jobId,
           user_id: spec.userId,
           production_id: spec.productionId,
+          priority: spec.priority ?? 0,
           spec: jsonb(spec),
           price_per_image: pricePerImage,
           status: 'queued',

@@ -1,0 +1,127 @@
+/**
+ * The arithmetic of one provider limit shared by a fleet of workers: how the limit moves
+ * (AIMD with a slow probe), how it is split (max-min fair over the workers' demands), and
+ * how much of its split a worker may take right now without the fleet ever holding more
+ * than the limit. Pure functions; `rebalanceProviderShare` (db) applies them in one
+ * transaction and `FleetLimiter` (streams) applies the result to the process's permits.
+ *
+ * ```
+ * fleet limit 12 ─429─► 8 ─8 ok─► 9 ─9 ok─► 10 ─10 ok─► 11 ─(above the last cut: 4x11 ok)─► 12
+ * split of 8 over demands {a: 8, b: 2, c: 0} = {a: 6, b: 2, c: 0}
+ * ```
+ */
+
+/** The shared limit's state, as stored (`provider_limits`). */
+export interface SharedLimitState {
+  /** Calls the fleet may have in flight. */
+  readonly limit: number;
+  /** Successes since the limit last moved. */
+  readonly successes: number;
+  /** Bumped at every move; a 429 seen under an older epoch does not cut again. */
+  readonly epoch: number;
+  /** The limit at which the last 429 came (0 = none yet): growth above it is slow. */
+  readonly lastCutAt: number;
+}
+
+/** What one worker saw since its last rebalance. */
+export interface SharedLimitReport {
+  /** The shared epoch under which this worker saw a 429, or null when it saw none. */
+  readonly rateLimitedAt: number | null;
+  readonly successes: number;
+}
+
+/** Bounds and shape of the shared limit's moves. */
+export interface SharedLimitPolicy {
+  readonly min: number;
+  /** The ceiling: `IMAGEGEN_PROVIDER_MAX_INFLIGHT`, else the sum of the live workers' concurrency. */
+  readonly max: number;
+  /** Multiplicative decrease on a 429. Default {@link DEFAULT_SHARED_LIMIT_POLICY}. */
+  readonly decrease?: number;
+  /** Above the last cut, one step needs this many times `limit` successes. */
+  readonly probeSlowdown?: number;
+}
+
+/**
+ * Why 0.7 and not TCP's 0.5: a provider's concurrency quota is a fixed wall, not a queue that
+ * drains; halving at every probe of the wall leaves a quarter of the quota unused on average.
+ * Why the slow probe: the wall is where the last cut happened; growing back to just below it
+ * is safe and fast, touching it again costs a refused call (and its retry delay), so it is
+ * done four times less often.
+ */
+export const DEFAULT_SHARED_LIMIT_POLICY = Object.freeze({ decrease: 0.7, probeSlowdown: 4 });
+
+/**
+ * One step of the shared limit (AIMD). A 429 reported under the current epoch cuts the
+ * limit once (`floor(limit x decrease)`, not below `min`) and remembers where; the other
+ * reports of the same burst carry an older epoch by the time they land and change nothing.
+ * Successes add up; every `limit` of them (below the last cut) or `limit x probeSlowdown`
+ * (at or above it) add one, up to `max`. A `max` that dropped (a worker left) clamps it.
+ */
+export function stepSharedLimit(state: SharedLimitState, report: SharedLimitReport, policy: SharedLimitPolicy): SharedLimitState {
+  const decrease = policy.decrease ?? DEFAULT_SHARED_LIMIT_POLICY.decrease;
+  const slowdown = policy.probeSlowdown ?? DEFAULT_SHARED_LIMIT_POLICY.probeSlowdown;
+  const max = Math.max(policy.min, policy.max);
+  if (report.rateLimitedAt !== null && report.rateLimitedAt === state.epoch) {
+    const limit = Math.max(policy.min, Math.min(max, Math.floor(state.limit * decrease)));
+    return { limit, successes: 0, epoch: state.epoch + 1, lastCutAt: state.limit };
+  }
+  if (state.limit > max) return { ...state, limit: max, successes: 0, epoch: state.epoch + 1 };
+  const successes = state.successes + report.successes;
+  const needed = state.lastCutAt > 0 && state.limit + 1 >= state.lastCutAt ? state.limit * slowdown : state.limit;
+  if (state.limit < max && successes >= needed) return { ...state, limit: state.limit + 1, successes: 0, epoch: state.epoch + 1 };
+  return { ...state, successes: state.limit < max ? successes : 0 };
+}
+
+/** A worker's claim on the shared limit. */
+export interface FleetMember {
+  readonly id: string;
+  /** Attempts it would run now (in flight + waiting, at most its concurrency). */
+  readonly demand: number;
+}
+
+/**
+ * Max-min fair split of `limit` permits over the members' demands: permits go one at a
+ * time, round robin in id order, to every member whose demand is not yet met. A member
+ * never gets more than it asks; what nobody asks stays unassigned (a member whose demand
+ * grows takes it at its next rebalance).
+ *
+ * @example fairTargets(8, [{ id: 'a', demand: 8 }, { id: 'b', demand: 2 }]) // a: 6, b: 2
+ */
+export function fairTargets(limit: number, members: readonly FleetMember[]): Map<string, number> {
+  const sorted = [...members].sort((x, y) => (x.id < y.id ? -1 : x.id > y.id ? 1 : 0));
+  const targets = new Map<string, number>(sorted.map((m) => [m.id, 0]));
+  let remaining = Math.max(0, limit);
+  let open = sorted.filter((m) => m.demand > 0);
+  while (remaining > 0 && open.length > 0) {
+    for (const m of open) {
+      if (remaining === 0) break;
+      targets.set(m.id, (targets.get(m.id) ?? 0) + 1);
+      remaining--;
+    }
+    open = open.filter((m) => (targets.get(m.id) ?? 0) < m.demand);
+  }
+  return targets;
+}
+
+/** A worker's permits after a rebalance. */
+export interface HeldShare {
+  /** Permits it may start calls under from now on (its local limit; 0 = wait). */
+  readonly limit: number;
+  /**
+   * Permits recorded as held: `limit`, or more while calls started under an older, larger
+   * share are still in flight. The fleet counts these, so the sum of what is in flight
+   * never passes the shared limit.
+   */
+  readonly held: number;
+}
+
+/**
+ * What this worker may hold: its fair target, but never more than the shared limit minus
+ * what the other live workers hold now (they give back what is above their own target at
+ * their next rebalance). Recorded as held: at least its calls in flight.
+ */
+export function nextHeldShare(options: { readonly target: number; readonly limit: number; readonly othersHeld: number; readonly inFlight: number }): HeldShare {
+  const free = Math.max(0, options.limit - options.othersHeld);
+  const limit = Math.max(0, Math.min(options.target, free));
+  return { limit, held: Math.max(limit, options.inFlight) };
+}
