@@ -87,6 +87,10 @@ export interface PipelineConfig {
     readonly providerMaxPerMinute: number | undefined;
     /** Attempts of one user in flight across the fleet. Unset: no cap (fair share still applies). */
     readonly maxInFlightPerUser: number | undefined;
+    /** `fleet`: workers with one provider key share one limit; `process`: each worker its own (the old way, for comparisons). */
+    readonly providerLimitScope: 'fleet' | 'process';
+    /** `false`: attempt permits first come, first served (`IMAGEGEN_FAIR_SHARE=off`, for comparisons). */
+    readonly fairShare: boolean;
   };
 }
 
@@ -196,6 +200,7 @@ function failureClassesOf(env: ConfigEnv): ErrorClass[] | undefined {
  * | `IMAGEGEN_LEASE_TTL_SECONDS` | 15 (`runStoredJob`: a lease not renewed this long is a dead process's) |
  * | `IMAGEGEN_WORKER_NAME` | the host name |
  * | `IMAGEGEN_PROVIDER_MAX_INFLIGHT`, `IMAGEGEN_PROVIDER_MAX_PER_MINUTE`, `IMAGEGEN_MAX_INFLIGHT_PER_USER` | unset (`FleetLimiter`) |
+ * | `IMAGEGEN_PROVIDER_LIMIT_SCOPE`, `IMAGEGEN_FAIR_SHARE` | `fleet`, `on` (`process`, `off`: the old behaviour, for comparisons) |
  * | `IMAGEGEN_PGLITE_TEMPLATE_DIR` | `$XDG_CACHE_HOME/imagegen-pipeline` or `~/.cache/imagegen-pipeline` (`off`: none) |
  *
  * Durations in ms are at most 2^31-1 (Node's timer limit: a longer delay fires after 1 ms).
@@ -268,8 +273,18 @@ export function loadConfig(env: ConfigEnv = process.env, overrides: ConfigOverri
       providerMaxInFlight: intOf(env, 'IMAGEGEN_PROVIDER_MAX_INFLIGHT', 1, 100_000),
       providerMaxPerMinute: intOf(env, 'IMAGEGEN_PROVIDER_MAX_PER_MINUTE', 1, 10_000_000),
       maxInFlightPerUser: intOf(env, 'IMAGEGEN_MAX_INFLIGHT_PER_USER', 1, 100_000),
+      providerLimitScope: choiceOf(env, 'IMAGEGEN_PROVIDER_LIMIT_SCOPE', ['fleet', 'process'] as const) ?? 'fleet',
+      fairShare: (choiceOf(env, 'IMAGEGEN_FAIR_SHARE', ['on', 'off'] as const) ?? 'on') === 'on',
     }),
   });
+}
+
+/** One of `choices`, or undefined when unset or empty; anything else names the variable and the choices. */
+function choiceOf<const C extends readonly string[]>(env: ConfigEnv, name: string, choices: C): C[number] | undefined {
+  const raw = env[name];
+  if (!raw) return undefined;
+  if (!choices.includes(raw)) throw new ConfigError(name, `must be one of ${choices.join(', ')}, got ${JSON.stringify(raw)}`);
+  return raw as C[number];
 }
 
 /** Largest `IMAGEGEN_LEASE_TTL_SECONDS`: one hour (a dead worker's job would wait that long). */

@@ -131,6 +131,7 @@ export function engineOptionsOf(config: PipelineConfig) {
     graceMs: config.shutdownGraceMs,
     maxCrashResumes: config.maxCrashResumes,
     leaseTtlMs: config.leaseTtlMs,
+    fairShare: config.fleet.fairShare,
   };
 }
 

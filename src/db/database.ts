@@ -53,7 +53,7 @@ export async function openDatabase(config: DatabaseConfig, options: OpenDatabase
   const frozen = Object.freeze({ ...config });
   const migrations = options.migrations ?? MIGRATIONS;
   // Only the built-in migrations make a template (a test's own list never lands in the cache).
-  const template = frozen.pgliteTemplateDir !== undefined && options.migrations === undefined ? pgliteTemplateFile(frozen.pgliteTemplateDir, Object.keys(MIGRATIONS)) : undefined;
+  const template = frozen.pgliteTemplateDir !== undefined && options.migrations === undefined ? pgliteTemplateFile(frozen.pgliteTemplateDir, MIGRATIONS) : undefined;
   // Each driver is loaded only when used: a process on PostgreSQL never loads PGlite's WASM, and the reverse.
   const opened = frozen.databaseUrl ? { database: await openPostgres(frozen.databaseUrl, frozen.maxConnections ?? 10) } : await openPglite(frozen.dataDir, template);
   const { database } = opened;

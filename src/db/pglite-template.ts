@@ -3,6 +3,7 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, w
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import type { PGlite, PGliteOptions } from '@electric-sql/pglite';
+import type { Migration } from 'kysely/migration';
 
 /** A PGlite instance and how it started. */
 export interface OpenedPglite {
@@ -74,17 +75,19 @@ export async function writePgliteTemplate(pglite: PGlite, template: string): Pro
 
 /**
  * `<templateDir>/pglite-<version>-<hash>.tar.gz`, the hash covering the PGlite build and
- * the names of the migrations the template holds (a new migration makes a new template).
- * Undefined when PGlite's package cannot be read.
+ * the migrations the template holds, by name and by the text of their code (a new or an
+ * edited migration makes a new template). Undefined when PGlite's package cannot be read.
  */
-export function pgliteTemplateFile(templateDir: string, migrationNames: readonly string[]): string | undefined {
+export function pgliteTemplateFile(templateDir: string, migrations: Readonly<Record<string, Migration>>): string | undefined {
   try {
     const entry = createRequire(import.meta.url).resolve('@electric-sql/pglite');
     let dir = dirname(entry);
     while (!existsSync(join(dir, 'package.json')) && dirname(dir) !== dir) dir = dirname(dir);
     const pkg = readFileSync(join(dir, 'package.json'));
     const version = (JSON.parse(pkg.toString('utf8')) as { version?: string }).version ?? 'unknown';
-    const key = createHash('sha256').update(pkg).update('\0migrations\0').update(migrationNames.join('\0')).digest('hex').slice(0, 12);
+    const hash = createHash('sha256').update(pkg);
+    for (const [name, migration] of Object.entries(migrations)) hash.update(`\0${name}\0${String(migration.up)}\0${String(migration.down)}`);
+    const key = hash.digest('hex').slice(0, 12);
     return join(templateDir, `pglite-${version}-${key}.tar.gz`);
   } catch {
     return undefined;

@@ -22,7 +22,7 @@ import { seededRandom, type RandomSource } from '../domain/random.js';
 import { freshStageState, type StageState } from '../domain/resume-state.js';
 import { jobStatusOf, type JobResult, type StageResult } from '../domain/result.js';
 import { AdaptiveConcurrencyLimiter } from '../engine/adaptive-concurrency-limiter.js';
-import { ConcurrencyLimiter } from '../engine/concurrency-limiter.js';
+import { ConcurrencyLimiter, UNKEYED_SHARE } from '../engine/concurrency-limiter.js';
 import type { Share } from '../engine/fair-queue.js';
 import type { ProviderLimiter } from '../engine/provider-limiter.js';
 import { JobControl } from '../engine/job-control.js';
@@ -52,6 +52,12 @@ export interface EngineOptions {
    * its permits go by fair share (the job's `priority`, then users, then jobs take turns).
    */
   readonly globalLimiter?: ProviderLimiter;
+  /**
+   * `false`: every job waits for the shared limiter's permits first come, first served (no
+   * turns by priority, user or job), as before fair share existed; for comparisons
+   * (`IMAGEGEN_FAIR_SHARE=off`, bench/fleet.ts). Default true.
+   */
+  readonly fairShare?: boolean;
   /** Attempts one slot may use, the first included. Default 5. */
   readonly maxAttemptsPerSlot?: number;
   /** Replacement attempts per stage: a number, or a function of the stage quantity. Default `max(10, quantity)`. */
@@ -131,7 +137,7 @@ export function runEngine(job: EngineJob, ports: EnginePorts, options: EngineOpt
     const already = states.reduce((sum, state) => sum + state.filter((s) => s.attachId !== null).length, 0);
     const control = new JobControl(job.jobId, total, already);
     const cancel$ = options.cancel$ ?? NEVER;
-    const share: Share = { userId: job.userId ?? '', jobId: job.jobId, priority: job.priority ?? 0 };
+    const share: Share = options.fairShare === false ? UNKEYED_SHARE : { userId: job.userId ?? '', jobId: job.jobId, priority: job.priority ?? 0 };
 
     const started: JobStartedEvent = {
       type: 'job:started',

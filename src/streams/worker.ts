@@ -114,7 +114,9 @@ export async function runWorker(pipeline: Pipeline, options: WorkerOptions = {})
     logger,
   });
   await limiter.start();
-  const deps = { database: pipeline.database, store: pipeline.store, generator: pipeline.generator, limiter, logger };
+  // `process` scope: each worker keeps its own adaptive limit (the fleet row still carries its heartbeat).
+  const attemptLimiter = config.fleet.providerLimitScope === 'process' ? pipeline.limiter : limiter;
+  const deps = { database: pipeline.database, store: pipeline.store, generator: pipeline.generator, limiter: attemptLimiter, logger };
   const running = new Map<string, Subscription>();
   const ended = new Subject<void>();
   // Replayed: a run started just as the stop came still sees it.

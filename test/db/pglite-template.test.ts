@@ -41,7 +41,7 @@ describe('PGlite template', () => {
     const names = readdirSync(templates);
     expect(names).toEqual([expect.stringMatching(TEMPLATE_NAME)]);
     const template = join(templates, names[0]!);
-    expect(template).toBe(pgliteTemplateFile(templates, Object.keys(MIGRATIONS)));
+    expect(template).toBe(pgliteTemplateFile(templates, MIGRATIONS));
 
     // Straight from the template: already migrated, and none of the first folder's rows.
     for (const dataDir of [join(root, 'b'), undefined]) {
@@ -78,7 +78,7 @@ describe('PGlite template', () => {
     expect(readdirSync(templates)).toEqual(names);
   });
 
-  it('an in-memory database writes the template too; a migration list of its own never does, and another list is another template', async () => {
+  it('an in-memory database writes the template too; a migration list of its own never does, and another or an edited list is another template', async () => {
     const templates = join(root, 'memory-templates');
     const memory = await openDatabase({ pgliteTemplateDir: templates });
     await memory.close();
@@ -89,13 +89,16 @@ describe('PGlite template', () => {
     await custom.close();
     expect(existsSync(own)).toBe(false);
 
-    const names = Object.keys(MIGRATIONS);
-    expect(pgliteTemplateFile(templates, [...names, '9999_next'])).not.toBe(pgliteTemplateFile(templates, names));
+    const next = { ...MIGRATIONS, '9999_next': { up: async () => undefined } };
+    expect(pgliteTemplateFile(templates, next)).not.toBe(pgliteTemplateFile(templates, MIGRATIONS));
+    // An edited migration (same name, other code) is another template too.
+    const edited = { ...MIGRATIONS, '0001_initial': { up: async () => undefined } };
+    expect(pgliteTemplateFile(templates, edited)).not.toBe(pgliteTemplateFile(templates, MIGRATIONS));
   });
 
   it('a damaged template is dropped and the database starts plainly, then writes a good one; a folder that is not empty never gets it', async () => {
     const templates = join(root, 'bad-templates');
-    const template = pgliteTemplateFile(templates, Object.keys(MIGRATIONS))!;
+    const template = pgliteTemplateFile(templates, MIGRATIONS)!;
     mkdirSync(templates);
     writeFileSync(template, 'not a tarball');
     const database = await openDatabase({ dataDir: join(root, 'd'), pgliteTemplateDir: templates });

@@ -69,6 +69,20 @@ describe('parseJobSpec', () => {
     ]);
   });
 
+  it('takes an integer priority in -1000000..1000000 (0 and absent are the default, stored as absent), else names the field and the rule', () => {
+    const stages = [{ quantity: 1, prompt: 'p', mergedImageAttachId: 'a1' }];
+    expect(parseJobSpec({ userId: 'u', priority: 5, stages }).priority).toBe(5);
+    expect(parseJobSpec({ userId: 'u', priority: -1_000_000, stages }).priority).toBe(-1_000_000);
+    expect('priority' in parseJobSpec({ userId: 'u', priority: 0, stages })).toBe(false);
+    expect('priority' in parseJobSpec({ userId: 'u', stages })).toBe(false);
+    for (const bad of [1.5, '3', 1_000_001, true]) {
+      const problems = problemsOf({ userId: 'u', priority: bad, stages });
+      expect(problems).toHaveLength(1);
+      expect(problems[0]?.field).toBe('priority');
+      expect(problems[0]?.rule).toMatch(/^must be an integer from -1000000 to 1000000, got /);
+    }
+  });
+
   it('enforces the configurable maximum quantity (default 1000)', () => {
     const stage = (quantity: number) => ({ userId: 'u', stages: [{ quantity, prompt: 'p', inputAttachId: 'a' }] });
     expect(problemsOf(stage(1000))).toEqual([]);
