@@ -82,7 +82,8 @@ export async function submitJob(database: Database, options: SubmitJobOptions): 
           id: jobId,
           user_id: spec.userId,
           production_id: spec.productionId,
-          priority: spec.priority ?? 0,
+          // Written only when given: the column's default (0) is the default priority.
+          ...(spec.priority !== undefined ? { priority: spec.priority } : {}),
           spec: jsonb(spec),
           price_per_image: pricePerImage,
           status: 'queued',
