@@ -116,6 +116,13 @@ describe.skipIf(!TEST_DATABASE_URL)('the fleet on PostgreSQL (DATABASE_URL set; 
       // Nobody else ran it meanwhile: the queue's expiry did not hand a live job to another worker.
       for (const w of others) expect(jobsTaken(w.stderr()).has(JOB)).toBe(false);
       const doomedId = workerIdOf(doomed);
+      // Operators see the fleet: three live workers, the job held by one of them, and who runs it.
+      const listed = parseSingleJson<{ workers: { id: string; name: string; pid: number; jobs: string[]; attemptsInFlight: number; lastHeartbeatAt: string }[] }>((await suite.run(['workers', '--json'])).stdout);
+      expect(listed.workers.map((w) => w.name).sort()).toEqual(['fleet-a', 'fleet-b', 'fleet-c']);
+      expect(listed.workers.find((w) => w.id === doomedId)).toMatchObject({ pid: doomed.child.pid, jobs: [JOB] });
+      expect((await status(JOB)).runner).toMatchObject({ id: doomedId, pid: doomed.child.pid, worker: true });
+      const text = await suite.run(['workers']);
+      expect(text.stdout).toContain(doomedId);
       doomed.child.kill('SIGKILL');
       const killedAt = Date.now();
       await doomed.exited;
