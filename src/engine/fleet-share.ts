@@ -6,7 +6,7 @@
  * transaction and `FleetLimiter` (streams) applies the result to the process's permits.
  *
  * ```
- * fleet limit 12 ─429─► 8 ─8 ok─► 9 ─9 ok─► 10 ─10 ok─► 11 ─(above the last cut: 4x11 ok)─► 12
+ * fleet limit 12 ─429─► 8 ─8 ok─► 9 ─9 ok─► 10 ─10 ok─► 11 ─(next to the last cut: 16x11 ok)─► 12
  * split of 8 over demands {a: 8, b: 2, c: 0} = {a: 6, b: 2, c: 0}
  * ```
  */
@@ -46,9 +46,12 @@ export interface SharedLimitPolicy {
  * drains; halving at every probe of the wall leaves a quarter of the quota unused on average.
  * Why the slow probe: the wall is where the last cut happened; growing back to just below it
  * is safe and fast, touching it again costs a refused call (and its retry delay), so it is
- * done four times less often.
+ * done 16 times less often. Measured (bench/fleet.ts, one worker of 8 against a provider
+ * refusing above 6): with 4x the fleet probed the wall every ~1.5 s and 10% of the calls
+ * were refused (a provider counts a call as in flight until its answer is sent, a moment
+ * after the client has it, so the wall is met a little below it); with 16x, see BENCHMARKS.md.
  */
-export const DEFAULT_SHARED_LIMIT_POLICY = Object.freeze({ decrease: 0.7, probeSlowdown: 4 });
+export const DEFAULT_SHARED_LIMIT_POLICY = Object.freeze({ decrease: 0.7, probeSlowdown: 16 });
 
 /**
  * One step of the shared limit (AIMD). A 429 reported under the current epoch cuts the

@@ -127,6 +127,8 @@ export async function runWorker(pipeline: Pipeline, options: WorkerOptions = {})
   const nextJob = async (): Promise<string | null> => {
     for (;;) {
       const unattended = await claimUnattendedJob(pipeline.database, workerId, leaseTtlMs, leaseTtlMs);
+      // Our own run, late to renew: it goes on (the claim renewed its lease); never a second run here.
+      if (unattended && running.has(unattended.jobId)) continue;
       if (unattended) {
         // Nobody was running it: its worker died (lease lapsed) or its queue message was lost.
         logger.warn({ jobId: unattended.jobId, via: 'takeover', previousOwner: unattended.previousOwner }, 'job taken');
@@ -135,6 +137,11 @@ export async function runWorker(pipeline: Pipeline, options: WorkerOptions = {})
       const [message] = await boss.fetch<{ jobId: string }>(JOB_QUEUE, { batchSize: 1 });
       if (!message) return null;
       const jobId = message.data.jobId;
+      if (running.has(jobId)) {
+        // The sweep took it before its message came (it waited longer than a TTL): this worker runs it already.
+        await boss.complete(JOB_QUEUE, message.id);
+        continue;
+      }
       try {
         await retryTransient(() => claimJobLease(pipeline.database, jobId, workerId, leaseTtlMs));
       } catch (error) {

@@ -12,8 +12,8 @@ describe('stepSharedLimit (AIMD with a slow probe near the last cut)', () => {
     ['never below 1', at(1), { rateLimitedAt: 3, successes: 0 }, 16, 1, 4, 1],
     ['limit successes below the last cut add one', at(4, { lastCutAt: 8 }), { rateLimitedAt: null, successes: 4 }, 16, 5, 4, 8],
     ['fewer successes wait', at(4, { lastCutAt: 8 }), { rateLimitedAt: null, successes: 3 }, 16, 4, 3, 8],
-    ['just below the last cut, one step needs 4x limit successes', at(7, { lastCutAt: 8 }), { rateLimitedAt: null, successes: 7 }, 16, 7, 3, 8],
-    ['... and takes it with them', at(7, { lastCutAt: 8, successes: 21 }), { rateLimitedAt: null, successes: 7 }, 16, 8, 4, 8],
+    ['just below the last cut, one step needs 16x limit successes', at(7, { lastCutAt: 8 }), { rateLimitedAt: null, successes: 7 }, 16, 7, 3, 8],
+    ['... and takes it with them', at(7, { lastCutAt: 8, successes: 105 }), { rateLimitedAt: null, successes: 7 }, 16, 8, 4, 8],
     ['never above max', at(16), { rateLimitedAt: null, successes: 100 }, 16, 16, 3, 0],
     ['a max that dropped (a worker left) clamps it', at(16), { rateLimitedAt: null, successes: 0 }, 8, 8, 4, 0],
   ] as const)('%s', (_title, state, report, max, limit, epoch, lastCutAt) => {
