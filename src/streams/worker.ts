@@ -191,10 +191,11 @@ export async function runWorker(pipeline: Pipeline, options: WorkerOptions = {})
 
   logger.info({ jobConcurrency: slots, globalConcurrency: limiter.max, leaseTtlMs, name }, 'worker started');
   // One search at a time (exhaustMap): a tick during a search is dropped, never doubled.
+  let filling: Promise<void> = Promise.resolve();
   const looking = merge(interval(options.pollMs ?? DEFAULT_WORKER_POLL_MS), ended)
     .pipe(
       startWith(0),
-      exhaustMap(() => from(fill()).pipe(catchError((error: unknown) => (logger.warn({ err: error }, 'looking for work failed; trying again'), EMPTY)))),
+      exhaustMap(() => from((filling = fill())).pipe(catchError((error: unknown) => (logger.warn({ err: error }, 'looking for work failed; trying again'), EMPTY)))),
     )
     .subscribe();
 
@@ -203,6 +204,8 @@ export async function runWorker(pipeline: Pipeline, options: WorkerOptions = {})
   logger.info({ jobs: [...running.keys()] }, 'stopping: no new jobs; in-flight attempts finish');
   looking.unsubscribe();
   stopping$.next();
+  // A search still in flight may claim one more job: it starts it, and the run hands it back at once.
+  await filling.catch(() => undefined);
   while (running.size > 0) await firstValueFrom(ended);
   await limiter.stop();
   await boss.stop({ graceful: true, close: true, wait: true, timeout: 60_000 });
