@@ -47,14 +47,16 @@ async function cmdStatus(inv: Invocation): Promise<number> {
   return withPipeline(inv, async (pipeline) => {
     const summary = await jobSummary(pipeline.database, jobId);
     if (summary.status === 'running' || summary.status === 'queued') {
-      // A job that has not ended also says who runs it (a worker, or a `run` process): null = nobody now.
+      // A job someone runs now also says who (a worker, or a `run` process); otherwise the summary is as ever.
       const runner = await findJobRunner(pipeline.database, jobId);
-      const runs = runner ? `  runner: ${runner.worker ? 'worker' : 'process'} ${runner.name} pid ${runner.pid} (${runner.id}), lease until ${runner.leaseUntil}` : '  runner: none (waiting for a worker)';
-      print(inv.json, { ...summary, runner }, `${formatSummary(summary)}\n${runs}`);
-      return 0;
+      if (runner) {
+        const runs = `  runner: ${runner.worker ? 'worker' : 'process'} ${runner.name} pid ${runner.pid} (${runner.id}), lease until ${runner.leaseUntil}`;
+        print(inv.json, { ...summary, runner }, `${formatSummary(summary)}\n${runs}`);
+        return 0;
+      }
     }
     print(inv.json, summary, formatSummary(summary));
-    return summary.status === 'completed' ? 0 : EXIT.short;
+    return summary.status === 'completed' || summary.status === 'running' || summary.status === 'queued' ? 0 : EXIT.short;
   });
 }
 
