@@ -1,6 +1,7 @@
 import { sql } from 'kysely';
 import type { Database } from '../database.js';
 import { isDeadLocalOwner } from './job-lease.js';
+import { dbTimeAgo, dbTimeFromNow } from '../internal/db-time.js';
 
 /** What {@link claimUnattendedJob} took over, and why it was free. */
 export interface UnattendedJob {
@@ -25,8 +26,8 @@ export interface UnattendedJob {
  * lease again as its owner and resumes it exactly).
  */
 export async function claimUnattendedJob(database: Database, owner: string, ttlMs: number, graceMs: number): Promise<UnattendedJob | null> {
-  const lease = sql<Date>`now() + ${`${Math.ceil(ttlMs)} milliseconds`}::interval`;
-  const grace = sql`now() - ${`${Math.ceil(graceMs)} milliseconds`}::interval`;
+  const lease = dbTimeFromNow(ttlMs);
+  const grace = dbTimeAgo(graceMs);
   const unattended = sql<boolean>`(
     (lease_owner is not null and lease_until < now()) or
     (lease_owner is null and coalesce(lease_until, updated_at) < ${grace})

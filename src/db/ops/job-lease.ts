@@ -3,6 +3,7 @@ import { randomUUID } from 'node:crypto';
 import { sql, type RawBuilder } from 'kysely';
 import type { Database } from '../database.js';
 import { JobLeasedError } from '../errors.js';
+import { dbTimeFromNow } from '../internal/db-time.js';
 
 /**
  * A lease owner id for this process: `name:pid:uuid`, `name` being the host name unless
@@ -13,11 +14,16 @@ export function newLeaseOwner(name: string = hostname()): string {
   return `${name}:${process.pid}:${randomUUID()}`;
 }
 
+/** The name and pid of a lease owner id made by {@link newLeaseOwner} (pid NaN when it is not one). */
+export function parseLeaseOwner(owner: string): { readonly name: string; readonly pid: number } {
+  const [name = '', pid = ''] = owner.split(':');
+  return { name, pid: Number(pid) };
+}
+
 /** Whether `owner` names a process of this host (by host name) that no longer exists. */
 export function isDeadLocalOwner(owner: string): boolean {
-  const [host, pidText] = owner.split(':');
-  const pid = Number(pidText);
-  if (host !== hostname() || !Number.isInteger(pid) || pid <= 0 || pid === process.pid) return false;
+  const { name, pid } = parseLeaseOwner(owner);
+  if (name !== hostname() || !Number.isInteger(pid) || pid <= 0 || pid === process.pid) return false;
   try {
     process.kill(pid, 0);
     return false;
@@ -38,7 +44,7 @@ export async function claimJobLease(database: Database, jobId: string, owner: st
   const take = (condition: RawBuilder<boolean>) =>
     database.db
       .updateTable('jobs')
-      .set({ lease_owner: owner, lease_until: sql`now() + ${`${Math.ceil(ttlMs)} milliseconds`}::interval` })
+      .set({ lease_owner: owner, lease_until: dbTimeFromNow(ttlMs) })
       .where('id', '=', jobId)
       .where(condition)
       .returning('id')
@@ -54,7 +60,7 @@ export async function claimJobLease(database: Database, jobId: string, owner: st
 export async function renewJobLease(database: Database, jobId: string, owner: string, ttlMs: number): Promise<boolean> {
   const row = await database.db
     .updateTable('jobs')
-    .set({ lease_until: sql`now() + ${`${Math.ceil(ttlMs)} milliseconds`}::interval` })
+    .set({ lease_until: dbTimeFromNow(ttlMs) })
     .where('id', '=', jobId)
     .where('lease_owner', '=', owner)
     .returning('id')

@@ -1,6 +1,7 @@
 import { sql } from 'kysely';
 import type { Database } from '../database.js';
 import { fairTargets, nextHeldShare, stepSharedLimit, type HeldShare, type SharedLimitReport } from '../../engine/fleet-share.js';
+import { dbTimeFromNow } from '../internal/db-time.js';
 
 /** One worker's heartbeat and its report on the provider it calls. */
 export interface ProviderShareReport extends SharedLimitReport {
@@ -46,7 +47,7 @@ export async function rebalanceProviderShare(database: Database, report: Provide
   return database.db.transaction().execute(async (trx) => {
     const me = await trx
       .updateTable('workers')
-      .set({ heartbeat_at: sql`now()`, alive_until: sql`now() + ${`${Math.ceil(report.ttlMs)} milliseconds`}::interval` })
+      .set({ heartbeat_at: sql`now()`, alive_until: dbTimeFromNow(report.ttlMs) })
       .where('id', '=', report.workerId)
       .returning(['concurrency', 'provider_ceiling'])
       .executeTakeFirst();

@@ -1,5 +1,7 @@
 import { sql } from 'kysely';
 import type { Database } from '../database.js';
+import { parseLeaseOwner } from './job-lease.js';
+import { dbTimeFromNow } from '../internal/db-time.js';
 
 /** A worker joining the fleet. */
 export interface NewWorker {
@@ -31,7 +33,7 @@ export async function registerWorker(database: Database, worker: NewWorker): Pro
       provider_key: worker.providerKey,
       concurrency: worker.concurrency,
       provider_ceiling: worker.providerCeiling,
-      alive_until: sql<Date>`now() + ${`${Math.ceil(worker.ttlMs)} milliseconds`}::interval`,
+      alive_until: dbTimeFromNow(worker.ttlMs),
     })
     .execute();
 }
@@ -108,6 +110,5 @@ export async function findJobRunner(database: Database, jobId: string): Promise<
     .where('jobs.lease_until', '>', sql<Date>`now()`)
     .executeTakeFirst();
   if (!row?.lease_owner || !row.lease_until) return null;
-  const [name = '', pid = ''] = row.lease_owner.split(':');
-  return { id: row.lease_owner, name, pid: Number(pid), worker: row.worker_id !== null, leaseUntil: new Date(row.lease_until).toISOString() };
+  return { id: row.lease_owner, ...parseLeaseOwner(row.lease_owner), worker: row.worker_id !== null, leaseUntil: new Date(row.lease_until).toISOString() };
 }
