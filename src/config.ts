@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import pino from 'pino';
 import { DEFAULT_WEBP_QUALITY } from './adapters/image-codec.js';
@@ -9,6 +10,7 @@ import { DEFAULT_BACKOFF, MAX_TIMER_MS } from './engine/full-jitter-backoff.js';
 import { DEFAULT_ENGINE_OPTIONS, defaultStageConcurrency } from './streams/engine.js';
 import { DEFAULT_PRICE_PER_IMAGE } from './jobs/submit-job.js';
 import { DEFAULT_RUN_OPTIONS } from './streams/run-job.js';
+import { DEFAULT_HTTP_OPTIONS, tokenSha256 } from './http/defaults.js';
 
 export { ConfigError, type ConfigEnv } from './config-parse.js';
 
@@ -92,6 +94,42 @@ export interface PipelineConfig {
     /** `false`: attempt permits first come, first served (`IMAGEGEN_FAIR_SHARE=off`, for comparisons). */
     readonly fairShare: boolean;
   };
+  /** `GET /metrics` of `imagegen worker` (`--metrics-port`, `--metrics-host`). */
+  readonly metrics: {
+    /** Unset: not served. 0: a free port the system picks (the worker logs its address). */
+    readonly port: number | undefined;
+    readonly host: string;
+  };
+  /** `imagegen serve`: the HTTP API (src/http). */
+  readonly http: HttpConfig;
+}
+
+/** A bearer token of `IMAGEGEN_API_TOKENS`, by its SHA-256: the token itself is never kept. */
+export interface ApiToken {
+  /** SHA-256 of the token, hex (`tokenSha256`). */
+  readonly sha256: string;
+  /** The user the token acts as. */
+  readonly userId: string;
+}
+
+/** The service's settings. The tokens are kept as SHA-256 hashes only, and print as counts. */
+export interface HttpConfig {
+  /** `--port`, else `IMAGEGEN_HTTP_PORT`; 0: a free port the system picks (the service logs its address). */
+  readonly port: number;
+  /** `--host`, else `IMAGEGEN_HTTP_HOST`. */
+  readonly host: string;
+  /** Largest request body (a job with base64 images, an upload); larger: 413. */
+  readonly bodyLimitBytes: number;
+  /** Requests per minute per token; more: 429. */
+  readonly rateLimitPerMinute: number;
+  /** Event streams one token may hold open; more: 429. */
+  readonly maxStreamsPerToken: number;
+  /** Heartbeat comment interval of an idle event stream. */
+  readonly heartbeatMs: number;
+  /** `IMAGEGEN_API_TOKENS`: user tokens. */
+  readonly tokens: readonly ApiToken[];
+  /** `IMAGEGEN_ADMIN_TOKENS`: SHA-256 (hex) of admin tokens (an admin may act for any user and grant credits). */
+  readonly adminTokens: readonly string[];
 }
 
 /** Values given on the command line; they win over the environment. */
@@ -99,6 +137,11 @@ export interface ConfigOverrides {
   readonly dataDir?: string | undefined;
   readonly provider?: string | undefined;
   readonly concurrency?: string | number | undefined;
+  readonly metricsPort?: string | undefined;
+  readonly metricsHost?: string | undefined;
+  /** `imagegen serve --port`, `--host`. */
+  readonly httpPort?: string | undefined;
+  readonly httpHost?: string | undefined;
 }
 
 /**
@@ -201,6 +244,10 @@ function failureClassesOf(env: ConfigEnv): ErrorClass[] | undefined {
  * | `IMAGEGEN_WORKER_NAME` | the host name |
  * | `IMAGEGEN_PROVIDER_MAX_INFLIGHT`, `IMAGEGEN_PROVIDER_MAX_PER_MINUTE`, `IMAGEGEN_MAX_INFLIGHT_PER_USER` | unset (`FleetLimiter`) |
  * | `IMAGEGEN_PROVIDER_LIMIT_SCOPE`, `IMAGEGEN_FAIR_SHARE` | `fleet`, `on` (`process`, `off`: the old behaviour, for comparisons) |
+ * | `IMAGEGEN_METRICS_PORT` (`--metrics-port`), `IMAGEGEN_METRICS_HOST` (`--metrics-host`) | unset: no metrics server; `127.0.0.1` |
+ * | `IMAGEGEN_HTTP_PORT` (`--port`), `IMAGEGEN_HTTP_HOST` (`--host`) | 8080, `127.0.0.1` (`DEFAULT_HTTP_OPTIONS`, src/http) |
+ * | `IMAGEGEN_HTTP_BODY_LIMIT_BYTES`, `IMAGEGEN_HTTP_RATE_LIMIT`, `IMAGEGEN_HTTP_MAX_STREAMS_PER_TOKEN`, `IMAGEGEN_HTTP_HEARTBEAT_MS` | 30 MiB, 600 per minute, 8, 15000 (`DEFAULT_HTTP_OPTIONS`) |
+ * | `IMAGEGEN_API_TOKENS`, `IMAGEGEN_ADMIN_TOKENS` | none (`token=userId,...` or `@/path/file`; `serve` needs one) |
  * | `IMAGEGEN_PGLITE_TEMPLATE_DIR` | `$XDG_CACHE_HOME/imagegen-pipeline` or `~/.cache/imagegen-pipeline` (`off`: none) |
  *
  * Durations in ms are at most 2^31-1 (Node's timer limit: a longer delay fires after 1 ms).
@@ -276,7 +323,24 @@ export function loadConfig(env: ConfigEnv = process.env, overrides: ConfigOverri
       providerLimitScope: choiceOf(env, 'IMAGEGEN_PROVIDER_LIMIT_SCOPE', ['fleet', 'process'] as const) ?? 'fleet',
       fairShare: (choiceOf(env, 'IMAGEGEN_FAIR_SHARE', ['on', 'off'] as const) ?? 'on') === 'on',
     }),
+    metrics: Object.freeze({
+      port: portOf(env, 'IMAGEGEN_METRICS_PORT', '--metrics-port', overrides.metricsPort),
+      host: overrides.metricsHost ?? (env['IMAGEGEN_METRICS_HOST'] || DEFAULT_METRICS_HOST),
+    }),
+    http: httpOf(env, overrides),
   });
+}
+
+/** Where `GET /metrics` listens unless told otherwise: this machine only. */
+export const DEFAULT_METRICS_HOST = '127.0.0.1';
+
+/** A TCP port in 0..65535 (0: any free one) from the flag, else the variable; undefined when neither is set. */
+function portOf(env: ConfigEnv, variable: string, flag: string, flagValue: string | undefined): number | undefined {
+  // Decimal digits only: Number() would read "0x10" as 16 and " " as 0.
+  const [name, raw] = flagValue !== undefined ? [flag, flagValue] : [variable, env[variable]];
+  if (raw === undefined || (raw === '' && name === variable)) return undefined;
+  if (!/^[0-9]{1,5}$/.test(raw) || Number(raw) > 65_535) throw new ConfigError(name, `must be a port number in 0..65535 (0: any free port), got ${JSON.stringify(raw)}`);
+  return Number(raw);
 }
 
 /** One of `choices`, or undefined when unset or empty; anything else names the variable and the choices. */
@@ -296,4 +360,89 @@ function workerNameOf(env: ConfigEnv): string | undefined {
   if (!raw) return undefined;
   if (!/^[A-Za-z0-9._-]{1,64}$/.test(raw)) throw new ConfigError('IMAGEGEN_WORKER_NAME', `must match [A-Za-z0-9._-]{1,64}, got ${JSON.stringify(raw)}`);
   return raw;
+}
+
+/** The service's settings (`imagegen serve`); see {@link HttpConfig}. */
+function httpOf(env: ConfigEnv, overrides: ConfigOverrides): HttpConfig {
+  if (overrides.httpHost !== undefined && overrides.httpHost.trim() === '') throw new ConfigError('--host', 'must be a host name or address, got ""');
+  const tokens = apiTokensOf(env);
+  const adminTokens = adminTokensOf(env);
+  const http: HttpConfig = {
+    port: portOf(env, 'IMAGEGEN_HTTP_PORT', '--port', overrides.httpPort) ?? DEFAULT_HTTP_OPTIONS.port,
+    host: overrides.httpHost ?? (env['IMAGEGEN_HTTP_HOST'] || DEFAULT_HTTP_OPTIONS.host),
+    bodyLimitBytes: intOf(env, 'IMAGEGEN_HTTP_BODY_LIMIT_BYTES', 1024, 1024 ** 3) ?? DEFAULT_HTTP_OPTIONS.bodyLimitBytes,
+    rateLimitPerMinute: intOf(env, 'IMAGEGEN_HTTP_RATE_LIMIT', 1, 1_000_000) ?? DEFAULT_HTTP_OPTIONS.rateLimitPerMinute,
+    maxStreamsPerToken: intOf(env, 'IMAGEGEN_HTTP_MAX_STREAMS_PER_TOKEN', 1, 10_000) ?? DEFAULT_HTTP_OPTIONS.maxStreamsPerToken,
+    heartbeatMs: intOf(env, 'IMAGEGEN_HTTP_HEARTBEAT_MS', 1, MAX_TIMER_MS) ?? DEFAULT_HTTP_OPTIONS.heartbeatMs,
+    tokens: Object.freeze(tokens),
+    adminTokens: Object.freeze(adminTokens),
+  };
+  // Hashes of weak tokens could be guessed offline: the printed form says how many there are, not which.
+  return withSecretsHidden('HttpConfig', http, () => ({ ...http, tokens: `${tokens.length} token(s)`, adminTokens: `${adminTokens.length} token(s)` }));
+}
+
+/** A bearer token: 16..512 characters of the RFC 6750 token alphabet, without `=` (it separates the user). */
+const API_TOKEN = /^[A-Za-z0-9._~+/-]{16,512}$/;
+
+/**
+ * The entries of a token list variable: its comma-separated value, or the lines of the
+ * file `@/path` names (blank lines and `#` comments skipped). Each entry comes with where
+ * it is, for messages that never quote a token.
+ */
+function tokenEntriesOf(env: ConfigEnv, name: string): { readonly text: string; readonly at: string }[] {
+  const raw = env[name];
+  if (!raw) return [];
+  if (raw.startsWith('@')) {
+    const path = raw.slice(1);
+    let content: string;
+    try {
+      content = readFileSync(path, 'utf8');
+    } catch (error) {
+      throw new ConfigError(name, `cannot read the token file ${path}: ${(error as NodeJS.ErrnoException).code ?? String(error)}`);
+    }
+    return content
+      .split(/\r?\n/)
+      .map((line, i) => ({ text: line.trim(), at: `${path} line ${i + 1}` }))
+      .filter((entry) => entry.text !== '' && !entry.text.startsWith('#'));
+  }
+  return raw.split(',').map((text, i) => ({ text: text.trim(), at: `entry ${i + 1}` }));
+}
+
+function checkToken(name: string, at: string, token: string): void {
+  if (!API_TOKEN.test(token)) {
+    throw new ConfigError(name, `${at}: a token must be 16 to 512 characters of A-Z a-z 0-9 . _ ~ + / - (got ${token.length} character(s); the token is not shown)`);
+  }
+}
+
+/** `IMAGEGEN_API_TOKENS`: `token=userId` pairs, hashed at once; one token names one user. */
+function apiTokensOf(env: ConfigEnv): ApiToken[] {
+  const name = 'IMAGEGEN_API_TOKENS';
+  const byHash = new Map<string, string>();
+  for (const { text, at } of tokenEntriesOf(env, name)) {
+    const cut = text.indexOf('=');
+    if (cut < 0) throw new ConfigError(name, `${at}: expected token=userId (no "=" found; the entry is not shown)`);
+    const token = text.slice(0, cut).trim();
+    const userId = text.slice(cut + 1).trim();
+    checkToken(name, at, token);
+    // The user id rules of a job spec's userId: the token's user owns the jobs it submits.
+    if (userId === '' || userId.length > 128 || /[\u0000-\u001f\u007f]/.test(userId)) {
+      throw new ConfigError(name, `${at}: the user id must be 1 to 128 characters without control characters`);
+    }
+    const sha256 = tokenSha256(token);
+    const known = byHash.get(sha256);
+    if (known !== undefined && known !== userId) throw new ConfigError(name, `${at}: the same token is given to two users (${known} and ${userId})`);
+    byHash.set(sha256, userId);
+  }
+  return [...byHash].map(([sha256, userId]) => Object.freeze({ sha256, userId }));
+}
+
+/** `IMAGEGEN_ADMIN_TOKENS`: admin tokens, comma-separated (or `@/path/file`, one per line), hashed at once. */
+function adminTokensOf(env: ConfigEnv): string[] {
+  const name = 'IMAGEGEN_ADMIN_TOKENS';
+  const hashes = new Set<string>();
+  for (const { text, at } of tokenEntriesOf(env, name)) {
+    checkToken(name, at, text);
+    hashes.add(tokenSha256(text));
+  }
+  return [...hashes];
 }

@@ -41,6 +41,8 @@ export { runStoredJob, type RunJobDeps, type RunJobOptions } from './streams/run
 export { runWorker, submitToQueue, type WorkerOptions } from './streams/worker.js';
 /** `watchJob(database, jobId)` follows a job another process runs (a snapshot, then live events); `readSnapshot` reads its state once. */
 export { watchJob, readSnapshot, type JobSnapshot, type WatchedEvent } from './sources/watch-job.js';
+/** `followJobEvents(database, jobId, { afterSeq })` follows a job's durable event log from any process: each logged event once, numbered (`seq`) in commit order with no gap, resumable after the last `seq` seen (an SSE `Last-Event-ID`). */
+export { followJobEvents, DEFAULT_FOLLOW_POLL_MS, type FollowJobEventsOptions, type JobEventEnvelope } from './sources/job-events.js';
 /** `requestCancel(database, jobId)` asks the process running a job to stop it (false when it does not exist or already ended); `readJobResult` reads a job's result as it stands. */
 export { requestCancel, readJobResult, type StoredJobResult } from './db/index.js';
 /** `getAttachment(database, attachId)`: an attach record (owner, storage key, content type, the slot it fills). */
@@ -64,7 +66,7 @@ export { MAX_CREDITS } from './domain/credit-amount.js';
 
 // ── Refusals a host may catch ───────────────────────────────────────────────────
 
-/** Not enough credits, a grant past 2^53-1, a foreign or missing input image, another user's `jobId`, an unknown job, a job run by another process, an embedded data folder in use, a failed migration. */
+/** Not enough credits, a grant past 2^53-1, a foreign or missing input image, another user's `jobId`, an unknown job, a job run by another process, an embedded data folder in use, a failed migration, a stored job event that does not check (`followJobEvents`). */
 export {
   InsufficientCreditsError,
   CreditOverflowError,
@@ -75,6 +77,7 @@ export {
   JobLeasedError,
   DataDirLockedError,
   MigrationError,
+  InvalidJobEventError,
 } from './db/index.js';
 
 // ── Plugging a generator or a store ─────────────────────────────────────────────

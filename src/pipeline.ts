@@ -35,7 +35,11 @@ export function createLogger(level: string, destination: pino.DestinationStream 
     {
       level,
       base: undefined,
-      redact: { paths: ['apiKey', '*.apiKey', 'config.apiKey', 'headers["x-goog-api-key"]', 'bytes', '*.bytes', 'data', '*.data'], censor: '[redacted]' },
+      // `authorization`: the service's bearer tokens, should a request's headers ever be logged (Fastify's own request log leaves them out).
+      redact: {
+        paths: ['apiKey', '*.apiKey', 'config.apiKey', 'headers["x-goog-api-key"]', 'headers.authorization', 'req.headers.authorization', 'request.headers.authorization', 'bytes', '*.bytes', 'data', '*.data'],
+        censor: '[redacted]',
+      },
     },
     destination,
   );

@@ -46,3 +46,29 @@ describe('loadConfig: every duration setting has a range below the timer limit',
     for (const [name] of DURATIONS) expect(read.has(name), name).toBe(true);
   });
 });
+
+describe('loadConfig: the metrics port (imagegen worker --metrics-port, IMAGEGEN_METRICS_PORT)', () => {
+  it('is unset unless asked for; 0..65535 are accepted, 0 meaning any free port; the host defaults to 127.0.0.1', () => {
+    expect(loadConfig({}).metrics).toEqual({ port: undefined, host: '127.0.0.1' });
+    expect(loadConfig({ IMAGEGEN_METRICS_PORT: '' }).metrics.port).toBeUndefined();
+    expect(loadConfig({ IMAGEGEN_METRICS_PORT: '0' }).metrics.port).toBe(0);
+    expect(loadConfig({ IMAGEGEN_METRICS_PORT: '65535', IMAGEGEN_METRICS_HOST: '0.0.0.0' }).metrics).toEqual({ port: 65535, host: '0.0.0.0' });
+  });
+
+  it('the flags win over the variables', () => {
+    const config = loadConfig({ IMAGEGEN_METRICS_PORT: '9000', IMAGEGEN_METRICS_HOST: '0.0.0.0' }, { metricsPort: '9464', metricsHost: '::1' });
+    expect(config.metrics).toEqual({ port: 9464, host: '::1' });
+  });
+
+  it.each([['65536'], ['-1'], ['0x10'], ['9464.5'], [' 80'], ['port'], ['123456']])('IMAGEGEN_METRICS_PORT=%j is refused naming the variable and the range', (value) => {
+    const error = refusal({ IMAGEGEN_METRICS_PORT: value });
+    expect(error?.variable).toBe('IMAGEGEN_METRICS_PORT');
+    expect(error?.message).toContain('0..65535');
+  });
+
+  it.each([['65536'], ['abc'], ['']])('--metrics-port %j is refused naming the flag, whatever the variable says', (value) => {
+    const error = refusal({ IMAGEGEN_METRICS_PORT: '9464' }, { metricsPort: value });
+    expect(error?.variable).toBe('--metrics-port');
+    expect(error?.message).toContain('0..65535');
+  });
+});

@@ -1,8 +1,8 @@
 /** One function per `imagegen` command: what it reads, what it prints, its exit code. */
 import { join } from 'node:path';
-import { lastValueFrom, of, takeWhile, tap } from 'rxjs';
+import { lastValueFrom, takeWhile, tap } from 'rxjs';
 import { ConfigError } from '../config.js';
-import { FINAL_JOB_STATUSES, findJobRunner, getBalance, getJobStatus, grantCredits, JobLeasedError, JobNotFoundError, jobStats, listWorkers, requestCancel, retryTransient } from '../db/index.js';
+import { FINAL_JOB_STATUSES, findJobRunner, getBalance, grantCredits, JobNotFoundError, jobStats, listWorkers, retryTransient } from '../db/index.js';
 import type { JobRowStatus, JobStats } from '../db/index.js';
 import { parseCreditAmount } from '../domain/credit-amount.js';
 import { engineOptionsOf, type Pipeline } from '../pipeline.js';
@@ -10,6 +10,7 @@ import { readJobFile } from '../sources/job-file.js';
 import { watchJob, type WatchedEvent } from '../sources/watch-job.js';
 import { runStoredJob } from '../streams/run-job.js';
 import { refuseOnEmptyDatabase, submitSpec } from '../jobs/submit-job.js';
+import { cancelJob, JobEndedError } from '../jobs/cancel-job.js';
 import { EXIT, UnavailableError, UsageError } from './failures.js';
 import { formatSummary, jobSummary } from './summary.js';
 import { ProgressView } from './progress-view.js';
@@ -105,22 +106,16 @@ async function cmdCancel(inv: Invocation): Promise<number> {
   const jobId = inv.args[0] as string;
   if (embeddedDatabaseMissing(inv.config)) throw new JobNotFoundError(jobId);
   return withPipeline(inv, async (pipeline) => {
-    const ok = await requestCancel(pipeline.database, jobId);
-    if (!ok) {
-      const status = await getJobStatus(pipeline.database, jobId);
-      if (status === null) throw new JobNotFoundError(jobId);
-      print(inv.json, { jobId, outcome: 'already_ended', status }, `job ${jobId} has already ended (${status})`);
+    try {
+      const done = await cancelJob(pipeline, jobId);
+      const text = done.outcome === 'cancelled' ? `job ${jobId} cancelled` : `cancel requested for ${jobId}; the process running it stops within a second`;
+      print(inv.json, done, text);
+      return 0;
+    } catch (error) {
+      if (!(error instanceof JobEndedError)) throw error;
+      print(inv.json, { jobId, outcome: 'already_ended', status: error.status }, `job ${jobId} has already ended (${error.status})`);
       return EXIT.short;
     }
-    // Nobody runs it (queued, or its runner died): end it here, with no provider call.
-    try {
-      await lastValueFrom(runStoredJob(pipeline, jobId, { cancel$: of(true) }), { defaultValue: null });
-      print(inv.json, { jobId, outcome: 'cancelled', status: 'cancelled' }, `job ${jobId} cancelled`);
-    } catch (error) {
-      if (!(error instanceof JobLeasedError)) throw error;
-      print(inv.json, { jobId, outcome: 'requested', status: 'running' }, `cancel requested for ${jobId}; the process running it stops within a second`);
-    }
-    return 0;
   });
 }
 
@@ -176,12 +171,15 @@ async function cmdWorker(inv: Invocation): Promise<number> {
   const { config } = inv;
   if (!config.databaseUrl) throw new ConfigError('DATABASE_URL', 'the worker shares a PostgreSQL job queue; set DATABASE_URL');
   return withPipeline(inv, async (pipeline) => {
+    // prom-client is loaded only when the metrics are served.
+    const served = config.metrics.port === undefined ? undefined : await (await import('./worker-metrics.js')).serveWorkerMetrics(pipeline, config.metrics);
     const signals = shutdownSignals();
     try {
       const { runWorker } = await import('../streams/worker.js');
-      await runWorker(pipeline, { stop$: signals.stop$, engine: engineOptionsOf(config), jobConcurrency: config.workerJobs });
+      await runWorker(pipeline, { stop$: signals.stop$, engine: engineOptionsOf(config), jobConcurrency: config.workerJobs, metrics: served?.metrics });
     } finally {
       signals.dispose();
+      await served?.close();
     }
     return 0;
   });
@@ -198,4 +196,6 @@ export const HANDLERS: Readonly<Record<string, (inv: Invocation) => Promise<numb
   workers: cmdWorkers,
   'credits grant': cmdCreditsGrant,
   'credits balance': cmdCreditsBalance,
+  // Fastify is loaded by the one command that serves.
+  serve: async (inv) => (await import('./serve.js')).cmdServe(inv),
 };

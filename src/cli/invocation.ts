@@ -11,7 +11,7 @@ import { type JobSummary } from './summary.js';
 export const USAGE = `usage:
   imagegen run <job.json> [--json] [--concurrency N] [--provider offline|gemini] [--data-dir DIR]
   imagegen submit <job.json> [--json] [--data-dir DIR]
-  imagegen worker [--concurrency N] [--provider offline|gemini] [--data-dir DIR]
+  imagegen worker [--concurrency N] [--provider offline|gemini] [--data-dir DIR] [--metrics-port N] [--metrics-host HOST]
   imagegen status <jobId> [--json] [--data-dir DIR]
   imagegen watch <jobId> [--json] [--data-dir DIR]
   imagegen cancel <jobId> [--json] [--data-dir DIR]
@@ -19,6 +19,7 @@ export const USAGE = `usage:
   imagegen workers [--json] [--data-dir DIR]
   imagegen credits grant <userId> <amount> [--json] [--data-dir DIR]
   imagegen credits balance <userId> [--json] [--data-dir DIR]
+  imagegen serve [--port 8080] [--host 127.0.0.1] [--with-worker] [--concurrency N] [--provider offline|gemini] [--data-dir DIR]
 
 exit codes: 0 completed, 1 ended short or could not run, 2 invalid input, 3 not enough credits`;
 
@@ -27,6 +28,11 @@ export const OPTIONS = {
   concurrency: { type: 'string' },
   provider: { type: 'string' },
   'data-dir': { type: 'string' },
+  'metrics-port': { type: 'string' },
+  'metrics-host': { type: 'string' },
+  port: { type: 'string' },
+  host: { type: 'string' },
+  'with-worker': { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
 } as const;
 
@@ -37,7 +43,7 @@ export type Values = { readonly [K in OptionName]?: (typeof OPTIONS)[K]['type'] 
 const COMMANDS: Readonly<Record<string, { readonly args: readonly string[]; readonly options: readonly OptionName[] }>> = {
   run: { args: ['<job.json>'], options: ['json', 'concurrency', 'provider', 'data-dir'] },
   submit: { args: ['<job.json>'], options: ['json', 'data-dir'] },
-  worker: { args: [], options: ['concurrency', 'provider', 'data-dir'] },
+  worker: { args: [], options: ['concurrency', 'provider', 'data-dir', 'metrics-port', 'metrics-host'] },
   status: { args: ['<jobId>'], options: ['json', 'data-dir'] },
   watch: { args: ['<jobId>'], options: ['json', 'data-dir'] },
   cancel: { args: ['<jobId>'], options: ['json', 'data-dir'] },
@@ -45,6 +51,7 @@ const COMMANDS: Readonly<Record<string, { readonly args: readonly string[]; read
   workers: { args: [], options: ['json', 'data-dir'] },
   'credits grant': { args: ['<userId>', '<amount>'], options: ['json', 'data-dir'] },
   'credits balance': { args: ['<userId>'], options: ['json', 'data-dir'] },
+  serve: { args: [], options: ['port', 'host', 'with-worker', 'concurrency', 'provider', 'data-dir'] },
 };
 
 /** What one command invocation gets: its checked arguments, the configuration and the output mode. */

@@ -39,7 +39,15 @@ export async function main(argv: readonly string[], env?: ConfigEnv): Promise<nu
       return 0;
     }
     const { name, args } = resolveCommand(parsed.positionals, values);
-    const overrides: ConfigOverrides = { dataDir: values['data-dir'], provider: values.provider, concurrency: values.concurrency };
+    const overrides: ConfigOverrides = {
+      dataDir: values['data-dir'],
+      provider: values.provider,
+      concurrency: values.concurrency,
+      metricsPort: values['metrics-port'],
+      metricsHost: values['metrics-host'],
+      httpPort: values.port,
+      httpHost: values.host,
+    };
     const config = loadConfig(env, overrides);
     debug = config.logLevel === 'debug' || config.logLevel === 'trace';
     storage = config.storage.kind;

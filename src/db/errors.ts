@@ -139,6 +139,22 @@ export class LeaseLostError extends Error {
   }
 }
 
+/**
+ * A stored event of a job's log that does not check as a notified event (written by
+ * another version of the code, or a bug). Refused, never skipped: the log promises a
+ * reader every event, so one it cannot read stops it.
+ */
+export class InvalidJobEventError extends Error {
+  override readonly name = 'InvalidJobEventError';
+  constructor(
+    readonly jobId: string,
+    readonly seq: number,
+    readonly type: string,
+  ) {
+    super(`event ${seq} (${type}) of job ${jobId} is not a valid event`);
+  }
+}
+
 /** The embedded database is open in another live process (PGlite serves one process at a time). */
 export class DataDirLockedError extends Error {
   override readonly name = 'DataDirLockedError';

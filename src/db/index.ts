@@ -26,6 +26,7 @@ export {
   JobLeasedError,
   LeaseLostError,
   DataDirLockedError,
+  InvalidJobEventError,
 } from './errors.js';
 
 /** Running an idempotent operation again after a lost connection. */
@@ -47,6 +48,10 @@ export {
   type StageShortNotification,
   type JobFinishedNotification,
   type JobCancelRequestedNotification,
+  attemptFailedNotification,
+  JOB_EVENTS_CHANNEL,
+  decodeJobEventsAppended,
+  type JobEventsAppended,
 } from './notifications.js';
 
 /** Money: grants, balances and the ledger that replays to them. */
@@ -88,3 +93,13 @@ export { appendProgress, getProgress } from './ops/append-progress.js';
 export { readJobResult, type StoredJobResult } from './ops/read-job-result.js';
 export { readJobSnapshot, type StoredJobSnapshot } from './ops/read-job-snapshot.js';
 export { jobStats, type JobStats, type JobStatsOptions } from './ops/job-stats.js';
+export { countJobsByStatus, type JobStatusCount } from './ops/count-jobs-by-status.js';
+
+/** A job's event log: every logged event in commit order, numbered per job with no holes (`seq`), for readers that resume. */
+export { readJobEvents, DEFAULT_JOB_EVENTS_PAGE, type JobEventEnvelope, type ReadJobEventsOptions } from './ops/read-job-events.js';
+
+/** The service (src/http): a user's jobs page by page, a slot's image, the event log's head, a readiness ping. */
+export { listUserJobs, type UserJobRow, type UserJobsPosition, type ListUserJobsOptions } from './ops/list-user-jobs.js';
+export { getSlotAttachment } from './ops/get-slot-attachment.js';
+export { getJobEventSeq } from './ops/get-job-event-seq.js';
+export { pingDatabase } from './ops/ping-database.js';

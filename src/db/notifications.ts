@@ -81,10 +81,8 @@ export function toNotifiedEvent(event: PipelineEvent): NotifiedEvent | null {
       return { type: event.type, jobId, totalImages: event.totalImages, deliveredImages: event.deliveredImages };
     case 'attempt:started':
       return { type: event.type, jobId, stage: event.stage, slot: event.slot, attempt: event.attempt };
-    case 'attempt:failed': {
-      const { stage, slot, attempt, errorClass, httpStatus, willRetry, delayMs } = event;
-      return { type: event.type, jobId, stage, slot, attempt, errorClass, httpStatus, message: event.message.slice(0, MAX_MESSAGE_CHARS), willRetry, delayMs };
-    }
+    case 'attempt:failed':
+      return attemptFailedNotification(event);
     case 'slot:delivered': {
       const { stage, slot, attempt, attachId, stageProgress, progress } = event;
       return { type: event.type, jobId, stage, slot, attempt, attachId, stageProgress: countsOf(stageProgress), progress: countsOf(progress) };
@@ -96,6 +94,12 @@ export function toNotifiedEvent(event: PipelineEvent): NotifiedEvent | null {
     case 'job:finished':
       return null;
   }
+}
+
+/** `attempt:failed` as published and as logged (`finishAttempt`): {@link toNotifiedEvent} of a failure. */
+export function attemptFailedNotification(event: AttemptFailedEvent): AttemptFailedNotification {
+  const { jobId, stage, slot, attempt, errorClass, httpStatus, willRetry, delayMs } = event;
+  return { type: event.type, jobId, stage, slot, attempt, errorClass, httpStatus, message: event.message.slice(0, MAX_MESSAGE_CHARS), willRetry, delayMs };
 }
 
 function countsOf(progress: Progress): Progress {
@@ -161,6 +165,14 @@ export function decodeNotification(payload: string): NotifiedEvent | null {
   } catch {
     return null;
   }
+  return checkNotification(value);
+}
+
+/**
+ * {@link decodeNotification} of a value already parsed (a `job_events.payload` read back
+ * from jsonb): the notification with exactly the fields of its type, or null.
+ */
+export function checkNotification(value: unknown): NotifiedEvent | null {
   if (!isRecord(value) || !isString(value['type']) || !Object.hasOwn(FIELD_GUARDS, value['type'])) return null;
   const guards: Readonly<Record<string, Guard<unknown>>> = FIELD_GUARDS[value['type'] as NotifiedEvent['type']];
   const event: Record<string, unknown> = { type: value['type'] };
@@ -170,4 +182,48 @@ export function decodeNotification(payload: string): NotifiedEvent | null {
   }
   // Every field of this type was checked by its guard above; FieldGuards ties the table to the type.
   return event as unknown as NotifiedEvent;
+}
+
+/**
+ * The channel that says a job's event log (`job_events`) grew: published by every
+ * append, inside the transaction that commits the events (`deliverSlot`,
+ * `finishAttempt`, `finishJob`, `requestCancel`), so it is delivered only once they
+ * are readable. The payload is only `{ jobId, seq }` (the last number appended): a
+ * follower re-reads the table, it never takes events from the payload.
+ *
+ * Not {@link PROGRESS_CHANNEL}: there the progress writer publishes `slot:delivered`,
+ * `attempt:failed` and the stage ends from the engine's events, outside those
+ * transactions and without their numbers. Publishing the appends there too would
+ * send two notifications per event to every `watchJob`; following the writer's instead
+ * would wake a follower before the row it announces has committed (an
+ * `attempt:failed` notification races its attempt log write) or long before it exists
+ * (a stage's end is logged by `finishJob`).
+ */
+export const JOB_EVENTS_CHANNEL = 'imagegen_job_events';
+
+/** The payload of {@link JOB_EVENTS_CHANNEL}: job `jobId` has events up to `seq` committed. */
+export interface JobEventsAppended {
+  readonly jobId: string;
+  readonly seq: number;
+}
+
+/** JSON payload for {@link JOB_EVENTS_CHANNEL}; throws if it would not fit (a job id of thousands of characters). */
+export function encodeJobEventsAppended(appended: JobEventsAppended): string {
+  const payload = JSON.stringify({ jobId: appended.jobId, seq: appended.seq });
+  if (Buffer.byteLength(payload, 'utf8') > MAX_NOTIFY_PAYLOAD_BYTES) {
+    throw new RangeError(`job events notification of job ${appended.jobId} exceeds ${MAX_NOTIFY_PAYLOAD_BYTES} bytes`);
+  }
+  return payload;
+}
+
+/** Parses and checks a {@link JOB_EVENTS_CHANNEL} payload; null when it is not one (skip it). */
+export function decodeJobEventsAppended(payload: string): JobEventsAppended | null {
+  let value: unknown;
+  try {
+    value = JSON.parse(payload);
+  } catch {
+    return null;
+  }
+  if (!isRecord(value) || !isString(value['jobId']) || !isCount(value['seq'])) return null;
+  return { jobId: value['jobId'], seq: value['seq'] };
 }

@@ -112,6 +112,8 @@ export interface JobsTable {
   delivered_at_run_start: number | null;
   /** Times the job was reopened after ending short only because of abandoned attempts. */
   reopened: Generated<number>;
+  /** The `seq` of the job's last event in `job_events` (0: none yet); migration 0006. */
+  event_seq: Generated<number>;
 }
 
 export interface StagesTable {
@@ -166,6 +168,20 @@ export interface DatabaseSchema {
   attempts: AttemptsTable;
   workers: WorkersTable;
   provider_limits: ProviderLimitsTable;
+  job_events: JobEventsTable;
+}
+
+/**
+ * A job's event log (migration 0006): `seq` 1, 2, 3, ... per job in commit order, no
+ * holes; `payload` is the event as notified (`NotifiedEvent`), checked when read back.
+ */
+export interface JobEventsTable {
+  job_id: string;
+  seq: number;
+  type: string;
+  /** Written through `jsonb(event)`; read back unchecked, so `readJobEvents` checks it. */
+  payload: Json<unknown>;
+  created_at: Generated<Date>;
 }
 
 /** A worker process of the fleet, renewed with its heartbeat (migration 0005). */

@@ -36,7 +36,14 @@ export interface AttemptFailedEvent extends EventBase {
   readonly errorClass: ErrorClass;
   readonly message: string;
   readonly httpStatus: number | null;
+  /** From the attempt's start (both permits held) to this failure. */
   readonly latencyMs: number;
+  /**
+   * From the attempt's start to the end of its provider call: the provider's answer (an
+   * image, then a failed delivery; or an error), or the attempt timeout. `null` when the
+   * attempt was aborted by a cancel or shutdown (its call, if still open, never answered).
+   */
+  readonly providerLatencyMs: number | null;
   /** Whether a replacement attempt for this slot is scheduled. */
   readonly willRetry: boolean;
   /** Backoff before the replacement (0 when `willRetry` is false). */
@@ -49,7 +56,13 @@ export interface SlotDeliveredEvent extends EventBase {
   readonly slot: number;
   readonly attempt: number;
   readonly attachId: string;
+  /** From the attempt's start (both permits held) to the committed delivery. */
   readonly latencyMs: number;
+  /**
+   * From the attempt's start to the provider's image; `latencyMs - providerLatencyMs` is
+   * the delivery (WebP conversion, upload, the delivery transaction).
+   */
+  readonly providerLatencyMs: number;
   readonly usage: TokenUsage | null;
   /** Stage progress and job progress after this delivery. Monotone. */
   readonly stageProgress: Progress;

@@ -22,6 +22,8 @@ export function attemptStarted(request: AttemptRequest, at: number): AttemptStar
 export interface FailedAttempt {
   readonly error: Pick<PipelineError, 'errorClass' | 'message' | 'httpStatus'>;
   readonly latencyMs: number;
+  /** Start to the end of the provider call; null: aborted by a cancel or shutdown. */
+  readonly providerLatencyMs: number | null;
   /** Backoff before the slot's replacement; null: no replacement (`willRetry: false`, `delayMs: 0`). */
   readonly retryInMs: number | null;
 }
@@ -39,6 +41,7 @@ export function attemptFailed(request: AttemptRequest, at: number, failed: Faile
     message: failed.error.message,
     httpStatus: failed.error.httpStatus ?? null,
     latencyMs: failed.latencyMs,
+    providerLatencyMs: failed.providerLatencyMs,
     willRetry: failed.retryInMs !== null,
     delayMs: failed.retryInMs ?? 0,
   };
@@ -48,6 +51,8 @@ export function attemptFailed(request: AttemptRequest, at: number, failed: Faile
 export interface DeliveredSlot {
   readonly attachId: string;
   readonly latencyMs: number;
+  /** Start to the provider's image. */
+  readonly providerLatencyMs: number;
   readonly usage: TokenUsage | null;
   readonly stageProgress: Progress;
   readonly progress: Progress;
@@ -64,6 +69,7 @@ export function slotDelivered(request: AttemptRequest, at: number, delivered: De
     attempt: request.attempt,
     attachId: delivered.attachId,
     latencyMs: delivered.latencyMs,
+    providerLatencyMs: delivered.providerLatencyMs,
     usage: delivered.usage,
     stageProgress: delivered.stageProgress,
     progress: delivered.progress,

@@ -137,7 +137,7 @@ export function fillSlots(config: FillSlotsConfig): Observable<StageItem> {
         globalLimiter.onSuccess();
         const { attachId } = item.delivery;
         if (!ledger.deliver(slot, attachId)) return [];
-        const delivered = { attachId, latencyMs: now - startedAt, usage: item.image.usage ?? null, stageProgress: ledger.progress, progress: job.recordDelivery() };
+        const delivered = { attachId, latencyMs: now - startedAt, providerLatencyMs: item.answeredAt - startedAt, usage: item.image.usage ?? null, stageProgress: ledger.progress, progress: job.recordDelivery() };
         return [eventStep(slotDelivered(request, now, delivered))];
       }
       // A server delay above the cap means its quota is gone: `quota_exhausted`, which halts the job.
@@ -151,7 +151,7 @@ export function fillSlots(config: FillSlotsConfig): Observable<StageItem> {
         replacement: requestOf(verdict.replacement),
         delayMs: fullJitterBackoff(request.attempt, error.retryAfterMs, config.random, config.backoff),
       };
-      const failed = attemptFailed(request, now, { error, latencyMs: now - startedAt, retryInMs: shortfall?.delayMs ?? null });
+      const failed = attemptFailed(request, now, { error, latencyMs: now - startedAt, providerLatencyMs: item.answeredAt - startedAt, retryInMs: shortfall?.delayMs ?? null });
       return shortfall ? [eventStep(failed), shortfall] : [eventStep(failed)];
     };
 
@@ -183,7 +183,7 @@ export function fillSlots(config: FillSlotsConfig): Observable<StageItem> {
     const cancelInFlight = (emit: (item: StageItem) => void): void => {
       const now = scheduler.now();
       for (const { request, startedAt } of inFlight.values()) {
-        emit({ kind: 'event', event: attemptFailed(request, now, { error: CANCELLED, latencyMs: now - startedAt, retryInMs: null }) });
+        emit({ kind: 'event', event: attemptFailed(request, now, { error: CANCELLED, latencyMs: now - startedAt, providerLatencyMs: null, retryInMs: null }) });
       }
       inFlight.clear();
       job.cancel();

@@ -13,11 +13,15 @@ export interface SentAttempt {
   readonly startedAt: number;
 }
 
-/** What one request becomes: `started`, then exactly one outcome; or only `dropped` (never sent). */
+/**
+ * What one request becomes: `started`, then exactly one outcome; or only `dropped` (never sent).
+ * `answeredAt` (scheduler time) is when the provider call ended: its image (then the
+ * delivery follows), its error, or the attempt timeout.
+ */
 export type AttemptItem =
   | { readonly kind: 'started'; readonly sent: SentAttempt }
-  | { readonly kind: 'delivered'; readonly sent: SentAttempt; readonly image: GeneratedImage; readonly delivery: Delivery }
-  | { readonly kind: 'failed'; readonly sent: SentAttempt; readonly error: PipelineError }
+  | { readonly kind: 'delivered'; readonly sent: SentAttempt; readonly answeredAt: number; readonly image: GeneratedImage; readonly delivery: Delivery }
+  | { readonly kind: 'failed'; readonly sent: SentAttempt; readonly answeredAt: number; readonly error: PipelineError }
   | { readonly kind: 'dropped' };
 
 export interface AttemptConfig {
@@ -64,21 +68,23 @@ const DROPPED = { kind: 'dropped' } as const;
  */
 export function runAttempt(request: AttemptRequest, config: AttemptConfig): Observable<AttemptItem> {
   const { ports, scheduler, attemptTimeoutMs } = config;
-  const failed = (sent: SentAttempt) => (error: unknown) => of<AttemptItem>({ kind: 'failed', sent, error: toPipelineError(error) });
+  // A failure of the call itself is answered when it arrives; a failed delivery was answered with its image.
+  const failed = (sent: SentAttempt, answeredAt?: number) => (error: unknown) =>
+    of<AttemptItem>({ kind: 'failed', sent, answeredAt: answeredAt ?? scheduler.now(), error: toPipelineError(error) });
   const generate$ = (sent: SentAttempt) =>
     defer(() => ports.generate(request)).pipe(
       timeout({ first: attemptTimeoutMs, scheduler, with: () => throwError(() => new PipelineError('timeout', `no image within ${attemptTimeoutMs} ms`)) }),
       take(1),
       throwIfEmpty(() => new PipelineError('no_image', 'the generator completed without an image')),
-      map((image) => ({ kind: 'generated', sent, image }) as const),
+      map((image) => ({ kind: 'generated', sent, answeredAt: scheduler.now(), image }) as const),
       catchError(failed(sent)),
     );
-  const deliver$ = (sent: SentAttempt, image: GeneratedImage) =>
+  const deliver$ = (sent: SentAttempt, answeredAt: number, image: GeneratedImage) =>
     defer(() => ports.deliver(request, image)).pipe(
       take(1),
       throwIfEmpty(() => new PipelineError('storage', 'the delivery completed without a result')),
-      map((delivery): AttemptItem => ({ kind: 'delivered', sent, image, delivery })),
-      catchError(failed(sent)),
+      map((delivery): AttemptItem => ({ kind: 'delivered', sent, answeredAt, image, delivery })),
+      catchError(failed(sent, answeredAt)),
     );
   // The stage permit is unkeyed (one stage, FIFO); the provider permit waits its share's turn.
   const sent$ = config.stageLimiter.run(() =>
@@ -93,7 +99,7 @@ export function runAttempt(request: AttemptRequest, config: AttemptConfig): Obse
           }),
         config.share,
       )
-      .pipe(mergeMap((item) => (item.kind === 'generated' ? deliver$(item.sent, item.image) : of(item)))),
+      .pipe(mergeMap((item) => (item.kind === 'generated' ? deliver$(item.sent, item.answeredAt, item.image) : of(item)))),
   );
   // Whichever emits first wins: the halt (still waiting for a permit) or the attempt (`started`).
   return race(config.halt$.pipe(take(1), map(() => DROPPED)), sent$);

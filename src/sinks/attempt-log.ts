@@ -1,10 +1,24 @@
 import type { Logger } from 'pino';
-import type { PipelineEvent } from '../domain/events.js';
-import { finishAttempt, type Database } from '../db/index.js';
+import type { AttemptFailedEvent, PipelineEvent, SlotDeliveredEvent } from '../domain/events.js';
+import { attemptFailedNotification, finishAttempt, type Database } from '../db/index.js';
+
+/** How an attempt ended, as the `attempts` table and the metrics say it. */
+export type AttemptEnd = 'delivered' | 'failed' | 'abandoned';
+
+/**
+ * How the attempt an event ends ended. An attempt aborted because the run was stopped
+ * (SIGINT/SIGTERM, lost lease: `shuttingDown`) is `abandoned` like one a dead process
+ * left, not a provider failure; a user's cancel stays a `cancelled` failure (the job ends there).
+ */
+export function attemptEndOf(event: AttemptFailedEvent | SlotDeliveredEvent, shuttingDown: boolean): AttemptEnd {
+  if (event.type === 'slot:delivered') return 'delivered';
+  return shuttingDown && event.errorClass === 'cancelled' ? 'abandoned' : 'failed';
+}
 
 /**
  * Writes how each attempt ended (`attempts` row: outcome, error class, HTTP status,
- * latency, usage), in event order and off the event path: the events never wait for
+ * latency, usage; a failure also to the job's event log, in the same transaction),
+ * in event order and off the event path: the events never wait for
  * these writes, a failed write is logged and the next goes on. `flush` waits for the
  * writes so far: the run calls it before the job is finished, so statistics are complete.
  *
@@ -29,29 +43,29 @@ export class AttemptLog {
   /**
    * Queues the write of an `attempt:failed` or `slot:delivered` event; other events are ignored.
    *
-   * @param shuttingDown whether the run was stopped (SIGINT/SIGTERM, lost lease): an
-   *   attempt it aborts after the grace is `abandoned` like one a dead process left, not a
-   *   provider failure (a user's cancel stays a `cancelled` failure: the job ends there).
+   * @param shuttingDown whether the run was stopped (SIGINT/SIGTERM, lost lease): see {@link attemptEndOf}.
    */
   record(event: PipelineEvent, shuttingDown: boolean): void {
     if (event.type !== 'attempt:failed' && event.type !== 'slot:delivered') return;
     const failed = event.type === 'attempt:failed';
-    const abandoned = failed && shuttingDown && event.errorClass === 'cancelled';
     if (failed) {
       this.logger?.debug({ stage: event.stage, slot: event.slot, attempt: event.attempt, errorClass: event.errorClass, willRetry: event.willRetry, delayMs: event.delayMs }, 'attempt failed');
     }
+    const outcome = attemptEndOf(event, shuttingDown);
     const write = () =>
       finishAttempt(this.database, {
         jobId: event.jobId,
         stageIndex: event.stage,
         slotIndex: event.slot,
         attempt: event.attempt,
-        outcome: abandoned ? 'abandoned' : failed ? 'failed' : 'delivered',
+        outcome,
         errorClass: failed ? event.errorClass : null,
         httpStatus: failed ? event.httpStatus : null,
         message: failed ? event.message : null,
         latencyMs: event.latencyMs,
         usage: failed ? null : event.usage,
+        // A failure goes to the job's event log with its row (a delivery is logged by `deliverSlot`).
+        event: failed && outcome === 'failed' ? attemptFailedNotification(event) : undefined,
       });
     this.#tail = this.#tail.then(write).catch((error: unknown) => this.logger?.warn({ err: error }, 'attempt record failed'));
   }

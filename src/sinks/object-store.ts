@@ -30,6 +30,13 @@ export interface ObjectStore {
    * a PUT is atomic and an aborted one leaves nothing.
    */
   removeIncomplete?(prefix: string): Observable<number>;
+  /**
+   * Optional: a URL anyone holding it may `GET` the object from, for `expiresInSeconds`
+   * (an S3 presigned URL), so a service can redirect a client to the bytes instead of
+   * carrying them. Emits once then completes; no request is made (the object may not
+   * exist). A store without it (the folder) is read through {@link ObjectStore.get}.
+   */
+  presignGet?(key: string, options: { readonly expiresInSeconds: number }): Observable<string>;
 }
 
 /** A `get` of a key that holds no object. Class `storage`; tell it apart with `instanceof` or {@link isObjectNotFound}. */

@@ -10,6 +10,7 @@ import { inspect } from 'node:util';
 import type { Observable } from 'rxjs';
 import { PipelineError } from '../domain/error-class.js';
 import { fromAbortable, ObjectNotFoundError, validateObjectKey, type ObjectStore } from './object-store.js';
+import { presignS3Get, s3ObjectUrl } from './s3-presign.js';
 
 /** Static credentials for an S3-compatible server. */
 export interface S3Credentials {
@@ -150,6 +151,20 @@ export class S3ObjectStore implements ObjectStore {
       } while (token !== undefined);
       return keys.sort();
     }, (error) => this.toError('list', prefix, error));
+  }
+
+  /**
+   * A presigned `GET` URL of `key` (SigV4 query authentication, `s3-presign.ts`), valid for
+   * `expiresInSeconds`: a service redirects clients to the bytes instead of carrying them.
+   * Signed with the client's own credentials (static, or the SDK's chain); no request is made.
+   */
+  presignGet(key: string, options: { readonly expiresInSeconds: number }): Observable<string> {
+    return fromAbortable(async () => {
+      validateObjectKey(key);
+      const { accessKeyId, secretAccessKey, sessionToken } = await this.#client.config.credentials();
+      const url = s3ObjectUrl(this.config, key);
+      return presignS3Get(url, { region: this.config.region, credentials: { accessKeyId, secretAccessKey, sessionToken }, expiresInSeconds: options.expiresInSeconds, now: new Date() });
+    }, (error) => this.toError('presign', key, error));
   }
 
   /** Closes the sockets of the client this store built (a passed-in client is left alone). */

@@ -1,7 +1,8 @@
 import { readFile, stat } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import { JobSpecError, parseJobSpec, type JobSpec, type JobSpecLimits, type SpecProblem } from '../domain/job-spec.js';
-import { decodeImage, probeImage, DEFAULT_MAX_INPUT_BYTES, DEFAULT_MAX_PIXELS } from '../adapters/image-codec.js';
+import { DEFAULT_MAX_INPUT_BYTES } from '../adapters/image-codec.js';
+import { inspectInputImage } from './input-image.js';
 
 /** Largest job file we read. */
 export const MAX_JOB_FILE_BYTES = 1024 * 1024;
@@ -76,25 +77,12 @@ export async function readJobFile(path: string, limits: JobSpecLimits = {}): Pro
         continue;
       }
       const bytes = new Uint8Array(await readFile(file));
-      const probe = await probeImage(bytes).catch(() => null);
-      if (probe === null) {
-        problems.push({ field, rule: `${stage.inputImage} is not an image (PNG, JPEG, WebP, GIF, AVIF, TIFF)` });
+      const checked = await inspectInputImage(bytes, stage.inputImage);
+      if ('rule' in checked) {
+        problems.push({ field, rule: checked.rule });
         continue;
       }
-      // The pixel limit is checked on the header first, so an image bomb is never decoded.
-      if (probe.width * probe.height > DEFAULT_MAX_PIXELS) {
-        problems.push({ field, rule: `${stage.inputImage} is ${probe.width}x${probe.height}, more than the ${DEFAULT_MAX_PIXELS}-pixel limit` });
-        continue;
-      }
-      // A truncated file keeps a whole header: only decoding every pixel finds it.
-      const decodes = await decodeImage(bytes, { maxPixels: DEFAULT_MAX_PIXELS }).then(
-        () => true,
-        () => false,
-      );
-      if (!decodes) {
-        problems.push({ field, rule: `${stage.inputImage} is truncated or damaged: its pixel data does not decode` });
-        continue;
-      }
+      const probe = checked.image;
       inputFiles.push({ stageIndex: stage.index, path: file, bytes, ...probe });
     } catch (error) {
       problems.push({ field, rule: `${stage.inputImage}: ${(error as NodeJS.ErrnoException).code === 'ENOENT' ? 'file not found' : String(error)}` });

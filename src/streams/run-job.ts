@@ -1,10 +1,11 @@
-import { EMPTY, concatMap, defer, mergeAll, of, tap, type Observable } from 'rxjs';
+import { EMPTY, concatMap, defer, identity, mergeAll, of, tap, type Observable } from 'rxjs';
 import type { Logger } from 'pino';
 import type { JobFinishedEvent, PipelineEvent } from '../domain/events.js';
 import type { ImageGenerator } from '../domain/ports.js';
 import { FINAL_JOB_STATUSES, JobNotFoundError, beginRun, getJobStatus, loadJob, newLeaseOwner, reopenJob, retryTransient, type Database, type LoadedJob } from '../db/index.js';
 import type { ProviderLimiter } from '../engine/provider-limiter.js';
 import { AttemptLog } from '../sinks/attempt-log.js';
+import type { RunMetrics } from '../sinks/metrics.js';
 import type { ObjectStore } from '../sinks/object-store.js';
 import { sweepOrphans } from '../sinks/orphan-sweep.js';
 import { DEFAULT_PROGRESS_INTERVAL_MS, progressWriter } from '../sinks/progress-writer.js';
@@ -22,6 +23,8 @@ export interface RunJobDeps {
   /** Shared by every job of a process, so one API key's limit is respected. */
   readonly limiter?: ProviderLimiter | undefined;
   readonly logger?: Logger | undefined;
+  /** The process's metrics, fed the run's events (`PipelineMetrics`); none: nothing is counted. */
+  readonly metrics?: RunMetrics | undefined;
 }
 
 /** Per-run options on top of the engine's. */
@@ -85,8 +88,8 @@ export const DEFAULT_RUN_OPTIONS = Object.freeze({
  */
 export function runStoredJob(deps: RunJobDeps, jobId: string, options: RunJobOptions = {}): Observable<PipelineEvent> {
   return defer(async () => {
-    const { database, store, generator, limiter } = deps;
-    const run: RunContext = { database, store, generator, limiter, logger: deps.logger?.child({ jobId }), jobId, options };
+    const { database, store, generator, limiter, metrics } = deps;
+    const run: RunContext = { database, store, generator, limiter, metrics, logger: deps.logger?.child({ jobId }), jobId, options };
     // The status decides the path; the full state is loaded once, after `beginRun`.
     const status = await retryTransient(() => getJobStatus(database, jobId));
     if (status === null) throw new JobNotFoundError(jobId);
@@ -113,6 +116,7 @@ interface RunContext {
   readonly store: ObjectStore;
   readonly generator: ImageGenerator;
   readonly limiter: ProviderLimiter | undefined;
+  readonly metrics: RunMetrics | undefined;
   readonly logger: Logger | undefined;
   readonly jobId: string;
   readonly options: RunJobOptions;
@@ -164,6 +168,7 @@ function runStages(run: RunContext, lease: JobLease, job: LoadedJob): Observable
   const engineOptions: EngineOptions = { ...options, globalLimiter: run.limiter, cancel$: signals.cancel$, stop$: signals.stop$ };
   return runEngine({ jobId, stages: job.spec.stages, state: job.stages, userId: job.spec.userId, priority: job.spec.priority ?? 0 }, ports, engineOptions).pipe(
     tap((event) => attemptLog.record(event, signals.stopped)),
+    run.metrics ? run.metrics.observeRun(() => signals.stopped) : identity,
     progressWriter(database, {
       intervalMs: options.progressIntervalMs ?? DEFAULT_RUN_OPTIONS.progressIntervalMs,
       onError: (error) => logger?.warn({ err: error }, 'progress write failed'),

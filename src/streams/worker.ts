@@ -4,6 +4,7 @@ import { EMPTY, ReplaySubject, Subject, catchError, exhaustMap, firstValueFrom, 
 import type { PipelineEvent } from '../domain/events.js';
 import { JobLeasedError, JobNotFoundError, claimJobLease, claimUnattendedJob, newLeaseOwner, retryTransient } from '../db/index.js';
 import { providerKeyOf, type Pipeline } from '../pipeline.js';
+import type { PipelineMetrics } from '../sinks/metrics.js';
 import { FleetLimiter } from './fleet-limiter.js';
 import { DEFAULT_RUN_OPTIONS, runStoredJob, type RunJobOptions } from './run-job.js';
 
@@ -27,6 +28,8 @@ export interface WorkerOptions {
   readonly expireInSeconds?: number;
   /** How often to look for work when idle. Default {@link DEFAULT_WORKER_POLL_MS}. */
   readonly pollMs?: number;
+  /** Fed the runs' events; reports this worker's provider limit and its queue's size. Default none. */
+  readonly metrics?: Pick<PipelineMetrics, 'observeRun' | 'attachLimiter' | 'attachQueue'> | undefined;
 }
 
 function createBoss(pipeline: Pipeline): PgBoss {
@@ -41,8 +44,17 @@ function createBoss(pipeline: Pipeline): PgBoss {
 }
 
 async function ensureQueue(boss: PgBoss, expireInSeconds: number): Promise<void> {
-  if (!(await boss.getQueue(JOB_QUEUE))) {
-    await boss.createQueue(JOB_QUEUE, { name: JOB_QUEUE, policy: 'standard', retryLimit: 1000, retryDelay: 2, expireInSeconds });
+  for (let attempt = 1; ; attempt++) {
+    if (await boss.getQueue(JOB_QUEUE)) return;
+    try {
+      await boss.createQueue(JOB_QUEUE, { name: JOB_QUEUE, policy: 'standard', retryLimit: 1000, retryDelay: 2, expireInSeconds });
+      return;
+    } catch (error) {
+      // Two processes creating the queue at once on a fresh database (a service and a worker
+      // starting together): pg-boss's create is not safe under that race (seen: "deadlock
+      // detected"). The other one won; look again.
+      if (attempt >= 5) throw error;
+    }
   }
 }
 
@@ -64,6 +76,33 @@ export async function submitToQueue(pipeline: Pipeline, jobId: string, options: 
   } finally {
     await boss.stop({ graceful: false, close: true, wait: true });
   }
+}
+
+/** A sender to the job queue that stays open: one pg-boss for every job a service submits. */
+export interface JobQueue {
+  /** Queues a submitted job ({@link submitToQueue}'s rules: not twice while queued and not taken). */
+  submit(jobId: string, options?: { readonly priority?: number }): Promise<void>;
+  close(): Promise<void>;
+}
+
+/**
+ * Opens the queue for a process that submits many jobs (`imagegen serve` on PostgreSQL):
+ * {@link submitToQueue} starts and stops a pg-boss per job, this keeps one (4 connections).
+ */
+export async function openJobQueue(pipeline: Pipeline, options: { expireInSeconds?: number } = {}): Promise<JobQueue> {
+  const boss = createBoss(pipeline);
+  await boss.start();
+  const expireInSeconds = options.expireInSeconds ?? pipeline.config.queueExpireSeconds;
+  try {
+    await ensureQueue(boss, expireInSeconds);
+  } catch (error) {
+    await boss.stop({ graceful: false, close: true, wait: true });
+    throw error;
+  }
+  return {
+    submit: (jobId, submitOptions = {}) => sendJob(boss, jobId, expireInSeconds, submitOptions.priority ?? 0),
+    close: () => boss.stop({ graceful: false, close: true, wait: true }),
+  };
 }
 
 /**
@@ -116,7 +155,10 @@ export async function runWorker(pipeline: Pipeline, options: WorkerOptions = {})
   await limiter.start();
   // `process` scope: each worker keeps its own adaptive limit (the fleet row still carries its heartbeat).
   const attemptLimiter = config.fleet.providerLimitScope === 'process' ? pipeline.limiter : limiter;
-  const deps = { database: pipeline.database, store: pipeline.store, generator: pipeline.generator, limiter: attemptLimiter, logger };
+  const metrics = options.metrics;
+  metrics?.attachLimiter(attemptLimiter);
+  metrics?.attachQueue(() => boss.getQueueSize(JOB_QUEUE));
+  const deps = { database: pipeline.database, store: pipeline.store, generator: pipeline.generator, limiter: attemptLimiter, logger, metrics };
   const running = new Map<string, Subscription>();
   const ended = new Subject<void>();
   // Replayed: a run started just as the stop came still sees it.

@@ -1,7 +1,10 @@
 import { sql, type Kysely } from 'kysely';
 import { afterEach, describe, expect, it } from 'vitest';
-import { MIGRATIONS, MigrationError, openDatabase } from '../../src/db/index.js';
+import { lastValueFrom, toArray } from 'rxjs';
+import { deliverSlot, finishJob, MIGRATIONS, MigrationError, openDatabase, readJobEvents } from '../../src/db/index.js';
+import { followJobEvents } from '../../src/sources/job-events.js';
 import { createScratchDatabase, DATABASE_KINDS, TEST_DATABASE_URL, type ScratchDatabase } from '../support/databases.js';
+import { deliveryOf, resultFromDatabase, seedJob } from './fixtures.js';
 
 const broken = {
   ...MIGRATIONS,
@@ -41,6 +44,45 @@ for (const kind of DATABASE_KINDS) {
         expect(tables.rows).toEqual([]);
       } finally {
         await database.close();
+      }
+    });
+
+    it('0006 (the job event log) applies over a database at 0005: a job submitted before it starts its log at 1', async () => {
+      scratch = await createScratchDatabase(kind, { persistent: true });
+      const upTo0005 = Object.fromEntries(Object.entries(MIGRATIONS).filter(([name]) => name < '0006'));
+      expect(Object.keys(upTo0005)).toEqual(['0001_initial', '0002_job_lease', '0003_abandoned_attempts', '0004_credit_bigint', '0005_fleet']);
+      const before = await openDatabase(scratch.config, { migrations: upTo0005 });
+      let jobId: string;
+      let endedJobId: string;
+      try {
+        ({ jobId } = await seedJob(before, { quantities: [2] }));
+        // A job that ended before the log existed (as 0005's code left it: no event anywhere).
+        ({ jobId: endedJobId } = await seedJob(before, { quantities: [1] }));
+        await sql`update jobs set status = 'cancelled', finished_at = now() where id = ${endedJobId}`.execute(before.db);
+        const table = await sql<{ present: boolean }>`select to_regclass('job_events') is not null as present`.execute(before.db);
+        expect(table.rows).toEqual([{ present: false }]);
+      } finally {
+        await before.close();
+      }
+
+      const after = await openDatabase(scratch.config);
+      try {
+        const applied = await sql<{ name: string }>`select name from kysely_migration order by name`.execute(after.db);
+        expect(applied.rows.map((r) => r.name)).toEqual(Object.keys(MIGRATIONS));
+        expect(await after.db.selectFrom('jobs').select('event_seq').where('id', '=', jobId).executeTakeFirstOrThrow()).toEqual({ event_seq: 0 });
+        expect(await readJobEvents(after, jobId)).toEqual([]);
+        // Followed, it has nothing to tell and completes: it ended, and every logged event (none) is out.
+        expect(await lastValueFrom(followJobEvents(after, endedJobId).pipe(toArray()))).toEqual([]);
+        await deliverSlot(after, deliveryOf(jobId, 0, 0));
+        await finishJob(after, jobId, await resultFromDatabase(after, jobId));
+        const log = await lastValueFrom(followJobEvents(after, jobId).pipe(toArray()));
+        expect(log.map((e) => [e.seq, e.event.type])).toEqual([
+          [1, 'slot:delivered'],
+          [2, 'stage:short'],
+          [3, 'job:finished'],
+        ]);
+      } finally {
+        await after.close();
       }
     });
 

@@ -5,7 +5,9 @@
  */
 import { describe, expect, it } from 'vitest';
 import type { PipelineEvent } from '../../src/domain/events.js';
-import { decodeNotification, encodeNotification, toNotifiedEvent, type NotifiedEvent } from '../../src/db/index.js';
+import { attemptFailedNotification, decodeJobEventsAppended, decodeNotification, encodeNotification, toNotifiedEvent, type NotifiedEvent } from '../../src/db/index.js';
+import { encodeJobEventsAppended } from '../../src/db/notifications.js';
+import type { AttemptFailedEvent } from '../../src/domain/events.js';
 
 const jobId = 'job-n';
 
@@ -13,9 +15,9 @@ const jobId = 'job-n';
 const EVENTS: readonly PipelineEvent[] = [
   { type: 'job:started', jobId, at: 0, totalImages: 4, deliveredImages: 1, stages: [{ index: 0, quantity: 4, delivered: 1 }] },
   { type: 'attempt:started', jobId, at: 1, stage: 0, slot: 2, attempt: 1 },
-  { type: 'attempt:failed', jobId, at: 2, stage: 0, slot: 2, attempt: 1, errorClass: 'rate_limited', message: 'slow down', httpStatus: 429, latencyMs: 7, willRetry: true, delayMs: 1250.5 },
+  { type: 'attempt:failed', jobId, at: 2, stage: 0, slot: 2, attempt: 1, errorClass: 'rate_limited', message: 'slow down', httpStatus: 429, latencyMs: 7, providerLatencyMs: 7, willRetry: true, delayMs: 1250.5 },
   {
-    type: 'slot:delivered', jobId, at: 3, stage: 0, slot: 2, attempt: 2, attachId: 'a-1', latencyMs: 9, usage: null,
+    type: 'slot:delivered', jobId, at: 3, stage: 0, slot: 2, attempt: 2, attachId: 'a-1', latencyMs: 9, providerLatencyMs: 6, usage: null,
     stageProgress: { delivered: 2, total: 4 }, progress: { delivered: 2, total: 4 },
   },
   { type: 'stage:completed', jobId, at: 4, stage: 1, quantity: 2, delivered: 2 },
@@ -64,5 +66,31 @@ describe('decodeNotification', () => {
     ['progress without total', JSON.stringify({ ...toNotifiedEvent(EVENTS[3] as PipelineEvent), progress: { delivered: 2 } })],
   ])('is null for %s', (_what, payload) => {
     expect(decodeNotification(payload)).toBeNull();
+  });
+});
+
+describe('attemptFailedNotification', () => {
+  it('is what toNotifiedEvent publishes for a failure (the attempt log logs the same event), message cut to 300 characters', () => {
+    const failed = { ...(EVENTS[2] as AttemptFailedEvent), message: 'm'.repeat(1000) };
+    expect(attemptFailedNotification(failed)).toEqual(toNotifiedEvent(failed));
+    expect(attemptFailedNotification(failed).message).toHaveLength(300);
+  });
+});
+
+describe('the job events channel payload', () => {
+  it('round-trips { jobId, seq } and nothing else', () => {
+    expect(decodeJobEventsAppended(encodeJobEventsAppended({ jobId, seq: 12 }))).toEqual({ jobId, seq: 12 });
+    expect(decodeJobEventsAppended(JSON.stringify({ jobId, seq: 3, extra: true }))).toEqual({ jobId, seq: 3 });
+  });
+
+  it.each([
+    ['not JSON', 'x'],
+    ['no seq', JSON.stringify({ jobId })],
+    ['a negative seq', JSON.stringify({ jobId, seq: -1 })],
+    ['a fractional seq', JSON.stringify({ jobId, seq: 1.5 })],
+    ['no jobId', JSON.stringify({ seq: 1 })],
+    ['an array', '[1]'],
+  ])('is null for %s', (_what, payload) => {
+    expect(decodeJobEventsAppended(payload)).toBeNull();
   });
 });

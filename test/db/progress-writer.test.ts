@@ -9,7 +9,7 @@ import { deliveryOf, resultFromDatabase, seedJob, until } from './fixtures.js';
 
 function delivered(jobId: string, stage: number, slot: number, attachId: string, n: number, total: number): SlotDeliveredEvent {
   return {
-    type: 'slot:delivered', jobId, at: 0, stage, slot, attempt: 1, attachId, latencyMs: 10, usage: null,
+    type: 'slot:delivered', jobId, at: 0, stage, slot, attempt: 1, attachId, latencyMs: 10, providerLatencyMs: 8, usage: null,
     stageProgress: { delivered: n, total }, progress: { delivered: n, total },
   };
 }
@@ -167,7 +167,7 @@ forEachDatabase('progress writer', (ctx) => {
 it('notification payloads stay under the NOTIFY limit and job:finished is left to finishJob', () => {
   const failed: PipelineEvent = {
     type: 'attempt:failed', jobId: 'j', at: 0, stage: 0, slot: 0, attempt: 1, errorClass: 'invalid_request',
-    message: 'x'.repeat(100_000), httpStatus: 400, latencyMs: 5, willRetry: false, delayMs: 0,
+    message: 'x'.repeat(100_000), httpStatus: 400, latencyMs: 5, providerLatencyMs: 5, willRetry: false, delayMs: 0,
   };
   const notified = toNotifiedEvent(failed);
   expect(notified).not.toBeNull();

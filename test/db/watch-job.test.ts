@@ -52,7 +52,7 @@ forEachDatabase('watchJob', (ctx) => {
         const { attachId } = await deliverSlot(ctx.database, deliveryOf(jobId, 0, slot));
         ids.push(attachId);
         source.next({
-          type: 'slot:delivered', jobId, at: n, stage: 0, slot, attempt: 1, attachId, latencyMs: 5, usage: null,
+          type: 'slot:delivered', jobId, at: n, stage: 0, slot, attempt: 1, attachId, latencyMs: 5, providerLatencyMs: 3, usage: null,
           stageProgress: { delivered: n + 2, total: 3 }, progress: { delivered: n + 2, total: 3 },
         });
       }

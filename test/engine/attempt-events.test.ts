@@ -12,7 +12,7 @@ describe('attempt events: one factory per fact', () => {
 
   it('attempt:failed with a replacement says when; without one, willRetry false and delay 0', () => {
     const error = new PipelineError('rate_limited', 'HTTP 429', { httpStatus: 429 });
-    expect(attemptFailed(request, 9, { error, latencyMs: 4, retryInMs: 250 })).toEqual({
+    expect(attemptFailed(request, 9, { error, latencyMs: 4, providerLatencyMs: 3, retryInMs: 250 })).toEqual({
       type: 'attempt:failed',
       jobId: 'j',
       at: 9,
@@ -23,19 +23,20 @@ describe('attempt events: one factory per fact', () => {
       message: 'HTTP 429',
       httpStatus: 429,
       latencyMs: 4,
+      providerLatencyMs: 3,
       willRetry: true,
       delayMs: 250,
     });
-    const cancelled = attemptFailed(request, 9, { error: new PipelineError('cancelled', 'the job was cancelled'), latencyMs: 4, retryInMs: null });
-    expect([cancelled.errorClass, cancelled.httpStatus, cancelled.willRetry, cancelled.delayMs]).toEqual(['cancelled', null, false, 0]);
+    const cancelled = attemptFailed(request, 9, { error: new PipelineError('cancelled', 'the job was cancelled'), latencyMs: 4, providerLatencyMs: null, retryInMs: null });
+    expect([cancelled.errorClass, cancelled.httpStatus, cancelled.willRetry, cancelled.delayMs, cancelled.providerLatencyMs]).toEqual(['cancelled', null, false, 0, null]);
   });
 
   it('a retry after 0 ms is still a retry', () => {
-    expect(attemptFailed(request, 0, { error: new PipelineError('network', 'x'), latencyMs: 0, retryInMs: 0 }).willRetry).toBe(true);
+    expect(attemptFailed(request, 0, { error: new PipelineError('network', 'x'), latencyMs: 0, providerLatencyMs: 0, retryInMs: 0 }).willRetry).toBe(true);
   });
 
-  it('slot:delivered carries the attach id and both progress counts', () => {
-    const delivered = { attachId: 'a', latencyMs: 5, usage: null, stageProgress: { delivered: 1, total: 2 }, progress: { delivered: 3, total: 4 } };
+  it('slot:delivered carries the attach id, the provider\'s part of the latency and both progress counts', () => {
+    const delivered = { attachId: 'a', latencyMs: 5, providerLatencyMs: 2, usage: null, stageProgress: { delivered: 1, total: 2 }, progress: { delivered: 3, total: 4 } };
     expect(slotDelivered(request, 11, delivered)).toEqual({ type: 'slot:delivered', jobId: 'j', at: 11, stage: 1, slot: 2, attempt: 3, ...delivered });
   });
 

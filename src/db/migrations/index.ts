@@ -4,6 +4,7 @@ import { jobLease } from './0002-job-lease.js';
 import { abandonedAttempts } from './0003-abandoned-attempts.js';
 import { creditBigint } from './0004-credit-bigint.js';
 import { fleet } from './0005-fleet.js';
+import { jobEvents } from './0006-job-events.js';
 
 /**
  * Every migration, keyed by a numbered name. Names sort in the order they run;
@@ -15,4 +16,5 @@ export const MIGRATIONS: Readonly<Record<string, Migration>> = Object.freeze({
   '0003_abandoned_attempts': abandonedAttempts,
   '0004_credit_bigint': creditBigint,
   '0005_fleet': fleet,
+  '0006_job_events': jobEvents,
 });

@@ -5,6 +5,7 @@ import type { Database } from '../database.js';
 import { JobNotFoundError, JobStateError, LeaseLostError } from '../errors.js';
 import { FINAL_JOB_STATUSES } from '../schema.js';
 import { assertCount } from '../internal/assert.js';
+import { appendJobEvents } from '../internal/append-job-events.js';
 import { assertSlotExists } from '../internal/stage-slot.js';
 
 export interface DeliverSlotOptions {
@@ -29,8 +30,9 @@ export interface DeliverSlotOptions {
 /**
  * Fills a slot: in ONE transaction, inserts the attach record, sets the slot's
  * attach id, captures one image's price out of the job's reservation (ledger
- * `capture`, unique per attach record) and bumps the job's and the stage's
- * delivered counters. All or nothing.
+ * `capture`, unique per attach record), bumps the job's and the stage's
+ * delivered counters and appends `slot:delivered` to the job's event log (with
+ * the counts it commits). All or nothing.
  *
  * If the slot is already filled, nothing is written, no credit moves, and the
  * existing attach id comes back with `duplicate: true`. A runner that lost the job's
@@ -46,6 +48,8 @@ export interface DeliverSlotOptions {
  *    `slots.attach_id`, `attachments (job, stage, slot)` and the capture index are
  *    the backstop if this code is ever wrong.
  * 3. the account row, implicitly, by the `reserved - price` update.
+ * The event's number comes from the job row (`appendJobEvents`), already locked in
+ * step 1: no new lock, and the job's deliveries number their events in commit order.
  */
 export async function deliverSlot(database: Database, options: DeliverSlotOptions): Promise<Delivery> {
   const { jobId, stageIndex, slotIndex, attempt } = options;
@@ -110,17 +114,33 @@ export async function deliverSlot(database: Database, options: DeliverSlotOption
       .set((eb) => ({ reserved: eb('reserved', '-', price), updated_at: sql`now()` }))
       .where('user_id', '=', job.user_id)
       .execute();
-    await trx
+    const progress = await trx
       .updateTable('jobs')
       .set((eb) => ({ delivered: eb('delivered', '+', 1), credits_captured: eb('credits_captured', '+', price), updated_at: sql`now()` }))
       .where('id', '=', jobId)
-      .execute();
-    await trx
+      .returning(['delivered', 'total'])
+      .executeTakeFirstOrThrow();
+    const stageProgress = await trx
       .updateTable('stages')
       .set((eb) => ({ delivered: eb('delivered', '+', 1) }))
       .where('job_id', '=', jobId)
       .where('stage_index', '=', stageIndex)
-      .execute();
+      .returning(['delivered', 'quantity'])
+      .executeTakeFirstOrThrow();
+    // The counts are the ones this transaction commits, so the log's progress is
+    // monotone in `seq` whatever order concurrent deliveries reached the lock in.
+    await appendJobEvents(trx, jobId, [
+      {
+        type: 'slot:delivered',
+        jobId,
+        stage: stageIndex,
+        slot: slotIndex,
+        attempt,
+        attachId,
+        stageProgress: { delivered: stageProgress.delivered, total: stageProgress.quantity },
+        progress: { delivered: progress.delivered, total: progress.total },
+      },
+    ]);
     return { attachId, duplicate: false };
   });
 }

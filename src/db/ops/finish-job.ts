@@ -2,8 +2,9 @@ import { sql } from 'kysely';
 import type { JobResult } from '../../domain/result.js';
 import type { Database } from '../database.js';
 import { JobNotFoundError, JobStateError } from '../errors.js';
+import { appendJobEvents } from '../internal/append-job-events.js';
 import { jsonb } from '../internal/json.js';
-import { encodeNotification, PROGRESS_CHANNEL } from '../notifications.js';
+import { encodeNotification, PROGRESS_CHANNEL, type JobFinishedNotification, type NotifiedEvent } from '../notifications.js';
 import { FINAL_JOB_STATUSES } from '../schema.js';
 
 export interface FinishJobOptions {
@@ -23,20 +24,25 @@ export interface FinishedCredits {
 /**
  * Ends a job: stores its status, merged attach ids and per-stage shortfalls,
  * releases the unused reservation back to the user's balance (ledger `release`),
- * completes the progress list with any delivered id it misses, and publishes
- * `job:finished` (status and counts) on {@link PROGRESS_CHANNEL}, all in one
- * transaction: the notification is delivered only if this commits.
+ * completes the progress list with any delivered id it misses, appends to the job's
+ * event log each stage's end (`stage:completed` or `stage:short`, in stage order: a
+ * stage's end is final only here, a stopped run's short stages are resumed) and then
+ * `job:finished`, and publishes `job:finished` (status and counts) on
+ * {@link PROGRESS_CHANNEL}, all in one transaction: the events are logged and the
+ * notification is delivered only if this commits.
  *
  * Idempotent: a finished job is returned as is; the release happens once per
  * reservation round (the status check under the row lock, and a unique index on
  * release entries per job and round; see `reopenJob`).
  *
  * Locking: the job row `for update` first (the same lock `deliverSlot` takes
- * first, so no delivery can capture after the release), then the account row
- * by the balance update.
+ * first, so no delivery can capture after the release, nor log an event after
+ * `job:finished`), then the account row by the balance update.
  *
  * @throws {JobStateError} when `result` says `completed` but the database holds
  *   fewer deliveries than the job's total (the status must be honest).
+ * @throws {TypeError} when a stage of `result` is short of its quantity with no
+ *   shortfall (its `stage:short` would have no reason); nothing is written.
  */
 export async function finishJob(
   database: Database,
@@ -45,6 +51,8 @@ export async function finishJob(
   options: FinishJobOptions = {},
 ): Promise<FinishedCredits> {
   if (result.jobId !== jobId) throw new TypeError(`result is for job ${result.jobId}, not ${jobId}`);
+  const unexplained = result.stages.find((stage) => stage.shortfall === null && stage.delivered !== stage.quantity);
+  if (unexplained) throw new TypeError(`stage ${unexplained.index} of job ${jobId} holds ${unexplained.delivered}/${unexplained.quantity} images and no shortfall says why`);
   return database.db.transaction().execute(async (trx) => {
     const job = await trx
       .selectFrom('jobs')
@@ -68,18 +76,26 @@ export async function finishJob(
       .execute();
     await trx.insertInto('credit_ledger').values({ user_id: job.user_id, kind: 'release', amount: release, job_id: jobId, round: job.reopened }).execute();
 
+    // Each stage's end is logged with the status this transaction stores, and the counts
+    // its row holds: the log says what the tables say.
+    const events: NotifiedEvent[] = [];
     for (const stage of result.stages) {
-      await trx
+      const { shortfall } = stage;
+      const row = await trx
         .updateTable('stages')
         .set({
-          status: stage.shortfall === null && stage.delivered === stage.quantity ? 'completed' : 'short',
-          shortfall_count: stage.shortfall?.count ?? null,
-          shortfall_reason: stage.shortfall?.reason ?? null,
-          shortfall_error_class: stage.shortfall?.errorClass ?? null,
+          status: shortfall === null ? 'completed' : 'short',
+          shortfall_count: shortfall?.count ?? null,
+          shortfall_reason: shortfall?.reason ?? null,
+          shortfall_error_class: shortfall?.errorClass ?? null,
         })
         .where('job_id', '=', jobId)
         .where('stage_index', '=', stage.index)
-        .execute();
+        .returning(['quantity', 'delivered'])
+        .executeTakeFirst();
+      if (!row) continue;
+      const counts = { jobId, stage: stage.index, quantity: row.quantity, delivered: row.delivered };
+      events.push(shortfall === null ? { type: 'stage:completed', ...counts } : { type: 'stage:short', ...counts, reason: shortfall.reason, errorClass: shortfall.errorClass });
     }
 
     // Delivered ids the coalesced progress writer never flushed (a crash, or no
@@ -113,13 +129,9 @@ export async function finishJob(
       .returning(['credits_reserved', 'credits_captured', 'credits_released'])
       .executeTakeFirstOrThrow();
 
-    const payload = encodeNotification({
-      type: 'job:finished',
-      jobId,
-      status: result.status,
-      result: { totalImages: job.total, deliveredImages: job.delivered },
-    });
-    await sql`select pg_notify(${PROGRESS_CHANNEL}, ${payload})`.execute(trx);
+    const finished: JobFinishedNotification = { type: 'job:finished', jobId, status: result.status, result: { totalImages: job.total, deliveredImages: job.delivered } };
+    await appendJobEvents(trx, jobId, [...events, finished]);
+    await sql`select pg_notify(${PROGRESS_CHANNEL}, ${encodeNotification(finished)})`.execute(trx);
 
     return { reserved: updated.credits_reserved, captured: updated.credits_captured, released: updated.credits_released };
   });

@@ -1,12 +1,14 @@
 import { sql } from 'kysely';
 import type { Database } from '../database.js';
-import { encodeNotification, PROGRESS_CHANNEL } from '../notifications.js';
+import { appendJobEvents } from '../internal/append-job-events.js';
+import { encodeNotification, PROGRESS_CHANNEL, type JobCancelRequestedNotification } from '../notifications.js';
 
 /**
- * Sets `cancel_requested` on an unfinished job and publishes
- * `job:cancel-requested`, in one transaction. Returns false when the job does
- * not exist or has already ended. One conditional update: its row lock is all
- * it needs; the engine polls or listens and stops on its own.
+ * Sets `cancel_requested` on an unfinished job, appends `job:cancel-requested` to its
+ * event log and publishes it, in one transaction. Returns false when the job does
+ * not exist or has already ended. The conditional update's row lock is all it needs
+ * (the event is numbered under the same job row lock); the engine polls or listens
+ * and stops on its own. Each request is logged, a repeated one too.
  */
 export async function requestCancel(database: Database, jobId: string): Promise<boolean> {
   return database.db.transaction().execute(async (trx) => {
@@ -18,8 +20,9 @@ export async function requestCancel(database: Database, jobId: string): Promise<
       .returning('id')
       .executeTakeFirst();
     if (!row) return false;
-    const payload = encodeNotification({ type: 'job:cancel-requested', jobId });
-    await sql`select pg_notify(${PROGRESS_CHANNEL}, ${payload})`.execute(trx);
+    const requested: JobCancelRequestedNotification = { type: 'job:cancel-requested', jobId };
+    await appendJobEvents(trx, jobId, [requested]);
+    await sql`select pg_notify(${PROGRESS_CHANNEL}, ${encodeNotification(requested)})`.execute(trx);
     return true;
   });
 }

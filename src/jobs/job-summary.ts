@@ -1,0 +1,62 @@
+import { JobNotFoundError, jobStats, readJobResult, retryTransient, type Database } from '../db/index.js';
+import type { JobStatus } from '../domain/result.js';
+import { visibleJob, type Caller } from './caller.js';
+
+/**
+ * The summary of a job: the CLI's `--json` contract (`run`, `status`) and the service's
+ * job object (`GET /v1/jobs/:id`), one shape for both.
+ */
+export interface JobSummary {
+  readonly jobId: string;
+  /** The job's status; `queued`/`running` for a job that has not ended. */
+  readonly status: JobStatus | 'queued' | 'running';
+  readonly totalImages: number;
+  readonly deliveredImages: number;
+  /** Stage order, then slot order. */
+  readonly attachIds: readonly string[];
+  readonly stages: readonly {
+    readonly index: number;
+    readonly quantity: number;
+    readonly delivered: number;
+    readonly attachIds: readonly string[];
+    readonly shortfall: null | { readonly count: number; readonly reason: string; readonly errorClass: string | null };
+  }[];
+  /** `abandoned`: attempts cut off by a run that died or shut down (no budget charged, not failures). */
+  readonly attempts: { readonly total: number; readonly failed: number; readonly abandoned: number; readonly byClass: Readonly<Record<string, number>> };
+  readonly credits: { readonly reserved: number; readonly captured: number; readonly released: number };
+}
+
+/** Reads a job's summary from the database (the same for `run --json` and `status --json`). */
+export async function jobSummary(database: Database, jobId: string): Promise<JobSummary> {
+  const stored = await readJobResult(database, jobId);
+  if (!stored) throw new JobNotFoundError(jobId);
+  const stats = await jobStats(database, { jobId });
+  const ended = ['completed', 'partial', 'failed', 'cancelled'].includes(stored.rowStatus);
+  const { result } = stored;
+  return {
+    jobId,
+    status: ended ? result.status : (stored.rowStatus as 'queued' | 'running'),
+    totalImages: result.totalImages,
+    deliveredImages: result.deliveredImages,
+    attachIds: result.attachIds,
+    stages: result.stages.map((s) => ({
+      index: s.index,
+      quantity: s.quantity,
+      delivered: s.delivered,
+      attachIds: s.attachIds,
+      shortfall: s.shortfall === null ? null : { count: s.shortfall.count, reason: ended ? s.shortfall.reason : 'pending', errorClass: s.shortfall.errorClass },
+    })),
+    attempts: { total: stats.attempts, failed: stats.failed, abandoned: stats.abandoned, byClass: stats.byClass },
+    credits: stored.credits,
+  };
+}
+
+/**
+ * The summary of the caller's job: `GET /v1/jobs/:id`.
+ *
+ * @throws {JobNotFoundError} no such job, or another user's.
+ */
+export async function visibleJobSummary(database: Database, caller: Caller, jobId: string): Promise<JobSummary> {
+  await visibleJob(database, caller, jobId);
+  return retryTransient(() => jobSummary(database, jobId));
+}
