@@ -1,11 +1,15 @@
 import type { Logger } from 'pino';
 import type { PipelineEvent } from '../domain/events.js';
-import { finishAttempt, type Database } from '../db/index.js';
+import { finishAttempt, retryTransient, type Database } from '../db/index.js';
+
+/** Tries of one attempt record when the connection is lost: pauses of 0.2, 0.4, ... 2.2 s, about 13 s in all. */
+export const ATTEMPT_RECORD_TRIES = 12;
 
 /**
  * Writes how each attempt ended (`attempts` row: outcome, error class, HTTP status,
  * latency, usage), in event order and off the event path: the events never wait for
- * these writes, a failed write is logged and the next goes on. `flush` waits for the
+ * these writes, a write that lost its connection is tried again for about 13 s
+ * ({@link ATTEMPT_RECORD_TRIES}), a failed write is logged and the next goes on. `flush` waits for the
  * writes so far: the run calls it before the job is finished, so statistics are complete.
  *
  * ```
@@ -41,7 +45,7 @@ export class AttemptLog {
       this.logger?.debug({ stage: event.stage, slot: event.slot, attempt: event.attempt, errorClass: event.errorClass, willRetry: event.willRetry, delayMs: event.delayMs }, 'attempt failed');
     }
     const write = () =>
-      finishAttempt(this.database, {
+      retryTransient(() => finishAttempt(this.database, {
         jobId: event.jobId,
         stageIndex: event.stage,
         slotIndex: event.slot,
@@ -52,7 +56,7 @@ export class AttemptLog {
         message: failed ? event.message : null,
         latencyMs: event.latencyMs,
         usage: failed ? null : event.usage,
-      });
+      }), ATTEMPT_RECORD_TRIES);
     this.#tail = this.#tail.then(write).catch((error: unknown) => this.logger?.warn({ err: error }, 'attempt record failed'));
   }
 

@@ -84,6 +84,10 @@ export interface FakeCallRecord {
   /** Stamp of the image served as the answer (the call number), when one was served. */
   servedStamp: number | undefined;
   outcome: FakeCallOutcome;
+  /** `performance.now()` of the server when the request's body had arrived (the call started). */
+  readonly arrivedAt: number;
+  /** `performance.now()` when the call stopped counting as in flight; undefined while pending. */
+  settledAt: number | undefined;
 }
 
 /** Options of {@link startFakeGeminiServer}. */
@@ -192,6 +196,7 @@ export async function startFakeGeminiServer(options: FakeGeminiServerOptions = {
   const settle = (record: FakeCallRecord, outcome: FakeCallOutcome): void => {
     if (record.outcome !== 'pending') return;
     record.outcome = outcome;
+    record.settledAt = performance.now();
     inFlight--;
     for (const resolve of waiters.get(record.n) ?? []) resolve(record);
     waiters.delete(record.n);
@@ -227,6 +232,8 @@ export async function startFakeGeminiServer(options: FakeGeminiServerOptions = {
       behavior: 'pending',
       servedStamp: undefined,
       outcome: 'pending',
+      arrivedAt: performance.now(),
+      settledAt: undefined,
     };
     records.push(record);
     for (const resolve of arrivals.get(n) ?? []) resolve(record);
