@@ -86,7 +86,13 @@ export interface FakeCallRecord {
   outcome: FakeCallOutcome;
   /** `performance.now()` of the server when the request's body had arrived (the call started). */
   readonly arrivedAt: number;
-  /** `performance.now()` when the call stopped counting as in flight; undefined while pending. */
+  /**
+   * `performance.now()` when the server began its answer (after the latency and the gate):
+   * the client cannot have it before then, so `[arrivedAt, answeredAt)` lies inside the
+   * time the client counts the call in flight. Undefined while unanswered.
+   */
+  answeredAt: number | undefined;
+  /** `performance.now()` when the call stopped counting as in flight here; undefined while pending. */
   settledAt: number | undefined;
 }
 
@@ -233,6 +239,7 @@ export async function startFakeGeminiServer(options: FakeGeminiServerOptions = {
       servedStamp: undefined,
       outcome: 'pending',
       arrivedAt: performance.now(),
+      answeredAt: undefined,
       settledAt: undefined,
     };
     records.push(record);
@@ -276,6 +283,7 @@ export async function startFakeGeminiServer(options: FakeGeminiServerOptions = {
       await gate;
       if (res.destroyed) return;
     }
+    record.answeredAt = performance.now();
     await answer(chosen, record, res);
   }
 
