@@ -42,7 +42,7 @@ export class AttemptLog {
     const failed = event.type === 'attempt:failed';
     const abandoned = failed && shuttingDown && event.errorClass === 'cancelled';
     if (failed) {
-      this.logger?.debug({ stage: event.stage, slot: event.slot, attempt: event.attempt, errorClass: event.errorClass, willRetry: event.willRetry, delayMs: event.delayMs }, 'attempt failed');
+      this.logger?.debug({ stage: event.stage, slot: event.slot, attempt: event.attempt, errorClass: event.errorClass, message: event.message, willRetry: event.willRetry, delayMs: event.delayMs }, 'attempt failed');
     }
     const write = () =>
       retryTransient(() => finishAttempt(this.database, {

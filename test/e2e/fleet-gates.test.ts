@@ -110,9 +110,10 @@ describe.skipIf(!TEST_DATABASE_URL)('fleet gates on PostgreSQL (DATABASE_URL set
       expect(server.calls()).toBe(30);
       // Both workers ran a job: the rate was shared, not one worker's.
       expect(workers.filter((w) => jobsTaken(w.stderr()).size > 0)).toHaveLength(2);
-      // 3 starts a second for the fleet; each worker's bucket holds one second of its part (<= 3 in all), and a worker whose part moves starts with a full bucket (+3).
+      // 3 starts a second for the fleet; each worker's bucket holds one second of its part (<= 3 in all), a worker whose part
+      // moves starts with a full bucket (+3), and on a loaded machine a request can reach the server late, bunched with the next (+2).
       const worst = maxStartsInWindow(server.requests, 5_000);
-      expect(worst, `most starts in 5 s: ${worst}`).toBeLessThanOrEqual(15 + 3 + 3);
+      expect(worst, `most starts in 5 s: ${worst}`).toBeLessThanOrEqual(15 + 3 + 3 + 2);
       for (const jobId of JOBS) expect(await status(jobId)).toMatchObject({ deliveredImages: 15, credits: { captured: 15, released: 0 } });
     } finally {
       await stop(workers);

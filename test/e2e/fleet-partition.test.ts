@@ -26,6 +26,18 @@ import { startTcpProxy, type TcpProxy } from '../support/tcp-proxy.js';
 
 if (!TEST_DATABASE_URL) console.warn('e2e fleet partition tests skipped: DATABASE_URL not set');
 
+/** The worker's warnings and errors, one line each (for a failure message). */
+function warnings(stderr: string): string {
+  return stderr
+    .split('\n')
+    .filter((line) => /^\{.*("level":[4-6]0|"msg":"attempt failed")/.test(line))
+    .map((line) => {
+      const { level, msg, err, stage, slot, attempt, errorClass, message } = JSON.parse(line) as Record<string, unknown> & { err?: { message?: string } };
+      return JSON.stringify({ level, msg, err: err?.message, stage, slot, attempt, errorClass, message });
+    })
+    .join('\n');
+}
+
 describe.skipIf(!TEST_DATABASE_URL)('a worker that loses its database (PostgreSQL behind a TCP proxy; skipped without DATABASE_URL)', () => {
   let suite: CliSuite;
 
@@ -92,7 +104,7 @@ describe.skipIf(!TEST_DATABASE_URL)('a worker that loses its database (PostgreSQ
     try {
       await suite.grant(USER, 30);
       await submit(JOB, USER, [['short a', 8], ['short b', 8]], server);
-      const partitioned = await worker('partition-short', server, { DATABASE_URL: viaProxy(proxy) });
+      const partitioned = await worker('partition-short', server, { DATABASE_URL: viaProxy(proxy), IMAGEGEN_LOG_LEVEL: 'debug' });
       workers.push(partitioned);
       await waitFor('four calls in flight past the first four', () => server.calls() >= 8 && server.inFlight() >= 4, 60_000);
       proxy.cut();
@@ -107,7 +119,7 @@ describe.skipIf(!TEST_DATABASE_URL)('a worker that loses its database (PostgreSQ
       await expectExact(JOB, USER, 16, 30);
       // The answers that came during the loss were delivered, not thrown away and paid for again.
       expect(server.requests.slice(4, 8).map((r) => r.outcome)).toEqual(['answered', 'answered', 'answered', 'answered']);
-      expect(server.calls(), 'one call per image: no attempt was lost to the outage').toBe(16);
+      expect(server.calls(), `one call per image: no attempt was lost to the outage; the worker said:\n${warnings(partitioned.stderr())}`).toBe(16);
       expect(logLines(partitioned.stderr(), 'lost the job lease to another runner: stopping')).toHaveLength(0);
     } finally {
       await stop(workers);
