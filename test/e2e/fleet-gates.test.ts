@@ -13,7 +13,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startFakeGeminiServer, type FakeCallRecord, type FakeGeminiServer } from '../support/fake-gemini-server.js';
 import { TEST_DATABASE_URL } from '../support/databases.js';
-import { jobsTaken, waitFor, type CliProcess } from '../support/cli.js';
+import { jobsTaken, stopWorkers, waitFor, type CliProcess } from '../support/cli.js';
 import { openCliSuite, type CliSuite } from '../support/cli-suite.js';
 import { jobSpec, parseSingleJson, type Summary } from '../support/cli-workspace.js';
 
@@ -88,13 +88,6 @@ describe.skipIf(!TEST_DATABASE_URL)('fleet gates on PostgreSQL (DATABASE_URL set
     }, 150_000, 500);
   }
 
-  async function stop(workers: readonly CliProcess[]): Promise<void> {
-    for (const w of workers) if (w.child.exitCode === null && w.child.signalCode === null) w.child.kill('SIGTERM');
-    for (const w of workers) {
-      const ended = await w.exited;
-      expect(ended.code, ended.stderr.slice(-2000)).toBe(0);
-    }
-  }
 
   it('IMAGEGEN_PROVIDER_MAX_PER_MINUTE=180 over two workers of --concurrency 8: no 5 s window holds more than 15 starts plus the burst', { timeout: 200_000 }, async () => {
     const USER = 'gate-rate';
@@ -116,7 +109,7 @@ describe.skipIf(!TEST_DATABASE_URL)('fleet gates on PostgreSQL (DATABASE_URL set
       expect(worst, `most starts in 5 s: ${worst}`).toBeLessThanOrEqual(15 + 3 + 3 + 2);
       for (const jobId of JOBS) expect(await status(jobId)).toMatchObject({ deliveredImages: 15, credits: { captured: 15, released: 0 } });
     } finally {
-      await stop(workers);
+      await stopWorkers(workers);
       await server.close();
     }
   });
@@ -150,7 +143,7 @@ describe.skipIf(!TEST_DATABASE_URL)('fleet gates on PostgreSQL (DATABASE_URL set
       expect(ofUserB.some((b) => ofUserA.some((a) => a.arrivedAt < b.answeredAt! && b.arrivedAt < a.answeredAt!))).toBe(true);
       for (const job of jobs) expect(await status(job.id)).toMatchObject({ deliveredImages: 12, credits: { captured: 12, released: 0 } });
     } finally {
-      await stop(workers);
+      await stopWorkers(workers);
       await server.close();
     }
   });

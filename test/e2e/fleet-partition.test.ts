@@ -18,7 +18,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startFakeGeminiServer, type FakeGeminiServer } from '../support/fake-gemini-server.js';
 import { TEST_DATABASE_URL } from '../support/databases.js';
-import { jobsTaken, logLines, waitFor, type CliProcess } from '../support/cli.js';
+import { jobsTaken, stopWorkers, logLines, waitFor, type CliProcess } from '../support/cli.js';
 import { openCliSuite, type CliSuite } from '../support/cli-suite.js';
 import { jobSpec, parseSingleJson, readDb, type Summary } from '../support/cli-workspace.js';
 import { readStamp } from '../support/stamped-image.js';
@@ -83,13 +83,6 @@ describe.skipIf(!TEST_DATABASE_URL)('a worker that loses its database (PostgreSQ
     expect(view.balance).toEqual({ balance: granted - total, reserved: 0 });
   }
 
-  async function stop(workers: readonly CliProcess[]): Promise<void> {
-    for (const w of workers) if (w.child.exitCode === null && w.child.signalCode === null) w.child.kill('SIGTERM');
-    for (const w of workers) {
-      const ended = await w.exited;
-      expect(ended.code, ended.stderr.slice(-3000)).toBe(0);
-    }
-  }
 
   it('a loss shorter than the lease TTL: the worker keeps its in-flight attempts, delivers them once the database is back, and finishes the job itself, exact', { timeout: 150_000 }, async () => {
     const USER = 'partition-short';
@@ -122,7 +115,7 @@ describe.skipIf(!TEST_DATABASE_URL)('a worker that loses its database (PostgreSQ
       expect(server.calls(), `one call per image: no attempt was lost to the outage; the worker said:\n${warnings(partitioned.stderr())}`).toBe(16);
       expect(logLines(partitioned.stderr(), 'lost the job lease to another runner: stopping')).toHaveLength(0);
     } finally {
-      await stop(workers);
+      await stopWorkers(workers);
       await server.close();
       await proxy.close();
     }
@@ -176,7 +169,7 @@ describe.skipIf(!TEST_DATABASE_URL)('a worker that loses its database (PostgreSQ
       }, 30_000, 300);
     } finally {
       release();
-      await stop(workers);
+      await stopWorkers(workers);
       await server.close();
       await proxy.close();
     }
