@@ -13,7 +13,8 @@
  *    300-image job runs; its wait for the first call and its time to finish, against the
  *    same small job alone; `IMAGEGEN_FAIR_SHARE=on` vs `off`.
  *
- * Run: `npm run bench:build && DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres node dist-bench/bench/fleet.js`
+ * Run: `npm run bench:build && DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres node dist-bench/bench/fleet.js [limit|failover|fair]`
+ * (`BENCH_WORKERS=3 BENCH_SCOPES=fleet BENCH_TRACE=1` for one case of A with the shared limit's timeline).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -141,7 +142,20 @@ async function sharedLimit(workers: number, scope: 'fleet' | 'process'): Promise
   try {
     for (let j = 0; j < 3; j++) await w.submit(`a-${j}`, `user-${j}`, [[`a${j} one`, 30], [`a${j} two`, 30]]);
     for (let i = 0; i < workers; i++) w.worker(`bench-${i}`, ['--concurrency', '8']);
-    await until('all jobs to complete', async () => (await w.query<{ n: string }>(`select count(*) as n from jobs where status = 'completed'`))[0]!.n === '3');
+    // BENCH_TRACE=1: the shared limit every 100 ms, to see where the refusals come from.
+    const trace: string[] = [];
+    let lastTrace = '';
+    await until('all jobs to complete', async () => {
+      if (process.env['BENCH_TRACE'] === '1' && first) {
+        const limits = await w.query<{ current_limit: number; last_cut_at: number }>(`select current_limit, last_cut_at from provider_limits`);
+        const refused = server.requests.filter((r) => r.behavior === 'status:429').length;
+        const line = `limit ${limits.map((l) => `${l.current_limit} (cut at ${l.last_cut_at})`).join(',')} in flight ${server.inFlight()} refused ${refused}`;
+        if (line !== lastTrace) trace.push(`${((Date.now() - first) / 1000).toFixed(1).padStart(5)} s  ${line}`);
+        lastTrace = line;
+      }
+      return (await w.query<{ n: string }>(`select count(*) as n from jobs where status = 'completed'`))[0]!.n === '3';
+    });
+    if (trace.length > 0) console.log(trace.join('\n'));
     const [row] = await w.query<{ last: Date }>(`select max(finished_at) as last from jobs`);
     const makespan = new Date(row!.last).getTime() - first;
     const bound = Math.ceil(IMAGES / 6) * LATENCY;
@@ -217,8 +231,10 @@ const only = process.argv[2];
 if (!only || only === 'limit') {
   console.log('A. one provider limit: --concurrency 8 per worker, provider refuses above 6 in flight, 180 images of 300 ms');
   console.log('workers | scope   | 429s / calls     | makespan / bound');
-  for (const n of [1, 2, 3]) {
-    for (const scope of ['process', 'fleet'] as const) {
+  const counts = (process.env['BENCH_WORKERS'] ?? '1,2,3').split(',').map(Number);
+  const scopes = (process.env['BENCH_SCOPES'] ?? 'process,fleet').split(',') as ('process' | 'fleet')[];
+  for (const n of counts) {
+    for (const scope of scopes) {
       const r = await sharedLimit(n, scope);
       console.log(`${n}       | ${scope.padEnd(7)} | ${String(r.refused).padStart(3)} / ${String(r.calls).padEnd(4)} (${((100 * r.refused) / r.calls).toFixed(1).padStart(4)}%) | ${r.ratio.toFixed(2)}`);
     }

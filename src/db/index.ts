@@ -29,8 +29,8 @@ export {
   InvalidJobEventError,
 } from './errors.js';
 
-/** Running an idempotent operation again after a lost connection. */
-export { retryTransient } from './internal/sql-errors.js';
+/** Running an idempotent operation again after a lost connection; telling a lost connection from a wrong query. */
+export { retryTransient, isTransientDatabaseError } from './internal/sql-errors.js';
 
 /** Progress across processes: the NOTIFY channel and its checked payloads. */
 export {

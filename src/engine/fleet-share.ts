@@ -6,7 +6,7 @@
  * transaction and `FleetLimiter` (streams) applies the result to the process's permits.
  *
  * ```
- * fleet limit 12 ─429─► 8 ─8 ok─► 9 ─9 ok─► 10 ─10 ok─► 11 ─(next to the last cut: 16x11 ok)─► 12
+ * fleet limit 12 ─429─► 8 ─8 ok─► 9 ─9 ok─► 10 ─10 ok─► 11 ─(next to the last cut: 16x11 ok)─► 12 ─429─► 11
  * split of 8 over demands {a: 8, b: 2, c: 0} = {a: 6, b: 2, c: 0}
  * ```
  */
@@ -55,7 +55,8 @@ export const DEFAULT_SHARED_LIMIT_POLICY = Object.freeze({ decrease: 0.7, probeS
 
 /**
  * One step of the shared limit (AIMD). A 429 reported under the current epoch cuts the
- * limit once (`floor(limit x decrease)`, not below `min`) and remembers where; the other
+ * limit once (`floor(limit x decrease)`, not below `min`; a failed probe, at or above the
+ * last cut, only steps back by one) and remembers where; the other
  * reports of the same burst carry an older epoch by the time they land and change nothing.
  * Successes add up; every `limit` of them (below the last cut) or `limit x probeSlowdown`
  * (at or above it) add one, up to `max`. A `max` that dropped (a worker left) clamps it.
@@ -65,7 +66,11 @@ export function stepSharedLimit(state: SharedLimitState, report: SharedLimitRepo
   const slowdown = policy.probeSlowdown ?? DEFAULT_SHARED_LIMIT_POLICY.probeSlowdown;
   const max = Math.max(policy.min, policy.max);
   if (report.rateLimitedAt !== null && report.rateLimitedAt === state.epoch) {
-    const limit = Math.max(policy.min, Math.min(max, Math.floor(state.limit * decrease)));
+    // A failed probe (at or above the last cut) steps back to where the fleet ran fine; a
+    // 429 anywhere below it means the wall moved down: multiplicative.
+    const probing = state.lastCutAt > 0 && state.limit >= state.lastCutAt;
+    const cut = probing ? state.limit - 1 : Math.floor(state.limit * decrease);
+    const limit = Math.max(policy.min, Math.min(max, cut));
     return { limit, successes: 0, epoch: state.epoch + 1, lastCutAt: state.limit };
   }
   if (state.limit > max) return { ...state, limit: max, successes: 0, epoch: state.epoch + 1 };

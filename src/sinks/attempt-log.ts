@@ -1,6 +1,9 @@
 import type { Logger } from 'pino';
 import type { AttemptFailedEvent, PipelineEvent, SlotDeliveredEvent } from '../domain/events.js';
-import { attemptFailedNotification, finishAttempt, type Database } from '../db/index.js';
+import { attemptFailedNotification, finishAttempt, retryTransient, type Database } from '../db/index.js';
+
+/** Tries of one attempt record when the connection is lost: pauses of 0.2, 0.4, ... 2.2 s, about 13 s in all. */
+export const ATTEMPT_RECORD_TRIES = 12;
 
 /** How an attempt ended, as the `attempts` table and the metrics say it. */
 export type AttemptEnd = 'delivered' | 'failed' | 'abandoned';
@@ -18,8 +21,9 @@ export function attemptEndOf(event: AttemptFailedEvent | SlotDeliveredEvent, shu
 /**
  * Writes how each attempt ended (`attempts` row: outcome, error class, HTTP status,
  * latency, usage; a failure also to the job's event log, in the same transaction),
- * in event order and off the event path: the events never wait for
- * these writes, a failed write is logged and the next goes on. `flush` waits for the
+ * in event order and off the event path: the events never wait for these writes, a
+ * write that lost its connection is tried again for about 13 s ({@link ATTEMPT_RECORD_TRIES}),
+ * a failed write is logged and the next goes on. `flush` waits for the
  * writes so far: the run calls it before the job is finished, so statistics are complete.
  *
  * ```
@@ -49,11 +53,11 @@ export class AttemptLog {
     if (event.type !== 'attempt:failed' && event.type !== 'slot:delivered') return;
     const failed = event.type === 'attempt:failed';
     if (failed) {
-      this.logger?.debug({ stage: event.stage, slot: event.slot, attempt: event.attempt, errorClass: event.errorClass, willRetry: event.willRetry, delayMs: event.delayMs }, 'attempt failed');
+      this.logger?.debug({ stage: event.stage, slot: event.slot, attempt: event.attempt, errorClass: event.errorClass, message: event.message, willRetry: event.willRetry, delayMs: event.delayMs }, 'attempt failed');
     }
     const outcome = attemptEndOf(event, shuttingDown);
     const write = () =>
-      finishAttempt(this.database, {
+      retryTransient(() => finishAttempt(this.database, {
         jobId: event.jobId,
         stageIndex: event.stage,
         slotIndex: event.slot,
@@ -66,7 +70,7 @@ export class AttemptLog {
         usage: failed ? null : event.usage,
         // A failure goes to the job's event log with its row (a delivery is logged by `deliverSlot`).
         event: failed && outcome === 'failed' ? attemptFailedNotification(event) : undefined,
-      });
+      }), ATTEMPT_RECORD_TRIES);
     this.#tail = this.#tail.then(write).catch((error: unknown) => this.logger?.warn({ err: error }, 'attempt record failed'));
   }
 

@@ -1,8 +1,9 @@
-import { catchError, concat, concatMap, from, ignoreElements, of, throwError, type Observable } from 'rxjs';
+import { catchError, concat, concatMap, defer, from, ignoreElements, of, throwError, type Observable } from 'rxjs';
 import type { Logger } from 'pino';
 import { toPipelineError } from '../domain/error-class.js';
 import type { AttemptRequest, Delivery, GeneratedImage } from '../domain/ports.js';
-import { deliverSlot, LeaseLostError, type Database } from '../db/index.js';
+import { deliverSlot, getAttachment, isTransientDatabaseError, LeaseLostError, type Database } from '../db/index.js';
+import { retryWhileTransient } from '../operators/retry-while-transient.js';
 import { DEFAULT_WEBP_QUALITY, toWebp } from '../adapters/image-codec.js';
 import type { ObjectStore } from './object-store.js';
 import { generatedImageKey } from './storage-keys.js';
@@ -38,6 +39,14 @@ export interface DeliverImageOptions {
  * `corrupt_image`, a failed commit `database`, a failed cleanup `storage`; a store's own
  * {@link PipelineError} keeps its class.
  *
+ * A commit that fails because the database is unreachable is tried again, with backoff, until
+ * it answers (`retryWhileTransient`): the image is paid for and stored, and waiting costs
+ * nothing, while failing the attempt would buy the image again. It cannot deliver without
+ * the lease: the commit checks the lease under the job's lock, so a run that lost the job
+ * while the database was away is refused when it comes back. A retried commit that finds
+ * the slot filled under this attempt's own storage key is this attempt's commit (the first
+ * try committed, its answer was lost): a delivery, not a duplicate, and the upload stays.
+ *
  * ```
  * toWebp ──w|
  * put       ──|
@@ -56,8 +65,8 @@ export function deliverImage(deps: DeliverImageDeps, request: AttemptRequest, im
     catchError((e: unknown) => throwError(() => toPipelineError(e, 'corrupt_image'))),
     concatMap((webp) => concat(store.put(key, webp.bytes, webp.contentType).pipe(ignoreElements()), of(webp))),
     concatMap((webp) =>
-      from(
-        deliverSlot(database, {
+      defer(async () => {
+        const delivery = await deliverSlot(database, {
           jobId: request.jobId,
           stageIndex: request.stageIndex,
           slotIndex: request.slotIndex,
@@ -68,8 +77,13 @@ export function deliverImage(deps: DeliverImageDeps, request: AttemptRequest, im
           width: webp.width,
           height: webp.height,
           leaseOwner: deps.lease?.owner,
+        });
+        return delivery.duplicate ? ownCommit(database, delivery, key) : delivery;
+      }).pipe(
+        retryWhileTransient({
+          isTransient: isTransientDatabaseError,
+          onRetry: (error, retry, delayMs) => logger?.warn({ err: error, stage: request.stageIndex, slot: request.slotIndex, retry, delayMs }, 'delivery waits for the database'),
         }),
-      ).pipe(
         catchError((e: unknown) => {
           // Another runner holds the job now: this run stops; the upload is an orphan its sweep removes.
           if (e instanceof LeaseLostError) {
@@ -94,4 +108,10 @@ export function deliverImage(deps: DeliverImageDeps, request: AttemptRequest, im
       );
     }),
   );
+}
+
+/** A "duplicate" whose attach record holds this attempt's own object is this attempt's earlier, committed try. */
+async function ownCommit(database: Database, delivery: Delivery, key: string): Promise<Delivery> {
+  const attachment = await getAttachment(database, delivery.attachId);
+  return attachment?.storageKey === key ? { attachId: delivery.attachId, duplicate: false } : delivery;
 }

@@ -1,9 +1,10 @@
-import { catchError, from, switchMap, take, throwError } from 'rxjs';
+import { catchError, defer, switchMap, take, throwError } from 'rxjs';
 import type { Logger } from 'pino';
 import { toPipelineError } from '../domain/error-class.js';
 import type { StageSpec } from '../domain/job-spec.js';
 import type { EnginePorts, ImageGenerator } from '../domain/ports.js';
-import { startAttempt, type Database } from '../db/index.js';
+import { isTransientDatabaseError, startAttempt, type Database } from '../db/index.js';
+import { retryWhileTransient } from '../operators/retry-while-transient.js';
 import type { ObjectStore } from '../sinks/object-store.js';
 import { deliverImage, type RunLease } from '../sinks/deliver-image.js';
 import { stageInputs } from '../sources/stage-inputs.js';
@@ -29,8 +30,9 @@ export interface StoredPortsOptions {
  * one job's stages:
  *
  * - `generate` = record the attempt start (`startAttempt`, so a crash does not reset the
- *   budget; a failure is `database`) → the stage's shared input image (a failed read is
- *   `storage`) → the generator.
+ *   budget; an unreachable database is waited out with backoff, no provider call is made
+ *   meanwhile and no budget spent; any other failure is `database`) → the stage's shared
+ *   input image (a failed read is `storage`) → the generator.
  * - `deliver` = {@link deliverImage}: WebP, upload, one delivery transaction, duplicate cleanup.
  *
  * ```
@@ -43,7 +45,12 @@ export function storedPorts(deps: StoredPortsDeps, stages: readonly StageSpec[],
   const inputs = stageInputs(deps, stages);
   return {
     generate: (request) =>
-      from(startAttempt(database, request).catch((e: unknown) => Promise.reject(toPipelineError(e, 'database')))).pipe(
+      defer(() => startAttempt(database, request)).pipe(
+        retryWhileTransient({
+          isTransient: isTransientDatabaseError,
+          onRetry: (error, retry, delayMs) => deps.logger?.warn({ err: error, stage: request.stageIndex, slot: request.slotIndex, retry, delayMs }, 'attempt start waits for the database'),
+        }),
+        catchError((e: unknown) => throwError(() => toPipelineError(e, 'database'))),
         switchMap(() => inputs[request.stageIndex]!.pipe(take(1))),
         catchError((e: unknown) => throwError(() => toPipelineError(e, 'storage'))),
         switchMap((input) => generator.generate({ ...request, input })),

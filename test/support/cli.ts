@@ -197,3 +197,28 @@ export function logLines(stderr: string, msg: string): Record<string, unknown>[]
 export function jobsTaken(stderr: string): Set<string> {
   return new Set(logLines(stderr, 'job taken').flatMap((entry) => (typeof entry['jobId'] === 'string' && entry['jobId'] !== '' ? [entry['jobId']] : [])));
 }
+
+/**
+ * SIGTERMs every worker still running and waits for each to exit 0 (a SIGKILLed one is left
+ * as it ended). A worker that has not exited after `graceMs` is SIGKILLed and the call
+ * throws with the tail of its stderr: a worker that hangs on shutdown is a named failure,
+ * not a test timeout. Default grace 45 s (the workers' own shutdown grace is 30 s).
+ */
+export async function stopWorkers(workers: readonly CliProcess[], graceMs = 45_000): Promise<void> {
+  const running = (w: CliProcess) => w.child.exitCode === null && w.child.signalCode === null;
+  for (const w of workers) if (running(w)) w.child.kill('SIGTERM');
+  const problems: string[] = [];
+  for (const w of workers) {
+    let timer: NodeJS.Timeout | undefined;
+    const hung = new Promise<'hung'>((resolve) => (timer = setTimeout(() => resolve('hung'), graceMs)));
+    const ended = await Promise.race([w.exited, hung]);
+    clearTimeout(timer);
+    if (ended === 'hung') {
+      w.child.kill('SIGKILL');
+      problems.push(`worker ${w.child.pid} did not exit within ${graceMs} ms of SIGTERM:\n${w.stderr().slice(-3000)}`);
+    } else if (ended.signal !== 'SIGKILL' && ended.code !== 0) {
+      problems.push(`worker ${w.child.pid} exited ${ended.code ?? ended.signal}:\n${ended.stderr.slice(-3000)}`);
+    }
+  }
+  if (problems.length > 0) throw new Error(problems.join('\n\n'));
+}

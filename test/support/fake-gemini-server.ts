@@ -84,6 +84,16 @@ export interface FakeCallRecord {
   /** Stamp of the image served as the answer (the call number), when one was served. */
   servedStamp: number | undefined;
   outcome: FakeCallOutcome;
+  /** `performance.now()` of the server when the request's body had arrived (the call started). */
+  readonly arrivedAt: number;
+  /**
+   * `performance.now()` when the server began its answer (after the latency and the gate):
+   * the client cannot have it before then, so `[arrivedAt, answeredAt)` lies inside the
+   * time the client counts the call in flight. Undefined while unanswered.
+   */
+  answeredAt: number | undefined;
+  /** `performance.now()` when the call stopped counting as in flight here; undefined while pending. */
+  settledAt: number | undefined;
 }
 
 /** Options of {@link startFakeGeminiServer}. */
@@ -192,6 +202,7 @@ export async function startFakeGeminiServer(options: FakeGeminiServerOptions = {
   const settle = (record: FakeCallRecord, outcome: FakeCallOutcome): void => {
     if (record.outcome !== 'pending') return;
     record.outcome = outcome;
+    record.settledAt = performance.now();
     inFlight--;
     for (const resolve of waiters.get(record.n) ?? []) resolve(record);
     waiters.delete(record.n);
@@ -227,6 +238,9 @@ export async function startFakeGeminiServer(options: FakeGeminiServerOptions = {
       behavior: 'pending',
       servedStamp: undefined,
       outcome: 'pending',
+      arrivedAt: performance.now(),
+      answeredAt: undefined,
+      settledAt: undefined,
     };
     records.push(record);
     for (const resolve of arrivals.get(n) ?? []) resolve(record);
@@ -269,6 +283,7 @@ export async function startFakeGeminiServer(options: FakeGeminiServerOptions = {
       await gate;
       if (res.destroyed) return;
     }
+    record.answeredAt = performance.now();
     await answer(chosen, record, res);
   }
 

@@ -13,7 +13,8 @@ export function isTransientDatabaseError(error: unknown): boolean {
   if (typeof error !== 'object' || error === null) return false;
   const { code, message } = error as { code?: unknown; message?: unknown };
   if (typeof code === 'string' && CONNECTION_CODES.has(code)) return true;
-  return typeof message === 'string' && /Connection terminated|connection.*(closed|ended|lost)|terminating connection/i.test(message);
+  // pg's own words: a client whose socket broke ("... is not queryable"), a pool that could not connect in time.
+  return typeof message === 'string' && /Connection terminated|connection.*(closed|ended|lost)|terminating connection|connection error and is not queryable|timeout exceeded when trying to connect/i.test(message);
 }
 
 /**
