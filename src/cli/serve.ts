@@ -32,13 +32,16 @@ export async function cmdServe(inv: Invocation): Promise<number> {
     // pg-boss is loaded only on PostgreSQL, where the queue is used.
     const fleet = config.databaseUrl ? await import('../streams/worker.js') : undefined;
     const queue = fleet ? await fleet.openJobQueue(pipeline) : undefined;
-    const runner = queue ? undefined : new LocalJobRunner(pipeline, { jobConcurrency: config.workerJobs, engine });
+    // One registry for the process: GET /metrics counts the runs of this process (in process or its worker).
+    const { PipelineMetrics } = await import('../sinks/metrics.js');
+    const metrics = new PipelineMetrics({ database: pipeline.database, limiter: pipeline.limiter, logger: pipeline.logger });
+    const runner = queue ? undefined : new LocalJobRunner({ ...pipeline, metrics }, { jobConcurrency: config.workerJobs, engine });
     const dispatcher: JobDispatcher = queue ? { dispatch: (jobId, { priority }) => queue.submit(jobId, { priority }) } : (runner as LocalJobRunner);
     const signals = shutdownSignals();
     try {
       const { buildServer } = await import('../http/server.js');
       const { database, store, generator, limiter, logger } = pipeline;
-      const app = await buildServer({ database, store, generator, limiter, logger, dispatcher }, { http: config.http, pricePerImage: config.pricePerImage, maxQuantity: config.maxQuantity });
+      const app = await buildServer({ database, store, generator, limiter, logger, dispatcher, metrics }, { http: config.http, pricePerImage: config.pricePerImage, maxQuantity: config.maxQuantity });
       let url: string;
       try {
         url = await app.listen({ port: config.http.port, host: config.http.host });
@@ -49,7 +52,7 @@ export async function cmdServe(inv: Invocation): Promise<number> {
       }
       logger.info({ url, database: config.databaseUrl ? 'postgres' : 'pglite', jobs: runner ? 'in process' : withWorker ? 'queue, and a worker in process' : 'queue' }, 'serving');
       await runner?.resumeUnfinished();
-      const worker = withWorker && fleet ? fleet.runWorker(pipeline, { stop$: signals.stop$, engine, jobConcurrency: config.workerJobs }) : undefined;
+      const worker = withWorker && fleet ? fleet.runWorker(pipeline, { stop$: signals.stop$, engine, jobConcurrency: config.workerJobs, metrics }) : undefined;
       await firstValueFrom(signals.stop$);
       logger.info('stopping: no new requests; event streams end; in-flight attempts finish');
       await app.close();

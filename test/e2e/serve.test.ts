@@ -11,6 +11,20 @@ import { Gate } from '../support/gate.js';
 import { logLines, waitFor, type CliProcess } from '../support/cli.js';
 import { openCliSuite, type CliSuite } from '../support/cli-suite.js';
 import { httpCall, inputPng, openEvents, TOKENS } from '../support/http-service.js';
+import { parseExposition, sampleOf } from '../support/prometheus-text.js';
+
+/** `GET /metrics` of a running service, parsed (no token needed). */
+async function scrape(url: string) {
+  const response = await fetch(`${url}/metrics`);
+  expect(response.status).toBe(200);
+  return parseExposition(await response.text());
+}
+
+/** Waits until the service counted `images` deliveries (its runs' events reach the counters just after the commits). */
+async function deliveredCounted(url: string, images: number): Promise<void> {
+  await waitFor(`the service to count ${images} deliveries`, async () => sampleOf(await scrape(url), 'imagegen_images_delivered_total') >= images, 20_000, 100);
+  expect(sampleOf(await scrape(url), 'imagegen_images_delivered_total')).toBe(images);
+}
 
 const TOKEN_ENV = {
   IMAGEGEN_API_TOKENS: `${TOKENS.alice}=alice,${TOKENS.bob}=bob`,
@@ -67,6 +81,9 @@ describe('imagegen serve [pglite, embedded: jobs run in the service]', () => {
     expect(frames.at(-1)).toMatchObject({ event: 'job:finished', data: { status: 'completed' } });
     const image = await fetch(`${url}/v1/jobs/e2e-1/images/0/2`, { headers: { authorization: `Bearer ${TOKENS.alice}` } });
     expect(Buffer.from(await image.arrayBuffer()).subarray(8, 12).toString('latin1')).toBe('WEBP');
+    // The service's metrics count the job it ran in process, and read the credits the summary shows.
+    await deliveredCounted(url, 3);
+    expect(sampleOf(await scrape(url), 'imagegen_credits_captured_total')).toBe(3);
 
     // Mid-job: the provider's calls are held, the job has begun; the service dies.
     gate = new Gate();
@@ -140,6 +157,8 @@ describe.skipIf(!TEST_DATABASE_URL)('imagegen serve [postgres, a separate imageg
       const frames = await (await openEvents({ url }, TOKENS.bob, 'pg-e2e-2')).rest();
       expect(frames.at(-1)).toMatchObject({ event: 'job:finished', data: { status: 'completed' } });
       expect(logLines(serve.stderr(), 'job taken').map((l) => l['jobId'])).toContain('pg-e2e-2');
+      // The in-process worker's runs feed the service's /metrics.
+      await deliveredCounted(url, 2);
     } finally {
       await stop(serve);
     }
