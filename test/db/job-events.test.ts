@@ -15,7 +15,6 @@ import {
   InvalidJobEventError,
   JOB_EVENTS_CHANNEL,
   JobNotFoundError,
-  openDatabase,
   readJobEvents,
   requestCancel,
   type AttemptFailedNotification,
@@ -26,7 +25,7 @@ import {
 import type { AttemptFailedEvent } from '../../src/domain/events.js';
 import { AttemptLog } from '../../src/sinks/attempt-log.js';
 import { followJobEvents, type FollowJobEventsOptions } from '../../src/sources/job-events.js';
-import { forEachDatabase } from '../support/databases.js';
+import { forEachDatabase, withSecondConnection } from '../support/databases.js';
 import { raceCalls, raceTitle } from '../support/pg-race.js';
 import { deliveryOf, resultFromDatabase, seedJob, until } from './fixtures.js';
 
@@ -82,16 +81,7 @@ function countingListens(database: Database): { readonly database: Database; act
 const NO_POLL: FollowJobEventsOptions = { pollMs: 3_600_000 };
 
 forEachDatabase('job event log', (ctx) => {
-  /** PostgreSQL: a second Database (its own pool and LISTEN connection), as another process has. PGlite: the same instance. */
-  async function withReader<T>(fn: (reader: Database) => Promise<T>): Promise<T> {
-    if (ctx.kind === 'pglite') return fn(ctx.database);
-    const reader = await openDatabase(ctx.config);
-    try {
-      return await fn(reader);
-    } finally {
-      await reader.close();
-    }
-  }
+  const withReader = <T>(fn: (reader: Database) => Promise<T>): Promise<T> => withSecondConnection(ctx, fn);
 
   it(raceTitle(ctx.kind, 'concurrent deliveries and failures number the events 1..n in commit order; the stage ends and job:finished come last'), async () => {
     const { jobId } = await seedJob(ctx.database, { quantities: [4, 2] });

@@ -15,7 +15,7 @@ import { startFakeGeminiServer, type FakeCallRecord, type FakeGeminiServer } fro
 import { TEST_DATABASE_URL } from '../support/databases.js';
 import { jobsTaken, stopWorkers, waitFor, type CliProcess } from '../support/cli.js';
 import { openCliSuite, type CliSuite } from '../support/cli-suite.js';
-import { jobSpec, parseSingleJson, type Summary } from '../support/cli-workspace.js';
+import { fleetOf, type FleetHelpers } from '../support/fleet.js';
 
 if (!TEST_DATABASE_URL) console.warn('e2e fleet gate tests skipped: DATABASE_URL not set');
 
@@ -66,20 +66,10 @@ describe.skipIf(!TEST_DATABASE_URL)('fleet gates on PostgreSQL (DATABASE_URL set
     suite = await openCliSuite({ postgres: true });
   });
   afterAll(() => suite?.close());
+  const worker = (name: string, server: FakeGeminiServer, env: Record<string, string>) => fleetOf(suite).worker(name, server, env, ['--concurrency', '8']);
+  const submit: FleetHelpers['submit'] = (...a) => fleetOf(suite).submit(...a);
+  const status: FleetHelpers['status'] = (jobId) => fleetOf(suite).status(jobId);
 
-  function worker(name: string, server: FakeGeminiServer, env: Record<string, string>): Promise<CliProcess> {
-    return suite.start(['worker', '--concurrency', '8'], { env: { ...suite.env, GEMINI_BASE_URL: server.url, IMAGEGEN_WORKER_NAME: name, ...env } });
-  }
-
-  async function submit(jobId: string, userId: string, stages: readonly (readonly [string, number])[], server: FakeGeminiServer): Promise<void> {
-    const file = await suite.ws.writeJob(`${jobId}.json`, jobSpec(jobId, userId, stages));
-    const submitted = await suite.run(['submit', file], { env: { ...suite.env, GEMINI_BASE_URL: server.url } });
-    expect(submitted.code, submitted.stderr).toBe(0);
-  }
-
-  async function status(jobId: string): Promise<Summary> {
-    return parseSingleJson((await suite.run(['status', jobId, '--json'])).stdout);
-  }
 
   async function runToEnd(jobs: readonly string[], workers: readonly CliProcess[]): Promise<void> {
     await waitFor('every job to complete', async () => {

@@ -20,7 +20,8 @@ import { startFakeGeminiServer, type FakeGeminiServer } from '../support/fake-ge
 import { TEST_DATABASE_URL } from '../support/databases.js';
 import { jobsTaken, stopWorkers, logLines, waitFor, type CliProcess } from '../support/cli.js';
 import { openCliSuite, type CliSuite } from '../support/cli-suite.js';
-import { jobSpec, parseSingleJson, readDb, type Summary } from '../support/cli-workspace.js';
+import { fleetOf, type FleetHelpers } from '../support/fleet.js';
+import { parseSingleJson, readDb } from '../support/cli-workspace.js';
 import { readStamp } from '../support/stamped-image.js';
 import { startTcpProxy, type TcpProxy } from '../support/tcp-proxy.js';
 
@@ -45,6 +46,9 @@ describe.skipIf(!TEST_DATABASE_URL)('a worker that loses its database (PostgreSQ
     suite = await openCliSuite({ postgres: true, env: { IMAGEGEN_MAX_ATTEMPTS_PER_SLOT: '30', IMAGEGEN_MAX_REPLACEMENTS_PER_STAGE: '200' } });
   });
   afterAll(() => suite?.close());
+  const worker = (name: string, server: FakeGeminiServer, env: Record<string, string>) => fleetOf(suite).worker(name, server, env, ['--concurrency', '4']);
+  const submit: FleetHelpers['submit'] = (...a) => fleetOf(suite).submit(...a);
+  const status: FleetHelpers['status'] = (jobId) => fleetOf(suite).status(jobId);
 
   /** The suite's database URL with host and port pointing at `proxy`. */
   function viaProxy(proxy: TcpProxy): string {
@@ -59,19 +63,6 @@ describe.skipIf(!TEST_DATABASE_URL)('a worker that loses its database (PostgreSQ
     return startTcpProxy({ host: url.hostname, port: Number(url.port || 5432) });
   }
 
-  function worker(name: string, server: FakeGeminiServer, env: Record<string, string>): Promise<CliProcess> {
-    return suite.start(['worker', '--concurrency', '4'], { env: { ...suite.env, GEMINI_BASE_URL: server.url, IMAGEGEN_WORKER_NAME: name, ...env } });
-  }
-
-  async function submit(jobId: string, userId: string, stages: readonly (readonly [string, number])[], server: FakeGeminiServer): Promise<void> {
-    const file = await suite.ws.writeJob(`${jobId}.json`, jobSpec(jobId, userId, stages));
-    const submitted = await suite.run(['submit', file], { env: { ...suite.env, GEMINI_BASE_URL: server.url } });
-    expect(submitted.code, submitted.stderr).toBe(0);
-  }
-
-  async function status(jobId: string): Promise<Summary> {
-    return parseSingleJson((await suite.run(['status', jobId, '--json'])).stdout);
-  }
 
   async function expectExact(jobId: string, userId: string, total: number, granted: number): Promise<void> {
     const s = await status(jobId);

@@ -21,11 +21,12 @@ import { sql } from 'kysely';
 import { openDatabase } from '../../src/db/index.js';
 import { loadConfig } from '../../src/config.js';
 import { providerKeyOf } from '../../src/pipeline.js';
-import { startFakeGeminiServer, type FakeGeminiServer } from '../support/fake-gemini-server.js';
+import { startFakeGeminiServer } from '../support/fake-gemini-server.js';
 import { TEST_DATABASE_URL } from '../support/databases.js';
 import { jobsTaken, stopWorkers, logLines, waitFor, type CliProcess } from '../support/cli.js';
 import { openCliSuite, type CliSuite } from '../support/cli-suite.js';
-import { jobSpec, parseSingleJson, readDb, type Summary } from '../support/cli-workspace.js';
+import { fleetOf, type FleetHelpers } from '../support/fleet.js';
+import { parseSingleJson, readDb } from '../support/cli-workspace.js';
 
 if (!TEST_DATABASE_URL) console.warn('e2e fleet tests skipped: DATABASE_URL not set');
 
@@ -40,21 +41,10 @@ describe.skipIf(!TEST_DATABASE_URL)('the fleet on PostgreSQL (DATABASE_URL set; 
     });
   });
   afterAll(() => suite?.close());
+  const worker: FleetHelpers['worker'] = (...a) => fleetOf(suite).worker(...a);
+  const submit: FleetHelpers['submit'] = (...a) => fleetOf(suite).submit(...a);
+  const status: FleetHelpers['status'] = (jobId) => fleetOf(suite).status(jobId);
 
-  /** Starts a worker named `name` against `server` with `env` on top of the suite's. */
-  async function worker(name: string, server: FakeGeminiServer, env: Record<string, string> = {}, args: string[] = []): Promise<CliProcess> {
-    return suite.start(['worker', ...args], { env: { ...suite.env, GEMINI_BASE_URL: server.url, IMAGEGEN_WORKER_NAME: name, ...env } });
-  }
-
-  async function submit(jobId: string, userId: string, stages: readonly (readonly [string, number])[], server: FakeGeminiServer, extra: Record<string, unknown> = {}): Promise<void> {
-    const file = await suite.ws.writeJob(`${jobId}.json`, { ...(jobSpec(jobId, userId, stages) as object), ...extra });
-    const submitted = await suite.run(['submit', file], { env: { ...suite.env, GEMINI_BASE_URL: server.url } });
-    expect(submitted.code, submitted.stderr).toBe(0);
-  }
-
-  async function status(jobId: string): Promise<Summary & { runner?: unknown }> {
-    return parseSingleJson((await suite.run(['status', jobId, '--json'])).stdout);
-  }
 
   /** Exact: every image once, one reservation, one capture per image, the rest of the balance untouched. */
   async function expectExact(jobId: string, userId: string, total: number, granted: number): Promise<void> {

@@ -10,14 +10,14 @@ import { lastValueFrom, toArray } from 'rxjs';
 import sharp from 'sharp';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { OfflineImageGenerator } from '../../src/adapters/offline-image-generator.js';
-import { grantCredits, openDatabase, readJobEvents, type Database, type JobEventEnvelope } from '../../src/db/index.js';
+import { grantCredits, readJobEvents, type Database, type JobEventEnvelope } from '../../src/db/index.js';
 import type { AttemptFailedEvent, JobFinishedEvent, SlotDeliveredEvent } from '../../src/domain/events.js';
 import { parseJobSpec } from '../../src/domain/job-spec.js';
 import { importInputImage, submitSpec } from '../../src/jobs/submit-job.js';
 import { FolderObjectStore } from '../../src/sinks/folder-object-store.js';
 import { followJobEvents } from '../../src/sources/job-events.js';
 import { runStoredJob } from '../../src/streams/run-job.js';
-import { forEachDatabase } from '../support/databases.js';
+import { forEachDatabase, withSecondConnection } from '../support/databases.js';
 
 const FAST = { backoff: { baseMs: 5, maxMs: 50 }, progressIntervalMs: 20, cancelPollMs: 50, stageConcurrency: 4, maxAttemptsPerSlot: 12 } as const;
 
@@ -36,16 +36,7 @@ forEachDatabase('job event log of a real run', (ctx) => {
     await rm(root, { recursive: true, force: true });
   });
 
-  /** PostgreSQL: a second Database, as a `serve` process has. PGlite: the same instance (one process). */
-  async function withReader<T>(fn: (reader: Database) => Promise<T>): Promise<T> {
-    if (ctx.kind === 'pglite') return fn(ctx.database);
-    const reader = await openDatabase(ctx.config);
-    try {
-      return await fn(reader);
-    } finally {
-      await reader.close();
-    }
-  }
+  const withReader = <T>(fn: (reader: Database) => Promise<T>): Promise<T> => withSecondConnection(ctx, fn);
 
   it('a follower from the start gets one slot:delivered per image, one attempt:failed per failure, the stage ends, then job:finished, in seq order', async () => {
     const jobId = 'ev-run-1';

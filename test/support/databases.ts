@@ -100,6 +100,20 @@ export interface DatabaseContext {
 }
 
 /**
+ * `fn` with a reader as another process has it: on PostgreSQL a second `Database` (its own
+ * pool and LISTEN connection), closed after; on PGlite (one process) the suite's own.
+ */
+export async function withSecondConnection<T>(ctx: DatabaseContext, fn: (reader: Database) => Promise<T>): Promise<T> {
+  if (ctx.kind === 'pglite') return fn(ctx.database);
+  const reader = await openDatabase(ctx.config);
+  try {
+    return await fn(reader);
+  } finally {
+    await reader.close();
+  }
+}
+
+/**
  * `describe(`${name} [${kind}]`)` once per kind, with a fresh database opened
  * before the suite and closed (and dropped) after it.
  */
