@@ -17,7 +17,11 @@ export interface SharedLimitState {
   readonly limit: number;
   /** Successes since the limit last moved. */
   readonly successes: number;
-  /** Bumped at every move; a 429 seen under an older epoch does not cut again. */
+  /**
+   * Bumped at every cut (only): a 429 seen under an older epoch came before the last cut
+   * and does not cut again. Growth does not bump it, so a 429 reported by a worker that has
+   * not heard of the latest growth steps still counts.
+   */
   readonly epoch: number;
   /** The limit at which the last 429 came (0 = none yet): growth above it is slow. */
   readonly lastCutAt: number;
@@ -57,7 +61,8 @@ export const DEFAULT_SHARED_LIMIT_POLICY = Object.freeze({ decrease: 0.7, probeS
  * One step of the shared limit (AIMD). A 429 reported under the current epoch cuts the
  * limit once (`floor(limit x decrease)`, not below `min`; a failed probe, at or above the
  * last cut, only steps back by one) and remembers where; the other
- * reports of the same burst carry an older epoch by the time they land and change nothing.
+ * reports of the same burst carry an older epoch by the time they land and change nothing
+ * (the epoch moves at cuts only).
  * Successes add up; every `limit` of them (below the last cut) or `limit x probeSlowdown`
  * (at or above it) add one, up to `max`. A `max` that dropped (a worker left) clamps it.
  */
@@ -73,10 +78,10 @@ export function stepSharedLimit(state: SharedLimitState, report: SharedLimitRepo
     const limit = Math.max(policy.min, Math.min(max, cut));
     return { limit, successes: 0, epoch: state.epoch + 1, lastCutAt: state.limit };
   }
-  if (state.limit > max) return { ...state, limit: max, successes: 0, epoch: state.epoch + 1 };
+  if (state.limit > max) return { ...state, limit: max, successes: 0 };
   const successes = state.successes + report.successes;
   const needed = state.lastCutAt > 0 && state.limit + 1 >= state.lastCutAt ? state.limit * slowdown : state.limit;
-  if (state.limit < max && successes >= needed) return { ...state, limit: state.limit + 1, successes: 0, epoch: state.epoch + 1 };
+  if (state.limit < max && successes >= needed) return { ...state, limit: state.limit + 1, successes: 0 };
   return { ...state, successes: state.limit < max ? successes : 0 };
 }
 

@@ -169,7 +169,7 @@ export class FleetLimiter extends ConcurrencyLimiter implements ProviderLimiter 
       throw error;
     }
     this.#lastBeatAt = Date.now();
-    const moved = share.epoch !== this.#sharedEpoch && this.#last !== undefined;
+    const moved = this.#last !== undefined && (share.epoch !== this.#sharedEpoch || share.sharedLimit !== this.#last.sharedLimit);
     this.#sharedEpoch = share.epoch;
     this.#last = share;
     this.#apply(share.limit);

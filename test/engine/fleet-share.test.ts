@@ -13,12 +13,13 @@ describe('stepSharedLimit (AIMD with a slow probe near the last cut)', () => {
     ['a failed probe (at the last cut) steps back by one', at(8, { lastCutAt: 8 }), { rateLimitedAt: 3, successes: 0 }, 16, 7, 4, 8],
     ['... also above it', at(9, { lastCutAt: 8 }), { rateLimitedAt: 3, successes: 0 }, 16, 8, 4, 9],
     ['a 429 just below the last cut: the wall moved down, x0.7', at(7, { lastCutAt: 8 }), { rateLimitedAt: 3, successes: 0 }, 16, 4, 4, 7],
-    ['limit successes below the last cut add one', at(4, { lastCutAt: 8 }), { rateLimitedAt: null, successes: 4 }, 16, 5, 4, 8],
+    ['limit successes below the last cut add one (growth keeps the epoch: only cuts move it)', at(4, { lastCutAt: 8 }), { rateLimitedAt: null, successes: 4 }, 16, 5, 3, 8],
     ['fewer successes wait', at(4, { lastCutAt: 8 }), { rateLimitedAt: null, successes: 3 }, 16, 4, 3, 8],
     ['just below the last cut, one step needs 16x limit successes', at(7, { lastCutAt: 8 }), { rateLimitedAt: null, successes: 7 }, 16, 7, 3, 8],
-    ['... and takes it with them', at(7, { lastCutAt: 8, successes: 105 }), { rateLimitedAt: null, successes: 7 }, 16, 8, 4, 8],
+    ['... and takes it with them', at(7, { lastCutAt: 8, successes: 105 }), { rateLimitedAt: null, successes: 7 }, 16, 8, 3, 8],
+    ['a 429 seen before growth steps the worker has not heard of still cuts (same epoch)', at(9, { lastCutAt: 0 }), { rateLimitedAt: 3, successes: 0 }, 16, 6, 4, 9],
     ['never above max', at(16), { rateLimitedAt: null, successes: 100 }, 16, 16, 3, 0],
-    ['a max that dropped (a worker left) clamps it', at(16), { rateLimitedAt: null, successes: 0 }, 8, 8, 4, 0],
+    ['a max that dropped (a worker left) clamps it, which is no cut', at(16), { rateLimitedAt: null, successes: 0 }, 8, 8, 3, 0],
   ] as const)('%s', (_title, state, report, max, limit, epoch, lastCutAt) => {
     const next = stepSharedLimit(state, report, { min: 1, max });
     expect({ limit: next.limit, epoch: next.epoch, lastCutAt: next.lastCutAt }).toEqual({ limit, epoch, lastCutAt });

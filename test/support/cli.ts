@@ -199,13 +199,15 @@ export function jobsTaken(stderr: string): Set<string> {
 }
 
 /**
- * SIGTERMs every worker still running and waits for each to exit 0 (a SIGKILLed one is left
+ * SIGCONTs and SIGTERMs every worker still running and waits for each to exit 0 (a SIGKILLed one is left
  * as it ended). A worker that has not exited after `graceMs` is SIGKILLed and the call
  * throws with the tail of its stderr: a worker that hangs on shutdown is a named failure,
  * not a test timeout. Default grace 45 s (the workers' own shutdown grace is 30 s).
  */
 export async function stopWorkers(workers: readonly CliProcess[], graceMs = 45_000): Promise<void> {
   const running = (w: CliProcess) => w.child.exitCode === null && w.child.signalCode === null;
+  // SIGCONT first: a worker a test left paused (SIGSTOP) would hold the SIGTERM until continued.
+  for (const w of workers) if (running(w)) w.child.kill('SIGCONT');
   for (const w of workers) if (running(w)) w.child.kill('SIGTERM');
   const problems: string[] = [];
   for (const w of workers) {

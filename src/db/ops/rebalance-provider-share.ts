@@ -70,7 +70,8 @@ export async function rebalanceProviderShare(database: Database, report: Provide
     const targets = fairTargets(next.limit, [...others.map((o) => ({ id: o.id, demand: o.demand })), { id: report.workerId, demand }]);
     const othersHeld = others.reduce((sum, o) => sum + o.held, 0);
     const share = nextHeldShare({ target: targets.get(report.workerId) ?? 0, limit: next.limit, othersHeld, inFlight: report.inFlight });
-    const cut = next.lastCutAt !== state.lastCutAt || next.limit < state.limit;
+    // A cut is a 429's (the epoch moves); a clamp when a worker left is not.
+    const cut = next.epoch !== state.epoch;
     await trx
       .updateTable('provider_limits')
       .set({
@@ -84,6 +85,6 @@ export async function rebalanceProviderShare(database: Database, report: Provide
       .where('key', '=', report.providerKey)
       .execute();
     await trx.updateTable('workers').set({ demand, held: share.held, in_flight: report.inFlight }).where('id', '=', report.workerId).execute();
-    return { ...share, sharedLimit: next.limit, epoch: next.epoch, moved: next.epoch !== state.epoch, workers: others.length + 1 };
+    return { ...share, sharedLimit: next.limit, epoch: next.epoch, moved: next.epoch !== state.epoch || next.limit !== state.limit, workers: others.length + 1 };
   });
 }
