@@ -12,6 +12,7 @@ import { logLines, waitFor, type CliProcess } from '../support/cli.js';
 import { openCliSuite, type CliSuite } from '../support/cli-suite.js';
 import { httpCall, inputPng, openEvents, TOKENS } from '../support/http-service.js';
 import { parseExposition, sampleOf } from '../support/prometheus-text.js';
+import { startTcpProxy } from '../support/tcp-proxy.js';
 
 /** `GET /metrics` of a running service, parsed (no token needed). */
 async function scrape(url: string) {
@@ -144,6 +145,30 @@ describe.skipIf(!TEST_DATABASE_URL)('imagegen serve [postgres, a separate imageg
     } finally {
       await stop(serve);
       await stop(worker);
+    }
+  });
+
+  it('/readyz is 503 naming the database while PostgreSQL cannot be reached (a cut TCP proxy), 200 again once it can; /healthz stays 200', { timeout: 120_000 }, async () => {
+    const target = new URL(String(suite.env['DATABASE_URL']));
+    const proxy = await startTcpProxy({ host: target.hostname, port: Number(target.port || 5432) });
+    const viaProxy = new URL(target);
+    viaProxy.hostname = '127.0.0.1';
+    viaProxy.port = String(proxy.port);
+    const serve = await suite.start(['serve', '--port', '0'], { env: { ...suite.env, DATABASE_URL: viaProxy.toString() } });
+    try {
+      const url = await serving(serve);
+      expect((await httpCall(url, null, 'GET', '/readyz')).status).toBe(200);
+      proxy.cut();
+      const down = await httpCall(url, null, 'GET', '/readyz');
+      expect(down.status).toBe(503);
+      expect(down.body).toMatchObject({ ready: false, database: 'unavailable', storage: 'ok' });
+      expect((await httpCall(url, null, 'GET', '/healthz')).status).toBe(200);
+      proxy.restore();
+      await waitFor('/readyz to answer 200 again', async () => (await httpCall(url, null, 'GET', '/readyz')).status === 200, 30_000, 200);
+    } finally {
+      proxy.restore();
+      await stop(serve);
+      await proxy.close();
     }
   });
 
