@@ -1,5 +1,6 @@
 import type { Logger } from 'pino';
 import {
+  EMPTY,
   asyncScheduler,
   concat,
   concatMap,
@@ -122,8 +123,18 @@ export function followJobEvents(database: Database, jobId: string, options: Foll
       defer(() => retryTransient(() => getJobStatus(database, jobId))).pipe(
         concatMap((status) => {
           if (status === null) return throwError(() => new JobNotFoundError(jobId));
-          const events = eventsAfter(lastSeq).pipe(tap((envelope) => (lastSeq = envelope.seq)));
-          return FINAL_JOB_STATUSES.includes(status) ? concat(events, of(ENDED)) : events;
+          let sawFinished = false;
+          const events = eventsAfter(lastSeq).pipe(
+            tap((envelope) => {
+              lastSeq = envelope.seq;
+              sawFinished = envelope.event.type === 'job:finished';
+            }),
+          );
+          if (FINAL_JOB_STATUSES.includes(status)) return concat(events, of(ENDED));
+          // The job ended between the status read and the events read: its job:finished was
+          // read, and its notification (no newer than what was read) will not bring another
+          // look. Look again: the status, committed with job:finished, now says it ended.
+          return concat(events, defer(() => (sawFinished ? look() : EMPTY)));
         }),
       );
 

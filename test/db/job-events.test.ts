@@ -4,7 +4,7 @@
  * order, no holes), read back checked (`readJobEvents`) and followed live across
  * connections (`followJobEvents`).
  */
-import { sql } from 'kysely';
+import { sql, type KyselyPlugin } from 'kysely';
 import { lastValueFrom, take, toArray, VirtualTimeScheduler, type Observable, type Subscription } from 'rxjs';
 import { expect, it } from 'vitest';
 import {
@@ -284,6 +284,35 @@ forEachDatabase('job event log', (ctx) => {
       expect(first.received).toEqual(all.slice(0, 2));
       expect(resumed.received).toEqual(all.slice(2));
       expect(resumed.received.at(-1)?.event).toEqual({ type: 'job:finished', jobId, status: 'completed', result: { totalImages: 4, deliveredImages: 4 } });
+    });
+  });
+
+  it('followJobEvents completes when the job ends between its status read and its events read (job:finished read, no later notice)', async () => {
+    const { jobId } = await seedJob(ctx.database, { quantities: [1] });
+    await deliverSlot(ctx.database, deliveryOf(jobId, 0, 0));
+    await withReader(async (reader) => {
+      // Deaf (no notifications) and no poll: only the follower's own looks can end it. The job is
+      // finished right after the follower's first status read answers "not ended", before its events read.
+      let finishing: Promise<void> | undefined;
+      const plugin: KyselyPlugin = {
+        transformQuery: (args) => args.node,
+        transformResult: async (args) => {
+          const row = args.result.rows[0] as { status?: unknown } | undefined;
+          if (finishing === undefined && (row?.status === 'queued' || row?.status === 'running')) {
+            finishing = finishJob(ctx.database, jobId, await resultFromDatabase(ctx.database, jobId)).then(() => undefined);
+            await finishing;
+          }
+          return args.result;
+        },
+      };
+      const racing: Database = { ...reader, db: reader.db.withPlugin(plugin), listen: (channel) => reader.listen(channel, () => {}) };
+      const follow = record(followJobEvents(racing, jobId, NO_POLL));
+      const ended = await Promise.race([follow.done.then(() => 'completed'), new Promise((r) => setTimeout(() => r('still open after 10 s'), 10_000))]);
+      expect(finishing, 'the race was staged').toBeDefined();
+      expect(ended).toBe('completed');
+      follow.unsubscribe();
+      expect(follow.received).toEqual(await wholeLog(ctx.database, jobId));
+      expect(follow.received.at(-1)?.event.type).toBe('job:finished');
     });
   });
 
