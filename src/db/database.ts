@@ -117,6 +117,9 @@ async function notifyWith(db: Kysely<DatabaseSchema>, channel: string, payload: 
   await sql`select pg_notify(${channel}, ${payload})`.execute(db);
 }
 
+/** How long a pooled session may sit idle inside a transaction before PostgreSQL ends it (ms). */
+export const IDLE_IN_TRANSACTION_MS = 10_000;
+
 async function openPostgres(databaseUrl: string, max: number): Promise<Database> {
   const { default: pg } = await import('pg');
   // The int8 parser is this pool's own (`types`), not pg's global registry: pg-boss and
@@ -125,7 +128,11 @@ async function openPostgres(databaseUrl: string, max: number): Promise<Database>
     getTypeParser: (oid: number, format?: 'text' | 'binary') =>
       oid === INT8_OID && format !== 'binary' ? parseInt8 : pg.types.getTypeParser(oid, format),
   };
-  const pool = new pg.Pool({ connectionString: databaseUrl, max, types });
+  // A process paused inside a transaction (SIGSTOP, a stalled VM) would hold its row locks,
+  // the job row's among them, for as long as it is paused: the sweep (`skip locked`) would
+  // then never see its job, and nobody could take it over. The server ends such a session
+  // after IDLE_IN_TRANSACTION_MS; our transactions never wait on anything but SQL.
+  const pool = new pg.Pool({ connectionString: databaseUrl, max, types, idle_in_transaction_session_timeout: IDLE_IN_TRANSACTION_MS });
   // pg-pool drops its own 'error' listener while a client is checked out, and kysely adds
   // none: a connection killed mid-transaction (pg_terminate_backend, a failover) would be an
   // unhandled 'error' event and kill the process. The failing query still rejects, and the
