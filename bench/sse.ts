@@ -42,6 +42,7 @@ import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import sharp from 'sharp';
+import { takeSseFrames } from '../test/support/sse-frames.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const CLI = join(ROOT, 'dist', 'cli.js');
@@ -205,30 +206,15 @@ function subscribe(base: string, jobId: string, agent: http.Agent): { sub: Subsc
       let buffer = '';
       response.on('data', (chunk: string) => {
         const at = now();
-        buffer += chunk.replace(/\r\n/g, '\n');
-        for (let cut = buffer.indexOf('\n\n'); cut >= 0; cut = buffer.indexOf('\n\n')) {
-          const block = buffer.slice(0, cut);
-          buffer = buffer.slice(cut + 2);
-          const fields: Record<string, string> = {};
-          let comment = false;
-          for (const line of block.split('\n')) {
-            if (line.startsWith(':')) comment = true;
-            else {
-              const colon = line.indexOf(':');
-              fields[colon < 0 ? line : line.slice(0, colon)] = colon < 0 ? '' : line.slice(colon + 1).replace(/^ /, '');
-            }
-          }
-          if (comment && fields['event'] === undefined) {
-            sub.comments++;
-            continue;
-          }
-          const event = fields['event'] ?? 'message';
-          const id = fields['id'] === undefined ? null : Number(fields['id']);
+        const taken = takeSseFrames(buffer + chunk);
+        buffer = taken.rest;
+        sub.comments += taken.comments;
+        for (const { event, id, data: text } of taken.frames) {
           if (event === 'slot:delivered') {
-            const data = JSON.parse(fields['data'] ?? 'null') as { stage: number; slot: number };
+            const data = JSON.parse(text ?? 'null') as { stage: number; slot: number };
             sub.frames.push({ event, id, at, stage: data.stage, slot: data.slot });
           } else if (event === 'snapshot') {
-            const data = JSON.parse(fields['data'] ?? 'null') as { deliveredImages: number };
+            const data = JSON.parse(text ?? 'null') as { deliveredImages: number };
             sub.frames.push({ event, id, at, delivered: data.deliveredImages });
           } else sub.frames.push({ event, id, at });
         }

@@ -10,7 +10,8 @@ import { DEFAULT_BACKOFF, MAX_TIMER_MS } from './engine/full-jitter-backoff.js';
 import { DEFAULT_ENGINE_OPTIONS, defaultStageConcurrency } from './streams/engine.js';
 import { DEFAULT_PRICE_PER_IMAGE } from './jobs/submit-job.js';
 import { DEFAULT_RUN_OPTIONS } from './streams/run-job.js';
-import { DEFAULT_HTTP_OPTIONS, tokenSha256 } from './http/defaults.js';
+import { DEFAULT_WEBHOOK_OPTIONS } from './sinks/webhook-dispatcher.js';
+import { DEFAULT_HTTP_OPTIONS, DEFAULT_PAGE_TTLS, tokenSha256 } from './http/defaults.js';
 
 export { ConfigError, type ConfigEnv } from './config-parse.js';
 
@@ -102,6 +103,25 @@ export interface PipelineConfig {
   };
   /** `imagegen serve`: the HTTP API (src/http). */
   readonly http: HttpConfig;
+  /** Signed webhooks: the outbox's dispatcher (`WebhookDispatcher`) and the URL rules at submit. */
+  readonly webhooks: WebhookConfig;
+}
+
+/** `IMAGEGEN_WEBHOOK_*`: how webhooks are sent, retried and which URLs are allowed. */
+export interface WebhookConfig {
+  /** One attempt's timeout, in ms. */
+  readonly timeoutMs: number;
+  /** How long after its event (or its redelivery) a delivery is retried before it is `failed`, in ms. */
+  readonly retryWindowMs: number;
+  /** Full-jitter backoff between attempts, in ms. */
+  readonly backoffBaseMs: number;
+  readonly backoffMaxMs: number;
+  /** How often a dispatcher reads the outbox when no notification came, in ms. */
+  readonly pollMs: number;
+  /** Sends in flight per process. */
+  readonly concurrency: number;
+  /** `http://` to this machine and private addresses allowed (tests, development). */
+  readonly allowLocal: boolean;
 }
 
 /** A bearer token of `IMAGEGEN_API_TOKENS`, by its SHA-256: the token itself is never kept. */
@@ -130,6 +150,12 @@ export interface HttpConfig {
   readonly tokens: readonly ApiToken[];
   /** `IMAGEGEN_ADMIN_TOKENS`: SHA-256 (hex) of admin tokens (an admin may act for any user and grant credits). */
   readonly adminTokens: readonly string[];
+  /** `IMAGEGEN_LINK_TTL_SECONDS`: how long a live-page link printed by `--open` can be opened. */
+  readonly linkTtlSeconds: number;
+  /** `IMAGEGEN_PAGE_SESSION_SECONDS`: how long a browser stays signed in to the live page. */
+  readonly pageSessionSeconds: number;
+  /** `IMAGEGEN_PUBLIC_URL`: where people reach `imagegen serve` (printed links); default `http://<host>:<port>`. */
+  readonly publicUrl: string;
 }
 
 /** Values given on the command line; they win over the environment. */
@@ -248,6 +274,11 @@ function failureClassesOf(env: ConfigEnv): ErrorClass[] | undefined {
  * | `IMAGEGEN_HTTP_PORT` (`--port`), `IMAGEGEN_HTTP_HOST` (`--host`) | 8080, `127.0.0.1` (`DEFAULT_HTTP_OPTIONS`, src/http) |
  * | `IMAGEGEN_HTTP_BODY_LIMIT_BYTES`, `IMAGEGEN_HTTP_RATE_LIMIT`, `IMAGEGEN_HTTP_MAX_STREAMS_PER_TOKEN`, `IMAGEGEN_HTTP_HEARTBEAT_MS` | 30 MiB, 600 per minute, 8, 15000 (`DEFAULT_HTTP_OPTIONS`) |
  * | `IMAGEGEN_API_TOKENS`, `IMAGEGEN_ADMIN_TOKENS` | none (`token=userId,...` or `@/path/file`; `serve` needs one) |
+ * | `IMAGEGEN_PUBLIC_URL`, `IMAGEGEN_LINK_TTL_SECONDS`, `IMAGEGEN_PAGE_SESSION_SECONDS` | `http://<host>:<port>`, 3600, 43200 (`DEFAULT_PAGE_TTLS`, src/http) |
+ * | `IMAGEGEN_WEBHOOK_TIMEOUT_MS`, `IMAGEGEN_WEBHOOK_RETRY_WINDOW_SECONDS` | 10000, 86400 (24 h) (`DEFAULT_WEBHOOK_OPTIONS`, `WebhookDispatcher`) |
+ * | `IMAGEGEN_WEBHOOK_BACKOFF_BASE_MS`, `IMAGEGEN_WEBHOOK_BACKOFF_MAX_MS` | 5000, 3600000 (`DEFAULT_WEBHOOK_OPTIONS`) |
+ * | `IMAGEGEN_WEBHOOK_POLL_MS`, `IMAGEGEN_WEBHOOK_CONCURRENCY` | 1000, 8 (`DEFAULT_WEBHOOK_OPTIONS`) |
+ * | `IMAGEGEN_WEBHOOK_ALLOW_LOCAL` | false: `https` to public addresses only (`1`: also `http://localhost`, private addresses; tests) |
  * | `IMAGEGEN_PGLITE_TEMPLATE_DIR` | `$XDG_CACHE_HOME/imagegen-pipeline` or `~/.cache/imagegen-pipeline` (`off`: none) |
  *
  * Durations in ms are at most 2^31-1 (Node's timer limit: a longer delay fires after 1 ms).
@@ -328,6 +359,29 @@ export function loadConfig(env: ConfigEnv = process.env, overrides: ConfigOverri
       host: overrides.metricsHost ?? (env['IMAGEGEN_METRICS_HOST'] || DEFAULT_METRICS_HOST),
     }),
     http: httpOf(env, overrides),
+    webhooks: webhooksOf(env),
+  });
+}
+
+/** Longest `IMAGEGEN_WEBHOOK_RETRY_WINDOW_SECONDS`: 30 days. */
+export const MAX_WEBHOOK_RETRY_WINDOW_SECONDS = 30 * 24 * 60 * 60;
+
+/** `IMAGEGEN_WEBHOOK_*` (see {@link WebhookConfig}); defaults `DEFAULT_WEBHOOK_OPTIONS` (src/sinks/webhook-dispatcher.ts). */
+function webhooksOf(env: ConfigEnv): WebhookConfig {
+  const windowSeconds = intOf(env, 'IMAGEGEN_WEBHOOK_RETRY_WINDOW_SECONDS', 1, MAX_WEBHOOK_RETRY_WINDOW_SECONDS);
+  const backoffBaseMs = intOf(env, 'IMAGEGEN_WEBHOOK_BACKOFF_BASE_MS', 1, MAX_TIMER_MS) ?? DEFAULT_WEBHOOK_OPTIONS.backoffBaseMs;
+  const backoffMaxMs = intOf(env, 'IMAGEGEN_WEBHOOK_BACKOFF_MAX_MS', 1, MAX_TIMER_MS) ?? Math.max(backoffBaseMs, DEFAULT_WEBHOOK_OPTIONS.backoffMaxMs);
+  if (backoffMaxMs < backoffBaseMs) {
+    throw new ConfigError('IMAGEGEN_WEBHOOK_BACKOFF_MAX_MS', `must be at least IMAGEGEN_WEBHOOK_BACKOFF_BASE_MS (${backoffBaseMs}), got ${backoffMaxMs}`);
+  }
+  return Object.freeze({
+    timeoutMs: intOf(env, 'IMAGEGEN_WEBHOOK_TIMEOUT_MS', 1, 120_000) ?? DEFAULT_WEBHOOK_OPTIONS.timeoutMs,
+    retryWindowMs: windowSeconds === undefined ? DEFAULT_WEBHOOK_OPTIONS.retryWindowMs : windowSeconds * 1000,
+    backoffBaseMs,
+    backoffMaxMs,
+    pollMs: intOf(env, 'IMAGEGEN_WEBHOOK_POLL_MS', 10, MAX_TIMER_MS) ?? DEFAULT_WEBHOOK_OPTIONS.pollMs,
+    concurrency: intOf(env, 'IMAGEGEN_WEBHOOK_CONCURRENCY', 1, 1000) ?? DEFAULT_WEBHOOK_OPTIONS.concurrency,
+    allowLocal: boolOf(env, 'IMAGEGEN_WEBHOOK_ALLOW_LOCAL', false),
   });
 }
 
@@ -367,7 +421,7 @@ function httpOf(env: ConfigEnv, overrides: ConfigOverrides): HttpConfig {
   if (overrides.httpHost !== undefined && overrides.httpHost.trim() === '') throw new ConfigError('--host', 'must be a host name or address, got ""');
   const tokens = apiTokensOf(env);
   const adminTokens = adminTokensOf(env);
-  const http: HttpConfig = {
+  let http: HttpConfig = {
     port: portOf(env, 'IMAGEGEN_HTTP_PORT', '--port', overrides.httpPort) ?? DEFAULT_HTTP_OPTIONS.port,
     host: overrides.httpHost ?? (env['IMAGEGEN_HTTP_HOST'] || DEFAULT_HTTP_OPTIONS.host),
     bodyLimitBytes: intOf(env, 'IMAGEGEN_HTTP_BODY_LIMIT_BYTES', 1024, 1024 ** 3) ?? DEFAULT_HTTP_OPTIONS.bodyLimitBytes,
@@ -376,9 +430,32 @@ function httpOf(env: ConfigEnv, overrides: ConfigOverrides): HttpConfig {
     heartbeatMs: intOf(env, 'IMAGEGEN_HTTP_HEARTBEAT_MS', 1, MAX_TIMER_MS) ?? DEFAULT_HTTP_OPTIONS.heartbeatMs,
     tokens: Object.freeze(tokens),
     adminTokens: Object.freeze(adminTokens),
+    linkTtlSeconds: intOf(env, 'IMAGEGEN_LINK_TTL_SECONDS', 10, 30 * 24 * 3600) ?? DEFAULT_PAGE_TTLS.linkSeconds,
+    pageSessionSeconds: intOf(env, 'IMAGEGEN_PAGE_SESSION_SECONDS', 60, 30 * 24 * 3600) ?? DEFAULT_PAGE_TTLS.sessionSeconds,
+    publicUrl: '',
   };
+  http = { ...http, publicUrl: publicUrlOf(env, http) };
   // Hashes of weak tokens could be guessed offline: the printed form says how many there are, not which.
   return withSecretsHidden('HttpConfig', http, () => ({ ...http, tokens: `${tokens.length} token(s)`, adminTokens: `${adminTokens.length} token(s)` }));
+}
+
+/** `IMAGEGEN_PUBLIC_URL` (an http(s) URL, no trailing slash kept), else where `serve` listens. */
+function publicUrlOf(env: ConfigEnv, http: Pick<HttpConfig, 'host' | 'port'>): string {
+  const raw = env['IMAGEGEN_PUBLIC_URL'];
+  if (!raw) {
+    const host = http.host === '0.0.0.0' || http.host === '::' ? '127.0.0.1' : http.host.includes(':') ? `[${http.host}]` : http.host;
+    return `http://${host}:${http.port}`;
+  }
+  let url: URL;
+  try {
+    url = new URL(raw);
+  } catch {
+    throw new ConfigError('IMAGEGEN_PUBLIC_URL', `must be an http or https URL, got ${JSON.stringify(raw)}`);
+  }
+  if ((url.protocol !== 'http:' && url.protocol !== 'https:') || url.search !== '' || url.hash !== '' || url.username !== '' || url.password !== '') {
+    throw new ConfigError('IMAGEGEN_PUBLIC_URL', `must be an http or https URL without credentials, query or fragment, got ${JSON.stringify(raw)}`);
+  }
+  return url.href.replace(/\/+$/, '');
 }
 
 /** A bearer token: 16..512 characters of the RFC 6750 token alphabet, without `=` (it separates the user). */

@@ -21,8 +21,34 @@ describe('loadConfig: the service (imagegen serve)', () => {
 
   it('defaults: port 8080 on 127.0.0.1, 30 MiB bodies, 600 requests a minute, 8 streams per token, a ping every 15 s, no tokens', () => {
     const http = loadConfig({}).http;
-    expect(http).toEqual({ port: 8080, host: '127.0.0.1', bodyLimitBytes: 30 * 1024 * 1024, rateLimitPerMinute: 600, maxStreamsPerToken: 8, heartbeatMs: 15_000, tokens: [], adminTokens: [] });
+    expect(http).toEqual({
+      port: 8080,
+      host: '127.0.0.1',
+      bodyLimitBytes: 30 * 1024 * 1024,
+      rateLimitPerMinute: 600,
+      maxStreamsPerToken: 8,
+      heartbeatMs: 15_000,
+      tokens: [],
+      adminTokens: [],
+      linkTtlSeconds: 3600,
+      pageSessionSeconds: 43_200,
+      publicUrl: 'http://127.0.0.1:8080',
+    });
     expect(DEFAULT_HTTP_OPTIONS).toMatchObject({ port: http.port, host: http.host, bodyLimitBytes: http.bodyLimitBytes });
+  });
+
+  it('the live page: IMAGEGEN_PUBLIC_URL (else where serve listens), link and session lifetimes, each checked', () => {
+    expect(loadConfig({ IMAGEGEN_PUBLIC_URL: 'https://images.example.com/app/' }).http.publicUrl).toBe('https://images.example.com/app');
+    expect(loadConfig({}, { httpPort: '9001', httpHost: '0.0.0.0' }).http.publicUrl).toBe('http://127.0.0.1:9001');
+    expect(loadConfig({}, { httpHost: '::1' }).http.publicUrl).toBe('http://[::1]:8080');
+    expect(loadConfig({ IMAGEGEN_LINK_TTL_SECONDS: '600', IMAGEGEN_PAGE_SESSION_SECONDS: '3600' }).http).toMatchObject({ linkTtlSeconds: 600, pageSessionSeconds: 3600 });
+    for (const bad of ['ftp://x.example', 'not a url', 'https://u:p@x.example', 'https://x.example/?a=1', 'https://x.example/#f']) {
+      const refused = refusal({ IMAGEGEN_PUBLIC_URL: bad });
+      expect(refused?.variable, bad).toBe('IMAGEGEN_PUBLIC_URL');
+      expect(refused?.message).toContain('must be an http or https URL');
+    }
+    expect(refusal({ IMAGEGEN_LINK_TTL_SECONDS: '9' })?.variable).toBe('IMAGEGEN_LINK_TTL_SECONDS');
+    expect(refusal({ IMAGEGEN_PAGE_SESSION_SECONDS: '59' })?.variable).toBe('IMAGEGEN_PAGE_SESSION_SECONDS');
   });
 
   it('flags win over the variables; port 0 means a free port', () => {

@@ -11,6 +11,8 @@ import { watchJob, type WatchedEvent } from '../sources/watch-job.js';
 import { runStoredJob } from '../streams/run-job.js';
 import { refuseOnEmptyDatabase, submitSpec } from '../jobs/submit-job.js';
 import { cancelJob, JobEndedError } from '../jobs/cancel-job.js';
+import { startWebhookDispatcher } from '../jobs/webhooks.js';
+import { cmdWebhooks, cmdWebhooksSecret, settleRunWebhooks } from './webhooks.js';
 import { EXIT, UnavailableError, UsageError } from './failures.js';
 import { formatSummary, jobSummary } from './summary.js';
 import { ProgressView } from './progress-view.js';
@@ -19,13 +21,21 @@ import { exitCodeOf, print, withPipeline, shutdownSignals, type Invocation, embe
 async function cmdRun(inv: Invocation): Promise<number> {
   const { config, json } = inv;
   const file = inv.args[0] as string;
+  for (const flag of ['port', 'host'] as const) {
+    if (inv.values[flag] !== undefined && !inv.values.open) throw new UsageError(`--${flag}`, 'is where run --open serves the live page; give it with --open');
+  }
   // Everything that can be checked without the database is checked first: a bad file writes nothing.
-  const jobFile = await readJobFile(file, { maxQuantity: config.maxQuantity });
+  const jobFile = await readJobFile(file, { maxQuantity: config.maxQuantity, allowLocalWebhooks: config.webhooks.allowLocal });
   // A fresh data folder holds no attachment, credit or job: refuse what needs one without creating the database.
   if (embeddedDatabaseMissing(config)) refuseOnEmptyDatabase(jobFile.spec, { pricePerImage: config.pricePerImage });
   return withPipeline(inv, async (pipeline) => {
-    const { jobId, created } = await submitSpec(pipeline, jobFile.spec, { inputFiles: jobFile.inputFiles, pricePerImage: config.pricePerImage });
+    const { jobId, created } = await submitSpec(pipeline, jobFile.spec, { inputFiles: jobFile.inputFiles, pricePerImage: config.pricePerImage, allowLocalWebhooks: config.webhooks.allowLocal });
     pipeline.logger.info({ jobId, created, provider: config.provider }, created ? 'job submitted' : 'job exists: resuming or reporting');
+    // Webhooks are sent while the job runs (this job's and any others due on this database); see settleRunWebhooks.
+    const webhooks = startWebhookDispatcher(pipeline, config.webhooks);
+    // Fastify is loaded only when the page is served.
+    const page = inv.values.open ? await (await import('./run-page.js')).openRunPage(pipeline, config, { jobId, userId: jobFile.spec.userId, port: inv.values.port === undefined ? undefined : config.http.port }) : undefined;
+    if (page) process.stderr.write(`live page: ${page.url}\n`);
     const view = new ProgressView(process.stderr);
     const signals = shutdownSignals();
     try {
@@ -35,6 +45,8 @@ async function cmdRun(inv: Invocation): Promise<number> {
       );
     } finally {
       signals.dispose();
+      await page?.close();
+      await settleRunWebhooks(webhooks, jobId, config.webhooks, pipeline.logger);
     }
     const summary = await retryTransient(() => jobSummary(pipeline.database, jobId));
     print(json, summary, formatSummary(summary));
@@ -156,12 +168,19 @@ async function cmdCreditsBalance(inv: Invocation): Promise<number> {
 async function cmdSubmit(inv: Invocation): Promise<number> {
   const { config } = inv;
   if (!config.databaseUrl) throw new ConfigError('DATABASE_URL', 'submit puts jobs on a PostgreSQL job queue for workers; set DATABASE_URL (or use imagegen run)');
-  const jobFile = await readJobFile(inv.args[0] as string, { maxQuantity: config.maxQuantity });
+  const jobFile = await readJobFile(inv.args[0] as string, { maxQuantity: config.maxQuantity, allowLocalWebhooks: config.webhooks.allowLocal });
   return withPipeline(inv, async (pipeline) => {
-    const { jobId, created } = await submitSpec(pipeline, jobFile.spec, { inputFiles: jobFile.inputFiles, pricePerImage: config.pricePerImage });
+    const { jobId, created } = await submitSpec(pipeline, jobFile.spec, { inputFiles: jobFile.inputFiles, pricePerImage: config.pricePerImage, allowLocalWebhooks: config.webhooks.allowLocal });
     // pg-boss is loaded by the two commands that use the queue only.
     const { submitToQueue } = await import('../streams/worker.js');
     await submitToQueue(pipeline, jobId, { priority: jobFile.spec.priority ?? 0 });
+    if (inv.values.open) {
+      // A link to the job's page on `imagegen serve` (IMAGEGEN_PUBLIC_URL), signed with the database's secret serve checks.
+      const { jobPageLink } = await import('../jobs/page-links.js');
+      const link = await jobPageLink(pipeline.database, { baseUrl: config.http.publicUrl, userId: jobFile.spec.userId, jobId, ttlSeconds: config.http.linkTtlSeconds });
+      print(inv.json, { jobId, created, pageUrl: link.url, pageUrlExpiresAt: link.expiresAt.toISOString() }, `${created ? 'submitted' : 'already submitted'}: ${jobId}\nlive page (until ${link.expiresAt.toISOString()}): ${link.url}`);
+      return 0;
+    }
     print(inv.json, { jobId, created }, `${created ? 'submitted' : 'already submitted'}: ${jobId}`);
     return 0;
   });
@@ -174,11 +193,14 @@ async function cmdWorker(inv: Invocation): Promise<number> {
     // prom-client is loaded only when the metrics are served.
     const served = config.metrics.port === undefined ? undefined : await (await import('./worker-metrics.js')).serveWorkerMetrics(pipeline, config.metrics);
     const signals = shutdownSignals();
+    // The webhook outbox is sent by every worker (claims keep two from sending the same delivery).
+    const webhooks = startWebhookDispatcher({ ...pipeline, metrics: served?.metrics }, config.webhooks);
     try {
       const { runWorker } = await import('../streams/worker.js');
       await runWorker(pipeline, { stop$: signals.stop$, engine: engineOptionsOf(config), jobConcurrency: config.workerJobs, metrics: served?.metrics });
     } finally {
       signals.dispose();
+      await webhooks.stop();
       await served?.close();
     }
     return 0;
@@ -196,6 +218,8 @@ export const HANDLERS: Readonly<Record<string, (inv: Invocation) => Promise<numb
   workers: cmdWorkers,
   'credits grant': cmdCreditsGrant,
   'credits balance': cmdCreditsBalance,
+  webhooks: cmdWebhooks,
+  'webhooks secret': cmdWebhooksSecret,
   // Fastify is loaded by the one command that serves.
   serve: async (inv) => (await import('./serve.js')).cmdServe(inv),
 };

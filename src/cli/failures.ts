@@ -12,6 +12,7 @@ import {
   JobNotFoundError,
   JobOwnershipError,
   MigrationError,
+  isConnectionError,
 } from '../db/index.js';
 import { PipelineError } from '../domain/error-class.js';
 import { JobSpecError } from '../domain/job-spec.js';
@@ -84,18 +85,6 @@ export function failureOf(error: unknown, context: FailureContext): { exitCode: 
   }
   if (isConnectionError(error)) return unavailable(`database is unavailable: ${reasonOf(error)}; check that the server runs and that DATABASE_URL is right`);
   return { exitCode: EXIT.short, failure: { code: 'internal', message: `internal error: ${reasonOf(error)}`, problems: [] } };
-}
-
-/** SQLSTATE classes and socket codes that say "the database cannot be reached or refuses us". */
-export function isConnectionError(error: unknown): boolean {
-  for (let e: unknown = error, depth = 0; e && depth < 5; e = (e as { cause?: unknown }).cause, depth++) {
-    const code = (e as { code?: unknown }).code;
-    if (typeof code === 'string' && (/^E(CONNREFUSED|CONNRESET|NOTFOUND|AI_AGAIN|TIMEDOUT|HOSTUNREACH|NETUNREACH|PIPE)$/.test(code) || /^(08|28|3D|53|57P)/.test(code))) return true;
-    if (e instanceof AggregateError && e.errors.some(isConnectionError)) return true;
-    const message = (e as { message?: unknown }).message;
-    if (typeof message === 'string' && /Connection terminated|connection.*(closed|ended|lost)|terminating connection/i.test(message)) return true;
-  }
-  return false;
 }
 
 /** The innermost useful text of an error (Node's AggregateError for a refused connection has an empty message). */

@@ -3,14 +3,14 @@ import { existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { of, Subject } from 'rxjs';
 import { ConfigError, type PipelineConfig } from '../config.js';
-import { DataDirLockedError } from '../db/index.js';
+import { DataDirLockedError, isConnectionError } from '../db/index.js';
 import { openPipeline, type Pipeline } from '../pipeline.js';
-import { databaseUnavailable, EXIT, isConnectionError, UnavailableError, UsageError } from './failures.js';
+import { databaseUnavailable, EXIT, UnavailableError, UsageError } from './failures.js';
 import { type JobSummary } from './summary.js';
 
 export const USAGE = `usage:
-  imagegen run <job.json> [--json] [--concurrency N] [--provider offline|gemini] [--data-dir DIR]
-  imagegen submit <job.json> [--json] [--data-dir DIR]
+  imagegen run <job.json> [--json] [--concurrency N] [--provider offline|gemini] [--data-dir DIR] [--open [--port N] [--host HOST]]
+  imagegen submit <job.json> [--json] [--data-dir DIR] [--open]
   imagegen worker [--concurrency N] [--provider offline|gemini] [--data-dir DIR] [--metrics-port N] [--metrics-host HOST]
   imagegen status <jobId> [--json] [--data-dir DIR]
   imagegen watch <jobId> [--json] [--data-dir DIR]
@@ -19,6 +19,8 @@ export const USAGE = `usage:
   imagegen workers [--json] [--data-dir DIR]
   imagegen credits grant <userId> <amount> [--json] [--data-dir DIR]
   imagegen credits balance <userId> [--json] [--data-dir DIR]
+  imagegen webhooks <jobId> [--redeliver] [--json] [--data-dir DIR]
+  imagegen webhooks secret <userId> [--json] [--data-dir DIR]
   imagegen serve [--port 8080] [--host 127.0.0.1] [--with-worker] [--concurrency N] [--provider offline|gemini] [--data-dir DIR]
 
 exit codes: 0 completed, 1 ended short or could not run, 2 invalid input, 3 not enough credits`;
@@ -33,6 +35,8 @@ export const OPTIONS = {
   port: { type: 'string' },
   host: { type: 'string' },
   'with-worker': { type: 'boolean' },
+  open: { type: 'boolean' },
+  redeliver: { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
 } as const;
 
@@ -41,8 +45,8 @@ export type Values = { readonly [K in OptionName]?: (typeof OPTIONS)[K]['type'] 
 
 /** Per command: its positional arguments (by name, all required) and the options it takes. */
 const COMMANDS: Readonly<Record<string, { readonly args: readonly string[]; readonly options: readonly OptionName[] }>> = {
-  run: { args: ['<job.json>'], options: ['json', 'concurrency', 'provider', 'data-dir'] },
-  submit: { args: ['<job.json>'], options: ['json', 'data-dir'] },
+  run: { args: ['<job.json>'], options: ['json', 'concurrency', 'provider', 'data-dir', 'open', 'port', 'host'] },
+  submit: { args: ['<job.json>'], options: ['json', 'data-dir', 'open'] },
   worker: { args: [], options: ['concurrency', 'provider', 'data-dir', 'metrics-port', 'metrics-host'] },
   status: { args: ['<jobId>'], options: ['json', 'data-dir'] },
   watch: { args: ['<jobId>'], options: ['json', 'data-dir'] },
@@ -51,6 +55,8 @@ const COMMANDS: Readonly<Record<string, { readonly args: readonly string[]; read
   workers: { args: [], options: ['json', 'data-dir'] },
   'credits grant': { args: ['<userId>', '<amount>'], options: ['json', 'data-dir'] },
   'credits balance': { args: ['<userId>'], options: ['json', 'data-dir'] },
+  webhooks: { args: ['<jobId>'], options: ['json', 'data-dir', 'redeliver'] },
+  'webhooks secret': { args: ['<userId>'], options: ['json', 'data-dir'] },
   serve: { args: [], options: ['port', 'host', 'with-worker', 'concurrency', 'provider', 'data-dir'] },
 };
 
@@ -156,6 +162,11 @@ export function resolveCommand(positionals: readonly string[], values: Values): 
   if (first === undefined) throw new UsageError('<command>', 'is required');
   let name = first;
   let args = rest;
+  // `webhooks secret <userId>` is the secret; `webhooks <jobId>` a job's deliveries (so a job named "secret" is listed by no command).
+  if (first === 'webhooks' && rest[0] === 'secret') {
+    name = 'webhooks secret';
+    args = rest.slice(1);
+  }
   if (first === 'credits') {
     const action = rest[0];
     if (action !== 'grant' && action !== 'balance') throw new UsageError('credits', `needs grant or balance, got ${JSON.stringify(action ?? null)}`);

@@ -4,6 +4,7 @@ import { ConfigError } from '../config.js';
 import type { JobDispatcher } from '../jobs/accept-job.js';
 import { engineOptionsOf } from '../pipeline.js';
 import { LocalJobRunner } from '../streams/local-runner.js';
+import { startWebhookDispatcher } from '../jobs/webhooks.js';
 import { UnavailableError, UsageError } from './failures.js';
 import { shutdownSignals, withPipeline, type Invocation } from './invocation.js';
 
@@ -38,10 +39,12 @@ export async function cmdServe(inv: Invocation): Promise<number> {
     const runner = queue ? undefined : new LocalJobRunner({ ...pipeline, metrics }, { jobConcurrency: config.workerJobs, engine });
     const dispatcher: JobDispatcher = queue ? { dispatch: (jobId, { priority }) => queue.submit(jobId, { priority }) } : (runner as LocalJobRunner);
     const signals = shutdownSignals();
+    // The webhook outbox is sent from here too (the embedded database has no other process to do it).
+    const webhooks = startWebhookDispatcher({ ...pipeline, metrics }, config.webhooks);
     try {
       const { buildServer } = await import('../http/server.js');
       const { database, store, generator, limiter, logger } = pipeline;
-      const app = await buildServer({ database, store, generator, limiter, logger, dispatcher, metrics }, { http: config.http, pricePerImage: config.pricePerImage, maxQuantity: config.maxQuantity });
+      const app = await buildServer({ database, store, generator, limiter, logger, dispatcher, metrics }, { http: config.http, pricePerImage: config.pricePerImage, maxQuantity: config.maxQuantity, allowLocalWebhooks: config.webhooks.allowLocal });
       let url: string;
       try {
         url = await app.listen({ port: config.http.port, host: config.http.host });
@@ -62,6 +65,7 @@ export async function cmdServe(inv: Invocation): Promise<number> {
       return 0;
     } finally {
       signals.dispose();
+      await webhooks.stop();
       await queue?.close();
     }
   });

@@ -30,7 +30,7 @@ export {
 } from './errors.js';
 
 /** Running an idempotent operation again after a lost connection; telling a lost connection from a wrong query. */
-export { retryTransient, isTransientDatabaseError } from './internal/sql-errors.js';
+export { retryTransient, isTransientDatabaseError, isConnectionError } from './internal/sql-errors.js';
 
 /** Progress across processes: the NOTIFY channel and its checked payloads. */
 export {
@@ -102,4 +102,17 @@ export { readJobEvents, DEFAULT_JOB_EVENTS_PAGE, type JobEventEnvelope, type Rea
 export { listUserJobs, type UserJobRow, type UserJobsPosition, type ListUserJobsOptions } from './ops/list-user-jobs.js';
 export { getSlotAttachment } from './ops/get-slot-attachment.js';
 export { getJobEventSeq } from './ops/get-job-event-seq.js';
+export { listDeliveredSlots, type DeliveredSlot } from './ops/list-delivered-slots.js';
+export { serviceSecret } from './ops/service-secret.js';
 export { pingDatabase } from './ops/ping-database.js';
+
+/** Webhooks: the outbox (written by the event log), per-user signing secrets, claims, attempts, redelivery. */
+export { WEBHOOK_DELIVERIES_CHANNEL, webhookMessageId } from './internal/webhook-outbox.js';
+export { getWebhookSecret } from './ops/webhook-secret.js';
+export { claimWebhookDeliveries, type ClaimedWebhookDelivery } from './ops/claim-webhook-deliveries.js';
+export { recordWebhookAttempt, type RecordWebhookAttemptOptions } from './ops/record-webhook-attempt.js';
+export { releaseWebhookClaims } from './ops/release-webhook-claims.js';
+export { listWebhookDeliveries, type WebhookDeliveryInfo, type WebhookAttemptInfo } from './ops/list-webhook-deliveries.js';
+export { redeliverWebhooks } from './ops/redeliver-webhooks.js';
+export { countUnattemptedWebhooks } from './ops/count-unattempted-webhooks.js';
+export type { WebhookDeliveryStatus } from './schema.js';

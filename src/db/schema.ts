@@ -169,6 +169,10 @@ export interface DatabaseSchema {
   workers: WorkersTable;
   provider_limits: ProviderLimitsTable;
   job_events: JobEventsTable;
+  webhook_secrets: WebhookSecretsTable;
+  webhook_deliveries: WebhookDeliveriesTable;
+  webhook_attempts: WebhookAttemptsTable;
+  service_secrets: ServiceSecretsTable;
 }
 
 /**
@@ -223,4 +227,53 @@ export interface ProviderLimitsTable {
   /** How many times a 429 cut the limit. */
   cuts: Generated<number>;
   updated_at: Generated<Date>;
+}
+
+/** Secrets the service keeps for itself, by name (migration 0008): the live page's link key. */
+export interface ServiceSecretsTable {
+  name: string;
+  secret: string;
+  created_at: Generated<Date>;
+}
+
+/** A user's webhook signing secret (migration 0007), `whsec_<base64>`. */
+export interface WebhookSecretsTable {
+  user_id: string;
+  secret: string;
+  created_at: Generated<Date>;
+}
+
+export const WEBHOOK_DELIVERY_STATUSES = ['pending', 'delivered', 'failed'] as const;
+export type WebhookDeliveryStatus = (typeof WEBHOOK_DELIVERY_STATUSES)[number];
+
+/** The webhook outbox (migration 0007): one row per reported event, written with it. */
+export interface WebhookDeliveriesTable {
+  /** `msg_<jobId>_<seq>`: the `webhook-id` header, the same on every retry. */
+  id: string;
+  job_id: string;
+  /** The reported event's `job_events.seq`. */
+  seq: number;
+  user_id: string;
+  event_type: string;
+  url: string;
+  /** The logged event (`NotifiedEvent`) it reports. */
+  payload: Json<unknown>;
+  status: Generated<WebhookDeliveryStatus>;
+  attempts: Generated<number>;
+  retry_attempt: Generated<number>;
+  next_attempt_at: Generated<Date>;
+  claimed_by: string | null;
+  window_from: Generated<Date>;
+  created_at: Generated<Date>;
+  finished_at: NullableTimestamp;
+}
+
+/** One attempt of a webhook delivery: an HTTP status, or the kind of error. */
+export interface WebhookAttemptsTable {
+  delivery_id: string;
+  attempt: number;
+  at: Timestamp;
+  duration_ms: number;
+  status_code: number | null;
+  error: string | null;
 }

@@ -1,4 +1,5 @@
 import { ASPECT_RATIOS, DEFAULT_ASPECT_RATIO, type AspectRatio } from './aspect-ratio.js';
+import { parseWebhookSpec, type WebhookSpec } from './webhook.js';
 
 /** One stage of a validated job: what to generate and how many. */
 export interface StageSpec {
@@ -27,6 +28,11 @@ export interface JobSpec {
    */
   readonly priority?: number;
   readonly stages: readonly StageSpec[];
+  /**
+   * Where signed callbacks of this job go, and which events (`src/domain/webhook.ts`).
+   * Absent: no webhooks; stored only when given, with its `events` filled in.
+   */
+  readonly webhook?: WebhookSpec;
 }
 
 /** The range of a job's `priority` (PostgreSQL `integer`). */
@@ -39,12 +45,15 @@ export interface JobSpecLimits {
   readonly maxStages?: number;
   /** Longest prompt, in characters. Default 10,000. */
   readonly maxPromptLength?: number;
+  /** `webhook.url` may point to this machine or a private network (`IMAGEGEN_WEBHOOK_ALLOW_LOCAL`, for tests). Default false. */
+  readonly allowLocalWebhooks?: boolean;
 }
 
 export const DEFAULT_JOB_SPEC_LIMITS: Readonly<Required<JobSpecLimits>> = Object.freeze({
   maxQuantity: 1000,
   maxStages: 100,
   maxPromptLength: 10_000,
+  allowLocalWebhooks: false,
 });
 
 /** One thing wrong with a job spec: which field, which rule. */
@@ -194,7 +203,9 @@ function parseStage(raw: unknown, index: number, limits: Required<JobSpecLimits>
 /**
  * Validates a job spec, accepting the source system's stage payload as it is
  * (`quantity`, `prompt`, `aspect-ratio`, `mergedImageAttachId`) and the camelCase
- * forms (`aspectRatio`, `inputAttachId`). Unknown keys are ignored.
+ * forms (`aspectRatio`, `inputAttachId`). Unknown keys are ignored, except inside
+ * `webhook` (`parseWebhookSpec`), a new object where a misspelt key would silently
+ * change the subscription.
  *
  * @throws {JobSpecError} listing every problem (field + rule) at once.
  */
@@ -230,6 +241,11 @@ export function parseJobSpec(input: unknown, limitsIn: JobSpecLimits = {}): JobS
     }
   }
 
+  let webhook: WebhookSpec | null = null;
+  if (input['webhook'] !== undefined && input['webhook'] !== null) {
+    webhook = parseWebhookSpec(input['webhook'], { allowLocal: limits.allowLocalWebhooks }, problems);
+  }
+
   const rawStages = input['stages'];
   const stages: StageSpec[] = [];
   if (rawStages === undefined) problems.push({ field: 'stages', rule: 'is required' });
@@ -245,7 +261,14 @@ export function parseJobSpec(input: unknown, limitsIn: JobSpecLimits = {}): JobS
   }
 
   if (problems.length > 0) throw new JobSpecError(problems);
-  return Object.freeze({ jobId, userId: userId as string, productionId, ...(priority !== undefined ? { priority } : {}), stages: Object.freeze(stages) });
+  return Object.freeze({
+    jobId,
+    userId: userId as string,
+    productionId,
+    ...(priority !== undefined ? { priority } : {}),
+    stages: Object.freeze(stages),
+    ...(webhook !== null ? { webhook } : {}),
+  });
 }
 
 /** Total images a job asks for. */

@@ -60,7 +60,7 @@ export const DEFAULT_SHARED_LIMIT_POLICY = Object.freeze({ decrease: 0.7, probeS
 /**
  * One step of the shared limit (AIMD). A 429 reported under the current epoch cuts the
  * limit once (`floor(limit x decrease)`, not below `min`; a failed probe, at or above the
- * last cut, only steps back by one) and remembers where; the other
+ * last cut, or the key's first 429 ever, only steps back by one) and remembers where; the other
  * reports of the same burst carry an older epoch by the time they land and change nothing
  * (the epoch moves at cuts only).
  * Successes add up; every `limit` of them (below the last cut) or `limit x probeSlowdown`
@@ -71,9 +71,11 @@ export function stepSharedLimit(state: SharedLimitState, report: SharedLimitRepo
   const slowdown = policy.probeSlowdown ?? DEFAULT_SHARED_LIMIT_POLICY.probeSlowdown;
   const max = Math.max(policy.min, policy.max);
   if (report.rateLimitedAt !== null && report.rateLimitedAt === state.epoch) {
-    // A failed probe (at or above the last cut) steps back to where the fleet ran fine; a
-    // 429 anywhere below it means the wall moved down: multiplicative.
-    const probing = state.lastCutAt > 0 && state.limit >= state.lastCutAt;
+    // A failed probe (at or above the last cut) steps back to where the fleet ran fine; so
+    // does the first 429 a key ever gets (no cut yet): the fleet starts below the wall (half
+    // a worker's concurrency, see `rebalanceProviderShare`) and grew to it one step at a
+    // time. A 429 anywhere below the last cut means the wall moved down: multiplicative.
+    const probing = state.lastCutAt === 0 || state.limit >= state.lastCutAt;
     const cut = probing ? state.limit - 1 : Math.floor(state.limit * decrease);
     const limit = Math.max(policy.min, Math.min(max, cut));
     return { limit, successes: 0, epoch: state.epoch + 1, lastCutAt: state.limit };

@@ -15,6 +15,8 @@ declare module 'fastify' {
   interface FastifyContextConfig {
     /** Answered without a token and outside the per-token rate limit (probes, the OpenAPI document, metrics). */
     public?: boolean;
+    /** A live-page route: rate-limited, but a request without a caller reaches it (it answers with the sign-in page). */
+    page?: boolean;
   }
 }
 
@@ -44,12 +46,16 @@ export interface ServerOptions {
   readonly presignExpiresSeconds?: number | undefined;
   /** How often an event stream reads the job's log when no notification came. Default `followJobEvents`'s. */
   readonly followPollMs?: number | undefined;
+  /** `IMAGEGEN_WEBHOOK_ALLOW_LOCAL`: a job's webhook may go to this machine or a private network (tests). Default false. */
+  readonly allowLocalWebhooks?: boolean | undefined;
+  /** How long a live-page session lasts (`IMAGEGEN_PAGE_SESSION_SECONDS`). Default `DEFAULT_PAGE_TTLS.sessionSeconds`. */
+  readonly pageSessionSeconds?: number | undefined;
 }
 
 /** What every route plugin gets. */
 export interface RouteContext {
   readonly deps: ServerDeps;
-  readonly options: Required<Omit<ServerOptions, 'followPollMs'>> & Pick<ServerOptions, 'followPollMs'>;
+  readonly options: Required<Omit<ServerOptions, 'followPollMs' | 'pageSessionSeconds' | 'allowLocalWebhooks'>> & Pick<ServerOptions, 'followPollMs' | 'allowLocalWebhooks'>;
   /** Open event streams per token key. */
   readonly streams: StreamCounter;
 }

@@ -25,6 +25,14 @@ export const DEFAULT_HTTP_OPTIONS = Object.freeze({
   presignExpiresSeconds: 300,
 });
 
+/** The live page's lifetimes (`IMAGEGEN_LINK_TTL_SECONDS`, `IMAGEGEN_PAGE_SESSION_SECONDS`). */
+export const DEFAULT_PAGE_TTLS = Object.freeze({
+  /** How long a printed link can be opened. */
+  linkSeconds: 3600,
+  /** How long the browser stays signed in after opening a link or signing in. */
+  sessionSeconds: 12 * 3600,
+});
+
 /**
  * The SHA-256 (hex) of a bearer token: what the configuration keeps and what a request's
  * token is compared by. The token itself is never stored, logged or printed.

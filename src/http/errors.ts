@@ -5,6 +5,7 @@
 import {
   CreditOverflowError,
   InputAttachmentError,
+  isConnectionError,
   InsufficientCreditsError,
   JobLeasedError,
   JobNotFoundError,
@@ -17,7 +18,6 @@ import { AdminOnlyError, InvalidInputError } from '../jobs/caller.js';
 import { JobEndedError } from '../jobs/cancel-job.js';
 import { ImageNotFoundError } from '../jobs/job-image.js';
 import { JobSpecConflictError } from '../jobs/submit-job.js';
-import { isConnectionError } from '../cli/failures.js';
 
 /** The `code` of an error object; each has one status. */
 export type ErrorCode =

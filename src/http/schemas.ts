@@ -6,6 +6,7 @@
 import { ASPECT_RATIOS } from '../domain/aspect-ratio.js';
 import { MAX_CREDITS } from '../domain/credit-amount.js';
 import { PRIORITY_RANGE } from '../domain/job-spec.js';
+import { MAX_WEBHOOK_URL_LENGTH, WEBHOOK_EVENT_TYPES } from '../domain/webhook.js';
 import { JOB_PAGE } from '../jobs/list-jobs.js';
 
 const id = { anyOf: [{ type: 'string', minLength: 1, maxLength: 128 }, { type: 'integer', minimum: 0 }] } as const;
@@ -59,6 +60,28 @@ const stageSchema = {
   },
 } as const;
 
+const webhookSpecSchema = {
+  type: 'object',
+  description:
+    'Signed callbacks (Standard Webhooks: `webhook-id`, `webhook-timestamp`, `webhook-signature`, HMAC-SHA256 with the secret of `GET /v1/webhooks/secret`), sent at least once, retried for 24 h. `https` to public addresses only.',
+  required: ['url'],
+  additionalProperties: false,
+  properties: {
+    url: { type: 'string', minLength: 1, maxLength: MAX_WEBHOOK_URL_LENGTH, description: 'An https URL whose host resolves to public addresses only.' },
+    events: { type: 'array', minItems: 1, uniqueItems: true, items: { type: 'string', enum: [...WEBHOOK_EVENT_TYPES] }, description: 'Default ["job.finished"].' },
+  },
+} as const;
+
+export const webhookSecretSchema = {
+  $id: 'WebhookSecret',
+  type: 'object',
+  required: ['userId', 'secret'],
+  properties: {
+    userId: { type: 'string' },
+    secret: { type: 'string', description: '`whsec_<base64>`: verify webhooks with any Standard Webhooks library.' },
+  },
+} as const;
+
 export const jobSubmitSchema = {
   $id: 'JobSubmit',
   type: 'object',
@@ -70,6 +93,7 @@ export const jobSubmitSchema = {
     productionId: id,
     priority: { type: 'integer', minimum: PRIORITY_RANGE.min, maximum: PRIORITY_RANGE.max, description: 'Higher runs first. Default 0.' },
     stages: { type: 'array', minItems: 1, items: stageSchema },
+    webhook: webhookSpecSchema,
   },
 } as const;
 

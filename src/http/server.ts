@@ -14,7 +14,11 @@ import { attachmentRoutes } from './routes/attachments.js';
 import { creditRoutes } from './routes/credits.js';
 import { jobEventRoutes } from './routes/job-events.js';
 import { jobRoutes } from './routes/jobs.js';
+import { pageRoutes } from './routes/pages.js';
+import { cookieValue, DEFAULT_PAGE_TTLS, PAGE_HEADER, PAGE_SECRET_NAME, PageSessions, SESSION_COOKIE, sessionMayReach } from './page-session.js';
+import { serviceSecret } from '../db/index.js';
 import { serviceRoutes } from './routes/service.js';
+import { webhookRoutes } from './routes/webhooks.js';
 import { SHARED_SCHEMAS } from './schemas.js';
 
 export type { ServerDeps, ServerOptions, MetricsSource } from './context.js';
@@ -44,6 +48,8 @@ export type { ServerDeps, ServerOptions, MetricsSource } from './context.js';
  */
 export async function buildServer(deps: ServerDeps, options: ServerOptions): Promise<FastifyInstance> {
   const auth = new TokenAuthenticator(options.http);
+  // The live page's links and sessions are signed with the database's secret: every process on it agrees.
+  const sessions = new PageSessions(await serviceSecret(deps.database, PAGE_SECRET_NAME));
   const ctx: RouteContext = {
     deps,
     options: {
@@ -81,10 +87,23 @@ export async function buildServer(deps: ServerDeps, options: ServerOptions): Pro
 
   app.decorateRequest('caller', null);
   app.addHook('onRequest', async (request, reply) => {
-    request.caller = auth.authenticate(request.headers.authorization);
+    const bearer = auth.authenticate(request.headers.authorization);
+    const cookie = bearer === null ? cookieValue(request.headers.cookie, SESSION_COOKIE) : undefined;
+    const session = cookie === undefined || cookie === '' ? null : sessions.callerOf(cookie);
+    request.caller = bearer ?? session;
     // Public routes, and paths with no route (the route table is public anyway: /openapi.json).
     if (request.routeOptions.config?.public === true || request.is404) return;
     await limit.call(app, request, reply);
+    if (session !== null) {
+      // A link opens one job: its page and API routes, nothing else.
+      if (!sessionMayReach(session, request.url.split('?')[0] as string)) throw new HttpError('forbidden', `this session was opened by a link to job ${session.jobScope} and reaches that job only`);
+      // A cookie goes with every request the browser makes, a cross-site form's too; the page's own script adds this header, which another site cannot.
+      const safe = request.method === 'GET' || request.method === 'HEAD';
+      if (!safe && request.routeOptions.config?.page !== true && request.headers[PAGE_HEADER] !== '1') {
+        throw new HttpError('forbidden', `a request that changes something with a page session needs the ${PAGE_HEADER}: 1 header (or a bearer token)`);
+      }
+    }
+    if (request.caller === null && request.routeOptions.config?.page === true) return;
     if (request.caller === null) {
       reply.header('www-authenticate', 'Bearer');
       throw new HttpError('unauthorized', request.headers.authorization === undefined ? 'a bearer token is required: Authorization: Bearer <token>' : 'the bearer token is not valid');
@@ -106,12 +125,14 @@ export async function buildServer(deps: ServerDeps, options: ServerOptions): Pro
   });
 
   await app.register(serviceRoutes, { ctx });
+  await app.register(pageRoutes, { ctx, auth, sessions, sessionSeconds: options.pageSessionSeconds ?? DEFAULT_PAGE_TTLS.sessionSeconds });
   await app.register(
     async (v1) => {
       await v1.register(jobRoutes, { ctx });
       await v1.register(jobEventRoutes, { ctx, live });
       await v1.register(attachmentRoutes, { ctx });
       await v1.register(creditRoutes, { ctx });
+      await v1.register(webhookRoutes, { ctx });
     },
     { prefix: '/v1' },
   );

@@ -21,6 +21,8 @@ export interface AcceptJobDeps extends SubmitDeps {
 export interface AcceptJobOptions {
   readonly pricePerImage: number;
   readonly limits?: JobSpecLimits;
+  /** `IMAGEGEN_WEBHOOK_ALLOW_LOCAL`: the webhook's host may resolve to this machine or a private network. Default false. */
+  readonly allowLocalWebhooks?: boolean | undefined;
 }
 
 /** What {@link acceptJob} answers: the job's summary, and whether this request created it. */
@@ -43,7 +45,7 @@ export interface AcceptedJob {
  */
 export async function acceptJob(deps: AcceptJobDeps, caller: Caller, body: unknown, options: AcceptJobOptions): Promise<AcceptedJob> {
   const request = await readJobRequest(body, caller, options.limits);
-  const { jobId, created } = await submitSpec(deps, request.spec, { inputFiles: request.inputFiles, pricePerImage: options.pricePerImage });
+  const { jobId, created } = await submitSpec(deps, request.spec, { inputFiles: request.inputFiles, pricePerImage: options.pricePerImage, allowLocalWebhooks: options.allowLocalWebhooks });
   const status = created ? 'queued' : await retryTransient(() => getJobStatus(deps.database, jobId));
   if (status !== null && !FINAL_JOB_STATUSES.includes(status)) await deps.dispatcher.dispatch(jobId, { priority: request.spec.priority ?? 0 });
   return { created, summary: await retryTransient(() => jobSummary(deps.database, jobId)) };

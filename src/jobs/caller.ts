@@ -8,6 +8,8 @@ import type { SpecProblem } from '../domain/job-spec.js';
 export interface Caller {
   readonly userId: string | null;
   readonly admin: boolean;
+  /** Set for a page session opened by a link: the one job it may see (any other reads as not found). */
+  readonly jobScope?: string | null;
 }
 
 /** A request the use case refuses as it stands, field by field (`invalid_input`). */
@@ -48,5 +50,6 @@ export function actingUser(caller: Caller, named: string | undefined, field = 'u
 export async function visibleJob(database: Database, caller: Caller, jobId: string): Promise<StoredJobSpec> {
   const stored = await retryTransient(() => getJobSpec(database, jobId));
   if (stored === null || (!caller.admin && stored.userId !== caller.userId)) throw new JobNotFoundError(jobId);
+  if (caller.jobScope != null && caller.jobScope !== jobId) throw new JobNotFoundError(jobId);
   return stored;
 }

@@ -22,10 +22,15 @@ export interface RunJobInput {
  * const events$ = runJob(pipeline, { spec: { userId: 'u1', stages: [{ quantity: 3, prompt: 'a cat', mergedImageAttachId: id }] } });
  * events$.subscribe((e) => e.type === 'job:finished' && console.log(e.result.attachIds));
  */
-export function runJob(deps: RunJobDeps & { readonly config?: Pick<PipelineConfig, 'pricePerImage' | 'maxQuantity'> }, input: RunJobInput, options: RunJobOptions = {}): Observable<PipelineEvent> {
+export function runJob(
+  deps: RunJobDeps & { readonly config?: Pick<PipelineConfig, 'pricePerImage' | 'maxQuantity'> & { readonly webhooks?: Pick<PipelineConfig['webhooks'], 'allowLocal'> } },
+  input: RunJobInput,
+  options: RunJobOptions = {},
+): Observable<PipelineEvent> {
   return defer(() => {
     // A pipeline (`openPipeline`) brings its configuration: the price and quantity limit the CLI uses.
-    const spec = parseJobSpec(input.spec, input.limits ?? (deps.config ? { maxQuantity: deps.config.maxQuantity } : undefined));
-    return from(submitSpec(deps, spec, { pricePerImage: input.pricePerImage ?? deps.config?.pricePerImage ?? DEFAULT_PRICE_PER_IMAGE }));
+    const allowLocalWebhooks = deps.config?.webhooks?.allowLocal === true;
+    const spec = parseJobSpec(input.spec, input.limits ?? (deps.config ? { maxQuantity: deps.config.maxQuantity, allowLocalWebhooks } : undefined));
+    return from(submitSpec(deps, spec, { pricePerImage: input.pricePerImage ?? deps.config?.pricePerImage ?? DEFAULT_PRICE_PER_IMAGE, allowLocalWebhooks }));
   }).pipe(mergeMap(({ jobId }) => runStoredJob(deps, jobId, options)));
 }

@@ -1,7 +1,7 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { firstValueFrom } from 'rxjs';
 import type { JobSpec, StageSpec } from '../domain/job-spec.js';
-import { totalImages } from '../domain/job-spec.js';
+import { JobSpecError, totalImages } from '../domain/job-spec.js';
 import {
   createAttachment,
   findAttachmentByKey,
@@ -18,6 +18,7 @@ import {
 import { extensionForMimeType } from '../adapters/image-codec.js';
 import type { ObjectStore } from '../sinks/object-store.js';
 import type { InputFile } from '../sources/job-file.js';
+import { resolveWebhookTarget, WebhookTargetError, type LookupAll } from '../sinks/webhook-target.js';
 
 /** Credits per delivered image when neither the caller nor `IMAGEGEN_PRICE_PER_IMAGE` says. */
 export const DEFAULT_PRICE_PER_IMAGE = 1;
@@ -31,6 +32,10 @@ export interface SubmitSpecOptions {
   /** Stage input images read from files (`inputImage`), imported as attachments of the job's user. */
   readonly inputFiles?: readonly InputFile[];
   readonly pricePerImage: number;
+  /** `IMAGEGEN_WEBHOOK_ALLOW_LOCAL`: a webhook may go to this machine or a private network. Default false. */
+  readonly allowLocalWebhooks?: boolean | undefined;
+  /** Resolves the webhook's host (default the system's `dns.lookup`). */
+  readonly lookup?: LookupAll | undefined;
 }
 
 /**
@@ -61,12 +66,14 @@ export function newJobId(): string {
  * 1. an existing job id: another user's is {@link JobOwnershipError}; the same user's
  *    with the same spec is returned as is (`created: false`, no second reservation);
  *    with a different spec it is {@link JobSpecConflictError};
- * 2. every input attachment exists and belongs to the user ({@link InputAttachmentError});
- * 3. the user's balance covers the whole job ({@link InsufficientCreditsError});
- * 4. the object store answers (a listing of the job's prefix), so a store that is
+ * 2. a webhook's host resolves, and to no private, loopback, link-local, ... address
+ *    ({@link checkWebhookAtSubmit}; checked again at every send);
+ * 3. every input attachment exists and belongs to the user ({@link InputAttachmentError});
+ * 4. the user's balance covers the whole job ({@link InsufficientCreditsError});
+ * 5. the object store answers (a listing of the job's prefix), so a store that is
  *    down refuses the submit instead of leaving a reserved job nobody can deliver;
- * 5. input files are imported (content-addressed: the same file is one attachment);
- * 6. the job is recorded and its price reserved in one transaction.
+ * 6. input files are imported (content-addressed: the same file is one attachment);
+ * 7. the job is recorded and its price reserved in one transaction.
  *
  * `run`, `submit` and the library's `runJob` all submit through here.
  */
@@ -75,6 +82,7 @@ export async function submitSpec(deps: SubmitDeps, spec: JobSpec, options: Submi
   const jobId = spec.jobId ?? newJobId();
   const inputFiles = options.inputFiles ?? [];
   if (await existingJobMatches(database, jobId, spec, inputFiles)) return { jobId, created: false };
+  await checkWebhookAtSubmit(spec, { allowLocal: options.allowLocalWebhooks === true, lookup: options.lookup });
 
   for (const stage of spec.stages) {
     if (stage.inputAttachId === null) continue;
@@ -104,6 +112,23 @@ export async function submitSpec(deps: SubmitDeps, spec: JobSpec, options: Submi
   // Another submit of this job id committed first: the same rules decide (its spec must be ours).
   if (!result.created) await existingJobMatches(database, jobId, spec, inputFiles);
   return { jobId: result.jobId, created: result.created };
+}
+
+/**
+ * The webhook's target, checked when the job is submitted: its host must resolve, and to
+ * no refused address (`resolveWebhookTarget`), else a {@link JobSpecError} on
+ * `webhook.url`. A resolver that cannot answer now (`EAI_AGAIN`) does not refuse the job:
+ * the check is made again at every send.
+ */
+export async function checkWebhookAtSubmit(spec: Pick<JobSpec, 'webhook'>, options: { readonly allowLocal: boolean; readonly lookup?: LookupAll | undefined }): Promise<void> {
+  if (!spec.webhook) return;
+  try {
+    await resolveWebhookTarget(new URL(spec.webhook.url), { allowLocal: options.allowLocal }, ...(options.lookup ? [options.lookup] : []));
+  } catch (error) {
+    if (!(error instanceof WebhookTargetError)) throw error;
+    if (error.kind === 'dns' && error.code !== 'ENOTFOUND' && error.code !== 'ENODATA') return;
+    throw new JobSpecError([{ field: 'webhook.url', rule: error.rule }]);
+  }
 }
 
 /**
@@ -138,7 +163,8 @@ async function existingJobMatches(database: Database, jobId: string, spec: JobSp
 
 /**
  * The one place that decides whether a submitted spec is the stored job: the first
- * field that differs, or null. Compared: `productionId`, `priority`, the number of stages, and per
+ * field that differs, or null. Compared: `productionId`, `priority`, the webhook (`webhook.url`,
+ * `webhook.events` as a set), the number of stages, and per
  * stage `prompt`, `aspectRatio`, `quantity` and the input image. An input attachment id
  * is compared as an id; an input file by content (its content-addressed storage key
  * against the key of the stored job's input attachment), so the same image under
@@ -147,6 +173,11 @@ async function existingJobMatches(database: Database, jobId: string, spec: JobSp
 async function specDifference(database: Database, stored: JobSpec, spec: JobSpec, inputFiles: readonly InputFile[]): Promise<string | null> {
   if ((stored.productionId ?? null) !== spec.productionId) return 'productionId';
   if ((stored.priority ?? 0) !== (spec.priority ?? 0)) return 'priority';
+  if ((stored.webhook === undefined) !== (spec.webhook === undefined)) return 'webhook';
+  if (stored.webhook && spec.webhook) {
+    if (stored.webhook.url !== spec.webhook.url) return 'webhook.url';
+    if ([...stored.webhook.events].sort().join() !== [...spec.webhook.events].sort().join()) return 'webhook.events';
+  }
   if (stored.stages.length !== spec.stages.length) return 'stages';
   for (const [i, stage] of spec.stages.entries()) {
     const old = stored.stages[i] as StageSpec;

@@ -10,6 +10,7 @@ import { countJobsByStatus, JOB_STATUSES, type Database, type JobStatusCount } f
 import { ERROR_CLASSES } from '../domain/error-class.js';
 import type { PipelineEvent } from '../domain/events.js';
 import { attemptEndOf, type AttemptEnd } from './attempt-log.js';
+import type { WebhookAttemptMetrics } from './webhook-dispatcher.js';
 
 /** What an HTTP server needs to serve `GET /metrics`. */
 export interface MetricsEndpoint {
@@ -99,7 +100,7 @@ interface DatabaseFigures {
  * runStoredJob({ database, store, generator, limiter, metrics }, jobId).subscribe();
  * const text = await metrics.render(); // serve it with `metrics.contentType`
  */
-export class PipelineMetrics implements MetricsEndpoint, RunMetrics {
+export class PipelineMetrics implements MetricsEndpoint, RunMetrics, WebhookAttemptMetrics {
   /** The private registry every metric here is in. */
   readonly registry = new Registry();
   readonly #config: PipelineMetricsConfig;
@@ -116,6 +117,7 @@ export class PipelineMetrics implements MetricsEndpoint, RunMetrics {
   readonly #deliveryLatency: Histogram;
   readonly #inFlight: Gauge;
   readonly #databaseErrors: Counter;
+  readonly #webhookAttempts: Counter<'outcome'>;
 
   constructor(config: PipelineMetricsConfig) {
     this.#config = config;
@@ -147,6 +149,13 @@ export class PipelineMetrics implements MetricsEndpoint, RunMetrics {
       registers,
     });
     this.#inFlight = new Gauge({ name: 'imagegen_attempts_in_flight', help: 'Attempts of this process started and not yet ended.', registers });
+    this.#webhookAttempts = new Counter({
+      name: 'imagegen_webhook_attempts_total',
+      help: 'Webhook attempts sent by this process, by outcome: delivered (a 2xx), http_3xx/http_4xx/http_5xx, or the error (timeout, connection_reset, connection_refused, unreachable, dns, forbidden_address, tls, network).',
+      labelNames: ['outcome'],
+      registers,
+    });
+    this.#webhookAttempts.inc({ outcome: 'delivered' }, 0);
     const metrics = this;
     this.#databaseErrors = new Counter({
       name: 'imagegen_metrics_database_errors_total',
@@ -247,6 +256,11 @@ export class PipelineMetrics implements MetricsEndpoint, RunMetrics {
    * @example
    * engine$.pipe(metrics.observeRun(() => signals.stopped));
    */
+  /** Counts one webhook attempt by its outcome (`WebhookDispatcher`). */
+  webhookAttempt(outcome: string): void {
+    this.#webhookAttempts.inc({ outcome });
+  }
+
   observeRun(shuttingDown: () => boolean): MonoTypeOperatorFunction<PipelineEvent> {
     return (events$) =>
       defer(() => {

@@ -127,20 +127,26 @@ forEachDatabase('the fleet', (ctx) => {
     expect((await listWorkers(ctx.database)).map((w) => w.id)).not.toContain(b);
   });
 
-  it('a 429 burst seen by two workers cuts the shared limit once; successes grow it back', async () => {
+  it('the fleet starts at half a worker\'s concurrency and grows; a 429 burst seen by two workers cuts once; successes grow it back', async () => {
     const key = uid('key');
     const a = await newWorker(ctx.database, { key, concurrency: 8 });
     const b = await newWorker(ctx.database, { key, concurrency: 8 });
     const report = (workerId: string, rateLimitedAt: number | null, successes = 0) => rebalanceProviderShare(ctx.database, { workerId, providerKey: key, demand: 8, inFlight: 0, ttlMs: 15_000, rateLimitedAt, successes });
     const first = await report(a, null);
-    expect(first.sharedLimit).toBe(8); // the first worker's concurrency (no ceiling set)
-    const cut = await report(a, first.epoch);
-    expect(cut.sharedLimit).toBe(5); // floor(8 x 0.7)
+    expect(first.sharedLimit).toBe(4); // slow start: half the first worker's concurrency (no ceiling set)
+    // 4 successes grow it to 5, 5 more to 6 (one step per `limit` successes).
+    expect((await report(b, null, 4)).sharedLimit).toBe(5);
+    expect((await report(a, null, 5)).sharedLimit).toBe(6);
+    // The first 429 at 6: the wall is right there, one step back.
+    const firstCut = await report(a, first.epoch);
+    expect(firstCut.sharedLimit).toBe(5);
     // B saw the same burst under the old epoch: no second cut.
     expect((await report(b, first.epoch)).sharedLimit).toBe(5);
-    // 5 successes grow it to 6 (below the last cut, 8, growth is one step per `limit` successes).
-    expect((await report(b, null, 5)).sharedLimit).toBe(6);
+    // A 429 below the last cut (6): the wall moved down, x0.7.
+    expect((await report(b, firstCut.epoch)).sharedLimit).toBe(3);
+    // 3 successes grow it to 4 (below the last cut, 5, growth is one step per `limit` successes).
+    expect((await report(a, null, 3)).sharedLimit).toBe(4);
     const row = await ctx.database.db.selectFrom('provider_limits').select(['cuts', 'last_cut_at']).where('key', '=', key).executeTakeFirstOrThrow();
-    expect(row).toEqual({ cuts: 1, last_cut_at: 8 });
+    expect(row).toEqual({ cuts: 2, last_cut_at: 5 });
   });
 });

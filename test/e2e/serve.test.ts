@@ -172,6 +172,37 @@ describe.skipIf(!TEST_DATABASE_URL)('imagegen serve [postgres, a separate imageg
     }
   });
 
+  it('submit --open prints a signed link (IMAGEGEN_PUBLIC_URL) that the service accepts: traded for a one-job session, the page renders the job', { timeout: 120_000 }, async () => {
+    const serve = await suite.start(['serve', '--port', '0', '--with-worker']);
+    try {
+      const url = await serving(serve);
+      expect((await suite.run(['credits', 'grant', 'carol', '5'])).code).toBe(0);
+      const file = await suite.ws.writeJob('open.json', { jobId: 'pg-open-1', userId: 'carol', stages: [{ prompt: 'open', quantity: 2, 'aspect-ratio': '1:1', inputImage: 'input.png' }] });
+      const submitted = await suite.run(['submit', file, '--open', '--json'], { env: { ...suite.env, IMAGEGEN_PUBLIC_URL: `${url}/` } });
+      expect(submitted.code, submitted.stderr).toBe(0);
+      const answer = JSON.parse(submitted.stdout);
+      expect(Object.keys(answer).sort()).toEqual(['created', 'jobId', 'pageUrl', 'pageUrlExpiresAt']);
+      expect(answer.pageUrl).toMatch(new RegExp(`^${url}/jobs/pg-open-1\\?link=link\\.`));
+      // The default lifetime: one hour from now.
+      expect(Math.abs(Date.parse(answer.pageUrlExpiresAt) - Date.now() - 3_600_000)).toBeLessThan(120_000);
+      const opened = await fetch(answer.pageUrl, { redirect: 'manual' });
+      expect(opened.status).toBe(303);
+      expect(opened.headers.get('location')).toBe('/jobs/pg-open-1');
+      const cookie = (opened.headers.get('set-cookie') ?? '').split(';')[0] as string;
+      await waitFor('the job to end', async () => (await httpCall(url, null, 'GET', '/v1/jobs/pg-open-1', undefined, { cookie })).body.status === 'completed', 60_000, 200);
+      const page = await httpCall(url, null, 'GET', '/jobs/pg-open-1', undefined, { cookie });
+      expect(page.status).toBe(200);
+      expect(page.body).toContain('<progress id="progress-total" max="2" value="2">2/2</progress>');
+      // The session opens that job only.
+      expect((await httpCall(url, null, 'GET', '/v1/jobs', undefined, { cookie })).status).toBe(403);
+      // Without --open, submit's answer is as before.
+      const plain = await suite.run(['submit', file, '--json']);
+      expect(JSON.parse(plain.stdout)).toEqual({ jobId: 'pg-open-1', created: false });
+    } finally {
+      await stop(serve);
+    }
+  });
+
   it('--with-worker runs a worker in the service process: it alone takes a job to the end', { timeout: 120_000 }, async () => {
     const serve = await suite.start(['serve', '--port', '0', '--with-worker']);
     try {

@@ -7,9 +7,11 @@ const at = (limit: number, extra: Partial<SharedLimitState> = {}): SharedLimitSt
 describe('stepSharedLimit (AIMD with a slow probe near the last cut)', () => {
   it.each([
     // [state, report, max, expected limit, expected epoch, expected lastCutAt]
-    ['a 429 under the current epoch cuts x0.7 and remembers where', at(10), { rateLimitedAt: 3, successes: 0 }, 16, 7, 4, 10],
+    ['a 429 under the current epoch, below the last cut, cuts x0.7 and remembers where', at(10, { lastCutAt: 12 }), { rateLimitedAt: 3, successes: 0 }, 16, 7, 4, 10],
+    ["the key's first 429 ever (no cut yet: the fleet grew to the wall one step at a time) steps back by one", at(7), { rateLimitedAt: 3, successes: 0 }, 16, 6, 4, 7],
     ['a 429 under an older epoch (same burst) changes nothing', at(7, { epoch: 4, lastCutAt: 10 }), { rateLimitedAt: 3, successes: 0 }, 16, 7, 4, 10],
-    ['never below 1', at(1), { rateLimitedAt: 3, successes: 0 }, 16, 1, 4, 1],
+    ['never below 1', at(1, { lastCutAt: 2 }), { rateLimitedAt: 3, successes: 0 }, 16, 1, 4, 1],
+    ['... also on a first 429 at 1', at(1), { rateLimitedAt: 3, successes: 0 }, 16, 1, 4, 1],
     ['a failed probe (at the last cut) steps back by one', at(8, { lastCutAt: 8 }), { rateLimitedAt: 3, successes: 0 }, 16, 7, 4, 8],
     ['... also above it', at(9, { lastCutAt: 8 }), { rateLimitedAt: 3, successes: 0 }, 16, 8, 4, 9],
     ['a 429 just below the last cut: the wall moved down, x0.7', at(7, { lastCutAt: 8 }), { rateLimitedAt: 3, successes: 0 }, 16, 4, 4, 7],
@@ -17,7 +19,7 @@ describe('stepSharedLimit (AIMD with a slow probe near the last cut)', () => {
     ['fewer successes wait', at(4, { lastCutAt: 8 }), { rateLimitedAt: null, successes: 3 }, 16, 4, 3, 8],
     ['just below the last cut, one step needs 16x limit successes', at(7, { lastCutAt: 8 }), { rateLimitedAt: null, successes: 7 }, 16, 7, 3, 8],
     ['... and takes it with them', at(7, { lastCutAt: 8, successes: 105 }), { rateLimitedAt: null, successes: 7 }, 16, 8, 3, 8],
-    ['a 429 seen before growth steps the worker has not heard of still cuts (same epoch)', at(9, { lastCutAt: 0 }), { rateLimitedAt: 3, successes: 0 }, 16, 6, 4, 9],
+    ['a 429 seen before growth steps the worker has not heard of still cuts (same epoch)', at(9, { lastCutAt: 12 }), { rateLimitedAt: 3, successes: 0 }, 16, 6, 4, 9],
     ['never above max', at(16), { rateLimitedAt: null, successes: 100 }, 16, 16, 3, 0],
     ['a max that dropped (a worker left) clamps it, which is no cut', at(16), { rateLimitedAt: null, successes: 0 }, 8, 8, 3, 0],
   ] as const)('%s', (_title, state, report, max, limit, epoch, lastCutAt) => {

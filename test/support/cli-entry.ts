@@ -39,7 +39,8 @@ function sourceFiles(): string[] {
     for (const name of readdirSync(dir).sort()) {
       const path = join(dir, name);
       if (statSync(path).isDirectory()) walk(path);
-      else if (name.endsWith('.ts')) files.push(path);
+      // The live page's script and style are sources too (copied beside the compiled server).
+      else if (/\.(ts|js|css)$/.test(name)) files.push(path);
     }
   };
   walk(join(REPO_ROOT, 'src'));
@@ -137,6 +138,9 @@ function compileInto(dir: string): void {
     { cwd: REPO_ROOT, encoding: 'utf8' },
   );
   if (!existsSync(join(tmp, 'cli.js'))) throw new Error(`compiling the CLI failed:\n${out.stdout}\n${out.stderr}`);
+  // What tsc does not copy: the live page's files, as `npm run build` copies them.
+  const assets = spawnSync(process.execPath, [join(REPO_ROOT, 'scripts', 'copy-page-assets.mjs'), tmp], { cwd: REPO_ROOT, encoding: 'utf8' });
+  if (assets.status !== 0) throw new Error(`copying the page's assets failed:\n${assets.stderr}`);
   // Outside the package's scope (node_modules), so say it is ESM.
   writeFileSync(join(tmp, 'package.json'), '{"type":"module"}\n');
   rmSync(dir, { recursive: true, force: true });

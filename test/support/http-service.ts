@@ -14,6 +14,7 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import pino from 'pino';
 import sharp from 'sharp';
+import { takeSseFrames } from './sse-frames.js';
 import type { FastifyInstance } from 'fastify';
 import { openDatabase, type Database } from '../../src/db/index.js';
 import type { ImageGenerator } from '../../src/domain/ports.js';
@@ -182,12 +183,19 @@ export interface EventStream {
   close(): void;
 }
 
-/** Opens `GET /v1/jobs/:id/events` (with `Last-Event-ID` when given). Non-200 answers come back with no frames. */
-export async function openEvents(service: Pick<TestService, 'url'>, token: string, jobId: string, lastEventId?: number): Promise<EventStream & { body?: unknown }> {
+/** Opens `GET /v1/jobs/:id/events` (with `Last-Event-ID` when given; `extra`: more headers, a query string). Non-200 answers come back with no frames. */
+export async function openEvents(
+  service: Pick<TestService, 'url'>,
+  token: string | null,
+  jobId: string,
+  lastEventId?: number,
+  extra: { readonly headers?: Record<string, string>; readonly query?: string } = {},
+): Promise<EventStream & { body?: unknown }> {
   const abort = new AbortController();
-  const headers: Record<string, string> = { authorization: `Bearer ${token}`, accept: 'text/event-stream' };
+  const headers: Record<string, string> = { accept: 'text/event-stream', ...extra.headers };
+  if (token !== null) headers['authorization'] = `Bearer ${token}`;
   if (lastEventId !== undefined) headers['last-event-id'] = String(lastEventId);
-  const response = await fetch(`${service.url}/v1/jobs/${jobId}/events`, { headers, signal: abort.signal });
+  const response = await fetch(`${service.url}/v1/jobs/${jobId}/events${extra.query ?? ''}`, { headers, signal: abort.signal });
   if (response.status !== 200 || response.body === null) {
     const body: unknown = await response.json().catch(() => null);
     return { status: response.status, headers: response.headers, body, next: async () => null, rest: async () => [], comments: () => 0, close: () => abort.abort() };
@@ -197,27 +205,16 @@ export async function openEvents(service: Pick<TestService, 'url'>, token: strin
   let buffer = '';
   let comments = 0;
   let ended = false;
+  const ready: SseFrame[] = [];
   const next = async (): Promise<SseFrame | null> => {
     for (;;) {
-      const cut = buffer.indexOf('\n\n');
-      if (cut >= 0) {
-        const block = buffer.slice(0, cut);
-        buffer = buffer.slice(cut + 2);
-        const fields: Record<string, string> = {};
-        let comment = false;
-        for (const line of block.split('\n')) {
-          if (line.startsWith(':')) comment = true;
-          else {
-            const colon = line.indexOf(':');
-            fields[line.slice(0, colon)] = line.slice(colon + 1).replace(/^ /, '');
-          }
-        }
-        if (comment && fields['event'] === undefined) {
-          comments++;
-          continue;
-        }
-        return { event: fields['event'] ?? 'message', id: fields['id'] === undefined ? null : Number(fields['id']), data: fields['data'] === undefined ? null : JSON.parse(fields['data']) };
-      }
+      const frame = ready.shift();
+      if (frame) return frame;
+      const taken = takeSseFrames(buffer);
+      buffer = taken.rest;
+      comments += taken.comments;
+      for (const raw of taken.frames) ready.push({ event: raw.event, id: raw.id, data: raw.data === undefined ? null : JSON.parse(raw.data) });
+      if (ready.length > 0) continue;
       if (ended) return null;
       let chunk;
       try {

@@ -2,6 +2,7 @@ import { sql, type Transaction } from 'kysely';
 import { encodeJobEventsAppended, JOB_EVENTS_CHANNEL, type NotifiedEvent } from '../notifications.js';
 import type { DatabaseSchema } from '../schema.js';
 import { jsonb } from './json.js';
+import { writeWebhookOutbox } from './webhook-outbox.js';
 
 /**
  * Appends `events` to job `jobId`'s event log (`job_events`), numbered on from
@@ -24,16 +25,20 @@ import { jsonb } from './json.js';
  * `requestCancel` take it first), the order every operation uses (job -> slot ->
  * account), so appending adds no new lock order. The insert's foreign key check needs
  * only the key-share lock on the same job row, which this transaction already holds.
+ *
+ * Webhooks: for a job whose spec has a `webhook`, the same transaction writes one outbox
+ * row (`webhook_deliveries`) per appended event the webhook subscribes to
+ * (`writeWebhookOutbox`): a delivery is written if and only if its event commits.
  */
 export async function appendJobEvents(trx: Transaction<DatabaseSchema>, jobId: string, events: readonly NotifiedEvent[]): Promise<number> {
   if (events.length === 0) throw new RangeError(`no events to append to job ${jobId}`);
   const foreign = events.find((event) => event.jobId !== jobId);
   if (foreign) throw new TypeError(`event ${foreign.type} is for job ${foreign.jobId}, not ${jobId}`);
-  const { event_seq: last } = await trx
+  const { event_seq: last, user_id: userId, webhook } = await trx
     .updateTable('jobs')
     .set((eb) => ({ event_seq: eb('event_seq', '+', events.length) }))
     .where('id', '=', jobId)
-    .returning('event_seq')
+    .returning(['event_seq', 'user_id', sql<unknown>`spec -> 'webhook'`.as('webhook')])
     .executeTakeFirstOrThrow();
   const first = last - events.length + 1;
   await trx
@@ -41,5 +46,7 @@ export async function appendJobEvents(trx: Transaction<DatabaseSchema>, jobId: s
     .values(events.map((event, index) => ({ job_id: jobId, seq: first + index, type: event.type, payload: jsonb(event) })))
     .execute();
   await sql`select pg_notify(${JOB_EVENTS_CHANNEL}, ${encodeJobEventsAppended({ jobId, seq: last })})`.execute(trx);
+  // The webhook outbox: written with the events it reports (see webhook-outbox.ts).
+  await writeWebhookOutbox(trx, { jobId, userId, webhook }, events, first);
   return last;
 }

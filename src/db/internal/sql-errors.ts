@@ -32,3 +32,21 @@ export async function retryTransient<T>(operation: () => Promise<T>, attempts = 
     }
   }
 }
+
+/**
+ * Whether `error` (or a cause of it) says "the database cannot be reached or refuses us":
+ * socket codes, SQLSTATE classes 08 (connection), 28 (authorization), 3D (no such
+ * database), 53 (resources), 57P (shutdown), or a lost connection's message. What the CLI
+ * exits 1 on and the service answers 503 for; wider than {@link isTransientDatabaseError},
+ * which is only what is worth retrying.
+ */
+export function isConnectionError(error: unknown): boolean {
+  for (let e: unknown = error, depth = 0; e && depth < 5; e = (e as { cause?: unknown }).cause, depth++) {
+    const code = (e as { code?: unknown }).code;
+    if (typeof code === 'string' && (/^E(CONNREFUSED|CONNRESET|NOTFOUND|AI_AGAIN|TIMEDOUT|HOSTUNREACH|NETUNREACH|PIPE)$/.test(code) || /^(08|28|3D|53|57P)/.test(code))) return true;
+    if (e instanceof AggregateError && e.errors.some(isConnectionError)) return true;
+    const message = (e as { message?: unknown }).message;
+    if (typeof message === 'string' && /Connection terminated|connection.*(closed|ended|lost)|terminating connection/i.test(message)) return true;
+  }
+  return false;
+}

@@ -5,6 +5,8 @@ import { abandonedAttempts } from './0003-abandoned-attempts.js';
 import { creditBigint } from './0004-credit-bigint.js';
 import { fleet } from './0005-fleet.js';
 import { jobEvents } from './0006-job-events.js';
+import { webhooks } from './0007-webhooks.js';
+import { serviceSecrets } from './0008-service-secrets.js';
 
 /**
  * Every migration, keyed by a numbered name. Names sort in the order they run;
@@ -17,4 +19,6 @@ export const MIGRATIONS: Readonly<Record<string, Migration>> = Object.freeze({
   '0004_credit_bigint': creditBigint,
   '0005_fleet': fleet,
   '0006_job_events': jobEvents,
+  '0007_webhooks': webhooks,
+  '0008_service_secrets': serviceSecrets,
 });

@@ -52,7 +52,12 @@ export async function rebalanceProviderShare(database: Database, report: Provide
       .returning(['concurrency', 'provider_ceiling'])
       .executeTakeFirst();
     if (!me) throw new Error(`worker ${report.workerId} is not registered`);
-    const initial = me.provider_ceiling ?? me.concurrency;
+    // Slow start: below the wall, not at it. An operator's ceiling is the known limit; without
+    // one, half the first worker's concurrency, grown by one per window of successes (a key's
+    // first 429 then steps back by one, `stepSharedLimit`). Starting at the concurrency sent a
+    // burst of 429s at every fleet's start (BENCHMARKS.md 9A). A key's row outlives its
+    // workers: the next fleet starts where the last one left the limit.
+    const initial = me.provider_ceiling ?? Math.max(1, Math.ceil(me.concurrency / 2));
     await trx.insertInto('provider_limits').values({ key: report.providerKey, current_limit: initial }).onConflict((oc) => oc.column('key').doNothing()).execute();
     const row = await trx.selectFrom('provider_limits').selectAll().where('key', '=', report.providerKey).forUpdate().executeTakeFirstOrThrow();
     const others = await trx

@@ -19,7 +19,7 @@ const SSE_HEADERS = Object.freeze({
 
 const DESCRIPTION = `Server-Sent Events. A first connection gets \`event: snapshot\` (the job's summary; its \`id:\` is the number of the last event it reflects), then each
 \`attempt:failed\`, \`slot:delivered\`, \`stage:completed\`, \`stage:short\` and \`job:finished\` as it commits (\`id:\` its number in the job's log, \`data:\` its JSON).
-A client that reconnects with \`Last-Event-ID\` gets no snapshot, only every event after that number, none twice. \`: ping\` comments keep idle streams open.
+A client that reconnects with \`Last-Event-ID\` (or starts with \`?after=\`) gets no snapshot, only every event after that number, none twice. \`: ping\` comments keep idle streams open.
 The stream ends after \`job:finished\` (at once, after the snapshot, for a job that has ended). A client that reads too slowly is dropped and resumes where it was.`;
 
 /**
@@ -32,7 +32,7 @@ export async function jobEventRoutes(app: FastifyInstance, { ctx, live }: { ctx:
   const { deps, options, streams } = ctx;
   // Every stream of this server follows its job over one LISTEN (PostgreSQL: one connection, not one per client).
   const database = sharingListens(deps.database);
-  app.get<{ Params: { id: string }; Headers: { 'last-event-id'?: string } }>(
+  app.get<{ Params: { id: string }; Headers: { 'last-event-id'?: string }; Querystring: { after?: string } }>(
     '/jobs/:id/events',
     {
       schema: {
@@ -42,13 +42,19 @@ export async function jobEventRoutes(app: FastifyInstance, { ctx, live }: { ctx:
         security: [{ bearer: [] }],
         params: jobIdParamsSchema,
         headers: { type: 'object', properties: { 'last-event-id': { type: 'string', pattern: '^[0-9]{1,10}$' } } },
+        querystring: {
+          type: 'object',
+          additionalProperties: false,
+          properties: { after: { type: 'string', pattern: '^[0-9]{1,10}$', description: 'Resume after this event number, as `Last-Event-ID` does, for clients that cannot set the header on their first request (a browser\'s EventSource). The header wins when both are given.' } },
+        },
         response: { 200: { description: 'text/event-stream', content: { 'text/event-stream': { schema: { type: 'string' } } } }, ...errors(400, 401, 404, 429) },
       },
     },
     async (request, reply) => {
       const caller = callerOf(request);
-      const header = request.headers['last-event-id'];
-      const lastEventId = header === undefined ? undefined : Number(header);
+      // EventSource resends its first URL (with `after`) on a reconnect, and the newer Last-Event-ID beside it: the header wins.
+      const resumeAfter = request.headers['last-event-id'] ?? request.query.after;
+      const lastEventId = resumeAfter === undefined ? undefined : Number(resumeAfter);
       if (!streams.tryOpen(caller.tokenKey)) throw new HttpError('rate_limited', `at most ${streams.max} event streams may be open per token; close one first`);
       let handedOver = false;
       try {

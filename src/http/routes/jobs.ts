@@ -14,7 +14,8 @@ const security = [{ bearer: [] }];
 
 export async function jobRoutes(app: FastifyInstance, { ctx }: { ctx: RouteContext }): Promise<void> {
   const { deps, options } = ctx;
-  const limits = { maxQuantity: options.maxQuantity };
+  const allowLocalWebhooks = options.allowLocalWebhooks === true;
+  const limits = { maxQuantity: options.maxQuantity, allowLocalWebhooks };
 
   app.post<{ Body: unknown }>(
     '/jobs',
@@ -36,7 +37,7 @@ export async function jobRoutes(app: FastifyInstance, { ctx }: { ctx: RouteConte
         await readJobRequest(request.body, caller, limits);
         throw request.validationError;
       }
-      const { created, summary } = await acceptJob(deps, caller, request.body, { pricePerImage: options.pricePerImage, limits });
+      const { created, summary } = await acceptJob(deps, caller, request.body, { pricePerImage: options.pricePerImage, limits, allowLocalWebhooks });
       return reply
         .code(created ? 201 : 200)
         .header('location', `/v1/jobs/${summary.jobId}`)

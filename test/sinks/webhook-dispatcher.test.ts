@@ -1,0 +1,126 @@
+/**
+ * The dispatcher against a real receiver (node:http, verifying every request with
+ * standardwebhooks) and a real database: a delivery that meets a 500, a hang past the
+ * timeout, a connection reset and a redirect is retried with backoff until a 2xx, each
+ * attempt recorded with its status or error kind; a target refused by address is never
+ * connected to; a shutdown abandons an in-flight send cleanly (claim given back).
+ */
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { deliverSlot, finishJob, getWebhookSecret, grantCredits, listWebhookDeliveries, submitJob, type Database } from '../../src/db/index.js';
+import type { WebhookEventType } from '../../src/domain/webhook.js';
+import { jobSummary } from '../../src/jobs/job-summary.js';
+import { WebhookDispatcher, type WebhookDispatcherOptions } from '../../src/sinks/webhook-dispatcher.js';
+import { deliveryOf, inputAttachment, makeSpec, resultFromDatabase, uid, until } from '../db/fixtures.js';
+import { forEachDatabase } from '../support/databases.js';
+import { startWebhookReceiver, type WebhookReceiver } from '../support/webhook-receiver.js';
+
+async function seedWebhookJob(database: Database, url: string, quantities: readonly number[], events: readonly WebhookEventType[]) {
+  const userId = uid('user');
+  await grantCredits(database, userId, 1000);
+  const spec = { ...makeSpec(userId, quantities, await inputAttachment(database, userId)), webhook: { url, events } };
+  const { jobId } = await submitJob(database, { spec, pricePerImage: 1 });
+  return { userId, jobId, secret: await getWebhookSecret(database, userId) };
+}
+
+const FAST: WebhookDispatcherOptions = { timeoutMs: 400, backoffBaseMs: 20, backoffMaxMs: 60, pollMs: 50, allowLocal: true, random: () => 0.5 };
+
+forEachDatabase('webhook dispatcher', (ctx) => {
+  let receiver: WebhookReceiver;
+  const dispatchers: WebhookDispatcher[] = [];
+  const start = (options: WebhookDispatcherOptions = {}) => {
+    const dispatcher = new WebhookDispatcher({ database: ctx.database, describeJob: (jobId) => jobSummary(ctx.database, jobId) }, { ...FAST, ...options });
+    dispatchers.push(dispatcher);
+    dispatcher.start();
+    return dispatcher;
+  };
+  beforeAll(async () => {
+    receiver = await startWebhookReceiver();
+  });
+  afterAll(async () => {
+    await Promise.all(dispatchers.map((d) => d.stop(0)));
+    await receiver.close();
+  });
+
+  it('retries through a 500, a hang, a reset and a redirect, then delivers; every request signed, every attempt recorded', async () => {
+    const { jobId, secret } = await seedWebhookJob(ctx.database, receiver.url, [1], ['job.finished']);
+    receiver.setSecret(secret);
+    receiver.script('fail', 'hang', 'reset', 'redirect');
+    await deliverSlot(ctx.database, deliveryOf(jobId, 0, 0));
+    await finishJob(ctx.database, jobId, await resultFromDatabase(ctx.database, jobId));
+    const dispatcher = start();
+    try {
+      await until(() => receiver.delivered().some((r) => r.id === `msg_${jobId}_3`), 15_000);
+    } catch (error) {
+      console.log(receiver.received.map((r) => [r.id, r.behaviour, r.verified !== null]), JSON.stringify(await listWebhookDeliveries(ctx.database, jobId)));
+      throw error;
+    } finally {
+      await dispatcher.stop();
+    }
+    const mine = receiver.received.filter((r) => r.id === `msg_${jobId}_3`);
+    expect(mine.map((r) => r.behaviour)).toEqual(['fail', 'hang', 'reset', 'redirect', 'ok']);
+    // Signed every time, with the same webhook-id; the redirect was not followed.
+    expect(mine.every((r) => r.verified !== null && r.path === '/hooks')).toBe(true);
+    const body = mine.at(-1)!.verified!;
+    expect(body.type).toBe('job.finished');
+    expect(body.data).toEqual(JSON.parse(JSON.stringify(await jobSummary(ctx.database, jobId))));
+    const [listed] = await listWebhookDeliveries(ctx.database, jobId);
+    expect(listed?.status).toBe('delivered');
+    expect(listed?.attempts.map((a) => a.statusCode ?? a.error)).toEqual([500, 'timeout', 'connection_reset', 302, 200]);
+    // The hang took the timeout, not longer.
+    expect(listed?.attempts[1]?.durationMs).toBeGreaterThanOrEqual(350);
+    expect(listed?.attempts[1]?.durationMs).toBeLessThan(2000);
+  });
+
+  it('sends image.delivered and stage.finished with their logged events', async () => {
+    const { jobId, secret } = await seedWebhookJob(ctx.database, receiver.url, [2], ['image.delivered', 'stage.finished']);
+    receiver.setSecret(secret);
+    const dispatcher = start();
+    await deliverSlot(ctx.database, deliveryOf(jobId, 0, 0));
+    await deliverSlot(ctx.database, deliveryOf(jobId, 0, 1));
+    await finishJob(ctx.database, jobId, await resultFromDatabase(ctx.database, jobId));
+    await until(() => receiver.delivered().filter((r) => r.id.startsWith(`msg_${jobId}_`)).length === 3, 10_000);
+    await dispatcher.stop();
+    const bodies = receiver.delivered().filter((r) => r.id.startsWith(`msg_${jobId}_`)).map((r) => r.verified!);
+    expect(bodies.map((b) => b.type).sort()).toEqual(['image.delivered', 'image.delivered', 'stage.finished']);
+    expect(bodies.find((b) => b.type === 'stage.finished')?.data).toEqual({ type: 'stage:completed', jobId, stage: 0, quantity: 2, delivered: 2, seq: 3 });
+    expect(bodies.filter((b) => b.type === 'image.delivered').map((b) => b.data['slot']).sort()).toEqual([0, 1]);
+  });
+
+  it('never connects to a refused address: the attempt is recorded as forbidden_address', async () => {
+    const { jobId, secret } = await seedWebhookJob(ctx.database, receiver.url, [1], ['image.delivered']);
+    receiver.setSecret(secret);
+    const before = receiver.received.length;
+    const dispatcher = start({ allowLocal: false, retryWindowMs: 1 });
+    await deliverSlot(ctx.database, deliveryOf(jobId, 0, 0));
+    let listed = await listWebhookDeliveries(ctx.database, jobId);
+    for (const deadline = Date.now() + 5000; listed[0]?.status !== 'failed' && Date.now() < deadline; ) {
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      listed = await listWebhookDeliveries(ctx.database, jobId);
+    }
+    await dispatcher.stop();
+    expect(listed[0]?.status).toBe('failed');
+    expect(listed[0]?.attempts.map((a) => a.error)).toEqual(['forbidden_address']);
+    expect(receiver.received.length).toBe(before);
+  });
+
+  it('a shutdown abandons an in-flight send: the claim is given back, due now, no attempt recorded', async () => {
+    const { jobId, secret } = await seedWebhookJob(ctx.database, receiver.url, [1], ['image.delivered']);
+    receiver.setSecret(secret);
+    receiver.script('hang');
+    const before = receiver.received.length;
+    const dispatcher = start({ timeoutMs: 30_000 });
+    await deliverSlot(ctx.database, deliveryOf(jobId, 0, 0));
+    await until(() => receiver.received.length > before, 5000);
+    const started = Date.now();
+    await dispatcher.stop(50);
+    expect(Date.now() - started).toBeLessThan(2000);
+    const [listed] = await listWebhookDeliveries(ctx.database, jobId);
+    expect(listed?.status).toBe('pending');
+    expect(listed?.attempts).toEqual([]);
+    expect(new Date(listed!.nextAttemptAt!).getTime()).toBeLessThanOrEqual(Date.now() + 1000);
+    // The next dispatcher sends it.
+    const next = start();
+    await until(() => receiver.delivered().some((r) => r.id === `msg_${jobId}_1`), 5000);
+    await next.stop();
+  });
+});
