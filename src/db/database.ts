@@ -55,10 +55,10 @@ export async function openDatabase(config: DatabaseConfig, options: OpenDatabase
   // Only the built-in migrations make a template (a test's own list never lands in the cache).
   const template = frozen.pgliteTemplateDir !== undefined && options.migrations === undefined ? pgliteTemplateFile(frozen.pgliteTemplateDir, MIGRATIONS) : undefined;
   // Each driver is loaded only when used: a process on PostgreSQL never loads PGlite's WASM, and the reverse.
-  const opened = frozen.databaseUrl ? { database: await openPostgres(frozen.databaseUrl, frozen.maxConnections ?? 10) } : await openPglite(frozen.dataDir, template);
+  const opened = frozen.databaseUrl ? await openPostgres(frozen.databaseUrl, frozen.maxConnections ?? 10) : await openPglite(frozen.dataDir, template);
   const { database } = opened;
   try {
-    await migrate(database.db, migrations);
+    await migrate(database.db, migrations, 'migrationDb' in opened ? opened.migrationDb : undefined);
     // A cluster this start created, now migrated and still empty, becomes the template.
     if ('started' in opened && opened.started.initialised && template !== undefined) await writePgliteTemplate(opened.started.pglite, template);
   } catch (error) {
@@ -72,9 +72,22 @@ export async function openDatabase(config: DatabaseConfig, options: OpenDatabase
   );
 }
 
-/** Runs pending migrations in one transaction (kysely's Migrator, advisory-locked). */
-export async function migrate(db: Kysely<DatabaseSchema>, migrations: Readonly<Record<string, Migration>>): Promise<void> {
+/**
+ * Runs pending migrations in one transaction (kysely's Migrator, advisory-locked), on
+ * `migrationDb` when given (PostgreSQL: a session without the idle-in-transaction timeout,
+ * made only when something is pending, see `openPostgres`).
+ */
+export async function migrate(db: Kysely<DatabaseSchema>, migrations: Readonly<Record<string, Migration>>, migrationDb?: () => Kysely<DatabaseSchema>): Promise<void> {
   if (await allApplied(db, migrations)) return;
+  const session = migrationDb?.() ?? db;
+  try {
+    await runMigrator(session, migrations);
+  } finally {
+    if (session !== db) await session.destroy();
+  }
+}
+
+async function runMigrator(db: Kysely<DatabaseSchema>, migrations: Readonly<Record<string, Migration>>): Promise<void> {
   const migrator = new Migrator({ db, provider: { getMigrations: async () => ({ ...migrations }) } });
   const { error, results } = await migrator.migrateToLatest();
   if (error !== undefined) {
@@ -120,7 +133,7 @@ async function notifyWith(db: Kysely<DatabaseSchema>, channel: string, payload: 
 /** How long a pooled session may sit idle inside a transaction before PostgreSQL ends it (ms). */
 export const IDLE_IN_TRANSACTION_MS = 10_000;
 
-async function openPostgres(databaseUrl: string, max: number): Promise<Database> {
+async function openPostgres(databaseUrl: string, max: number): Promise<{ database: Database; migrationDb: () => Kysely<DatabaseSchema> }> {
   const { default: pg } = await import('pg');
   // The int8 parser is this pool's own (`types`), not pg's global registry: pg-boss and
   // any other pg user in the process keep pg's defaults.
@@ -146,8 +159,17 @@ async function openPostgres(databaseUrl: string, max: number): Promise<Database>
   const db = new Kysely<DatabaseSchema>({ dialect: new PostgresDialect({ pool }) });
   const listeners = new Set<pg.Client>();
   let closed: Promise<void> | null = null;
+  // Migrations run in one long transaction from a process that may be starved of CPU (a
+  // busy machine, a PGlite in the same process): the idle timeout above would end it
+  // between two statements. It holds only the migrations' advisory lock, never a job row.
+  const migrationDb = () => {
+    const session = new pg.Pool({ connectionString: databaseUrl, max: 1, types });
+    session.on('connect', (client) => client.on('error', () => undefined));
+    session.on('error', () => undefined);
+    return new Kysely<DatabaseSchema>({ dialect: new PostgresDialect({ pool: session }) });
+  };
 
-  return {
+  const database: Database = {
     db,
     kind: 'postgres',
     notify: (channel, payload) => notifyWith(db, channel, payload),
@@ -191,6 +213,7 @@ async function openPostgres(databaseUrl: string, max: number): Promise<Database>
       return closed;
     },
   };
+  return { database, migrationDb };
 }
 
 /**

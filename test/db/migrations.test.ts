@@ -47,6 +47,28 @@ for (const kind of DATABASE_KINDS) {
       }
     });
 
+    // PostgreSQL only: PGlite has no idle-in-transaction timeout (one process, one session).
+    if (kind === 'postgres') it('migrations run in a session without the idle-in-transaction timeout (a starved process would lose them); queries run with it', async () => {
+      scratch = await createScratchDatabase(kind, { persistent: true });
+      const seen: string[] = [];
+      const probe = {
+        ...MIGRATIONS,
+        '9999_probe': {
+          async up(db: Kysely<unknown>) {
+            seen.push((await sql<{ t: string }>`select current_setting('idle_in_transaction_session_timeout') as t`.execute(db)).rows[0]?.t ?? '');
+          },
+        },
+      };
+      const database = await openDatabase(scratch.config, { migrations: probe });
+      try {
+        expect(seen).toEqual(['0']);
+        const pooled = await sql<{ t: string }>`select current_setting('idle_in_transaction_session_timeout') as t`.execute(database.db);
+        expect(pooled.rows[0]?.t).toBe('10s');
+      } finally {
+        await database.close();
+      }
+    });
+
     it('0006 (the job event log) applies over a database at 0005: a job submitted before it starts its log at 1', async () => {
       scratch = await createScratchDatabase(kind, { persistent: true });
       const upTo0005 = Object.fromEntries(Object.entries(MIGRATIONS).filter(([name]) => name < '0006'));

@@ -129,9 +129,9 @@ export interface FakeGeminiServer {
   readonly apiKey: string;
   /** Number of calls received so far. */
   calls(): number;
-  /** Calls currently in flight. */
+  /** Calls in flight now: arrived, and not yet answered (the answer begun) or ended. */
   inFlight(): number;
-  /** Highest number of calls that were in flight at once. */
+  /** Highest number of calls that were in flight at once (as {@link inFlight} counts). */
   maxObservedInFlight(): number;
   /** Records of every call, in arrival order. */
   readonly requests: readonly FakeCallRecord[];
@@ -199,11 +199,19 @@ export async function startFakeGeminiServer(options: FakeGeminiServerOptions = {
   const waiters = new Map<number, ((record: FakeCallRecord) => void)[]>();
   const timers = new Set<NodeJS.Timeout>();
 
+  // A call counts as in flight from its arrival until the server starts its answer (or the
+  // call ends unanswered): what a provider counts. Counting until the response's 'close'
+  // event instead made a server whose event loop was busy (a loaded machine) see a call the
+  // client had already finished and replaced: one more in flight than the client ever had.
+  const counted = new WeakSet<FakeCallRecord>();
+  const leave = (record: FakeCallRecord): void => {
+    if (counted.delete(record)) inFlight--;
+  };
   const settle = (record: FakeCallRecord, outcome: FakeCallOutcome): void => {
     if (record.outcome !== 'pending') return;
     record.outcome = outcome;
     record.settledAt = performance.now();
-    inFlight--;
+    leave(record);
     for (const resolve of waiters.get(record.n) ?? []) resolve(record);
     waiters.delete(record.n);
   };
@@ -243,6 +251,7 @@ export async function startFakeGeminiServer(options: FakeGeminiServerOptions = {
       settledAt: undefined,
     };
     records.push(record);
+    counted.add(record);
     for (const resolve of arrivals.get(n) ?? []) resolve(record);
     arrivals.delete(n);
     // The client closing its side before we answered: it gave up (abort / timeout).
@@ -284,6 +293,7 @@ export async function startFakeGeminiServer(options: FakeGeminiServerOptions = {
       if (res.destroyed) return;
     }
     record.answeredAt = performance.now();
+    leave(record);
     await answer(chosen, record, res);
   }
 
