@@ -47,6 +47,13 @@ describe('the package entry `imagegen-pipeline`', () => {
     expect(import.meta.resolve('imagegen-pipeline')).toBe(pathToFileURL(DIST_ENTRY).href);
   });
 
+  it('serves the HTTP face from its own entry, imagegen-pipeline/http (Fastify loads only for hosts that import it)', async () => {
+    const http = (await import('imagegen-pipeline/http')) as { buildServer?: unknown };
+    expect(typeof http.buildServer).toBe('function');
+    expect(import.meta.resolve('imagegen-pipeline/http')).toBe(pathToFileURL(join(ROOT, 'dist', 'http', 'server.js')).href);
+    expect('buildServer' in lib).toBe(false);
+  });
+
   it('exports what the README names', () => {
     for (const name of ['loadConfig', 'openPipeline', 'engineOptionsOf', 'runJob', 'watchJob', 'runEngine', 'grantCredits', 'importInputImage', 'submitSpec']) {
       expect(typeof (lib as Record<string, unknown>)[name], name).toBe('function');
