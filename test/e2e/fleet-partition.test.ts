@@ -88,7 +88,8 @@ describe.skipIf(!TEST_DATABASE_URL)('a worker that loses its database (PostgreSQ
     try {
       await suite.grant(USER, 30);
       await submit(JOB, USER, [['short a', 8], ['short b', 8]], server);
-      const partitioned = await worker('partition-short', server, { DATABASE_URL: viaProxy(proxy), IMAGEGEN_LOG_LEVEL: 'debug' });
+      // The provider limit is not what this test is about: a ceiling of 4 starts the fleet's limit there (no slow start from 2).
+      const partitioned = await worker('partition-short', server, { DATABASE_URL: viaProxy(proxy), IMAGEGEN_LOG_LEVEL: 'debug', IMAGEGEN_PROVIDER_MAX_INFLIGHT: '4' });
       workers.push(partitioned);
       await waitFor('four calls in flight past the first four', () => server.calls() >= 8 && server.inFlight() >= 4, 60_000);
       proxy.cut();
