@@ -14,7 +14,8 @@
  *   pending again with its attempts kept.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { waitFor } from '../support/cli.js';
+import { logLines, waitFor } from '../support/cli.js';
+import { httpCall, inputPng, TOKENS } from '../support/http-service.js';
 import { openCliSuite, type CliSuite } from '../support/cli-suite.js';
 import { jobSpec, parseSingleJson, type Summary } from '../support/cli-workspace.js';
 import { closedPort } from '../support/closed-port.js';
@@ -93,6 +94,42 @@ describe('webhooks: imagegen run on the embedded database', () => {
       { field: 'webhook.url', rule: 'must use https: http to localhost or 127.0.0.1 needs IMAGEGEN_WEBHOOK_ALLOW_LOCAL=1 (for tests)', message: expect.any(String) },
     ]);
   }, 60_000);
+});
+
+describe('webhooks: imagegen serve on the embedded database (its dispatcher sends what the jobs it runs log)', () => {
+  let suite: CliSuite;
+  let receiver: WebhookReceiver;
+  beforeAll(async () => {
+    receiver = await startWebhookReceiver();
+    suite = await openCliSuite({ env: { ...FAST_WEBHOOKS, IMAGEGEN_LOG_LEVEL: 'info', IMAGEGEN_API_TOKENS: `${TOKENS.alice}=alice`, IMAGEGEN_ADMIN_TOKENS: TOKENS.admin } });
+  }, 60_000);
+  afterAll(async () => {
+    await suite?.close();
+    await receiver?.close();
+  });
+
+  it('a job submitted over HTTP with a webhook: every subscribed event reaches the receiver, signed with the secret GET /v1/webhooks/secret gives', async () => {
+    const serve = await suite.start(['serve', '--port', '0']);
+    try {
+      await waitFor('the service to listen', () => logLines(serve.stderr(), 'serving').length > 0 || serve.child.exitCode !== null, 60_000);
+      const url = String(logLines(serve.stderr(), 'serving')[0]?.['url']);
+      const secret = await httpCall(url, TOKENS.alice, 'GET', '/v1/webhooks/secret');
+      expect(secret.status).toBe(200);
+      expect(secret.body).toMatchObject({ userId: 'alice', secret: expect.stringMatching(/^whsec_/) });
+      receiver.setSecret(secret.body.secret);
+      expect((await httpCall(url, TOKENS.admin, 'POST', '/v1/credits/alice', { amount: 10 })).status).toBe(200);
+      const job = { jobId: 'hook-serve-1', stages: [{ quantity: 2, prompt: 'served', 'aspect-ratio': '1:1', inputImageData: (await inputPng()).toString('base64') }], webhook: { url: receiver.url, events: ['image.delivered', 'job.finished'] } };
+      expect((await httpCall(url, TOKENS.alice, 'POST', '/v1/jobs', job)).status).toBe(201);
+      await waitFor('three webhooks delivered', () => new Set(receiver.delivered().filter((r) => r.id.startsWith('msg_hook-serve-1_')).map((r) => r.id)).size === 3, 60_000, 50);
+      const types = receiver.delivered().filter((r) => r.id.startsWith('msg_hook-serve-1_')).map((r) => r.verified?.type).sort();
+      expect(types).toEqual(['image.delivered', 'image.delivered', 'job.finished']);
+      const listedOverHttp = await httpCall(url, TOKENS.alice, 'GET', '/v1/jobs/hook-serve-1/webhooks');
+      expect(listedOverHttp.body.deliveries.map((d: { status: string }) => d.status)).toEqual(['delivered', 'delivered', 'delivered']);
+    } finally {
+      serve.child.kill('SIGTERM');
+      expect((await serve.exited).code).toBe(0);
+    }
+  }, 120_000);
 });
 
 describe.skipIf(!TEST_DATABASE_URL)('webhooks: submit + worker on PostgreSQL', () => {
