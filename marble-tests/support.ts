@@ -115,6 +115,8 @@ export interface Simulation {
   readonly state?: readonly StageState[];
   /** Engine options; `virtualOptions(scheduler)` when omitted. */
   readonly options?: (scheduler: TestScheduler, helpers: RunHelpers) => EngineOptions;
+  /** The job's spend cap and what earlier runs spent (`EngineJob.maxCostUsd`, `spentUsd`). */
+  readonly job?: { readonly maxCostUsd?: number; readonly spentUsd?: number };
   /** Assertions that must run inside `TestScheduler.run`, after the run (subscription timing). */
   readonly inside?: (helpers: RunHelpers, subscriptions: (key: string) => SubscriptionLog[]) => void;
 }
@@ -128,7 +130,7 @@ export function simulate(sim: Simulation): { lines: string[]; calls: string[] } 
     const scripted = scriptedPorts(helpers, sim.script, sim.deliver);
     calls = scripted.calls;
     const options = sim.options ? sim.options(scheduler, helpers) : virtualOptions(scheduler);
-    lines = timeline(scheduler, runEngine({ jobId: 'j', stages: stages(...sim.quantities), state: sim.state }, scripted.ports, options));
+    lines = timeline(scheduler, runEngine({ jobId: 'j', stages: stages(...sim.quantities), state: sim.state, ...sim.job }, scripted.ports, options));
     if (sim.inside) {
       helpers.flush();
       sim.inside(helpers, scripted.subscriptions);

@@ -6,7 +6,9 @@ import { boolOf, ConfigError, fractionOf, intOf, type ConfigEnv } from './config
 import { ERROR_CLASSES, isErrorClass, type ErrorClass } from './domain/error-class.js';
 import { hideField, REDACTED, redactUrlPassword, withSecretsHidden } from './domain/hide-secrets.js';
 import { DEFAULT_JOB_SPEC_LIMITS } from './domain/job-spec.js';
+import { DEFAULT_PRICES, parsePriceTable, PriceTableError, type PriceTable } from './domain/price-table.js';
 import { DEFAULT_BACKOFF, MAX_TIMER_MS } from './engine/full-jitter-backoff.js';
+import { DEFAULT_MAX_SAFETY_BLOCKS_PER_STAGE } from './engine/stage-ledger.js';
 import { DEFAULT_ENGINE_OPTIONS, defaultStageConcurrency } from './streams/engine.js';
 import { DEFAULT_PRICE_PER_IMAGE } from './jobs/submit-job.js';
 import { DEFAULT_RUN_OPTIONS } from './streams/run-job.js';
@@ -40,7 +42,14 @@ export interface PipelineConfig {
   readonly storage: StorageConfig;
   readonly provider: 'offline' | 'gemini';
   /** Unset model or timeout: the generator's own defaults. */
-  readonly gemini: { readonly apiKey: string | undefined; readonly model: string | undefined; readonly baseUrl: string | undefined; readonly timeoutMs: number | undefined };
+  readonly gemini: {
+    readonly apiKey: string | undefined;
+    readonly model: string | undefined;
+    readonly baseUrl: string | undefined;
+    readonly timeoutMs: number | undefined;
+    /** Vertex AI (`GEMINI_VERTEX_PROJECT` + `GEMINI_VERTEX_LOCATION`, application default credentials) instead of the Gemini API key. */
+    readonly vertex: { readonly project: string; readonly location: string } | undefined;
+  };
   /** Fault injection of the offline generator; unset fields are off (0). */
   readonly offline: {
     readonly latencyMs: number | undefined;
@@ -60,9 +69,17 @@ export interface PipelineConfig {
     readonly backoffMaxMs: number;
     /** Longest server-requested retry delay honoured; a longer one ends the job's new attempts as `quota_exhausted`. */
     readonly maxRetryAfterMs: number;
+    /** Safety blocks (`safety_blocked`) in a row after which a stage stops (shortfall `safety_blocked`). */
+    readonly maxSafetyBlocksPerStage: number;
   };
   /** Credits one delivered image costs. */
   readonly pricePerImage: number;
+  /**
+   * Provider prices per model (USD): what each attempt's answer is estimated to cost and
+   * what a job's `maxCostUsd` is checked against. `DEFAULT_PRICES` (list prices, dated)
+   * with the models `IMAGEGEN_PRICES` gives replaced.
+   */
+  readonly prices: PriceTable;
   /** Largest `quantity` of one stage. */
   readonly maxQuantity: number;
   readonly webpQuality: number;
@@ -256,11 +273,14 @@ function failureClassesOf(env: ConfigEnv): ErrorClass[] | undefined {
  * | `GEMINI_API_KEY` | unset: provider `offline` |
  * | `IMAGEGEN_PROVIDER` | `gemini` with a key, else `offline` |
  * | `GEMINI_MODEL`, `GEMINI_BASE_URL`, `GEMINI_TIMEOUT_MS` | `gemini-2.5-flash-image`, Google, 60000 (`GeminiImageGenerator`) |
+ * | `GEMINI_VERTEX_PROJECT`, `GEMINI_VERTEX_LOCATION` | unset: the Gemini API with `GEMINI_API_KEY`; both set: Vertex AI with application default credentials (not with a key) |
+ * | `IMAGEGEN_MAX_SAFETY_BLOCKS_PER_STAGE` | 3 (`StageLedger`: safety blocks in a row that stop a stage) |
  * | `IMAGEGEN_CONCURRENCY`, `IMAGEGEN_STAGE_CONCURRENCY` | 8, min(4, global) (`runEngine`) |
  * | `IMAGEGEN_MAX_ATTEMPTS_PER_SLOT`, `IMAGEGEN_MAX_REPLACEMENTS_PER_STAGE` | 5, max(10, quantity) (`runEngine`) |
  * | `IMAGEGEN_ATTEMPT_TIMEOUT_MS` | 120000 (`runEngine`) |
  * | `IMAGEGEN_BACKOFF_BASE_MS`, `IMAGEGEN_BACKOFF_MAX_MS`, `IMAGEGEN_MAX_RETRY_AFTER_MS` | 1000, 30000, 120000 (`fullJitterBackoff`) |
  * | `IMAGEGEN_PRICE_PER_IMAGE`, `IMAGEGEN_MAX_QUANTITY` | 1, 1000 (`parseJobSpec`: the spec's limit) |
+ * | `IMAGEGEN_PRICES` | `DEFAULT_PRICES` (list prices at `DEFAULT_PRICES_AS_OF`); a JSON object of model -> prices, or `@/path/file` holding one (`parsePriceTable`) |
  * | `IMAGEGEN_OFFLINE_LATENCY_MS`, `_JITTER_MS`, `_FAILURE_RATE`, `_FAILURE_CLASSES`, `_SEED` | 0, 0, 0, transient mix, 0 (`OfflineImageGenerator`) |
  * | `IMAGEGEN_WEBP_QUALITY` | 80 (`toWebp`) |
  * | `IMAGEGEN_PROGRESS_INTERVAL_MS`, `IMAGEGEN_SHUTDOWN_GRACE_MS`, `IMAGEGEN_MAX_CRASH_RESUMES` | 250, 30000, 5 (`runStoredJob`) |
@@ -288,11 +308,12 @@ export function loadConfig(env: ConfigEnv = process.env, overrides: ConfigOverri
   if (overrides.dataDir !== undefined && overrides.dataDir.trim() === '') throw new ConfigError('--data-dir', 'must be a folder path, got ""');
   const dataDir = resolve(overrides.dataDir ?? (env['IMAGEGEN_DATA_DIR'] || './.imagegen'));
   const apiKey = env['GEMINI_API_KEY'] || undefined;
-  const providerRaw = overrides.provider ?? (env['IMAGEGEN_PROVIDER'] || (apiKey ? 'gemini' : 'offline'));
+  const vertex = vertexOf(env, apiKey);
+  const providerRaw = overrides.provider ?? (env['IMAGEGEN_PROVIDER'] || (apiKey || vertex ? 'gemini' : 'offline'));
   if (providerRaw !== 'offline' && providerRaw !== 'gemini') {
     throw new ConfigError(overrides.provider !== undefined ? '--provider' : 'IMAGEGEN_PROVIDER', `must be offline or gemini, got ${JSON.stringify(providerRaw)}`);
   }
-  if (providerRaw === 'gemini' && !apiKey) throw new ConfigError('GEMINI_API_KEY', 'is required with --provider gemini');
+  if (providerRaw === 'gemini' && !apiKey && !vertex) throw new ConfigError('GEMINI_API_KEY', 'is required with --provider gemini (or GEMINI_VERTEX_PROJECT and GEMINI_VERTEX_LOCATION for Vertex AI)');
 
   const envConcurrency = intOf(env, 'IMAGEGEN_CONCURRENCY', 1, 1000);
   // Decimal digits only: Number() would read "" as 0 (then the default) and "0x8" as 8.
@@ -316,6 +337,7 @@ export function loadConfig(env: ConfigEnv = process.env, overrides: ConfigOverri
       model: env['GEMINI_MODEL'] || undefined,
       baseUrl: env['GEMINI_BASE_URL'] || undefined,
       timeoutMs: intOf(env, 'GEMINI_TIMEOUT_MS', 1, MAX_TIMER_MS),
+      vertex,
     }),
     offline: Object.freeze({
       latencyMs: intOf(env, 'IMAGEGEN_OFFLINE_LATENCY_MS', 0, MAX_TIMER_MS),
@@ -333,8 +355,10 @@ export function loadConfig(env: ConfigEnv = process.env, overrides: ConfigOverri
       backoffBaseMs: intOf(env, 'IMAGEGEN_BACKOFF_BASE_MS', 0, MAX_TIMER_MS) ?? DEFAULT_BACKOFF.baseMs,
       backoffMaxMs: intOf(env, 'IMAGEGEN_BACKOFF_MAX_MS', 0, MAX_TIMER_MS) ?? DEFAULT_BACKOFF.maxMs,
       maxRetryAfterMs: intOf(env, 'IMAGEGEN_MAX_RETRY_AFTER_MS', 0, MAX_TIMER_MS) ?? DEFAULT_BACKOFF.maxRetryAfterMs,
+      maxSafetyBlocksPerStage: intOf(env, 'IMAGEGEN_MAX_SAFETY_BLOCKS_PER_STAGE', 1, 1000) ?? DEFAULT_MAX_SAFETY_BLOCKS_PER_STAGE,
     }),
     pricePerImage: intOf(env, 'IMAGEGEN_PRICE_PER_IMAGE', 0) ?? DEFAULT_PRICE_PER_IMAGE,
+    prices: pricesOf(env),
     maxQuantity: intOf(env, 'IMAGEGEN_MAX_QUANTITY', 1) ?? DEFAULT_JOB_SPEC_LIMITS.maxQuantity,
     webpQuality: intOf(env, 'IMAGEGEN_WEBP_QUALITY', 1, 100) ?? DEFAULT_WEBP_QUALITY,
     progressIntervalMs: intOf(env, 'IMAGEGEN_PROGRESS_INTERVAL_MS', 0, MAX_TIMER_MS) ?? DEFAULT_RUN_OPTIONS.progressIntervalMs,
@@ -361,6 +385,24 @@ export function loadConfig(env: ConfigEnv = process.env, overrides: ConfigOverri
     http: httpOf(env, overrides),
     webhooks: webhooksOf(env),
   });
+}
+
+/**
+ * `GEMINI_VERTEX_PROJECT` and `GEMINI_VERTEX_LOCATION`: Vertex AI as a deliberate choice
+ * (both, or neither). Not with `GEMINI_API_KEY`: which endpoint gets the requests is said
+ * in one way only. The SDK's own `GOOGLE_GENAI_USE_VERTEXAI`, `GOOGLE_CLOUD_PROJECT`,
+ * `GOOGLE_GEMINI_BASE_URL`... change nothing (the adapter pins them).
+ */
+function vertexOf(env: ConfigEnv, apiKey: string | undefined): { readonly project: string; readonly location: string } | undefined {
+  const project = env['GEMINI_VERTEX_PROJECT']?.trim() || undefined;
+  const location = env['GEMINI_VERTEX_LOCATION']?.trim() || undefined;
+  if (project === undefined && location === undefined) return undefined;
+  if (project === undefined) throw new ConfigError('GEMINI_VERTEX_PROJECT', 'is required with GEMINI_VERTEX_LOCATION (Vertex AI needs both)');
+  if (location === undefined) throw new ConfigError('GEMINI_VERTEX_LOCATION', 'is required with GEMINI_VERTEX_PROJECT (e.g. us-central1, global)');
+  if (!/^[a-z][a-z0-9-]{4,61}[a-z0-9]$/.test(project)) throw new ConfigError('GEMINI_VERTEX_PROJECT', `must be a Google Cloud project id, got ${JSON.stringify(project)}`);
+  if (!/^[a-z][a-z0-9-]{1,40}$/.test(location)) throw new ConfigError('GEMINI_VERTEX_LOCATION', `must be a location such as us-central1 or global, got ${JSON.stringify(location)}`);
+  if (apiKey !== undefined) throw new ConfigError('GEMINI_VERTEX_PROJECT', 'set GEMINI_API_KEY (Gemini API) or GEMINI_VERTEX_PROJECT/GEMINI_VERTEX_LOCATION (Vertex AI), not both');
+  return Object.freeze({ project, location });
 }
 
 /** Longest `IMAGEGEN_WEBHOOK_RETRY_WINDOW_SECONDS`: 30 days. */
@@ -437,6 +479,26 @@ function httpOf(env: ConfigEnv, overrides: ConfigOverrides): HttpConfig {
   http = { ...http, publicUrl: publicUrlOf(env, http) };
   // Hashes of weak tokens could be guessed offline: the printed form says how many there are, not which.
   return withSecretsHidden('HttpConfig', http, () => ({ ...http, tokens: `${tokens.length} token(s)`, adminTokens: `${adminTokens.length} token(s)` }));
+}
+
+/** `IMAGEGEN_PRICES`: a JSON value, or `@/path/file` holding one, over `DEFAULT_PRICES`. */
+function pricesOf(env: ConfigEnv): PriceTable {
+  const raw = env['IMAGEGEN_PRICES'];
+  if (raw === undefined || raw.trim() === '') return DEFAULT_PRICES;
+  let json = raw;
+  if (raw.startsWith('@')) {
+    try {
+      json = readFileSync(raw.slice(1), 'utf8');
+    } catch (error) {
+      throw new ConfigError('IMAGEGEN_PRICES', `cannot read ${raw.slice(1)} (${(error as NodeJS.ErrnoException).code ?? (error as Error).message})`);
+    }
+  }
+  try {
+    return parsePriceTable(json);
+  } catch (error) {
+    if (error instanceof PriceTableError) throw new ConfigError('IMAGEGEN_PRICES', error.message);
+    throw error;
+  }
 }
 
 /** `IMAGEGEN_PUBLIC_URL` (an http(s) URL, no trailing slash kept), else where `serve` listens. */

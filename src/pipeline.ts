@@ -7,6 +7,7 @@ import type { ImageGenerator } from './domain/ports.js';
 import { withPrintedForm } from './domain/hide-secrets.js';
 import { lockDataDir, openDatabase, type Database } from './db/index.js';
 import { AdaptiveConcurrencyLimiter } from './engine/adaptive-concurrency-limiter.js';
+import { pricingFor, type AttemptPricing } from './domain/price-table.js';
 import { FolderObjectStore } from './sinks/folder-object-store.js';
 import type { ObjectStore } from './sinks/object-store.js';
 
@@ -19,6 +20,8 @@ export interface Pipeline {
   /** One global limit for every job of this process (one API key). */
   readonly limiter: AdaptiveConcurrencyLimiter;
   readonly logger: Logger;
+  /** The generator's model under the configured prices (`config.prices`): attempt costs and the spend cap. */
+  readonly pricing: AttemptPricing;
   close(): Promise<void>;
 }
 
@@ -90,6 +93,7 @@ export async function openPipeline(config: PipelineConfig, overrides: PipelineOv
           apiKey: config.gemini.apiKey ?? '',
           model: config.gemini.model,
           timeoutMs: config.gemini.timeoutMs,
+          ...(config.gemini.vertex ? { vertex: config.gemini.vertex } : {}),
           ...(config.gemini.baseUrl ? { baseUrl: config.gemini.baseUrl } : {}),
         })
       : new (await import('./adapters/offline-image-generator.js')).OfflineImageGenerator({
@@ -100,6 +104,11 @@ export async function openPipeline(config: PipelineConfig, overrides: PipelineOv
           ...(config.offline.failureClasses ? { failureClasses: config.offline.failureClasses } : {}),
         }));
   const limiter = new AdaptiveConcurrencyLimiter({ max: config.engine.globalConcurrency });
+  // A host's generator without a model is priced as unknown: costs null, a job with a cap starts nothing.
+  const pricing = pricingFor(config.prices, generator.model ?? '(unknown model)');
+  if (!pricing.priced) {
+    logger.warn({ model: pricing.model }, 'the model has no price in the price table (IMAGEGEN_PRICES): attempt costs are unknown and a job with maxCostUsd starts no attempt');
+  }
   let closed = false;
   // Printed (console.log, JSON.stringify, pino) as its parts, each of which hides its own secrets.
   return withPrintedForm('Pipeline', {
@@ -109,6 +118,7 @@ export async function openPipeline(config: PipelineConfig, overrides: PipelineOv
     generator,
     limiter,
     logger,
+    pricing,
     async close() {
       if (closed) return;
       closed = true;
@@ -127,6 +137,7 @@ export function engineOptionsOf(config: PipelineConfig) {
   return {
     stageConcurrency: config.engine.stageConcurrency,
     maxAttemptsPerSlot: config.engine.maxAttemptsPerSlot,
+    maxSafetyBlocksPerStage: config.engine.maxSafetyBlocksPerStage,
     ...(config.engine.maxReplacementsPerStage !== undefined ? { maxReplacementsPerStage: config.engine.maxReplacementsPerStage } : {}),
     attemptTimeoutMs: config.engine.attemptTimeoutMs,
     backoff: { baseMs: config.engine.backoffBaseMs, maxMs: config.engine.backoffMaxMs, maxRetryAfterMs: config.engine.maxRetryAfterMs },
@@ -146,6 +157,7 @@ export function engineOptionsOf(config: PipelineConfig) {
  */
 export function providerKeyOf(config: PipelineConfig): string {
   if (config.provider === 'offline') return 'offline';
-  const { baseUrl, model, apiKey } = config.gemini;
-  return 'gemini:' + createHash('sha256').update([baseUrl ?? '', model ?? '', apiKey ?? ''].join('\0')).digest('hex').slice(0, 16);
+  const { baseUrl, model, apiKey, vertex } = config.gemini;
+  const account = vertex ? [`vertex:${vertex.project}:${vertex.location}`] : [];
+  return 'gemini:' + createHash('sha256').update([baseUrl ?? '', model ?? '', apiKey ?? '', ...account].join('\0')).digest('hex').slice(0, 16);
 }

@@ -14,6 +14,7 @@ import { OfflineImageGenerator } from '../src/adapters/offline-image-generator.j
 import { ConfigError, envWithPresets, loadConfig } from '../src/config.js';
 import { DEFAULT_JOB_SPEC_LIMITS } from '../src/domain/job-spec.js';
 import { DEFAULT_BACKOFF } from '../src/engine/full-jitter-backoff.js';
+import { DEFAULT_MAX_SAFETY_BLOCKS_PER_STAGE } from '../src/engine/stage-ledger.js';
 import { S3ObjectStore } from '../src/sinks/s3-object-store.js';
 import { DEFAULT_ENGINE_OPTIONS } from '../src/streams/engine.js';
 import { DEFAULT_RUN_OPTIONS } from '../src/streams/run-job.js';
@@ -49,7 +50,9 @@ describe('loadConfig: defaults are the README configuration table, each from its
       backoffBaseMs: 1000,
       backoffMaxMs: 30_000,
       maxRetryAfterMs: 120_000,
+      maxSafetyBlocksPerStage: 3,
     });
+    expect(config.engine.maxSafetyBlocksPerStage).toBe(DEFAULT_MAX_SAFETY_BLOCKS_PER_STAGE);
     const { globalConcurrency, maxAttemptsPerSlot, attemptTimeoutMs } = DEFAULT_ENGINE_OPTIONS;
     expect(config.engine).toMatchObject({ globalConcurrency, maxAttemptsPerSlot, attemptTimeoutMs });
     expect(config.engine).toMatchObject({ backoffBaseMs: DEFAULT_BACKOFF.baseMs, backoffMaxMs: DEFAULT_BACKOFF.maxMs, maxRetryAfterMs: DEFAULT_BACKOFF.maxRetryAfterMs });
@@ -190,5 +193,28 @@ describe('envWithPresets: settings of an entry point of its own (npm run demo) u
     const config = loadConfig(env);
     expect([config.offline.failureRate, config.engine.backoffBaseMs, config.provider]).toEqual([0.2, 7, 'offline']);
     expect(loadConfig(envWithPresets({ IMAGEGEN_PROVIDER: 'offline' }, { GEMINI_API_KEY: 'k' })).provider).toBe('offline');
+  });
+});
+
+describe('Gemini: Vertex AI as a deliberate choice, IMAGEGEN_MAX_SAFETY_BLOCKS_PER_STAGE', () => {
+  it('GEMINI_VERTEX_PROJECT + GEMINI_VERTEX_LOCATION select Vertex AI (provider gemini, no key)', () => {
+    const config = loadConfig({ GEMINI_VERTEX_PROJECT: 'my-project-1', GEMINI_VERTEX_LOCATION: 'us-central1' });
+    expect(config.provider).toBe('gemini');
+    expect(config.gemini.vertex).toEqual({ project: 'my-project-1', location: 'us-central1' });
+    expect(config.gemini.apiKey).toBeUndefined();
+    expect(loadConfig({ GEMINI_API_KEY: 'k' }).gemini.vertex).toBeUndefined();
+  });
+
+  it.each([
+    [{ GEMINI_VERTEX_PROJECT: 'my-project-1' }, 'GEMINI_VERTEX_LOCATION'],
+    [{ GEMINI_VERTEX_LOCATION: 'us-central1' }, 'GEMINI_VERTEX_PROJECT'],
+    [{ GEMINI_VERTEX_PROJECT: 'my-project-1', GEMINI_VERTEX_LOCATION: 'us-central1', GEMINI_API_KEY: 'k' }, 'GEMINI_VERTEX_PROJECT'],
+    [{ IMAGEGEN_MAX_SAFETY_BLOCKS_PER_STAGE: '0' }, 'IMAGEGEN_MAX_SAFETY_BLOCKS_PER_STAGE'],
+  ])('%o is refused, naming %s', (env, variable) => {
+    expect(() => loadConfig(env)).toThrow(expect.objectContaining({ variable }));
+  });
+
+  it('IMAGEGEN_MAX_SAFETY_BLOCKS_PER_STAGE is read', () => {
+    expect(loadConfig({ IMAGEGEN_MAX_SAFETY_BLOCKS_PER_STAGE: '7' }).engine.maxSafetyBlocksPerStage).toBe(7);
   });
 });

@@ -39,28 +39,33 @@ export interface GeminiInlineImage {
 export type GeminiResponseVerdict = { readonly image: GeminiInlineImage } | { readonly error: PipelineError };
 
 /**
- * Finish reasons that mean a safety / policy filter removed the output. Sampling is
- * random, so another attempt may pass: `safety_blocked` is retryable (the budget bounds it).
+ * Finish reasons that mean a safety filter removed the output. Sampling is random, so
+ * another attempt may pass: `safety_blocked` is retryable (the slot budget bounds it, and
+ * a stage stops after `maxSafetyBlocksInRow` of them in a row: `StageLedger`).
  */
-export const SAFETY_FINISH_REASONS: ReadonlySet<string> = new Set([
-  'SAFETY',
-  'PROHIBITED_CONTENT',
-  'RECITATION',
-  'BLOCKLIST',
-  'SPII',
-  'IMAGE_SAFETY',
-  'IMAGE_PROHIBITED_CONTENT',
-  'IMAGE_RECITATION',
-]);
+export const SAFETY_FINISH_REASONS: ReadonlySet<string> = new Set(['SAFETY', 'RECITATION', 'BLOCKLIST', 'SPII', 'IMAGE_SAFETY', 'IMAGE_RECITATION']);
+
+/**
+ * Finish reasons that are a policy decision about the request itself (prompt or input
+ * image), not about one sampled output: the same request is refused again, and each try is
+ * billed. `prompt_blocked` (not retryable: the stage stops), like a `promptFeedback.blockReason`.
+ */
+export const POLICY_FINISH_REASONS: ReadonlySet<string> = new Set(['PROHIBITED_CONTENT', 'IMAGE_PROHIBITED_CONTENT']);
+
+/** The API's "no block" value of `promptFeedback.blockReason` (`BlockedReason` in the SDK): not a block. */
+export const BLOCKED_REASON_UNSPECIFIED = 'BLOCKED_REASON_UNSPECIFIED';
 
 /**
  * Decides what a successful HTTP answer means.
  *
  * Rules, in order:
- * 1. `promptFeedback.blockReason` set: the prompt itself is blocked -> `prompt_blocked` (not retryable).
+ * 1. `promptFeedback.blockReason` set (and not {@link BLOCKED_REASON_UNSPECIFIED}): the
+ *    request is blocked -> `prompt_blocked` (not retryable).
  * 2. No candidate (`candidates` missing or `[]`) -> `no_image`.
- * 3. First candidate's `finishReason` is safety-type ({@link SAFETY_FINISH_REASONS}) ->
- *    `safety_blocked`, even if an image part slipped through: we never deliver filtered output.
+ * 3. First candidate's `finishReason` is a policy block of the request
+ *    ({@link POLICY_FINISH_REASONS}: `PROHIBITED_CONTENT`, `IMAGE_PROHIBITED_CONTENT`) ->
+ *    `prompt_blocked`; safety-type ({@link SAFETY_FINISH_REASONS}) -> `safety_blocked`;
+ *    either even if an image part slipped through: we never deliver filtered output.
  * 4. The last part that has non-empty `inlineData` with an `image/*` mime type and is
  *    not a `thought` is the answer (thought images are drafts; the final image comes last).
  * 5. Otherwise (text only, no parts, `NO_IMAGE`, `IMAGE_OTHER`, `OTHER`, `MAX_TOKENS`, ...) -> `no_image`.
@@ -70,7 +75,7 @@ export const SAFETY_FINISH_REASONS: ReadonlySet<string> = new Set([
  */
 export function classifyGeminiResponse(response: GeminiResponseLike, secrets: readonly string[] = []): GeminiResponseVerdict {
   const blockReason = response.promptFeedback?.blockReason;
-  if (blockReason !== undefined && blockReason !== '' && blockReason !== 'BLOCK_REASON_UNSPECIFIED') {
+  if (blockReason !== undefined && blockReason !== '' && blockReason !== BLOCKED_REASON_UNSPECIFIED) {
     const detail = response.promptFeedback?.blockReasonMessage;
     return {
       error: new PipelineError('prompt_blocked', `prompt blocked: ${maskSecrets(blockReason, secrets, 60)}${detail ? ` (${maskSecrets(detail, secrets, 300)})` : ''}`),
@@ -79,6 +84,10 @@ export function classifyGeminiResponse(response: GeminiResponseLike, secrets: re
   const candidate = response.candidates?.[0];
   if (candidate === undefined) return { error: new PipelineError('no_image', 'no image: the answer has no candidates') };
   const finishReason = candidate.finishReason;
+  if (finishReason !== undefined && POLICY_FINISH_REASONS.has(finishReason)) {
+    const detail = candidate.finishMessage;
+    return { error: new PipelineError('prompt_blocked', `request blocked by policy: finishReason ${finishReason}${detail ? ` (${maskSecrets(detail, secrets, 300)})` : ''}`) };
+  }
   if (finishReason !== undefined && SAFETY_FINISH_REASONS.has(finishReason)) {
     return { error: new PipelineError('safety_blocked', `output blocked: finishReason ${finishReason}`) };
   }
@@ -116,6 +125,7 @@ export interface GeminiErrorContext {
  *
  * | thrown | class |
  * | --- | --- |
+ * | `ApiError` 429 with a quota that will not come back soon ({@link exhaustedQuota}: a `google.rpc.QuotaFailure` violation whose `quotaId` has `PerDay`, or a zero limit) | `quota_exhausted`, the message names the quota |
  * | `ApiError` 429 | `rate_limited`, `retryAfterMs` from `google.rpc.RetryInfo.retryDelay`, else `Retry-After` |
  * | 500, 502, 503 (any other 5xx) | `overloaded` |
  * | 504, 408 | `timeout` |
@@ -143,6 +153,11 @@ export function classifyGeminiError(error: unknown, context: GeminiErrorContext 
     const summary = `HTTP ${status}${body.status ? ` ${mask(body.status, 60)}` : ''}: ${mask(body.message ?? errorMessage(error))}`;
     const base = { httpStatus: status, cause };
     const errorClass = classForStatus(status, body.reasons);
+    const quota = errorClass === 'rate_limited' ? exhaustedQuota(body) : undefined;
+    if (quota !== undefined) {
+      // The quota's name first: the message is cut at 300 characters and the name is what a reader needs.
+      return new PipelineError('quota_exhausted', `HTTP ${status}${body.status ? ` ${mask(body.status, 60)}` : ''}: quota exhausted: ${mask(quota, 200)}: ${mask(body.message ?? errorMessage(error))}`, base);
+    }
     if (errorClass === 'rate_limited') {
       const retryAfterMs = body.retryDelayMs ?? parseRetryAfterHeader(context.retryAfterHeader, context.now ?? Date.now());
       return new PipelineError('rate_limited', summary, { ...base, retryAfterMs });
@@ -204,6 +219,16 @@ export function parseRetryAfterHeader(value: string | null | undefined, now: num
   return Math.max(0, at - now);
 }
 
+/** One `google.rpc.QuotaFailure` violation (the fields we read). */
+export interface QuotaViolation {
+  /** e.g. `GenerateRequestsPerDayPerProjectPerModel-FreeTier`. */
+  readonly quotaId?: string | undefined;
+  /** e.g. `generativelanguage.googleapis.com/generate_content_free_tier_requests`. */
+  readonly quotaMetric?: string | undefined;
+  /** The quota's limit, when the server says it (a string in the JSON: `"0"`). */
+  readonly quotaValue?: string | undefined;
+}
+
 /** The parts of a Google JSON error body (`{ error: { code, message, status, details } }`) we use. */
 export interface GoogleErrorBody {
   readonly message?: string | undefined;
@@ -211,6 +236,31 @@ export interface GoogleErrorBody {
   readonly retryDelayMs?: number | undefined;
   /** `google.rpc.ErrorInfo.reason`s, e.g. `API_KEY_INVALID`. */
   readonly reasons: readonly string[];
+  /** `google.rpc.QuotaFailure.violations`, in order (absent: none). */
+  readonly quotaViolations?: readonly QuotaViolation[];
+}
+
+/**
+ * The quota a 429 says is gone for longer than a retry can wait, or undefined for a
+ * plain rate limit. Gone: a `QuotaFailure` violation whose `quotaId` has `PerDay` (a daily
+ * quota, back tomorrow), or a zero limit (`quotaValue: "0"`, or `limit: 0` in the message:
+ * what a key without billing gets for image models, however long it waits). A per-minute
+ * violation alone is a rate limit. Returns the quota ids (or metrics) that decided it.
+ *
+ * @example
+ * exhaustedQuota(parseGoogleErrorBody(body)) // 'GenerateRequestsPerDayPerProjectPerModel-FreeTier'
+ */
+export function exhaustedQuota(body: GoogleErrorBody): string | undefined {
+  const violations = body.quotaViolations ?? [];
+  const name = (v: QuotaViolation): string => v.quotaId ?? v.quotaMetric ?? 'unnamed quota';
+  const daily = violations.filter((v) => /PerDay/i.test(v.quotaId ?? '') || /per_day/i.test(v.quotaMetric ?? ''));
+  const zero = violations.filter((v) => v.quotaValue !== undefined && Number(v.quotaValue) === 0);
+  const decided = [...new Set([...zero, ...daily].map(name))];
+  if (decided.length > 0) return `${decided.join(', ')}${zero.length > 0 ? ' (limit 0)' : ''}`;
+  // `* Quota exceeded for metric: <metric>, limit: 0, model: <model>` in the message.
+  const zeroInMessage = /Quota exceeded for metric:\s*([^\s,]+),\s*limit:\s*0\b/i.exec(body.message ?? '');
+  if (zeroInMessage) return `${zeroInMessage[1]} (limit 0)`;
+  return undefined;
 }
 
 /** Parses the JSON text the SDK puts in `ApiError.message`; tolerant of anything else. */
@@ -224,13 +274,21 @@ export function parseGoogleErrorBody(text: string): GoogleErrorBody {
   // JSON from the network: read it through narrow casts of `unknown`.
   const err = (parsed as { error?: { message?: unknown; status?: unknown; details?: unknown } } | null)?.error;
   if (err === undefined || err === null || typeof err !== 'object') return { reasons: [] };
-  const details = Array.isArray(err.details) ? (err.details as { '@type'?: unknown; retryDelay?: unknown; reason?: unknown }[]) : [];
+  const details = Array.isArray(err.details) ? (err.details as { '@type'?: unknown; retryDelay?: unknown; reason?: unknown; violations?: unknown }[]) : [];
   let retryDelayMs: number | undefined;
   const reasons: string[] = [];
+  const quotaViolations: QuotaViolation[] = [];
+  const asText = (value: unknown): string | undefined => (typeof value === 'string' ? value : typeof value === 'number' ? String(value) : undefined);
   for (const d of details) {
     if (d === null || typeof d !== 'object') continue;
     const type = typeof d['@type'] === 'string' ? d['@type'] : '';
     if (type.endsWith('google.rpc.RetryInfo')) retryDelayMs ??= parseRetryDelay(d.retryDelay);
+    if (type.endsWith('google.rpc.QuotaFailure') && Array.isArray(d.violations)) {
+      for (const v of d.violations as { quotaId?: unknown; quotaMetric?: unknown; quotaValue?: unknown }[]) {
+        if (v === null || typeof v !== 'object') continue;
+        quotaViolations.push({ quotaId: asText(v.quotaId), quotaMetric: asText(v.quotaMetric), quotaValue: asText(v.quotaValue) });
+      }
+    }
     if (typeof d.reason === 'string') reasons.push(d.reason);
   }
   return {
@@ -238,6 +296,7 @@ export function parseGoogleErrorBody(text: string): GoogleErrorBody {
     status: typeof err.status === 'string' ? err.status : undefined,
     retryDelayMs,
     reasons,
+    ...(quotaViolations.length > 0 ? { quotaViolations } : {}),
   };
 }
 

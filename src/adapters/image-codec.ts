@@ -78,7 +78,8 @@ export async function probeImage(bytes: Uint8Array): Promise<ImageProbe> {
     });
   const width = meta.width ?? 0;
   const height = meta.height ?? 0;
-  const mimeType = MIME_BY_FORMAT[meta.format ?? ''];
+  // sharp (libheif) reports AVIF as format `heif` with AV1 compression.
+  const mimeType = meta.format === 'heif' && meta.compression === 'av1' ? 'image/avif' : MIME_BY_FORMAT[meta.format ?? ''];
   if (mimeType === undefined || width <= 0 || height <= 0) {
     throw new PipelineError('corrupt_image', `unsupported or empty image (format ${String(meta.format)}, ${width}x${height})`);
   }

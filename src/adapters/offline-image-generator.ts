@@ -1,6 +1,7 @@
 import { asyncScheduler, defer, from, mergeMap, Observable, throwError, timer, type SchedulerLike } from 'rxjs';
 import { PipelineError, type ErrorClass } from '../domain/error-class.js';
 import type { GeneratedImage, GenerationRequest, ImageGenerator } from '../domain/ports.js';
+import { OFFLINE_MODEL } from '../domain/price-table.js';
 import { loadSharp } from './image-codec.js';
 import { dimensionsForAspectRatio } from './image-dimensions.js';
 
@@ -55,6 +56,8 @@ export const DEFAULT_OFFLINE_FAILURE_CLASSES: readonly ErrorClass[] = Object.fre
 export class OfflineImageGenerator implements ImageGenerator {
   /** The effective configuration, frozen. */
   readonly config: Readonly<Required<OfflineImageGeneratorConfig>>;
+  /** Priced as `offline`: free (`DEFAULT_PRICES`). */
+  readonly model = OFFLINE_MODEL;
 
   constructor(config: OfflineImageGeneratorConfig = {}) {
     const failureRate = config.failureRate ?? 0;

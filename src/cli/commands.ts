@@ -14,7 +14,7 @@ import { cancelJob, JobEndedError } from '../jobs/cancel-job.js';
 import { startWebhookDispatcher } from '../jobs/webhooks.js';
 import { cmdWebhooks, cmdWebhooksSecret, settleRunWebhooks } from './webhooks.js';
 import { EXIT, UnavailableError, UsageError } from './failures.js';
-import { formatSummary, jobSummary } from './summary.js';
+import { formatSummary, formatUsd, jobSummary } from './summary.js';
 import { ProgressView } from './progress-view.js';
 import { exitCodeOf, print, withPipeline, shutdownSignals, type Invocation, embeddedDatabaseMissing } from './invocation.js';
 
@@ -25,7 +25,7 @@ async function cmdRun(inv: Invocation): Promise<number> {
     if (inv.values[flag] !== undefined && !inv.values.open) throw new UsageError(`--${flag}`, 'is where run --open serves the live page; give it with --open');
   }
   // Everything that can be checked without the database is checked first: a bad file writes nothing.
-  const jobFile = await readJobFile(file, { maxQuantity: config.maxQuantity, allowLocalWebhooks: config.webhooks.allowLocal });
+  const jobFile = await readJobFile(file, { maxQuantity: config.maxQuantity, allowLocalWebhooks: config.webhooks.allowLocal, imageModel: config.gemini.model });
   // A fresh data folder holds no attachment, credit or job: refuse what needs one without creating the database.
   if (embeddedDatabaseMissing(config)) refuseOnEmptyDatabase(jobFile.spec, { pricePerImage: config.pricePerImage });
   return withPipeline(inv, async (pipeline) => {
@@ -132,7 +132,8 @@ async function cmdCancel(inv: Invocation): Promise<number> {
 }
 
 /** What `stats` says of a database that was never created: nothing was attempted. */
-const NO_ATTEMPTS: JobStats = Object.freeze({ attempts: 0, failed: 0, delivered: 0, abandoned: 0, byClass: {}, retries: 0, retriesDelivered: 0, retrySuccessRate: null });
+const NO_ATTEMPTS: JobStats = Object.freeze({ attempts: 0, failed: 0, delivered: 0, abandoned: 0, byClass: {}, retries: 0, retriesDelivered: 0, retrySuccessRate: null,
+  costUsd: 0, wastedUsd: 0, possiblyBilled: Object.freeze({ count: 0, usd: 0 }), costByClass: {}, costByModel: {} });
 
 async function cmdStats(inv: Invocation): Promise<number> {
   // A read on a fresh data folder answers without creating the embedded database.
@@ -140,7 +141,13 @@ async function cmdStats(inv: Invocation): Promise<number> {
   return read(async (pipeline) => jobStats(pipeline.database)).then((stats) => {
     const rate = stats.retrySuccessRate === null ? 'n/a' : `${(stats.retrySuccessRate * 100).toFixed(1)}%`;
     const classes = Object.entries(stats.byClass).map(([c, n]) => `  ${c}: ${n}`);
-    print(inv.json, stats, [`attempts: ${stats.attempts} (${stats.delivered} delivered, ${stats.failed} failed, ${stats.abandoned} abandoned)`, `retries: ${stats.retries}, delivered ${stats.retriesDelivered}, success rate ${rate}`, 'failures by class:', ...classes].join('\n'));
+    const costLines = [
+      `estimated cost: ${formatUsd(stats.costUsd)} (wasted ${formatUsd(stats.wastedUsd)}; ${stats.possiblyBilled.count} timed out, possibly billed ${formatUsd(stats.possiblyBilled.usd)})`,
+      // One line each, so the indented lines stay the failure classes.
+      `cost by class: ${Object.entries(stats.costByClass).map(([c, n]) => `${c} ${formatUsd(n)}`).join(', ') || 'none'}`,
+      `cost by model: ${Object.entries(stats.costByModel).map(([m, n]) => `${m} ${formatUsd(n)}`).join(', ') || 'none'}`,
+    ];
+    print(inv.json, stats, [`attempts: ${stats.attempts} (${stats.delivered} delivered, ${stats.failed} failed, ${stats.abandoned} abandoned)`, `retries: ${stats.retries}, delivered ${stats.retriesDelivered}, success rate ${rate}`, 'failures by class:', ...classes, ...costLines].join('\n'));
     return 0;
   });
 }
@@ -168,7 +175,7 @@ async function cmdCreditsBalance(inv: Invocation): Promise<number> {
 async function cmdSubmit(inv: Invocation): Promise<number> {
   const { config } = inv;
   if (!config.databaseUrl) throw new ConfigError('DATABASE_URL', 'submit puts jobs on a PostgreSQL job queue for workers; set DATABASE_URL (or use imagegen run)');
-  const jobFile = await readJobFile(inv.args[0] as string, { maxQuantity: config.maxQuantity, allowLocalWebhooks: config.webhooks.allowLocal });
+  const jobFile = await readJobFile(inv.args[0] as string, { maxQuantity: config.maxQuantity, allowLocalWebhooks: config.webhooks.allowLocal, imageModel: config.gemini.model });
   return withPipeline(inv, async (pipeline) => {
     const { jobId, created } = await submitSpec(pipeline, jobFile.spec, { inputFiles: jobFile.inputFiles, pricePerImage: config.pricePerImage, allowLocalWebhooks: config.webhooks.allowLocal });
     // pg-boss is loaded by the two commands that use the queue only.

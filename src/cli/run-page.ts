@@ -26,7 +26,7 @@ export async function openRunPage(pipeline: Pipeline, config: PipelineConfig, op
   const { database, store, generator, limiter, logger } = pipeline;
   const refuse = { dispatch: async () => Promise.reject(new UnavailableError('imagegen run --open serves one job; submit jobs to imagegen serve')) };
   const http = { ...config.http, tokens: [], adminTokens: [] };
-  const app = await buildServer({ database, store, generator, limiter, logger, dispatcher: refuse }, { http, pricePerImage: config.pricePerImage, maxQuantity: config.maxQuantity, pageSessionSeconds: config.http.pageSessionSeconds });
+  const app = await buildServer({ database, store, generator, limiter, logger, dispatcher: refuse }, { http, pricePerImage: config.pricePerImage, maxQuantity: config.maxQuantity, pageSessionSeconds: config.http.pageSessionSeconds, imageModel: config.gemini.model });
   let base: string;
   try {
     base = await app.listen({ port: options.port ?? 0, host: config.http.host });

@@ -44,7 +44,7 @@ export async function cmdServe(inv: Invocation): Promise<number> {
     try {
       const { buildServer } = await import('../http/server.js');
       const { database, store, generator, limiter, logger } = pipeline;
-      const app = await buildServer({ database, store, generator, limiter, logger, dispatcher, metrics }, { http: config.http, pricePerImage: config.pricePerImage, maxQuantity: config.maxQuantity, allowLocalWebhooks: config.webhooks.allowLocal });
+      const app = await buildServer({ database, store, generator, limiter, logger, dispatcher, metrics }, { http: config.http, pricePerImage: config.pricePerImage, maxQuantity: config.maxQuantity, allowLocalWebhooks: config.webhooks.allowLocal, imageModel: config.gemini.model });
       let url: string;
       try {
         url = await app.listen({ port: config.http.port, host: config.http.host });

@@ -16,11 +16,26 @@ export function formatSummary(summary: JobSummary): string {
       '  provider quota exhausted: the provider asked to wait longer than IMAGEGEN_MAX_RETRY_AFTER_MS, so no new attempts were made (each failed attempt says how long it asked for)',
     );
   }
+  if (summary.stages.some((s) => s.shortfall?.reason === 'cost_cap')) {
+    // The exact count is the promise below the cap only: say that the cap, not a failure, ended it.
+    lines.push(`  spend cap reached: the next attempt would have passed maxCostUsd ${summary.cost.maxCostUsd ?? ''}, so no more were started (the job is partial by its cap)`);
+  }
   const classes = Object.entries(summary.attempts.byClass)
     .map(([c, n]) => `${c} ${n}`)
     .join(', ');
   const abandoned = summary.attempts.abandoned > 0 ? `, ${summary.attempts.abandoned} abandoned by runs that died` : '';
   lines.push(`  attempts: ${summary.attempts.total} (${summary.attempts.failed} failed${classes ? `: ${classes}` : ''}${abandoned})`);
   lines.push(`  credits: reserved ${summary.credits.reserved}, captured ${summary.credits.captured}, released ${summary.credits.released}`);
+  const { cost } = summary;
+  const perImage = cost.perDeliveredImageUsd === null ? '' : `, ${formatUsd(cost.perDeliveredImageUsd)} per delivered image`;
+  const possibly = cost.possiblyBilledCount > 0 ? `, ${cost.possiblyBilledCount} timed out: possibly billed ${formatUsd(cost.possiblyBilledUsd)} more` : '';
+  const cap = cost.maxCostUsd === null ? '' : `, cap ${formatUsd(cost.maxCostUsd)}`;
+  lines.push(`  estimated cost: ${formatUsd(cost.estimatedUsd)}${perImage}, wasted ${formatUsd(cost.wastedUsd)}${possibly}${cap}`);
   return lines.join('\n');
+}
+
+/** Dollars for people: 4 decimals, or 2 significant digits below a cent (so $0.0000036 is not $0.0000). */
+export function formatUsd(n: number): string {
+  if (n === 0) return '$0';
+  return Math.abs(n) < 0.01 ? `$${Number(n.toPrecision(2))}` : `$${n.toFixed(4)}`;
 }

@@ -93,6 +93,7 @@ export { appendProgress, getProgress } from './ops/append-progress.js';
 export { readJobResult, type StoredJobResult } from './ops/read-job-result.js';
 export { readJobSnapshot, type StoredJobSnapshot } from './ops/read-job-snapshot.js';
 export { jobStats, type JobStats, type JobStatsOptions } from './ops/job-stats.js';
+export { lastFailureMessages, type LastFailureMessage } from './ops/last-failure-messages.js';
 export { countJobsByStatus, type JobStatusCount } from './ops/count-jobs-by-status.js';
 
 /** A job's event log: every logged event in commit order, numbered per job with no holes (`seq`), for readers that resume. */

@@ -156,6 +156,14 @@ export interface AttemptsTable {
   prompt_tokens: number | null;
   output_tokens: number | null;
   total_tokens: number | null;
+  /** Migration 0010: thinking tokens, images in the answer, the model priced, the estimated cost (USD, float8). */
+  thoughts_tokens: ColumnType<number | null, number | null | undefined, number | null>;
+  image_count: ColumnType<number | null, number | null | undefined, number | null>;
+  model: ColumnType<string | null, string | null | undefined, string | null>;
+  /** The answer's estimated cost; null: no answer (or the model has no price). */
+  cost_usd: ColumnType<number | null, number | null | undefined, number | null>;
+  /** A timed-out call's possible bill (one image's price); null or 0 otherwise. */
+  possibly_billed_usd: ColumnType<number | null, number | null | undefined, number | null>;
 }
 
 export interface DatabaseSchema {

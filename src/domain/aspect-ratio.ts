@@ -1,5 +1,9 @@
-/** Aspect ratios the Gemini image models accept (`imageConfig.aspectRatio`). */
-export const ASPECT_RATIOS = ['1:1', '2:3', '3:2', '3:4', '4:3', '4:5', '5:4', '9:16', '16:9', '21:9'] as const;
+/**
+ * Every aspect ratio some Gemini image model accepts (`imageConfig.aspectRatio`). Which
+ * ones a given model takes is `src/domain/models.ts`'s table: the extreme ratios (1:4,
+ * 4:1, 1:8, 8:1) are `gemini-3.1-flash-image`'s only.
+ */
+export const ASPECT_RATIOS = ['1:1', '2:3', '3:2', '3:4', '4:3', '4:5', '5:4', '9:16', '16:9', '21:9', '1:4', '4:1', '1:8', '8:1'] as const;
 
 export type AspectRatio = (typeof ASPECT_RATIOS)[number];
 

@@ -1,3 +1,5 @@
+import type { TokenUsage } from './ports.js';
+
 /**
  * The closed set of reasons an attempt can fail, decided in one place.
  *
@@ -29,11 +31,13 @@ export type ErrorClass = (typeof ERROR_CLASSES)[number];
  *
  * - `safety_blocked` is about the *output* (IMAGE_SAFETY and friends): sampling is
  *   random, so another attempt can pass; the per-slot budget bounds the cost.
- * - `prompt_blocked`, `invalid_request`: the same request will fail the same way.
+ * - `prompt_blocked` (a policy decision about the request: `promptFeedback.blockReason`,
+ *   `PROHIBITED_CONTENT`), `invalid_request`: the same request will fail the same way.
  * - `auth`: no request with this key can succeed; it stops the whole job.
- * - `quota_exhausted`: the provider asked to wait longer than we honour
- *   (`IMAGEGEN_MAX_RETRY_AFTER_MS`): its quota is gone for now, so no request of this
- *   job can succeed soon; like `auth`, it stops the whole job.
+ * - `quota_exhausted`: the provider's quota is gone for longer than a retry waits: a
+ *   daily or zero quota (a 429 whose `QuotaFailure` names a `PerDay` quota or a limit of
+ *   0), or a requested wait above `IMAGEGEN_MAX_RETRY_AFTER_MS`. No request of this job
+ *   can succeed soon; like `auth`, it stops the whole job.
  * - `cancelled`: somebody asked us to stop.
  */
 export const RETRYABLE: Readonly<Record<ErrorClass, boolean>> = Object.freeze({
@@ -66,6 +70,8 @@ export interface PipelineErrorOptions {
   readonly retryAfterMs?: number | undefined;
   /** HTTP status of the failed call, when there was one. */
   readonly httpStatus?: number | undefined;
+  /** What the provider reported for an answer that failed (a safety block, no image): such answers are billed. */
+  readonly usage?: TokenUsage | undefined;
   readonly cause?: unknown;
 }
 
@@ -79,6 +85,8 @@ export class PipelineError extends Error {
   readonly retryable: boolean;
   readonly retryAfterMs: number | undefined;
   readonly httpStatus: number | undefined;
+  /** The failed answer's usage, when the provider answered (see {@link PipelineErrorOptions.usage}). */
+  readonly usage: TokenUsage | undefined;
 
   constructor(errorClass: ErrorClass, message: string, options: PipelineErrorOptions = {}) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
@@ -86,7 +94,14 @@ export class PipelineError extends Error {
     this.retryable = RETRYABLE[errorClass];
     this.retryAfterMs = options.retryAfterMs;
     this.httpStatus = options.httpStatus;
+    this.usage = options.usage;
   }
+}
+
+/** The same failure carrying the usage of the answer that failed (the cost of a billed failure travels with it). */
+export function withUsage(error: PipelineError, usage: TokenUsage | undefined): PipelineError {
+  if (usage === undefined) return error;
+  return new PipelineError(error.errorClass, error.message, { retryAfterMs: error.retryAfterMs, httpStatus: error.httpStatus, usage, cause: error.cause });
 }
 
 /**

@@ -28,6 +28,19 @@ export interface AttemptStartedEvent extends EventBase {
   readonly attempt: number;
 }
 
+/**
+ * What an attempt cost, estimated from the price table (`src/domain/price-table.ts`); on
+ * the attempt's end event only when the engine was given prices.
+ */
+export interface AttemptCost {
+  /** The model the attempt was priced as. */
+  readonly model: string;
+  /** The answer's cost (usage x prices), USD; null: no answer arrived, or the model has no price. */
+  readonly usd: number | null;
+  /** A timed-out call the provider may still bill: its per-image price, USD (else 0). */
+  readonly possiblyBilledUsd: number;
+}
+
 export interface AttemptFailedEvent extends EventBase {
   readonly type: 'attempt:failed';
   readonly stage: number;
@@ -48,6 +61,10 @@ export interface AttemptFailedEvent extends EventBase {
   readonly willRetry: boolean;
   /** Backoff before the replacement (0 when `willRetry` is false). */
   readonly delayMs: number;
+  /** The usage of the answer that failed (a safety block, no image, a failed delivery), when there was one. */
+  readonly usage?: TokenUsage | null;
+  /** What the attempt cost; present when the engine has prices. */
+  readonly cost?: AttemptCost;
 }
 
 export interface SlotDeliveredEvent extends EventBase {
@@ -64,6 +81,8 @@ export interface SlotDeliveredEvent extends EventBase {
    */
   readonly providerLatencyMs: number;
   readonly usage: TokenUsage | null;
+  /** What the attempt cost; present when the engine has prices. */
+  readonly cost?: AttemptCost;
   /** Stage progress and job progress after this delivery. Monotone. */
   readonly stageProgress: Progress;
   readonly progress: Progress;

@@ -1,4 +1,5 @@
 import { ASPECT_RATIOS, DEFAULT_ASPECT_RATIO, type AspectRatio } from './aspect-ratio.js';
+import { DEFAULT_GEMINI_IMAGE_MODEL, imageModelCapabilities, IMAGE_SIZES, type ImageSize } from './models.js';
 import { parseWebhookSpec, type WebhookSpec } from './webhook.js';
 
 /** One stage of a validated job: what to generate and how many. */
@@ -15,6 +16,11 @@ export interface StageSpec {
   readonly inputImage: string | null;
   /** The key the input attachment was given under, so errors name the field the user wrote. */
   readonly inputAttachField?: 'mergedImageAttachId' | 'inputAttachId';
+  /**
+   * `imageConfig.imageSize` (`512`, `1K`, `2K`, `4K`), when the model takes one (see
+   * `src/domain/models.ts`). Absent: the model's default; stored only when given.
+   */
+  readonly imageSize?: ImageSize;
 }
 
 /** A validated job. `jobId` is the idempotency key: submitting it twice makes one job. */
@@ -27,6 +33,12 @@ export interface JobSpec {
    * worker, see `FairQueue`). Absent = 0, the default; stored only when given.
    */
   readonly priority?: number;
+  /**
+   * The job's spend cap, USD (a positive number): no attempt starts whose estimate (the
+   * price table's, `src/domain/price-table.ts`) would take the job's estimated cost past it;
+   * the short stages end `cost_cap` and the job `partial`. Absent: no cap; stored only when given.
+   */
+  readonly maxCostUsd?: number;
   readonly stages: readonly StageSpec[];
   /**
    * Where signed callbacks of this job go, and which events (`src/domain/webhook.ts`).
@@ -47,6 +59,11 @@ export interface JobSpecLimits {
   readonly maxPromptLength?: number;
   /** `webhook.url` may point to this machine or a private network (`IMAGEGEN_WEBHOOK_ALLOW_LOCAL`, for tests). Default false. */
   readonly allowLocalWebhooks?: boolean;
+  /**
+   * The image model the jobs will run on (`GEMINI_MODEL`): a stage's `aspectRatio` and
+   * `imageSize` must be ones it accepts (`imageModelCapabilities`). Default {@link DEFAULT_GEMINI_IMAGE_MODEL}.
+   */
+  readonly imageModel?: string;
 }
 
 export const DEFAULT_JOB_SPEC_LIMITS: Readonly<Required<JobSpecLimits>> = Object.freeze({
@@ -54,6 +71,7 @@ export const DEFAULT_JOB_SPEC_LIMITS: Readonly<Required<JobSpecLimits>> = Object
   maxStages: 100,
   maxPromptLength: 10_000,
   allowLocalWebhooks: false,
+  imageModel: DEFAULT_GEMINI_IMAGE_MODEL,
 });
 
 /** One thing wrong with a job spec: which field, which rule. */
@@ -144,6 +162,7 @@ function parseStage(raw: unknown, index: number, limits: Required<JobSpecLimits>
     return null;
   }
   const before = problems.length;
+  const model = imageModelCapabilities(limits.imageModel);
 
   const quantity = raw['quantity'];
   if (quantity === undefined) problems.push({ field: `${at}.quantity`, rule: 'is required' });
@@ -169,9 +188,22 @@ function parseStage(raw: unknown, index: number, limits: Required<JobSpecLimits>
   if (ratio !== undefined && ratio !== null) {
     const key = raw['aspect-ratio'] !== undefined ? 'aspect-ratio' : 'aspectRatio';
     if (typeof ratio === 'string' && hasLoneSurrogate(ratio)) problems.push({ field: `${at}.${key}`, rule: loneSurrogateRule(ratio) });
-    else if (typeof ratio === 'string' && (ASPECT_RATIOS as readonly string[]).includes(ratio)) aspectRatio = ratio as AspectRatio;
-    else {
-      problems.push({ field: `${at}.${key}`, rule: `must be one of ${ASPECT_RATIOS.join(', ')}, got ${describe(ratio)}` });
+    else if (typeof ratio === 'string' && (model.aspectRatios as readonly string[]).includes(ratio)) aspectRatio = ratio as AspectRatio;
+    else if (typeof ratio === 'string' && (ASPECT_RATIOS as readonly string[]).includes(ratio)) {
+      problems.push({ field: `${at}.${key}`, rule: `${ratio} is not taken by the model ${limits.imageModel}; it takes ${model.aspectRatios.join(', ')}` });
+    } else {
+      problems.push({ field: `${at}.${key}`, rule: `must be one of ${model.aspectRatios.join(', ')}, got ${describe(ratio)}` });
+    }
+  }
+
+  let imageSize: ImageSize | undefined;
+  const size = raw['imageSize'];
+  if (size !== undefined && size !== null) {
+    if (typeof size === 'string' && (model.imageSizes as readonly string[]).includes(size)) imageSize = size as ImageSize;
+    else if (model.imageSizes.length === 0) {
+      problems.push({ field: `${at}.imageSize`, rule: `the model ${limits.imageModel} takes no imageSize (${IMAGE_SIZES.join(', ')} are for gemini-3-pro-image and gemini-3.1-flash-image); leave it out` });
+    } else {
+      problems.push({ field: `${at}.imageSize`, rule: `must be one of ${model.imageSizes.join(', ')} (model ${limits.imageModel}), got ${describe(size)}` });
     }
   }
 
@@ -197,7 +229,16 @@ function parseStage(raw: unknown, index: number, limits: Required<JobSpecLimits>
   }
 
   if (problems.length > before) return null;
-  return Object.freeze({ index, prompt: prompt as string, aspectRatio, quantity: quantity as number, inputAttachId, inputImage, inputAttachField: attachKey });
+  return Object.freeze({
+    index,
+    prompt: prompt as string,
+    aspectRatio,
+    quantity: quantity as number,
+    inputAttachId,
+    inputImage,
+    inputAttachField: attachKey,
+    ...(imageSize !== undefined ? { imageSize } : {}),
+  });
 }
 
 /**
@@ -211,6 +252,8 @@ function parseStage(raw: unknown, index: number, limits: Required<JobSpecLimits>
  */
 export function parseJobSpec(input: unknown, limitsIn: JobSpecLimits = {}): JobSpec {
   const limits = { ...DEFAULT_JOB_SPEC_LIMITS, ...limitsIn };
+  // An explicit `imageModel: undefined` (an unset GEMINI_MODEL) means the default model.
+  limits.imageModel ??= DEFAULT_JOB_SPEC_LIMITS.imageModel;
   const problems: SpecProblem[] = [];
   if (!isPlainObject(input)) throw new JobSpecError([{ field: '(root)', rule: `must be a JSON object, got ${describe(input)}` }]);
 
@@ -241,6 +284,13 @@ export function parseJobSpec(input: unknown, limitsIn: JobSpecLimits = {}): JobS
     }
   }
 
+  let maxCostUsd: number | undefined;
+  const rawMaxCost = input['maxCostUsd'];
+  if (rawMaxCost !== undefined && rawMaxCost !== null) {
+    if (typeof rawMaxCost === 'number' && Number.isFinite(rawMaxCost) && rawMaxCost > 0) maxCostUsd = rawMaxCost;
+    else problems.push({ field: 'maxCostUsd', rule: `must be a positive number of US dollars, got ${describe(rawMaxCost)}` });
+  }
+
   let webhook: WebhookSpec | null = null;
   if (input['webhook'] !== undefined && input['webhook'] !== null) {
     webhook = parseWebhookSpec(input['webhook'], { allowLocal: limits.allowLocalWebhooks }, problems);
@@ -266,6 +316,7 @@ export function parseJobSpec(input: unknown, limitsIn: JobSpecLimits = {}): JobS
     userId: userId as string,
     productionId,
     ...(priority !== undefined ? { priority } : {}),
+    ...(maxCostUsd !== undefined ? { maxCostUsd } : {}),
     stages: Object.freeze(stages),
     ...(webhook !== null ? { webhook } : {}),
   });

@@ -1,5 +1,6 @@
 import type { Observable } from 'rxjs';
 import type { AspectRatio } from './aspect-ratio.js';
+import type { ImageSize } from './models.js';
 
 /** One image a stage owes. */
 export interface SlotRef {
@@ -13,6 +14,8 @@ export interface AttemptRequest extends SlotRef {
   readonly attempt: number;
   readonly prompt: string;
   readonly aspectRatio: AspectRatio;
+  /** The stage's `imageSize`, when it set one (models that take it: `src/domain/models.ts`). */
+  readonly imageSize?: ImageSize;
   readonly inputAttachId: string | null;
 }
 
@@ -32,6 +35,10 @@ export interface TokenUsage {
   readonly promptTokens?: number | undefined;
   readonly outputTokens?: number | undefined;
   readonly totalTokens?: number | undefined;
+  /** Thinking tokens (`thoughtsTokenCount`): billed as output, not part of `outputTokens`. */
+  readonly thoughtsTokens?: number | undefined;
+  /** Images the answer held (the non-thought image parts); 0 for a blocked or text-only answer. */
+  readonly imageCount?: number | undefined;
 }
 
 /** Raw bytes a generator produced, not yet validated or converted. */
@@ -48,6 +55,8 @@ export interface GeneratedImage {
  */
 export interface ImageGenerator {
   generate(request: GenerationRequest): Observable<GeneratedImage>;
+  /** The model its answers are priced as (`src/domain/price-table.ts`); absent: not priced. */
+  readonly model?: string;
 }
 
 /** A slot filled. `duplicate` means the slot was already filled (nothing new was written). */

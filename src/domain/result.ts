@@ -7,12 +7,16 @@ export type JobStatus = 'completed' | 'partial' | 'failed' | 'cancelled';
  * Why a stage ended short:
  * - `budget_exhausted`: retryable failures used up the slot or stage budget;
  * - `non_retryable`: a failure that another attempt would repeat (`errorClass` says which);
+ * - `safety_blocked`: the output safety filter blocked `IMAGEGEN_MAX_SAFETY_BLOCKS_PER_STAGE`
+ *   answers in a row (default 3), so the stage stopped paying for more;
  * - `job_aborted`: another stage hit a job-wide failure (`auth`, `quota_exhausted`);
  * - `cancelled`: the job was cancelled or the worker shut down;
  * - `crash_loop`: the job's runs died too many times in a row without delivering
- *   anything (`IMAGEGEN_MAX_CRASH_RESUMES`); the job was ended instead of run again.
+ *   anything (`IMAGEGEN_MAX_CRASH_RESUMES`); the job was ended instead of run again;
+ * - `cost_cap`: the next attempt would have passed the job's `maxCostUsd` (estimated from
+ *   the price table), so no more were started (`errorClass` null: nothing failed).
  */
-export type ShortfallReason = 'budget_exhausted' | 'non_retryable' | 'job_aborted' | 'cancelled' | 'crash_loop';
+export type ShortfallReason = 'budget_exhausted' | 'non_retryable' | 'safety_blocked' | 'job_aborted' | 'cancelled' | 'crash_loop' | 'cost_cap';
 
 export interface Shortfall {
   /** Images missing: `quantity - delivered`. */

@@ -3,6 +3,7 @@
 // aborted by a cancel) reports it with the same fields. `at` is the engine scheduler's clock.
 import type { PipelineError } from '../domain/error-class.js';
 import type {
+  AttemptCost,
   AttemptFailedEvent,
   AttemptStartedEvent,
   Progress,
@@ -26,6 +27,10 @@ export interface FailedAttempt {
   readonly providerLatencyMs: number | null;
   /** Backoff before the slot's replacement; null: no replacement (`willRetry: false`, `delayMs: 0`). */
   readonly retryInMs: number | null;
+  /** The failed answer's usage, when the provider answered. */
+  readonly usage?: TokenUsage | null | undefined;
+  /** What the attempt cost (only when the engine has prices). */
+  readonly cost?: AttemptCost | undefined;
 }
 
 /** An attempt failed (at the provider, in its delivery, or aborted by a cancel). */
@@ -44,6 +49,9 @@ export function attemptFailed(request: AttemptRequest, at: number, failed: Faile
     providerLatencyMs: failed.providerLatencyMs,
     willRetry: failed.retryInMs !== null,
     delayMs: failed.retryInMs ?? 0,
+    // Only when known, so an engine without prices emits the events it always did.
+    ...(failed.usage != null ? { usage: failed.usage } : {}),
+    ...(failed.cost !== undefined ? { cost: failed.cost } : {}),
   };
 }
 
@@ -54,6 +62,8 @@ export interface DeliveredSlot {
   /** Start to the provider's image. */
   readonly providerLatencyMs: number;
   readonly usage: TokenUsage | null;
+  /** What the attempt cost (only when the engine has prices). */
+  readonly cost?: AttemptCost | undefined;
   readonly stageProgress: Progress;
   readonly progress: Progress;
 }
@@ -71,6 +81,7 @@ export function slotDelivered(request: AttemptRequest, at: number, delivered: De
     latencyMs: delivered.latencyMs,
     providerLatencyMs: delivered.providerLatencyMs,
     usage: delivered.usage,
+    ...(delivered.cost !== undefined ? { cost: delivered.cost } : {}),
     stageProgress: delivered.stageProgress,
     progress: delivered.progress,
   };

@@ -22,6 +22,7 @@ export class JobControl {
   readonly halted$ = new ReplaySubject<void>(1);
   #haltedBy: ErrorClass | null = null;
   #cancelled = false;
+  #costCapped = false;
   #delivered: number;
 
   constructor(
@@ -63,6 +64,22 @@ export class JobControl {
   halt(errorClass: ErrorClass): void {
     if (this.#haltedBy !== null) return;
     this.#haltedBy = errorClass;
+    this.halted$.next();
+  }
+
+  /** Whether the job's spend cap stopped new attempts (`capCost`): its short stages end `cost_cap`. */
+  get costCapped(): boolean {
+    return this.#costCapped;
+  }
+
+  /**
+   * The next attempt would pass the job's spend cap (`CostCap`): no stage starts another
+   * one; in-flight attempts finish. Not a failure, so `haltedBy` stays as it is; a no-op
+   * once the job is halted or capped.
+   */
+  capCost(): void {
+    if (this.#haltedBy !== null || this.#costCapped) return;
+    this.#costCapped = true;
     this.halted$.next();
   }
 

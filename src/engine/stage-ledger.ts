@@ -4,12 +4,22 @@ import type { StageState } from '../domain/resume-state.js';
 import type { Shortfall, StageResult } from '../domain/result.js';
 import { haltsJob } from './halts-job.js';
 
+/** Default of {@link RetryBudget.maxSafetyBlocksInRow} (`IMAGEGEN_MAX_SAFETY_BLOCKS_PER_STAGE`). */
+export const DEFAULT_MAX_SAFETY_BLOCKS_PER_STAGE = 3;
+
 /** How much a stage may spend on failures. */
 export interface RetryBudget {
   /** Attempts one slot may use in all, the first included. */
   readonly maxAttemptsPerSlot: number;
   /** Replacement attempts (attempt > 1) the whole stage may use. */
   readonly maxReplacementsPerStage: number;
+  /**
+   * `safety_blocked` failures in a row (no delivery between them) after which the stage
+   * stops, short with reason `safety_blocked`: each block is billed, and a prompt that the
+   * output filter keeps catching will mostly be caught again. Default
+   * {@link DEFAULT_MAX_SAFETY_BLOCKS_PER_STAGE}.
+   */
+  readonly maxSafetyBlocksInRow?: number;
 }
 
 /** One admitted request: which slot, and the number its attempt will carry. */
@@ -22,6 +32,8 @@ export interface SlotRequest {
 export interface JobOutcome {
   readonly cancelled: boolean;
   readonly haltedBy: ErrorClass | null;
+  /** The job's spend cap stopped new attempts (`JobControl.capCost`). Absent: false. */
+  readonly costCapped?: boolean;
 }
 
 /** A classified failure, as far as the ledger cares. */
@@ -64,6 +76,9 @@ export class StageLedger {
   #delivered: number;
   #replacementsUsed: number;
   #stoppedBy: ErrorClass | null = null;
+  /** Why `#stoppedBy` stopped the stage: a non-retryable class, or too many safety blocks in a row. */
+  #stopReason: 'non_retryable' | 'safety_blocked' = 'non_retryable';
+  #safetyBlocksInRow = 0;
   #lastErrorClass: ErrorClass | null = null;
 
   constructor(
@@ -95,7 +110,7 @@ export class StageLedger {
     return this.#replacementsUsed;
   }
 
-  /** The non-retryable class that stopped this stage's new requests, or null. */
+  /** The class that stopped this stage's new requests (a non-retryable one, or `safety_blocked` too often in a row), or null. */
   get stoppedBy(): ErrorClass | null {
     return this.#stoppedBy;
   }
@@ -140,6 +155,7 @@ export class StageLedger {
   /** Fills `slot` with `attachId`; returns false (and changes nothing) if it is already filled. */
   deliver(slot: number, attachId: string): boolean {
     if (this.#attachIds[slot] !== null) return false;
+    this.#safetyBlocksInRow = 0;
     this.#attachIds[slot] = attachId;
     this.#delivered++;
     return true;
@@ -149,12 +165,20 @@ export class StageLedger {
    * Records a failed attempt of `slot` and decides what follows. A non-retryable class
    * that is not job-wide stops the stage (the first one is its reason); a retryable one
    * gets a replacement if the stage is still taking requests (`halted`: the caller's
-   * view of the job and of its own teardown) and the budget admits it.
+   * view of the job and of its own teardown) and the budget admits it. The
+   * `maxSafetyBlocksInRow`-th `safety_blocked` failure since the last delivery also stops
+   * the stage (reason `safety_blocked`); other failures (rate limits, timeouts) neither
+   * count nor break the row: they say nothing about what the filter thinks of the prompt.
    */
   fail(slot: number, error: FailureClass, halted: boolean): FailureVerdict {
     this.#lastErrorClass = error.errorClass;
-    const stopsStage = !error.retryable && !haltsJob(error.errorClass) && this.#stoppedBy === null;
-    if (stopsStage) this.#stoppedBy = error.errorClass;
+    if (error.errorClass === 'safety_blocked') this.#safetyBlocksInRow++;
+    const tooManySafetyBlocks = this.#safetyBlocksInRow >= (this.budget.maxSafetyBlocksInRow ?? DEFAULT_MAX_SAFETY_BLOCKS_PER_STAGE);
+    const stopsStage = this.#stoppedBy === null && ((!error.retryable && !haltsJob(error.errorClass)) || (error.errorClass === 'safety_blocked' && tooManySafetyBlocks));
+    if (stopsStage) {
+      this.#stoppedBy = error.errorClass;
+      this.#stopReason = error.retryable ? 'safety_blocked' : 'non_retryable';
+    }
     const replaced = error.retryable && !halted && this.#stoppedBy === null && this.admit(slot);
     return { stopsStage, replacement: replaced ? { slot, attempt: (this.#attemptsUsed[slot] ?? 0) + 1 } : null };
   }
@@ -164,13 +188,15 @@ export class StageLedger {
     const count = this.quantity - this.#delivered;
     if (count === 0) return null;
     if (job.cancelled) return { count, reason: 'cancelled', errorClass: 'cancelled' };
-    if (this.#stoppedBy !== null) return { count, reason: 'non_retryable', errorClass: this.#stoppedBy };
+    if (this.#stoppedBy !== null) return { count, reason: this.#stopReason, errorClass: this.#stoppedBy };
     if (job.haltedBy !== null) {
       // The stage that met the job-wide failure says so; the others were aborted by it.
       return this.#lastErrorClass === job.haltedBy
         ? { count, reason: 'non_retryable', errorClass: job.haltedBy }
         : { count, reason: 'job_aborted', errorClass: job.haltedBy };
     }
+    // The cap stopped attempts the budget would still have allowed.
+    if (job.costCapped === true) return { count, reason: 'cost_cap', errorClass: null };
     return { count, reason: 'budget_exhausted', errorClass: this.#lastErrorClass };
   }
 

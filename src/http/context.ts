@@ -50,12 +50,14 @@ export interface ServerOptions {
   readonly allowLocalWebhooks?: boolean | undefined;
   /** How long a live-page session lasts (`IMAGEGEN_PAGE_SESSION_SECONDS`). Default `DEFAULT_PAGE_TTLS.sessionSeconds`. */
   readonly pageSessionSeconds?: number | undefined;
+  /** The image model jobs run on (`GEMINI_MODEL`): which aspect ratios and image sizes a stage may ask for. Default the default model. */
+  readonly imageModel?: string | undefined;
 }
 
 /** What every route plugin gets. */
 export interface RouteContext {
   readonly deps: ServerDeps;
-  readonly options: Required<Omit<ServerOptions, 'followPollMs' | 'pageSessionSeconds' | 'allowLocalWebhooks'>> & Pick<ServerOptions, 'followPollMs' | 'allowLocalWebhooks'>;
+  readonly options: Required<Omit<ServerOptions, 'followPollMs' | 'pageSessionSeconds' | 'allowLocalWebhooks' | 'imageModel'>> & Pick<ServerOptions, 'followPollMs' | 'allowLocalWebhooks' | 'imageModel'>;
   /** Open event streams per token key. */
   readonly streams: StreamCounter;
 }
@@ -90,5 +92,5 @@ export class StreamCounter {
 
 /** The parts of the deps a run of a stored job takes (a cancel ending a job nobody runs): not the metrics endpoint. */
 export function runDepsOf(deps: ServerDeps): RunJobDeps {
-  return { database: deps.database, store: deps.store, generator: deps.generator, limiter: deps.limiter, logger: deps.logger };
+  return { database: deps.database, store: deps.store, generator: deps.generator, limiter: deps.limiter, logger: deps.logger, pricing: deps.pricing };
 }

@@ -4,6 +4,7 @@
  * OpenAPI document (`GET /openapi.json`). One contract, no second description.
  */
 import { ASPECT_RATIOS } from '../domain/aspect-ratio.js';
+import { IMAGE_SIZES } from '../domain/models.js';
 import { MAX_CREDITS } from '../domain/credit-amount.js';
 import { PRIORITY_RANGE } from '../domain/job-spec.js';
 import { MAX_WEBHOOK_URL_LENGTH, WEBHOOK_EVENT_TYPES } from '../domain/webhook.js';
@@ -54,9 +55,18 @@ const stageSchema = {
     prompt: { type: 'string', minLength: 1 },
     'aspect-ratio': { type: 'string', enum: [...ASPECT_RATIOS], description: 'Default 16:9. `aspectRatio` works too.' },
     aspectRatio: { type: 'string', enum: [...ASPECT_RATIOS] },
+    imageSize: {
+      type: 'string',
+      enum: [...IMAGE_SIZES],
+      description: 'The output size class, for models that take one (gemini-3-pro-image: 1K, 2K, 4K; gemini-3.1-flash-image: also 512). The ratios and sizes the configured model takes are checked at submit.',
+    },
     mergedImageAttachId: { ...id, description: 'An attachment of the job\'s user (POST /v1/attachments).' },
     inputAttachId: id,
-    inputImageData: { type: 'string', contentEncoding: 'base64', description: 'The input image (PNG, JPEG, WebP, GIF, AVIF, TIFF), base64, at most 20 MiB decoded.' },
+    inputImageData: {
+      type: 'string',
+      contentEncoding: 'base64',
+      description: 'The input image (PNG, JPEG, WebP, GIF, AVIF, TIFF, SVG), base64, at most 20 MiB decoded. Stored as given; the provider gets PNG/JPEG/WebP within 13 MiB (others are converted, larger ones downscaled).',
+    },
   },
 } as const;
 
@@ -92,6 +102,11 @@ export const jobSubmitSchema = {
     userId: { ...id, description: 'Admin tokens only.' },
     productionId: id,
     priority: { type: 'integer', minimum: PRIORITY_RANGE.min, maximum: PRIORITY_RANGE.max, description: 'Higher runs first. Default 0.' },
+    maxCostUsd: {
+      type: 'number',
+      exclusiveMinimum: 0,
+      description: "Spend cap, USD: no attempt starts whose estimate (the service's price table) would pass it; the short stages end `cost_cap` and the job `partial`. Default: no cap.",
+    },
     stages: { type: 'array', minItems: 1, items: stageSchema },
     webhook: webhookSpecSchema,
   },
@@ -101,7 +116,7 @@ export const jobSummarySchema = {
   $id: 'JobSummary',
   type: 'object',
   description: "A job's summary: the CLI's `status --json` object.",
-  required: ['jobId', 'status', 'totalImages', 'deliveredImages', 'attachIds', 'stages', 'attempts', 'credits'],
+  required: ['jobId', 'status', 'totalImages', 'deliveredImages', 'attachIds', 'stages', 'attempts', 'credits', 'cost'],
   properties: {
     jobId: { type: 'string' },
     status: { type: 'string', enum: ['queued', 'running', 'completed', 'partial', 'failed', 'cancelled'] },
@@ -120,8 +135,13 @@ export const jobSummarySchema = {
           attachIds: { type: 'array', items: { type: 'string' } },
           shortfall: {
             type: ['object', 'null'],
-            required: ['count', 'reason', 'errorClass'],
-            properties: { count: { type: 'integer' }, reason: { type: 'string' }, errorClass: { type: ['string', 'null'] } },
+            required: ['count', 'reason', 'errorClass', 'detail'],
+            properties: {
+              count: { type: 'integer' },
+              reason: { type: 'string' },
+              errorClass: { type: ['string', 'null'] },
+              detail: { type: ['string', 'null'], description: 'The latest failure of errorClass, e.g. which quota ran out (null: none).' },
+            },
           },
         },
       },
@@ -140,6 +160,19 @@ export const jobSummarySchema = {
       type: 'object',
       required: ['reserved', 'captured', 'released'],
       properties: { reserved: { type: 'integer' }, captured: { type: 'integer' }, released: { type: 'integer' } },
+    },
+    cost: {
+      type: 'object',
+      description: "Estimated provider cost, USD, from the price table (list prices, `IMAGEGEN_PRICES`): an estimate, not an invoice.",
+      required: ['estimatedUsd', 'perDeliveredImageUsd', 'wastedUsd', 'possiblyBilledUsd', 'possiblyBilledCount', 'maxCostUsd'],
+      properties: {
+        estimatedUsd: { type: 'number', description: "Every answer's cost, failed answers included (they are billed)." },
+        perDeliveredImageUsd: { type: ['number', 'null'], description: '`estimatedUsd / deliveredImages`; null when nothing was delivered.' },
+        wastedUsd: { type: 'number', description: 'The part of `estimatedUsd` whose answers did not become a delivered image.' },
+        possiblyBilledUsd: { type: 'number', description: 'Timed-out calls the provider may still bill, at one image each; not in `estimatedUsd`.' },
+        possiblyBilledCount: { type: 'integer', description: 'How many calls timed out (possibly billed).' },
+        maxCostUsd: { type: ['number', 'null'], description: "The job's spend cap; null: none." },
+      },
     },
   },
 } as const;

@@ -1,4 +1,4 @@
-import { JobNotFoundError, jobStats, readJobResult, retryTransient, type Database } from '../db/index.js';
+import { JobNotFoundError, getJobSpec, jobStats, lastFailureMessages, readJobResult, retryTransient, type Database } from '../db/index.js';
 import type { JobStatus } from '../domain/result.js';
 import { visibleJob, type Caller } from './caller.js';
 
@@ -19,11 +19,30 @@ export interface JobSummary {
     readonly quantity: number;
     readonly delivered: number;
     readonly attachIds: readonly string[];
-    readonly shortfall: null | { readonly count: number; readonly reason: string; readonly errorClass: string | null };
+    /**
+     * `detail`: the message of the latest failure of `errorClass` in this stage (in the job,
+     * for a stage another stage's failure aborted), e.g. which quota ran out; null when none.
+     */
+    readonly shortfall: null | { readonly count: number; readonly reason: string; readonly errorClass: string | null; readonly detail: string | null };
   }[];
   /** `abandoned`: attempts cut off by a run that died or shut down (no budget charged, not failures). */
   readonly attempts: { readonly total: number; readonly failed: number; readonly abandoned: number; readonly byClass: Readonly<Record<string, number>> };
   readonly credits: { readonly reserved: number; readonly captured: number; readonly released: number };
+  /**
+   * Estimated provider cost, USD (the price table's list prices: an estimate, not an invoice).
+   * `estimatedUsd`: every answer, failed ones included; `perDeliveredImageUsd`: that over the
+   * delivered images (null: none); `wastedUsd`: answers that did not become a delivered image;
+   * `possiblyBilledUsd`/`Count`: timed-out calls the provider may still bill (one image each),
+   * not in `estimatedUsd`; `maxCostUsd`: the job's cap (null: none).
+   */
+  readonly cost: {
+    readonly estimatedUsd: number;
+    readonly perDeliveredImageUsd: number | null;
+    readonly wastedUsd: number;
+    readonly possiblyBilledUsd: number;
+    readonly possiblyBilledCount: number;
+    readonly maxCostUsd: number | null;
+  };
 }
 
 /** Reads a job's summary from the database (the same for `run --json` and `status --json`). */
@@ -31,8 +50,12 @@ export async function jobSummary(database: Database, jobId: string): Promise<Job
   const stored = await readJobResult(database, jobId);
   if (!stored) throw new JobNotFoundError(jobId);
   const stats = await jobStats(database, { jobId });
+  const spec = await getJobSpec(database, jobId);
   const ended = ['completed', 'partial', 'failed', 'cancelled'].includes(stored.rowStatus);
   const { result } = stored;
+  const failures = result.stages.some((s) => s.shortfall?.errorClass != null) ? await lastFailureMessages(database, jobId) : [];
+  const detailOf = (stageIndex: number, errorClass: string | null): string | null =>
+    errorClass === null ? null : (failures.find((f) => f.stageIndex === stageIndex && f.errorClass === errorClass) ?? failures.find((f) => f.errorClass === errorClass))?.message ?? null;
   return {
     jobId,
     status: ended ? result.status : (stored.rowStatus as 'queued' | 'running'),
@@ -44,10 +67,21 @@ export async function jobSummary(database: Database, jobId: string): Promise<Job
       quantity: s.quantity,
       delivered: s.delivered,
       attachIds: s.attachIds,
-      shortfall: s.shortfall === null ? null : { count: s.shortfall.count, reason: ended ? s.shortfall.reason : 'pending', errorClass: s.shortfall.errorClass },
+      shortfall:
+        s.shortfall === null
+          ? null
+          : { count: s.shortfall.count, reason: ended ? s.shortfall.reason : 'pending', errorClass: s.shortfall.errorClass, detail: detailOf(s.index, s.shortfall.errorClass) },
     })),
     attempts: { total: stats.attempts, failed: stats.failed, abandoned: stats.abandoned, byClass: stats.byClass },
     credits: stored.credits,
+    cost: {
+      estimatedUsd: stats.costUsd,
+      perDeliveredImageUsd: result.deliveredImages > 0 ? stats.costUsd / result.deliveredImages : null,
+      wastedUsd: stats.wastedUsd,
+      possiblyBilledUsd: stats.possiblyBilled.usd,
+      possiblyBilledCount: stats.possiblyBilled.count,
+      maxCostUsd: spec?.spec.maxCostUsd ?? null,
+    },
   };
 }
 

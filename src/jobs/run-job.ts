@@ -23,14 +23,19 @@ export interface RunJobInput {
  * events$.subscribe((e) => e.type === 'job:finished' && console.log(e.result.attachIds));
  */
 export function runJob(
-  deps: RunJobDeps & { readonly config?: Pick<PipelineConfig, 'pricePerImage' | 'maxQuantity'> & { readonly webhooks?: Pick<PipelineConfig['webhooks'], 'allowLocal'> } },
+  deps: RunJobDeps & {
+    readonly config?: Pick<PipelineConfig, 'pricePerImage' | 'maxQuantity'> & {
+      readonly webhooks?: Pick<PipelineConfig['webhooks'], 'allowLocal'>;
+      readonly gemini?: Pick<PipelineConfig['gemini'], 'model'>;
+    };
+  },
   input: RunJobInput,
   options: RunJobOptions = {},
 ): Observable<PipelineEvent> {
   return defer(() => {
     // A pipeline (`openPipeline`) brings its configuration: the price and quantity limit the CLI uses.
     const allowLocalWebhooks = deps.config?.webhooks?.allowLocal === true;
-    const spec = parseJobSpec(input.spec, input.limits ?? (deps.config ? { maxQuantity: deps.config.maxQuantity, allowLocalWebhooks } : undefined));
+    const spec = parseJobSpec(input.spec, input.limits ?? (deps.config ? { maxQuantity: deps.config.maxQuantity, allowLocalWebhooks, imageModel: deps.config.gemini?.model } : undefined));
     return from(submitSpec(deps, spec, { pricePerImage: input.pricePerImage ?? deps.config?.pricePerImage ?? DEFAULT_PRICE_PER_IMAGE, allowLocalWebhooks }));
   }).pipe(mergeMap(({ jobId }) => runStoredJob(deps, jobId, options)));
 }

@@ -163,9 +163,9 @@ async function existingJobMatches(database: Database, jobId: string, spec: JobSp
 
 /**
  * The one place that decides whether a submitted spec is the stored job: the first
- * field that differs, or null. Compared: `productionId`, `priority`, the webhook (`webhook.url`,
+ * field that differs, or null. Compared: `productionId`, `priority`, `maxCostUsd`, the webhook (`webhook.url`,
  * `webhook.events` as a set), the number of stages, and per
- * stage `prompt`, `aspectRatio`, `quantity` and the input image. An input attachment id
+ * stage `prompt`, `aspectRatio`, `imageSize`, `quantity` and the input image. An input attachment id
  * is compared as an id; an input file by content (its content-addressed storage key
  * against the key of the stored job's input attachment), so the same image under
  * another path is the same job.
@@ -173,6 +173,7 @@ async function existingJobMatches(database: Database, jobId: string, spec: JobSp
 async function specDifference(database: Database, stored: JobSpec, spec: JobSpec, inputFiles: readonly InputFile[]): Promise<string | null> {
   if ((stored.productionId ?? null) !== spec.productionId) return 'productionId';
   if ((stored.priority ?? 0) !== (spec.priority ?? 0)) return 'priority';
+  if ((stored.maxCostUsd ?? null) !== (spec.maxCostUsd ?? null)) return 'maxCostUsd';
   if ((stored.webhook === undefined) !== (spec.webhook === undefined)) return 'webhook';
   if (stored.webhook && spec.webhook) {
     if (stored.webhook.url !== spec.webhook.url) return 'webhook.url';
@@ -184,6 +185,7 @@ async function specDifference(database: Database, stored: JobSpec, spec: JobSpec
     const at = `stages[${i}]`;
     if (old.prompt !== stage.prompt) return `${at}.prompt`;
     if (old.aspectRatio !== stage.aspectRatio) return `${at}.aspectRatio`;
+    if ((old.imageSize ?? null) !== (stage.imageSize ?? null)) return `${at}.imageSize`;
     if (old.quantity !== stage.quantity) return `${at}.quantity`;
     const file = inputFiles.find((f) => f.stageIndex === stage.index);
     if (file) {

@@ -1,6 +1,7 @@
 import { EMPTY, Observable, ReplaySubject, concat, defer, expand, filter, from, map, merge, mergeMap, takeUntil, timer, type SchedulerLike } from 'rxjs';
 import { PipelineError } from '../domain/error-class.js';
-import type { PipelineEvent } from '../domain/events.js';
+import type { AttemptCost, PipelineEvent } from '../domain/events.js';
+import type { AttemptPricing } from '../domain/price-table.js';
 import type { StageSpec } from '../domain/job-spec.js';
 import type { AttemptRequest, EnginePorts } from '../domain/ports.js';
 import type { RandomSource } from '../domain/random.js';
@@ -8,6 +9,7 @@ import type { StageState } from '../domain/resume-state.js';
 import type { StageResult } from '../domain/result.js';
 import { attemptFailed, attemptStarted, slotDelivered, stageEnded } from '../engine/attempt-events.js';
 import { capRetryAfter } from '../engine/cap-retry-after.js';
+import { attemptCostOf, chargedUsd, type AttemptEnding, type CostCap } from '../engine/cost-cap.js';
 import type { ConcurrencyLimiter } from '../engine/concurrency-limiter.js';
 import type { Share } from '../engine/fair-queue.js';
 import { DEFAULT_MAX_RETRY_AFTER_MS, fullJitterBackoff, type BackoffConfig } from '../engine/full-jitter-backoff.js';
@@ -37,6 +39,15 @@ export interface FillSlotsConfig {
   readonly cancel$: Observable<unknown>;
   readonly scheduler: SchedulerLike;
   readonly random: RandomSource;
+  /** Prices (each attempt's end event carries its cost) and the job's spend cap. Absent: nothing priced, no cap. */
+  readonly cost?: StageCost | undefined;
+}
+
+/** What a stage needs to price its attempts and keep the job's spend cap. */
+export interface StageCost {
+  readonly pricing: AttemptPricing;
+  /** The job's cap, shared by its stages; null: no cap (costs are still reported). */
+  readonly cap: CostCap | null;
 }
 
 /** What a stage stream emits: events while it runs, then its result once. */
@@ -109,7 +120,7 @@ export function fillSlots(config: FillSlotsConfig): Observable<StageItem> {
     // Set first thing on teardown: releasing an aborted attempt's permit must not start
     // a queued request of this same, dying stage.
     let closed = false;
-    const halted = () => closed || ledger.stoppedBy !== null || job.haltedBy !== null;
+    const halted = () => closed || ledger.stoppedBy !== null || job.haltedBy !== null || job.costCapped;
     const inFlight = new Map<number, SentAttempt>(); // by slot: what a cancel reports
     const requestOf = ({ slot, attempt }: SlotRequest): AttemptRequest => ({
       jobId: job.jobId,
@@ -118,12 +129,40 @@ export function fillSlots(config: FillSlotsConfig): Observable<StageItem> {
       attempt,
       prompt: stage.prompt,
       aspectRatio: stage.aspectRatio,
+      ...(stage.imageSize !== undefined ? { imageSize: stage.imageSize } : {}),
       inputAttachId: stage.inputAttachId,
     });
 
-    // The books of one attempt item (ledger, job, global limit), then its steps.
+    // The spend cap: an attempt starts only if its estimate fits (reserved until it ends).
+    const { cost } = config;
+    const reserved = new Map<number, number>(); // by slot: the estimate held for the attempt in flight
+    const admit =
+      cost?.cap != null
+        ? (request: AttemptRequest): boolean => {
+            const estimate = cost.pricing.estimateUsd(request);
+            if (estimate === null || !cost.cap!.reserve(estimate)) return false;
+            reserved.set(request.slotIndex, estimate);
+            return true;
+          }
+        : undefined;
+    const priced = (request: AttemptRequest, ending: AttemptEnding): AttemptCost | undefined => {
+      if (cost === undefined) return undefined;
+      const attemptCost = attemptCostOf(cost.pricing, request, ending);
+      const estimate = reserved.get(request.slotIndex);
+      if (estimate !== undefined) {
+        reserved.delete(request.slotIndex);
+        cost.cap?.settle(estimate, chargedUsd(attemptCost));
+      }
+      return attemptCost;
+    };
+
+    // The books of one attempt item (ledger, job, global limit, cost), then its steps.
     const record = (item: AttemptItem): Step[] => {
-      if (item.kind === 'dropped') return [];
+      if (item.kind === 'dropped') {
+        // Refused by the cap: the job starts no more attempts; in-flight ones finish.
+        if (item.refused === true) job.capCost();
+        return [];
+      }
       const { request, permit, startedAt } = item.sent;
       const slot = request.slotIndex;
       if (item.kind === 'started') {
@@ -135,13 +174,17 @@ export function fillSlots(config: FillSlotsConfig): Observable<StageItem> {
       const now = scheduler.now();
       if (item.kind === 'delivered') {
         globalLimiter.onSuccess();
+        const attemptCost = priced(request, { usage: item.image.usage, answered: true, timedOut: false });
         const { attachId } = item.delivery;
         if (!ledger.deliver(slot, attachId)) return [];
-        const delivered = { attachId, latencyMs: now - startedAt, providerLatencyMs: item.answeredAt - startedAt, usage: item.image.usage ?? null, stageProgress: ledger.progress, progress: job.recordDelivery() };
+        const delivered = { attachId, latencyMs: now - startedAt, providerLatencyMs: item.answeredAt - startedAt, usage: item.image.usage ?? null, cost: attemptCost, stageProgress: ledger.progress, progress: job.recordDelivery() };
         return [eventStep(slotDelivered(request, now, delivered))];
       }
       // A server delay above the cap means its quota is gone: `quota_exhausted`, which halts the job.
       const error = capRetryAfter(item.error, maxRetryAfterMs);
+      // A failed delivery was an answered call (its image's usage); a failed answer carries its own.
+      const usage = item.image?.usage ?? item.error.usage;
+      const attemptCost = priced(request, { usage, answered: item.image !== undefined || usage !== undefined, timedOut: item.error.errorClass === 'timeout' });
       if (error.errorClass === 'rate_limited') globalLimiter.onRateLimited(permit);
       job.recordFailure(error.errorClass);
       const verdict = ledger.fail(slot, error, halted());
@@ -151,14 +194,14 @@ export function fillSlots(config: FillSlotsConfig): Observable<StageItem> {
         replacement: requestOf(verdict.replacement),
         delayMs: fullJitterBackoff(request.attempt, error.retryAfterMs, config.random, config.backoff),
       };
-      const failed = attemptFailed(request, now, { error, latencyMs: now - startedAt, providerLatencyMs: item.answeredAt - startedAt, retryInMs: shortfall?.delayMs ?? null });
+      const failed = attemptFailed(request, now, { error, latencyMs: now - startedAt, providerLatencyMs: item.answeredAt - startedAt, retryInMs: shortfall?.delayMs ?? null, usage, cost: attemptCost });
       return shortfall ? [eventStep(failed), shortfall] : [eventStep(failed)];
     };
 
     // The loop. A request becomes its attempt's steps; a shortfall becomes the same
     // slot's replacement request after its backoff: the attempt's permits ended with its
     // outcome, so the wait holds none and only this slot waits. A halt cancels the wait.
-    const attemptConfig = { ...config, halt$, halted };
+    const attemptConfig = { ...config, halt$, halted, admit };
     const next = (step: Step): Observable<Step> => {
       switch (step.kind) {
         case 'request':

@@ -21,8 +21,19 @@ export interface SentAttempt {
 export type AttemptItem =
   | { readonly kind: 'started'; readonly sent: SentAttempt }
   | { readonly kind: 'delivered'; readonly sent: SentAttempt; readonly answeredAt: number; readonly image: GeneratedImage; readonly delivery: Delivery }
-  | { readonly kind: 'failed'; readonly sent: SentAttempt; readonly answeredAt: number; readonly error: PipelineError }
-  | { readonly kind: 'dropped' };
+  | {
+      readonly kind: 'failed';
+      readonly sent: SentAttempt;
+      readonly answeredAt: number;
+      readonly error: PipelineError;
+      /** The provider's image, when the failure came after it (the delivery failed): that answer was billed. */
+      readonly image?: GeneratedImage | undefined;
+    }
+  | {
+      readonly kind: 'dropped';
+      /** Dropped because `admit` refused it (the job's spend cap), not because the stage had stopped. */
+      readonly refused?: true;
+    };
 
 export interface AttemptConfig {
   readonly ports: EnginePorts;
@@ -39,9 +50,15 @@ export interface AttemptConfig {
   readonly halt$: Observable<void>;
   /** Whether the stage has stopped (or is being torn down), asked when the permits are granted. */
   readonly halted: () => boolean;
+  /**
+   * Asked after `halted`, when the permits are granted: false drops the request unsent
+   * (`dropped` with `refused`): the job's spend cap. Default: every request is admitted.
+   */
+  readonly admit?: ((request: AttemptRequest) => boolean) | undefined;
 }
 
 const DROPPED = { kind: 'dropped' } as const;
+const REFUSED = { kind: 'dropped', refused: true } as const;
 
 /**
  * One request's attempt: the stage permit for the whole attempt, the global (provider)
@@ -52,7 +69,7 @@ const DROPPED = { kind: 'dropped' } as const;
  * classified error (a throw, an error, an empty answer or a hung call; nothing escapes
  * as an error, and images after the first are not waited for). A request the stage
  * stopped before it was sent emits only `dropped`: a halt drops a request still waiting
- * for a permit, never one already sent.
+ * for a permit, never one already sent; so does one `admit` refuses (the spend cap).
  *
  * ```
  * stage permit   ^----------------------!
@@ -69,8 +86,8 @@ const DROPPED = { kind: 'dropped' } as const;
 export function runAttempt(request: AttemptRequest, config: AttemptConfig): Observable<AttemptItem> {
   const { ports, scheduler, attemptTimeoutMs } = config;
   // A failure of the call itself is answered when it arrives; a failed delivery was answered with its image.
-  const failed = (sent: SentAttempt, answeredAt?: number) => (error: unknown) =>
-    of<AttemptItem>({ kind: 'failed', sent, answeredAt: answeredAt ?? scheduler.now(), error: toPipelineError(error) });
+  const failed = (sent: SentAttempt, answeredAt?: number, image?: GeneratedImage) => (error: unknown) =>
+    of<AttemptItem>({ kind: 'failed', sent, answeredAt: answeredAt ?? scheduler.now(), error: toPipelineError(error), ...(image !== undefined ? { image } : {}) });
   const generate$ = (sent: SentAttempt) =>
     defer(() => ports.generate(request)).pipe(
       timeout({ first: attemptTimeoutMs, scheduler, with: () => throwError(() => new PipelineError('timeout', `no image within ${attemptTimeoutMs} ms`)) }),
@@ -84,7 +101,7 @@ export function runAttempt(request: AttemptRequest, config: AttemptConfig): Obse
       take(1),
       throwIfEmpty(() => new PipelineError('storage', 'the delivery completed without a result')),
       map((delivery): AttemptItem => ({ kind: 'delivered', sent, answeredAt, image, delivery })),
-      catchError(failed(sent, answeredAt)),
+      catchError(failed(sent, answeredAt, image)),
     );
   // The stage permit is unkeyed (one stage, FIFO); the provider permit waits its share's turn.
   const sent$ = config.stageLimiter.run(() =>
@@ -94,6 +111,8 @@ export function runAttempt(request: AttemptRequest, config: AttemptConfig): Obse
           defer(() => {
             // A request that waited for a permit while the stage stopped is dropped unsent.
             if (config.halted()) return of(DROPPED);
+            // The cap's check is made here, as late as possible: the estimate in flight is what is really sent.
+            if (config.admit !== undefined && !config.admit(request)) return of(REFUSED);
             const sent: SentAttempt = { request, permit, startedAt: scheduler.now() };
             return concat(of<AttemptItem>({ kind: 'started', sent }), generate$(sent));
           }),

@@ -20,7 +20,7 @@ export function attemptEndOf(event: AttemptFailedEvent | SlotDeliveredEvent, shu
 
 /**
  * Writes how each attempt ended (`attempts` row: outcome, error class, HTTP status,
- * latency, usage; a failure also to the job's event log, in the same transaction),
+ * latency, usage of every answer, the model and estimated cost; a failure also to the job's event log, in the same transaction),
  * in event order and off the event path: the events never wait for these writes, a
  * write that lost its connection is tried again for about 13 s ({@link ATTEMPT_RECORD_TRIES}),
  * a failed write is logged and the next goes on. `flush` waits for the
@@ -67,7 +67,9 @@ export class AttemptLog {
         httpStatus: failed ? event.httpStatus : null,
         message: failed ? event.message : null,
         latencyMs: event.latencyMs,
-        usage: failed ? null : event.usage,
+        // A failed answer's usage too: safety blocks and imageless answers are billed.
+        usage: event.usage ?? null,
+        cost: event.cost,
         // A failure goes to the job's event log with its row (a delivery is logged by `deliverSlot`).
         event: failed && outcome === 'failed' ? attemptFailedNotification(event) : undefined,
       }), ATTEMPT_RECORD_TRIES);

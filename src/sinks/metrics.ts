@@ -80,6 +80,7 @@ interface DatabaseFigures {
  * | `imagegen_provider_latency_seconds` | attempt start to the end of its provider call (image, error or timeout); aborted calls are not observed |
  * | `imagegen_delivery_latency_seconds` | the provider's image to the committed delivery (WebP, upload, transaction) |
  * | `imagegen_attempts_in_flight` | attempts started and not ended (a run that ends takes its own out) |
+ * | `imagegen_cost_usd_total{model,outcome}` | estimated provider cost of answers (price table), USD: `outcome` `delivered` or `failed` (failed answers are billed too), or `possibly_billed` (timed-out calls at one image's price) |
  *
  * Read on scrape:
  *
@@ -118,6 +119,7 @@ export class PipelineMetrics implements MetricsEndpoint, RunMetrics, WebhookAtte
   readonly #inFlight: Gauge;
   readonly #databaseErrors: Counter;
   readonly #webhookAttempts: Counter<'outcome'>;
+  readonly #cost: Counter<'model' | 'outcome'>;
 
   constructor(config: PipelineMetricsConfig) {
     this.#config = config;
@@ -146,6 +148,12 @@ export class PipelineMetrics implements MetricsEndpoint, RunMetrics, WebhookAtte
       name: 'imagegen_delivery_latency_seconds',
       help: "From the provider's image to the committed delivery (WebP conversion, upload, delivery transaction).",
       buckets: DELIVERY_BUCKETS,
+      registers,
+    });
+    this.#cost = new Counter({
+      name: 'imagegen_cost_usd_total',
+      help: 'Estimated provider cost of answers, USD, from the price table (list prices): outcome delivered or failed (failed answers are billed), or possibly_billed (timed-out calls, at one image each).',
+      labelNames: ['model', 'outcome'],
       registers,
     });
     this.#inFlight = new Gauge({ name: 'imagegen_attempts_in_flight', help: 'Attempts of this process started and not yet ended.', registers });
@@ -280,6 +288,10 @@ export class PipelineMetrics implements MetricsEndpoint, RunMetrics, WebhookAtte
                 ended(event);
                 this.#countEnd(event.errorClass, attemptEndOf(event, shuttingDown()));
                 if (event.providerLatencyMs !== null) this.#providerLatency.observe(event.providerLatencyMs / 1000);
+                if (event.cost !== undefined) {
+                  if (event.cost.usd !== null) this.#cost.inc({ model: event.cost.model, outcome: 'failed' }, event.cost.usd);
+                  if (event.cost.possiblyBilledUsd > 0) this.#cost.inc({ model: event.cost.model, outcome: 'possibly_billed' }, event.cost.possiblyBilledUsd);
+                }
                 return;
               case 'slot:delivered':
                 ended(event);
@@ -288,6 +300,7 @@ export class PipelineMetrics implements MetricsEndpoint, RunMetrics, WebhookAtte
                 if (event.attempt > 1) this.#retrySuccesses.inc();
                 this.#providerLatency.observe(event.providerLatencyMs / 1000);
                 this.#deliveryLatency.observe((event.latencyMs - event.providerLatencyMs) / 1000);
+                if (event.cost?.usd != null) this.#cost.inc({ model: event.cost.model, outcome: 'delivered' }, event.cost.usd);
                 return;
               default:
                 return;

@@ -26,7 +26,9 @@ import { ConcurrencyLimiter, UNKEYED_SHARE } from '../engine/concurrency-limiter
 import type { Share } from '../engine/fair-queue.js';
 import type { ProviderLimiter } from '../engine/provider-limiter.js';
 import { JobControl } from '../engine/job-control.js';
-import { fillSlots, type StageItem } from '../operators/fill-slots.js';
+import { fillSlots, type StageCost, type StageItem } from '../operators/fill-slots.js';
+import { CostCap } from '../engine/cost-cap.js';
+import { pricingFor, type AttemptPricing } from '../domain/price-table.js';
 import { DEFAULT_BACKOFF, type BackoffConfig } from '../engine/full-jitter-backoff.js';
 
 /** The part of a job the engine needs. */
@@ -39,6 +41,14 @@ export interface EngineJob {
   readonly userId?: string | undefined;
   /** A higher priority gets the shared limiter's permits first. Default 0. */
   readonly priority?: number | undefined;
+  /**
+   * The job's spend cap, USD (`JobSpec.maxCostUsd`): an attempt whose estimate would pass
+   * it is not started and the short stages end `cost_cap`. Needs `EngineOptions.pricing`
+   * (without prices, or with a model that has none, no attempt starts). Omitted: no cap.
+   */
+  readonly maxCostUsd?: number | undefined;
+  /** What earlier runs of the job spent, USD (resume: read from the attempts table). Default 0. */
+  readonly spentUsd?: number | undefined;
 }
 
 /** Engine settings; every field has a default. */
@@ -62,6 +72,8 @@ export interface EngineOptions {
   readonly maxAttemptsPerSlot?: number;
   /** Replacement attempts per stage: a number, or a function of the stage quantity. Default `max(10, quantity)`. */
   readonly maxReplacementsPerStage?: number | ((quantity: number) => number);
+  /** Safety blocks in a row that stop a stage (shortfall `safety_blocked`). Default `DEFAULT_MAX_SAFETY_BLOCKS_PER_STAGE` (3). */
+  readonly maxSafetyBlocksPerStage?: number;
   readonly backoff?: BackoffConfig;
   /** A `generate` call that has not answered after this long is a `timeout` failure. Default 120,000 ms. */
   readonly attemptTimeoutMs?: number;
@@ -77,6 +89,8 @@ export interface EngineOptions {
   readonly scheduler?: SchedulerLike;
   /** Jitter source. Default a PRNG seeded from the clock. */
   readonly random?: RandomSource;
+  /** Prices of the generator's model: each attempt's end event carries its cost (`cost`), and the spend cap can be kept. Default: none. */
+  readonly pricing?: AttemptPricing | undefined;
 }
 
 /**
@@ -136,6 +150,10 @@ export function runEngine(job: EngineJob, ports: EnginePorts, options: EngineOpt
     const total = job.stages.reduce((sum, s) => sum + s.quantity, 0);
     const already = states.reduce((sum, state) => sum + state.filter((s) => s.attachId !== null).length, 0);
     const control = new JobControl(job.jobId, total, already);
+    const cap = job.maxCostUsd !== undefined ? new CostCap(job.maxCostUsd, job.spentUsd ?? 0) : null;
+    // A cap with no prices cannot be checked: priced by an empty table, every estimate is null and no attempt starts.
+    const pricing = options.pricing ?? (cap !== null ? pricingFor({}, '(no prices)') : undefined);
+    const cost: StageCost | undefined = pricing === undefined ? undefined : { pricing, cap };
     const cancel$ = options.cancel$ ?? NEVER;
     const share: Share = options.fairShare === false ? UNKEYED_SHARE : { userId: job.userId ?? '', jobId: job.jobId, priority: job.priority ?? 0 };
 
@@ -162,6 +180,7 @@ export function runEngine(job: EngineJob, ports: EnginePorts, options: EngineOpt
         budget: {
           maxAttemptsPerSlot: options.maxAttemptsPerSlot ?? DEFAULT_ENGINE_OPTIONS.maxAttemptsPerSlot,
           maxReplacementsPerStage: typeof replacements === 'function' ? replacements(stage.quantity) : replacements,
+          ...(options.maxSafetyBlocksPerStage !== undefined ? { maxSafetyBlocksInRow: options.maxSafetyBlocksPerStage } : {}),
         },
         backoff: options.backoff ?? DEFAULT_ENGINE_OPTIONS.backoff,
         attemptTimeoutMs: options.attemptTimeoutMs ?? DEFAULT_ENGINE_OPTIONS.attemptTimeoutMs,
@@ -172,6 +191,7 @@ export function runEngine(job: EngineJob, ports: EnginePorts, options: EngineOpt
         cancel$,
         scheduler,
         random,
+        cost,
       }).pipe(
         tap((item: StageItem) => {
           if (item.kind === 'result') {

@@ -2,8 +2,9 @@ import { EMPTY, concatMap, defer, identity, mergeAll, of, tap, type Observable }
 import type { Logger } from 'pino';
 import type { JobFinishedEvent, PipelineEvent } from '../domain/events.js';
 import type { ImageGenerator } from '../domain/ports.js';
-import { FINAL_JOB_STATUSES, JobNotFoundError, beginRun, getJobStatus, loadJob, newLeaseOwner, reopenJob, retryTransient, type Database, type LoadedJob } from '../db/index.js';
+import { FINAL_JOB_STATUSES, JobNotFoundError, beginRun, getJobStatus, jobStats, loadJob, newLeaseOwner, reopenJob, retryTransient, type Database, type LoadedJob } from '../db/index.js';
 import type { ProviderLimiter } from '../engine/provider-limiter.js';
+import { DEFAULT_PRICES, pricingFor, type AttemptPricing } from '../domain/price-table.js';
 import { AttemptLog } from '../sinks/attempt-log.js';
 import type { RunMetrics } from '../sinks/metrics.js';
 import type { ObjectStore } from '../sinks/object-store.js';
@@ -25,6 +26,12 @@ export interface RunJobDeps {
   readonly logger?: Logger | undefined;
   /** The process's metrics, fed the run's events (`PipelineMetrics`); none: nothing is counted. */
   readonly metrics?: RunMetrics | undefined;
+  /**
+   * The prices of the generator's model (`pricingFor(config.prices, generator.model)`): each
+   * attempt's cost is recorded and a job's `maxCostUsd` is kept. None: a job with a cap is
+   * priced by the default table (`DEFAULT_PRICES`) for `generator.model`.
+   */
+  readonly pricing?: AttemptPricing | undefined;
 }
 
 /** Per-run options on top of the engine's. */
@@ -89,7 +96,8 @@ export const DEFAULT_RUN_OPTIONS = Object.freeze({
 export function runStoredJob(deps: RunJobDeps, jobId: string, options: RunJobOptions = {}): Observable<PipelineEvent> {
   return defer(async () => {
     const { database, store, generator, limiter, metrics } = deps;
-    const run: RunContext = { database, store, generator, limiter, metrics, logger: deps.logger?.child({ jobId }), jobId, options };
+    const pricing = deps.pricing ?? (generator.model !== undefined ? pricingFor(DEFAULT_PRICES, generator.model) : undefined);
+    const run: RunContext = { database, store, generator, limiter, metrics, pricing, logger: deps.logger?.child({ jobId }), jobId, options };
     // The status decides the path; the full state is loaded once, after `beginRun`.
     const status = await retryTransient(() => getJobStatus(database, jobId));
     if (status === null) throw new JobNotFoundError(jobId);
@@ -117,6 +125,7 @@ interface RunContext {
   readonly generator: ImageGenerator;
   readonly limiter: ProviderLimiter | undefined;
   readonly metrics: RunMetrics | undefined;
+  readonly pricing: AttemptPricing | undefined;
   readonly logger: Logger | undefined;
   readonly jobId: string;
   readonly options: RunJobOptions;
@@ -142,7 +151,12 @@ function runLeased(run: RunContext, lease: JobLease): Observable<PipelineEvent> 
     const maxCrashResumes = run.options.maxCrashResumes ?? DEFAULT_RUN_OPTIONS.maxCrashResumes;
     // A cancel request wins: the job ends `cancelled`, as its user asked.
     if (began.crashResumes >= maxCrashResumes && !job.cancelRequested) return endCrashLoop(run, lease, job, began.crashResumes);
-    return runStages(run, lease, job);
+    // The cap counts what earlier runs of the job spent (answers and possibly billed timeouts).
+    const spentUsd = job.spec.maxCostUsd === undefined ? 0 : await retryTransient(() => jobStats(database, { jobId })).then((s) => s.costUsd + s.possiblyBilled.usd);
+    if (job.spec.maxCostUsd !== undefined && run.pricing?.priced !== true) {
+      logger?.warn({ model: run.pricing?.model ?? null }, 'the model has no price (IMAGEGEN_PRICES): a job with maxCostUsd starts no attempt; add the model to the price table');
+    }
+    return runStages(run, lease, job, spentUsd);
   }).pipe(mergeAll());
 }
 
@@ -150,7 +164,7 @@ function runLeased(run: RunContext, lease: JobLease): Observable<PipelineEvent> 
  * The engine over the stored ports, stopped or cancelled by the control signals; every
  * attempt's end is logged, progress is written, and `job:finished` settles the run.
  */
-function runStages(run: RunContext, lease: JobLease, job: LoadedJob): Observable<PipelineEvent> {
+function runStages(run: RunContext, lease: JobLease, job: LoadedJob, spentUsd: number): Observable<PipelineEvent> {
   const { database, jobId, options, logger } = run;
   const signals = controlSignals({
     database,
@@ -165,8 +179,9 @@ function runStages(run: RunContext, lease: JobLease, job: LoadedJob): Observable
   });
   const attemptLog = new AttemptLog(database, logger);
   const ports = storedPorts({ ...run, lease: { owner: lease.owner, lost: () => lease.markLost() } }, job.spec.stages, { webpQuality: options.webpQuality });
-  const engineOptions: EngineOptions = { ...options, globalLimiter: run.limiter, cancel$: signals.cancel$, stop$: signals.stop$ };
-  return runEngine({ jobId, stages: job.spec.stages, state: job.stages, userId: job.spec.userId, priority: job.spec.priority ?? 0 }, ports, engineOptions).pipe(
+  const engineOptions: EngineOptions = { ...options, globalLimiter: run.limiter, cancel$: signals.cancel$, stop$: signals.stop$, pricing: run.pricing };
+  const engineJob = { jobId, stages: job.spec.stages, state: job.stages, userId: job.spec.userId, priority: job.spec.priority ?? 0, maxCostUsd: job.spec.maxCostUsd, spentUsd };
+  return runEngine(engineJob, ports, engineOptions).pipe(
     tap((event) => attemptLog.record(event, signals.stopped)),
     run.metrics ? run.metrics.observeRun(() => signals.stopped) : identity,
     progressWriter(database, {

@@ -63,17 +63,16 @@ describe('classifyGeminiResponse', () => {
     ['only a thought image', { candidates: [{ content: { parts: [{ ...png, thought: true }] } }] }],
     ['an image part with empty data', { candidates: [{ content: { parts: [{ inlineData: { mimeType: 'image/png', data: '' } }] } }] }],
     ['a non-image inline part', { candidates: [{ content: { parts: [{ inlineData: { mimeType: 'text/plain', data: 'aGk=' } }] } }] }],
-    ['an unspecified block reason', { promptFeedback: { blockReason: 'BLOCK_REASON_UNSPECIFIED' }, candidates: [] }],
+    // The API's "not blocked" value (`BlockedReason.BLOCKED_REASON_UNSPECIFIED`): no block, so no candidate is just no image.
+    ['an unspecified block reason', { promptFeedback: { blockReason: 'BLOCKED_REASON_UNSPECIFIED' }, candidates: [] }],
   ] as [string, GeminiResponseLike][])('%s -> no_image', (_name, response) => {
     expect(verdictClass(response)).toBe('no_image');
   });
 
   it.each([
     ['IMAGE_SAFETY', 'safety_blocked'],
-    ['IMAGE_PROHIBITED_CONTENT', 'safety_blocked'],
     ['IMAGE_RECITATION', 'safety_blocked'],
     ['SAFETY', 'safety_blocked'],
-    ['PROHIBITED_CONTENT', 'safety_blocked'],
     ['RECITATION', 'safety_blocked'],
     ['BLOCKLIST', 'safety_blocked'],
     ['SPII', 'safety_blocked'],
@@ -196,5 +195,117 @@ describe('retry delay parsing', () => {
     const body = parseGoogleErrorBody(JSON.stringify(googleBody(429, 'RESOURCE_EXHAUSTED', [retryInfo('4s'), { reason: 'RATE_LIMIT_EXCEEDED' }])));
     expect(body).toEqual({ message: 'message for 429', status: 'RESOURCE_EXHAUSTED', retryDelayMs: 4000, reasons: ['RATE_LIMIT_EXCEEDED'] });
     expect(parseGoogleErrorBody('not json')).toEqual({ reasons: [] });
+  });
+});
+
+/**
+ * The bodies the real service sends (shapes taken from answers of the Gemini API, keys
+ * and project numbers left out), through `classifyGeminiError` as the SDK's `ApiError`
+ * carries them, or `classifyGeminiResponse` for a 200 answer.
+ */
+describe('the real service bodies', () => {
+  const quotaFailure = (violations: unknown[]) => ({ '@type': 'type.googleapis.com/google.rpc.QuotaFailure', violations });
+  const help = { '@type': 'type.googleapis.com/google.rpc.Help', links: [{ description: 'Learn more about Gemini API quotas', url: 'https://ai.google.dev/gemini-api/docs/rate-limits' }] };
+  const dims = { location: 'global', model: 'gemini-2.5-flash-image' };
+
+  /** A key without billing asking an image model: every free-tier quota of the model is 0. */
+  const freeTierBody = {
+    error: {
+      code: 429,
+      message:
+        'You exceeded your current quota, please check your plan and billing details. For more information on this error, head to: https://ai.google.dev/gemini-api/docs/rate-limits. To monitor your current usage, head to: https://ai.dev/usage?tab=rate-limit. \n* Quota exceeded for metric: generativelanguage.googleapis.com/generate_content_free_tier_input_token_count, limit: 0, model: gemini-2.5-flash-image\n* Quota exceeded for metric: generativelanguage.googleapis.com/generate_content_free_tier_requests, limit: 0, model: gemini-2.5-flash-image\nPlease retry in 34.227570297s.',
+      status: 'RESOURCE_EXHAUSTED',
+      details: [
+        help,
+        quotaFailure([
+          { quotaMetric: 'generativelanguage.googleapis.com/generate_content_free_tier_input_token_count', quotaId: 'GenerateContentInputTokensPerModelPerMinute-FreeTier', quotaDimensions: dims },
+          { quotaMetric: 'generativelanguage.googleapis.com/generate_content_free_tier_requests', quotaId: 'GenerateRequestsPerMinutePerProjectPerModel-FreeTier', quotaDimensions: dims },
+          { quotaMetric: 'generativelanguage.googleapis.com/generate_content_free_tier_requests', quotaId: 'GenerateRequestsPerDayPerProjectPerModel-FreeTier', quotaDimensions: dims },
+        ]),
+        retryInfo('34s'),
+      ],
+    },
+  };
+
+  it('a daily-quota 429 with QuotaFailure -> quota_exhausted, not retryable, naming the daily quota', () => {
+    const error = classifyGeminiError(apiError(429, freeTierBody));
+    expect(error).toMatchObject({ errorClass: 'quota_exhausted', retryable: false, httpStatus: 429 });
+    expect(error.message).toContain('quota exhausted: GenerateRequestsPerDayPerProjectPerModel-FreeTier');
+    // The per-minute quotas of the same body are not what decided it.
+    expect(error.message).not.toMatch(/quota exhausted: [^:]*PerMinute/);
+  });
+
+  it('a paid tier daily limit (only a PerDay violation) -> quota_exhausted', () => {
+    const body = {
+      error: {
+        code: 429,
+        message: 'You exceeded your current quota. Go to https://aistudio.google.com/apikey to upgrade your quota tier.',
+        status: 'RESOURCE_EXHAUSTED',
+        details: [quotaFailure([{ quotaMetric: 'generativelanguage.googleapis.com/generate_requests_per_model_per_day', quotaId: 'GenerateRequestsPerDayPerProjectPerModel' }]), retryInfo('20s')],
+      },
+    };
+    const error = classifyGeminiError(apiError(429, body));
+    expect(error.errorClass).toBe('quota_exhausted');
+    expect(error.message).toContain('GenerateRequestsPerDayPerProjectPerModel');
+  });
+
+  it('a per-minute 429 with QuotaFailure and RetryInfo -> rate_limited, retryAfterMs from RetryInfo', () => {
+    const body = {
+      error: {
+        code: 429,
+        message: 'Resource has been exhausted (e.g. check quota).',
+        status: 'RESOURCE_EXHAUSTED',
+        details: [
+          quotaFailure([{ quotaMetric: 'generativelanguage.googleapis.com/generate_content_paid_tier_requests', quotaId: 'GenerateRequestsPerMinutePerProjectPerModel', quotaDimensions: dims, quotaValue: '500' }]),
+          help,
+          retryInfo('17s'),
+        ],
+      },
+    };
+    expect(classifyGeminiError(apiError(429, body))).toMatchObject({ errorClass: 'rate_limited', retryable: true, retryAfterMs: 17_000 });
+  });
+
+  it('a zero quota (quotaValue "0") is exhausted even when its id is per minute', () => {
+    const body = googleBody(429, 'RESOURCE_EXHAUSTED', [quotaFailure([{ quotaId: 'GenerateRequestsPerMinutePerProjectPerModel-FreeTier', quotaValue: '0' }]), retryInfo('5s')]);
+    const error = classifyGeminiError(apiError(429, body));
+    expect(error.errorClass).toBe('quota_exhausted');
+    expect(error.message).toContain('GenerateRequestsPerMinutePerProjectPerModel-FreeTier (limit 0)');
+  });
+
+  it('"limit: 0" in the message without a QuotaFailure -> quota_exhausted naming the metric', () => {
+    const body = { error: { code: 429, message: '* Quota exceeded for metric: generativelanguage.googleapis.com/generate_content_free_tier_requests, limit: 0, model: gemini-3-pro-image', status: 'RESOURCE_EXHAUSTED' } };
+    const error = classifyGeminiError(apiError(429, body));
+    expect(error.errorClass).toBe('quota_exhausted');
+    expect(error.message).toContain('generativelanguage.googleapis.com/generate_content_free_tier_requests (limit 0)');
+  });
+
+  it('BLOCKED_REASON_UNSPECIFIED on a harmless answer: the image is delivered, not prompt_blocked', () => {
+    const verdict = classifyGeminiResponse({
+      promptFeedback: { blockReason: 'BLOCKED_REASON_UNSPECIFIED' },
+      candidates: [{ content: { parts: [{ text: 'Here you go.' }, png] }, finishReason: 'STOP' }],
+      usageMetadata: { promptTokenCount: 10, candidatesTokenCount: 1290, totalTokenCount: 1300 },
+    });
+    expect(verdict).toEqual({ image: { data: png.inlineData.data, mimeType: 'image/png' } });
+  });
+
+  it.each(['PROHIBITED_CONTENT', 'IMAGE_PROHIBITED_CONTENT'])('finishReason %s -> prompt_blocked (a policy decision: not retryable)', (reason) => {
+    const verdict = classifyGeminiResponse({
+      candidates: [{ finishReason: reason, finishMessage: 'The request was blocked by policy.' }],
+      usageMetadata: { promptTokenCount: 258, totalTokenCount: 258 },
+    });
+    expect(verdict).toMatchObject({ error: { errorClass: 'prompt_blocked', retryable: false } });
+    expect('error' in verdict && verdict.error.message).toContain(reason);
+  });
+
+  it('promptFeedback.blockReason PROHIBITED_CONTENT -> prompt_blocked', () => {
+    const verdict = classifyGeminiResponse({ promptFeedback: { blockReason: 'PROHIBITED_CONTENT' }, usageMetadata: { promptTokenCount: 8, totalTokenCount: 8 } });
+    expect(verdict).toMatchObject({ error: { errorClass: 'prompt_blocked', retryable: false } });
+  });
+
+  it('finishReason IMAGE_SAFETY (even with an image part) -> safety_blocked, retryable', () => {
+    const verdict = classifyGeminiResponse({
+      candidates: [{ content: { parts: [png] }, finishReason: 'IMAGE_SAFETY', finishMessage: 'Unable to show the generated image.' }],
+    });
+    expect(verdict).toMatchObject({ error: { errorClass: 'safety_blocked', retryable: true } });
   });
 });

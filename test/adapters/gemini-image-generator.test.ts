@@ -82,7 +82,24 @@ describe('GeminiImageGenerator through @google/genai against the fake server', (
       promptTokens: FAKE_USAGE.promptTokenCount,
       outputTokens: FAKE_USAGE.candidatesTokenCount,
       totalTokens: FAKE_USAGE.totalTokenCount,
+      imageCount: 1,
     });
+  });
+
+  it('records thought tokens, and a failed answer (a safety block) carries its usage with its error', async () => {
+    const usage = { promptTokenCount: 20, candidatesTokenCount: 1290, totalTokenCount: 1410, thoughtsTokenCount: 100 };
+    const local = await startFakeGeminiServer({ apiKey: 'k2', behavior: ({ n }) => (n === 1 ? 'image' : 'finish:IMAGE_SAFETY'), usageMetadata: () => usage });
+    try {
+      const gen = new GeminiImageGenerator({ apiKey: 'k2', baseUrl: local.url, timeoutMs: 5000 });
+      const image = await firstValueFrom(gen.generate(request()));
+      expect(image.usage).toEqual({ promptTokens: 20, outputTokens: 1290, totalTokens: 1410, thoughtsTokens: 100, imageCount: 1 });
+      const error = await firstValueFrom(gen.generate(request())).catch((e: unknown) => e);
+      expect(error).toBeInstanceOf(PipelineError);
+      expect((error as PipelineError).errorClass).toBe('safety_blocked');
+      expect((error as PipelineError).usage).toEqual({ promptTokens: 20, outputTokens: 1290, totalTokens: 1410, thoughtsTokens: 100, imageCount: 0 });
+    } finally {
+      await local.close();
+    }
   });
 
   it('without an input image sends the prompt only', async () => {
@@ -124,10 +141,10 @@ describe('GeminiImageGenerator through @google/genai against the fake server', (
     ['finish:IMAGE_OTHER', 'no_image'],
     ['finish:OTHER', 'no_image'],
     ['finish:IMAGE_SAFETY', 'safety_blocked'],
-    ['finish:IMAGE_PROHIBITED_CONTENT', 'safety_blocked'],
+    ['finish:IMAGE_PROHIBITED_CONTENT', 'prompt_blocked'],
     ['finish:IMAGE_RECITATION', 'safety_blocked'],
     ['finish:SAFETY', 'safety_blocked'],
-    ['finish:PROHIBITED_CONTENT', 'safety_blocked'],
+    ['finish:PROHIBITED_CONTENT', 'prompt_blocked'],
     ['finish:RECITATION', 'safety_blocked'],
     ['prompt_blocked', 'prompt_blocked'],
     ['corrupt', 'corrupt_image'],

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { PipelineError, type ErrorClass } from '../../src/domain/error-class.js';
 import { freshStageState, type StageState } from '../../src/domain/resume-state.js';
-import { StageLedger, type JobOutcome, type RetryBudget } from '../../src/engine/stage-ledger.js';
+import { DEFAULT_MAX_SAFETY_BLOCKS_PER_STAGE, StageLedger, type JobOutcome, type RetryBudget } from '../../src/engine/stage-ledger.js';
 
 const BUDGET: RetryBudget = { maxAttemptsPerSlot: 5, maxReplacementsPerStage: 10 };
 const RUNNING: JobOutcome = { cancelled: false, haltedBy: null };
@@ -171,5 +171,49 @@ describe('StageLedger: the shortfall reason', () => {
     const books = ledger(freshStageState(1));
     books.deliver(0, 'a');
     expect(books.shortfall({ cancelled: true, haltedBy: 'cancelled' })).toBeNull();
+  });
+});
+
+describe('StageLedger: safety blocks in a row stop the stage (shortfall safety_blocked)', () => {
+  const safety = failure('safety_blocked');
+
+  it('the default is 3 in a row: the third stops the stage, the first two get replacements', () => {
+    expect(DEFAULT_MAX_SAFETY_BLOCKS_PER_STAGE).toBe(3);
+    const books = ledger(freshStageState(4));
+    books.initialRequests();
+    books.start(0, 1);
+    books.start(1, 1);
+    books.start(2, 1);
+    expect(books.fail(0, safety, false)).toEqual({ stopsStage: false, replacement: { slot: 0, attempt: 2 } });
+    expect(books.fail(1, safety, false)).toEqual({ stopsStage: false, replacement: { slot: 1, attempt: 2 } });
+    expect(books.fail(2, safety, false)).toEqual({ stopsStage: true, replacement: null });
+    expect(books.stoppedBy).toBe('safety_blocked');
+    expect(books.shortfall(RUNNING)).toEqual({ count: 4, reason: 'safety_blocked', errorClass: 'safety_blocked' });
+  });
+
+  it('a delivery breaks the row; other failures neither count nor break it', () => {
+    const books = ledger(freshStageState(3), { maxSafetyBlocksInRow: 2 });
+    books.initialRequests();
+    books.start(0, 1);
+    books.start(1, 1);
+    books.start(2, 1);
+    expect(books.fail(0, safety, false).stopsStage).toBe(false);
+    expect(books.deliver(1, 'a1')).toBe(true);
+    books.start(0, 2);
+    expect(books.fail(0, safety, false).stopsStage).toBe(false); // 1 in a row again
+    expect(books.fail(2, failure('rate_limited'), false).stopsStage).toBe(false);
+    books.start(0, 3);
+    expect(books.fail(0, safety, false)).toEqual({ stopsStage: true, replacement: null }); // 2 in a row: the rate limit did not break it
+    expect(books.result(RUNNING)).toMatchObject({ delivered: 1, shortfall: { count: 2, reason: 'safety_blocked', errorClass: 'safety_blocked' } });
+  });
+
+  it('a stage stopped by a non-retryable failure keeps non_retryable; later safety blocks do not change it', () => {
+    const books = ledger(freshStageState(2), { maxSafetyBlocksInRow: 1 });
+    books.initialRequests();
+    books.start(0, 1);
+    books.start(1, 1);
+    expect(books.fail(0, failure('prompt_blocked'), false).stopsStage).toBe(true);
+    expect(books.fail(1, safety, true)).toEqual({ stopsStage: false, replacement: null });
+    expect(books.shortfall(RUNNING)).toEqual({ count: 2, reason: 'non_retryable', errorClass: 'prompt_blocked' });
   });
 });

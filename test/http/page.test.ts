@@ -114,7 +114,8 @@ for (const kind of DATABASE_KINDS) {
       expect(summary.attempts.failed).toBe(2);
       expect(page.body).toContain('Failed attempts: <span id="failed">2</span>');
       for (const [errorClass, n] of Object.entries(summary.attempts.byClass as Record<string, number>)) expect(page.body).toContain(`<li data-class="${errorClass}">${errorClass} <span class="n">${n}</span></li>`);
-      expect(page.body).toContain('retries: <span id="retries">2</span> (<span id="retries-delivered">2</span> delivered)');
+      // Two failures, two replacement attempts; one or both delivered (the second failure may be the first one's replacement).
+      expect(page.body).toMatch(/retries: <span id="retries">2<\/span> \(<span id="retries-delivered">[12]<\/span> delivered\)/);
       // The page reflects the job's whole log: the script follows after it.
       const seq = Number(/data-seq="(\d+)"/.exec(page.body)?.[1]);
       const replay = await (await openEvents(service, TOKENS.alice, 'page-1', 0)).rest();

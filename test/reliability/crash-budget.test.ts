@@ -138,7 +138,7 @@ for (const kind of KINDS) {
       expect({ code: result.code, stderr: result.stderr.slice(-600) }).toMatchObject({ code: 1 });
       const summary = JSON.parse(result.stdout) as Summary;
       expect(summary).toMatchObject({ status: 'failed', deliveredImages: 0, credits: { reserved: 3 * PRICE, captured: 0, released: 3 * PRICE } });
-      expect(summary.stages[0]?.shortfall).toEqual({ count: 3, reason: 'crash_loop', errorClass: null });
+      expect(summary.stages[0]?.shortfall).toEqual({ count: 3, reason: 'crash_loop', errorClass: null, detail: null });
       const audit = await withPipeline((p) => auditJob(p.database, p.store, jobId));
       expectEndedHonestly(audit, { price: PRICE, granted, server });
       const balance = await runCli(['credits', 'balance', userId, '--json'], { env, cwd: dir });

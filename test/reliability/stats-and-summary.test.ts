@@ -19,9 +19,21 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startFakeGeminiServer, type FakeBehavior, type FakeGeminiServer } from '../support/fake-gemini-server.js';
+import { DEFAULT_PRICES, type ModelPrice } from '../../src/domain/price-table.js';
+import { FAKE_USAGE, startFakeGeminiServer, type FakeBehavior, type FakeGeminiServer } from '../support/fake-gemini-server.js';
 import { renderStampedPng } from '../support/stamped-image.js';
 import { runCli } from '../support/cli.js';
+
+/**
+ * The schedule's money, from the default list prices and the fake's usage: an image answer
+ * bills one image and its prompt tokens, a blocked prompt its prompt tokens only (a
+ * 503 or a 429 has no answer, so no usage and no cost).
+ */
+const PRICE = DEFAULT_PRICES['gemini-2.5-flash-image'] as ModelPrice;
+const IMAGE_ANSWER_USD = PRICE.perImageUsd.default + (FAKE_USAGE.promptTokenCount * PRICE.inputPerMillionUsd) / 1e6;
+const BLOCKED_ANSWER_USD = (FAKE_USAGE.promptTokenCount * PRICE.inputPerMillionUsd) / 1e6;
+const SPENT_USD = 4 * IMAGE_ANSWER_USD + BLOCKED_ANSWER_USD;
+const usd = (n: number) => expect.closeTo(n, 12);
 
 const PROMPTS = ['sched-A overloaded twice', 'sched-B rate limited once', 'sched-C clean', 'sched-D blocked'] as const;
 const QUANTITIES = [1, 1, 2, 2] as const;
@@ -34,12 +46,16 @@ const SCHEDULE: Readonly<Record<string, readonly FakeBehavior[]>> = {
   [PROMPTS[3]]: ['prompt_blocked', 'prompt_blocked'],
 };
 
-const TOP_KEYS = ['attachIds', 'attempts', 'credits', 'deliveredImages', 'jobId', 'stages', 'status', 'totalImages'];
+const TOP_KEYS = ['attachIds', 'attempts', 'cost', 'credits', 'deliveredImages', 'jobId', 'stages', 'status', 'totalImages'];
+const COST_KEYS = ['estimatedUsd', 'maxCostUsd', 'perDeliveredImageUsd', 'possiblyBilledCount', 'possiblyBilledUsd', 'wastedUsd'];
 const STAGE_KEYS = ['attachIds', 'delivered', 'index', 'quantity', 'shortfall'];
-const SHORTFALL_KEYS = ['count', 'errorClass', 'reason'];
+const SHORTFALL_KEYS = ['count', 'detail', 'errorClass', 'reason'];
 const ATTEMPTS_KEYS = ['abandoned', 'byClass', 'failed', 'total'];
 const CREDITS_KEYS = ['captured', 'released', 'reserved'];
-const STATS_KEYS = ['abandoned', 'attempts', 'byClass', 'delivered', 'failed', 'retries', 'retriesDelivered', 'retrySuccessRate'];
+const STATS_KEYS = ['abandoned', 'attempts', 'byClass', 'costByClass', 'costByModel', 'costUsd', 'delivered', 'failed', 'possiblyBilled', 'retries', 'retriesDelivered', 'retrySuccessRate', 'wastedUsd'];
+
+/** The fake server's `prompt_blocked` answer as the classifier words it (the summary's `detail`). */
+const PROMPT_BLOCKED_DETAIL = 'prompt blocked: PROHIBITED_CONTENT (The prompt was blocked.)';
 
 const keysOf = (value: unknown): string[] => Object.keys(value as object).sort();
 
@@ -113,6 +129,7 @@ describe('imagegen stats and the --json summary, against a deterministic schedul
       stages: { attachIds: string[]; shortfall: unknown }[];
       attempts: unknown;
       credits: unknown;
+      cost: unknown;
     };
     expect(keysOf(summary)).toEqual(TOP_KEYS);
     expect(summary.stages).toHaveLength(4);
@@ -122,6 +139,7 @@ describe('imagegen stats and the --json summary, against a deterministic schedul
     for (const s of short) expect(keysOf(s.shortfall)).toEqual(SHORTFALL_KEYS);
     expect(keysOf(summary.attempts)).toEqual(ATTEMPTS_KEYS);
     expect(keysOf(summary.credits)).toEqual(CREDITS_KEYS);
+    expect(keysOf(summary.cost)).toEqual(COST_KEYS);
 
     const ids = summary.stages.map((s) => s.attachIds);
     expect(ids.map((a) => a.length)).toEqual([1, 1, 2, 0]);
@@ -136,10 +154,11 @@ describe('imagegen stats and the --json summary, against a deterministic schedul
         { index: 0, quantity: 1, delivered: 1, attachIds: ids[0], shortfall: null },
         { index: 1, quantity: 1, delivered: 1, attachIds: ids[1], shortfall: null },
         { index: 2, quantity: 2, delivered: 2, attachIds: ids[2], shortfall: null },
-        { index: 3, quantity: 2, delivered: 0, attachIds: [], shortfall: { count: 2, reason: 'non_retryable', errorClass: 'prompt_blocked' } },
+        { index: 3, quantity: 2, delivered: 0, attachIds: [], shortfall: { count: 2, reason: 'non_retryable', errorClass: 'prompt_blocked', detail: PROMPT_BLOCKED_DETAIL } },
       ],
       attempts: { total: 8, failed: 4, abandoned: 0, byClass: { overloaded: 2, rate_limited: 1, prompt_blocked: 1 } },
       credits: { reserved: 6, captured: 4, released: 2 },
+      cost: { estimatedUsd: usd(SPENT_USD), perDeliveredImageUsd: usd(SPENT_USD / 4), wastedUsd: usd(BLOCKED_ANSWER_USD), possiblyBilledUsd: 0, possiblyBilledCount: 0, maxCostUsd: null },
     });
   });
 
@@ -158,6 +177,11 @@ describe('imagegen stats and the --json summary, against a deterministic schedul
       retries: 3,
       retriesDelivered: 2,
       retrySuccessRate: 2 / 3,
+      costUsd: usd(SPENT_USD),
+      wastedUsd: usd(BLOCKED_ANSWER_USD),
+      possiblyBilled: { count: 0, usd: 0 },
+      costByClass: { delivered: usd(4 * IMAGE_ANSWER_USD), prompt_blocked: usd(BLOCKED_ANSWER_USD) },
+      costByModel: { 'gemini-2.5-flash-image': usd(SPENT_USD) },
     });
   });
 
@@ -166,7 +190,14 @@ describe('imagegen stats and the --json summary, against a deterministic schedul
     expect(stats.code).toBe(0);
     const lines = stats.stdout.split('\n');
     expect(lines.slice(0, 3)).toEqual(['attempts: 8 (4 delivered, 4 failed, 0 abandoned)', 'retries: 3, delivered 2, success rate 66.7%', 'failures by class:']);
-    expect(lines.slice(3).filter((l) => l !== '').sort()).toEqual(['  overloaded: 2', '  prompt_blocked: 1', '  rate_limited: 1']);
+    expect(lines.slice(3).filter((l) => l !== '').sort()).toEqual([
+      '  overloaded: 2',
+      '  prompt_blocked: 1',
+      '  rate_limited: 1',
+      `cost by class: delivered $${(4 * IMAGE_ANSWER_USD).toFixed(4)}, prompt_blocked $${Number(BLOCKED_ANSWER_USD.toPrecision(2))}`,
+      `cost by model: gemini-2.5-flash-image $${SPENT_USD.toFixed(4)}`,
+      `estimated cost: $${SPENT_USD.toFixed(4)} (wasted $${Number(BLOCKED_ANSWER_USD.toPrecision(2))}; 0 timed out, possibly billed $0)`,
+    ]);
     expect(stats.stdout.endsWith('\n')).toBe(true);
   });
 });

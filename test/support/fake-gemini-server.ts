@@ -51,7 +51,51 @@ export interface FakeStatusBehavior {
    * so it is the server's key). Default: a short fixed text.
    */
   readonly message?: string;
+  /**
+   * A `google.rpc.QuotaFailure` detail with these violations (before the RetryInfo), as
+   * the real API sends for a quota: see {@link DAILY_QUOTA_429}. Default: none.
+   */
+  readonly quotaViolations?: readonly FakeQuotaViolation[];
 }
+
+/** One `google.rpc.QuotaFailure` violation, as the Gemini API words it. */
+export interface FakeQuotaViolation {
+  readonly quotaMetric: string;
+  readonly quotaId: string;
+  readonly quotaDimensions?: Readonly<Record<string, string>>;
+  readonly quotaValue?: string;
+}
+
+/**
+ * The 429 a key without billing gets for an image model (the real body's shape: the
+ * free tier's per-minute and per-day request quotas and its input-token quota, all with
+ * a limit of 0, and a RetryInfo that asks for a short wait that will not help).
+ */
+export const DAILY_QUOTA_429: FakeStatusBehavior = Object.freeze({
+  status: 429,
+  retryDelay: '34s',
+  retryAfter: null,
+  message:
+    'You exceeded your current quota, please check your plan and billing details. For more information on this error, head to: https://ai.google.dev/gemini-api/docs/rate-limits.\n' +
+    '* Quota exceeded for metric: generativelanguage.googleapis.com/generate_content_free_tier_requests, limit: 0, model: gemini-2.5-flash-image\nPlease retry in 34.2s.',
+  quotaViolations: Object.freeze([
+    {
+      quotaMetric: 'generativelanguage.googleapis.com/generate_content_free_tier_input_token_count',
+      quotaId: 'GenerateContentInputTokensPerModelPerMinute-FreeTier',
+      quotaDimensions: { location: 'global', model: 'gemini-2.5-flash-image' },
+    },
+    {
+      quotaMetric: 'generativelanguage.googleapis.com/generate_content_free_tier_requests',
+      quotaId: 'GenerateRequestsPerMinutePerProjectPerModel-FreeTier',
+      quotaDimensions: { location: 'global', model: 'gemini-2.5-flash-image' },
+    },
+    {
+      quotaMetric: 'generativelanguage.googleapis.com/generate_content_free_tier_requests',
+      quotaId: 'GenerateRequestsPerDayPerProjectPerModel-FreeTier',
+      quotaDimensions: { location: 'global', model: 'gemini-2.5-flash-image' },
+    },
+  ]),
+});
 
 /** What a behavior function is told about the call it decides. */
 export interface FakeCall {
@@ -76,6 +120,10 @@ export interface FakeCallRecord {
   readonly apiKeyOk: boolean;
   readonly prompt: string | undefined;
   readonly aspectRatio: string | undefined;
+  /** `generationConfig.imageConfig.imageSize`, when the client sent one. */
+  readonly imageSize: string | undefined;
+  /** Size of the request body as sent, bytes (Gemini's inline request limit is 20 MB). */
+  readonly requestBytes: number;
   readonly responseModalities: readonly string[] | undefined;
   /** Inline images sent by the client: mime type and decoded size only. */
   readonly inputImages: readonly { readonly mimeType: string; readonly byteSize: number }[];
@@ -119,7 +167,24 @@ export interface FakeGeminiServerOptions {
    * until it has done something (killed a client, seen another call arrive). Default: none.
    */
   readonly hold?: (call: FakeCall) => Promise<void> | void;
+  /**
+   * The `usageMetadata` of every 200 answer (images, blocks, imageless answers), e.g. with a
+   * `thoughtsTokenCount`; `undefined` for a call keeps the default ({@link FAKE_USAGE} for
+   * answers with content, prompt tokens only for blocks). Default: the defaults.
+   */
+  readonly usageMetadata?: (call: FakeCallRecord) => FakeUsageMetadata | undefined;
 }
+
+/** A `usageMetadata` as the API sends it (the counts the pipeline reads). */
+export interface FakeUsageMetadata {
+  readonly promptTokenCount?: number;
+  readonly candidatesTokenCount?: number;
+  readonly totalTokenCount?: number;
+  readonly thoughtsTokenCount?: number;
+}
+
+/** Per answer: the `usageMetadata` that replaces the default one (`FakeGeminiServerOptions.usageMetadata`). */
+const usageOverrides = new WeakMap<ServerResponse, FakeUsageMetadata>();
 
 /** A running fake Gemini server. */
 export interface FakeGeminiServer {
@@ -243,6 +308,7 @@ export async function startFakeGeminiServer(options: FakeGeminiServerOptions = {
       model: decodeURIComponent(match[1] ?? ''),
       apiKeyOk: sentKey === apiKey,
       ...describeRequest(body),
+      requestBytes: Buffer.byteLength(raw),
       behavior: 'pending',
       servedStamp: undefined,
       outcome: 'pending',
@@ -298,6 +364,8 @@ export async function startFakeGeminiServer(options: FakeGeminiServerOptions = {
   }
 
   async function answer(chosen: FakeBehavior, record: FakeCallRecord, res: ServerResponse): Promise<void> {
+    const usage = options.usageMetadata?.(record);
+    if (usage !== undefined) usageOverrides.set(res, usage);
     const ratio = (ASPECT_RATIOS as readonly string[]).includes(record.aspectRatio ?? '') ? (record.aspectRatio as AspectRatio) : '1:1';
     const { width, height } = dimensionsForAspectRatio(ratio, imageSize);
     const size = { width: Math.max(width, 24), height: Math.max(height, 4) };
@@ -499,13 +567,16 @@ function sendStatus(res: ServerResponse, behavior: FakeStatusBehavior): void {
   const is429 = status === 429;
   const retryDelay = behavior.retryDelay === undefined ? (is429 ? '2s' : null) : behavior.retryDelay;
   const retryAfter = behavior.retryAfter === undefined ? (is429 ? '2' : null) : behavior.retryAfter;
-  const details = retryDelay === null ? undefined : [{ '@type': 'type.googleapis.com/google.rpc.RetryInfo', retryDelay }];
+  const quota = behavior.quotaViolations === undefined ? [] : [{ '@type': 'type.googleapis.com/google.rpc.QuotaFailure', violations: behavior.quotaViolations }];
+  const retry = retryDelay === null ? [] : [{ '@type': 'type.googleapis.com/google.rpc.RetryInfo', retryDelay }];
+  const details = quota.length + retry.length === 0 ? undefined : [...quota, ...retry];
   const message = behavior.message ?? (is429 ? 'Resource has been exhausted (e.g. check quota).' : `fake error ${status}`);
   sendJson(res, status, googleError(status, message, details), retryAfter === null ? {} : { 'retry-after': retryAfter });
 }
 
 function sendJson(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
-  const text = JSON.stringify(body);
+  const usage = status === 200 ? usageOverrides.get(res) : undefined;
+  const text = JSON.stringify(usage !== undefined && typeof body === 'object' && body !== null ? { ...body, usageMetadata: usage } : body);
   res.writeHead(status, { 'content-type': 'application/json; charset=UTF-8', 'content-length': String(Buffer.byteLength(text)), ...headers });
   res.end(text);
 }
@@ -532,17 +603,18 @@ function headerValue(value: string | string[] | undefined): string | undefined {
 }
 
 /** The interesting fields of a generateContent body, without image bytes. */
-function describeRequest(body: unknown): Pick<FakeCallRecord, 'prompt' | 'aspectRatio' | 'responseModalities' | 'inputImages'> {
+function describeRequest(body: unknown): Pick<FakeCallRecord, 'prompt' | 'aspectRatio' | 'imageSize' | 'responseModalities' | 'inputImages'> {
   // The body is client-controlled JSON; read it defensively through `unknown`.
   const b = (body ?? {}) as {
     contents?: { parts?: { text?: string; inlineData?: { mimeType?: string; data?: string } }[] }[];
-    generationConfig?: { responseModalities?: string[]; imageConfig?: { aspectRatio?: string } };
+    generationConfig?: { responseModalities?: string[]; imageConfig?: { aspectRatio?: string; imageSize?: string } };
   };
   const parts = (b.contents ?? []).flatMap((c) => c.parts ?? []);
   const texts = parts.map((p) => p.text).filter((t): t is string => typeof t === 'string');
   return {
     prompt: texts.length > 0 ? texts.join('\n') : undefined,
     aspectRatio: b.generationConfig?.imageConfig?.aspectRatio,
+    imageSize: b.generationConfig?.imageConfig?.imageSize,
     responseModalities: b.generationConfig?.responseModalities,
     inputImages: parts
       .filter((p) => p.inlineData !== undefined)

@@ -11,9 +11,11 @@ const JOB_STATUS: Readonly<Record<JobStatus, true>> = { completed: true, partial
 const SHORTFALL_REASON: Readonly<Record<ShortfallReason, true>> = {
   budget_exhausted: true,
   non_retryable: true,
+  safety_blocked: true,
   job_aborted: true,
   cancelled: true,
   crash_loop: true,
+  cost_cap: true,
 };
 
 /** Whether `value` is how a job ended (`completed`, `partial`, `failed`, `cancelled`). */

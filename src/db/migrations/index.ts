@@ -7,6 +7,7 @@ import { fleet } from './0005-fleet.js';
 import { jobEvents } from './0006-job-events.js';
 import { webhooks } from './0007-webhooks.js';
 import { serviceSecrets } from './0008-service-secrets.js';
+import { attemptCost } from './0010-attempt-cost.js';
 import { jobsByUserCreated } from './0011-jobs-by-user-created.js';
 
 /**
@@ -22,5 +23,6 @@ export const MIGRATIONS: Readonly<Record<string, Migration>> = Object.freeze({
   '0006_job_events': jobEvents,
   '0007_webhooks': webhooks,
   '0008_service_secrets': serviceSecrets,
+  '0010_attempt_cost': attemptCost,
   '0011_jobs_by_user_created': jobsByUserCreated,
 });

@@ -1,4 +1,5 @@
 import { sql, type Kysely } from 'kysely';
+import type { AttemptCost } from '../../domain/events.js';
 import type { TokenUsage } from '../../domain/ports.js';
 import type { Database } from '../database.js';
 import { appendJobEvents } from '../internal/append-job-events.js';
@@ -16,7 +17,10 @@ export interface FinishAttemptOptions {
   readonly httpStatus: number | null;
   readonly message: string | null;
   readonly latencyMs: number;
+  /** The answer's usage, failed answers included (they are billed). */
   readonly usage: TokenUsage | null;
+  /** What the attempt cost (the engine's estimate from the price table); absent: not priced. */
+  readonly cost?: AttemptCost | undefined;
   /**
    * The failure as notified (`attemptFailedNotification` of the engine's event), appended
    * to the job's event log with the failure. Only with `outcome: 'failed'` and for this
@@ -30,7 +34,7 @@ const MAX_MESSAGE_CHARS = 2000;
 
 /**
  * Records how an attempt ended (outcome, error class, HTTP status, latency,
- * token usage). An upsert: it works even if `startAttempt` was lost, and a
+ * token usage, the model and estimated cost). An upsert: it works even if `startAttempt` was lost, and a
  * repeated call overwrites with the same facts. With `event`, the failure is also
  * appended to the job's event log, in the same transaction and once per attempt
  * (a repeated call finds the row already `failed` and appends nothing). A job that
@@ -67,6 +71,11 @@ export async function finishAttempt(database: Database, options: FinishAttemptOp
     prompt_tokens: usage?.promptTokens ?? null,
     output_tokens: usage?.outputTokens ?? null,
     total_tokens: usage?.totalTokens ?? null,
+    thoughts_tokens: usage?.thoughtsTokens ?? null,
+    image_count: usage?.imageCount ?? null,
+    model: options.cost?.model ?? null,
+    cost_usd: options.cost?.usd ?? null,
+    possibly_billed_usd: options.cost === undefined || options.cost.possiblyBilledUsd === 0 ? null : options.cost.possiblyBilledUsd,
   };
   const upsert = (db: Kysely<DatabaseSchema>) =>
     db
@@ -83,6 +92,11 @@ export async function finishAttempt(database: Database, options: FinishAttemptOp
           prompt_tokens: (eb) => eb.ref('excluded.prompt_tokens'),
           output_tokens: (eb) => eb.ref('excluded.output_tokens'),
           total_tokens: (eb) => eb.ref('excluded.total_tokens'),
+          thoughts_tokens: (eb) => eb.ref('excluded.thoughts_tokens'),
+          image_count: (eb) => eb.ref('excluded.image_count'),
+          model: (eb) => eb.ref('excluded.model'),
+          cost_usd: (eb) => eb.ref('excluded.cost_usd'),
+          possibly_billed_usd: (eb) => eb.ref('excluded.possibly_billed_usd'),
         }),
       )
       .execute();

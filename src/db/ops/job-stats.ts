@@ -21,11 +21,21 @@ export interface JobStats {
   readonly retriesDelivered: number;
   /** `retriesDelivered / retries`, or null when there were no retries. */
   readonly retrySuccessRate: number | null;
+  /** Estimated cost of every answer (`attempts.cost_usd`, failed answers included), USD. */
+  readonly costUsd: number;
+  /** The part of `costUsd` whose answer did not become a delivered image, USD. */
+  readonly wastedUsd: number;
+  /** Timed-out calls the provider may still bill: how many, and their estimate at one image's price, USD. Not in `costUsd`. */
+  readonly possiblyBilled: { readonly count: number; readonly usd: number };
+  /** `costUsd` by how the attempt ended: `delivered`, else the error class. */
+  readonly costByClass: Readonly<Record<string, number>>;
+  /** `costUsd` by the model the answers were priced as. */
+  readonly costByModel: Readonly<Record<string, number>>;
 }
 
 /**
- * Attempt statistics, in ONE query (aggregate filters plus a scalar subquery for
- * the per-class counts), so the figures are one consistent snapshot. No locks.
+ * Attempt statistics, in ONE query (aggregate filters plus scalar subqueries for
+ * the per-class counts and the cost by class and by model), so the figures are one consistent snapshot. No locks.
  */
 export async function jobStats(database: Database, options: JobStatsOptions = {}): Promise<JobStats> {
   const jobId = options.jobId ?? null;
@@ -39,6 +49,12 @@ export async function jobStats(database: Database, options: JobStatsOptions = {}
     retries_delivered: number;
     retry_success_rate: number | null;
     by_class: Record<string, number>;
+    cost_usd: number;
+    wasted_usd: number;
+    possibly_billed_count: number;
+    possibly_billed_usd: number;
+    cost_by_class: Record<string, number>;
+    cost_by_model: Record<string, number>;
   }>`
     select
       count(*)::int as attempts,
@@ -52,7 +68,19 @@ export async function jobStats(database: Database, options: JobStatsOptions = {}
       (select coalesce(jsonb_object_agg(c.error_class, c.n), '{}'::jsonb)
          from (select error_class, count(*)::int as n from attempts
                where outcome = 'failed' and error_class is not null and ${scope}
-               group by error_class) c) as by_class
+               group by error_class) c) as by_class,
+      coalesce(sum(cost_usd), 0)::float8 as cost_usd,
+      coalesce(sum(cost_usd) filter (where outcome <> 'delivered'), 0)::float8 as wasted_usd,
+      count(*) filter (where possibly_billed_usd > 0)::int as possibly_billed_count,
+      coalesce(sum(possibly_billed_usd), 0)::float8 as possibly_billed_usd,
+      (select coalesce(jsonb_object_agg(c.k, c.usd), '{}'::jsonb)
+         from (select case when outcome = 'delivered' then 'delivered' else coalesce(error_class, outcome) end as k, sum(cost_usd)::float8 as usd
+               from attempts where cost_usd is not null and ${scope}
+               group by 1) c) as cost_by_class,
+      (select coalesce(jsonb_object_agg(c.model, c.usd), '{}'::jsonb)
+         from (select model, sum(cost_usd)::float8 as usd from attempts
+               where cost_usd is not null and model is not null and ${scope}
+               group by model) c) as cost_by_model
     from attempts
     where ${scope}`.execute(database.db);
   const row = result.rows[0];
@@ -66,5 +94,10 @@ export async function jobStats(database: Database, options: JobStatsOptions = {}
     retries: row.retries,
     retriesDelivered: row.retries_delivered,
     retrySuccessRate: row.retry_success_rate,
+    costUsd: row.cost_usd,
+    wastedUsd: row.wasted_usd,
+    possiblyBilled: { count: row.possibly_billed_count, usd: row.possibly_billed_usd },
+    costByClass: row.cost_by_class,
+    costByModel: row.cost_by_model,
   };
 }

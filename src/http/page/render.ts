@@ -66,7 +66,7 @@ function byClassText(byClass: Readonly<Record<string, number>>): string {
 }
 
 /** How a stage that ended short says why (`reason`, and the error class when there was one). */
-export function shortfallText(shortfall: JobSummary['stages'][number]['shortfall']): string {
+export function shortfallText(shortfall: Omit<NonNullable<JobSummary['stages'][number]['shortfall']>, 'detail'> | null): string {
   if (shortfall === null || shortfall.reason === 'pending') return '';
   return `short by ${shortfall.count}: ${shortfall.reason}${shortfall.errorClass ? ` (${shortfall.errorClass})` : ''}`;
 }

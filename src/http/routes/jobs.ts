@@ -15,7 +15,7 @@ const security = [{ bearer: [] }];
 export async function jobRoutes(app: FastifyInstance, { ctx }: { ctx: RouteContext }): Promise<void> {
   const { deps, options } = ctx;
   const allowLocalWebhooks = options.allowLocalWebhooks === true;
-  const limits = { maxQuantity: options.maxQuantity, allowLocalWebhooks };
+  const limits = { maxQuantity: options.maxQuantity, allowLocalWebhooks, imageModel: options.imageModel };
 
   app.post<{ Body: unknown }>(
     '/jobs',
