@@ -45,6 +45,19 @@ export async function followJob(database: Database, caller: Caller, jobId: strin
   await visibleJob(database, caller, jobId);
   const follow = (afterSeq: number) => followJobEvents(database, jobId, { afterSeq, pollMs: options.pollMs });
   if (options.lastEventId !== undefined) return { snapshot: null, afterSeq: options.lastEventId, follow };
+  const { seq, value: summary } = await readAtEventSeq(database, jobId, () => jobSummary(database, jobId));
+  return { snapshot: { seq, summary }, afterSeq: seq, follow };
+}
+
+/**
+ * `read()` of job `jobId` and the number of the last logged event it reflects: the
+ * number is read before and after; when they differ an event committed meanwhile and
+ * `read` runs again (up to 3 times). A read under a steady stream of events may still
+ * reflect the first events after its number: callers apply events idempotently.
+ *
+ * @throws {JobNotFoundError} no such job.
+ */
+export async function readAtEventSeq<T>(database: Database, jobId: string, read: () => Promise<T>): Promise<{ seq: number; value: T }> {
   const seqOf = async (): Promise<number> => {
     const seq = await retryTransient(() => getJobEventSeq(database, jobId));
     if (seq === null) throw new JobNotFoundError(jobId);
@@ -52,9 +65,9 @@ export async function followJob(database: Database, caller: Caller, jobId: strin
   };
   let seq = await seqOf();
   for (let tries = 1; ; tries++) {
-    const summary = await retryTransient(() => jobSummary(database, jobId));
+    const value = await retryTransient(read);
     const after = await seqOf();
-    if (after === seq || tries === SNAPSHOT_TRIES) return { snapshot: { seq, summary }, afterSeq: seq, follow };
+    if (after === seq || tries === SNAPSHOT_TRIES) return { seq, value };
     seq = after;
   }
 }

@@ -1,4 +1,5 @@
-import { getJobEventSeq, JobNotFoundError, jobStats, listDeliveredSlots, retryTransient, type Database, type DeliveredSlot } from '../db/index.js';
+import { jobStats, listDeliveredSlots, type Database, type DeliveredSlot } from '../db/index.js';
+import { readAtEventSeq } from './follow-job.js';
 import { visibleJob, type Caller } from './caller.js';
 import { jobSummary, type JobSummary } from './job-summary.js';
 
@@ -16,33 +17,17 @@ export interface JobPageState {
   readonly retriesDelivered: number;
 }
 
-/** State reads tried before settling for one that may already reflect an event that follows its number. */
-const STATE_TRIES = 3;
-
 /**
  * The caller's job as its page shows it (`GET /jobs/:id`), with the number of the last
- * event it reflects, so the page's script follows exactly the events after it
- * (`GET /v1/jobs/:id/events?after=<seq>`): a reload in the middle of a job shows the
- * state of that moment, then goes on live. The number is read before and after the
- * state; when they differ an event committed meanwhile and the state is read again (as
- * `followJob` does for its snapshot).
+ * event it reflects (`readAtEventSeq`, as `followJob` reads its snapshot), so the page's
+ * script follows exactly the events after it (`GET /v1/jobs/:id/events?after=<seq>`): a
+ * reload in the middle of a job shows the state of that moment, then goes on live.
  *
  * @throws {JobNotFoundError} no such job, another user's, or not the job a link opened.
  */
 export async function jobPageState(database: Database, caller: Caller, jobId: string): Promise<JobPageState> {
   const { spec } = await visibleJob(database, caller, jobId);
-  const seqOf = async (): Promise<number> => {
-    const seq = await retryTransient(() => getJobEventSeq(database, jobId));
-    if (seq === null) throw new JobNotFoundError(jobId);
-    return seq;
-  };
-  let seq = await seqOf();
-  for (let tries = 1; ; tries++) {
-    const [summary, slots, stats] = await retryTransient(() => Promise.all([jobSummary(database, jobId), listDeliveredSlots(database, jobId), jobStats(database, { jobId })]));
-    const after = await seqOf();
-    if (after === seq || tries === STATE_TRIES) {
-      return { seq, summary, prompts: spec.stages.map((s) => s.prompt), slots, retries: stats.retries, retriesDelivered: stats.retriesDelivered };
-    }
-    seq = after;
-  }
+  const { seq, value } = await readAtEventSeq(database, jobId, () => Promise.all([jobSummary(database, jobId), listDeliveredSlots(database, jobId), jobStats(database, { jobId })]));
+  const [summary, slots, stats] = value;
+  return { seq, summary, prompts: spec.stages.map((s) => s.prompt), slots, retries: stats.retries, retriesDelivered: stats.retriesDelivered };
 }
