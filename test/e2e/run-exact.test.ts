@@ -58,7 +58,12 @@ describe('imagegen run (gemini provider, 25% injected faults)', () => {
     first = summary;
 
     // The contract's shape, exactly (no missing or surprise top-level keys).
-    expect(Object.keys(summary).sort()).toEqual(['attachIds', 'attempts', 'credits', 'deliveredImages', 'jobId', 'stages', 'status', 'totalImages'].sort());
+    expect(Object.keys(summary).sort()).toEqual(['attachIds', 'attempts', 'cost', 'credits', 'deliveredImages', 'jobId', 'stages', 'status', 'totalImages'].sort());
+    // Every delivered image's answer was priced; no cap was set.
+    const { cost } = summary;
+    expect(cost.estimatedUsd).toBeGreaterThan(0);
+    expect(cost.perDeliveredImageUsd).toBeCloseTo(cost.estimatedUsd / TOTAL, 12);
+    expect(cost.maxCostUsd).toBeNull();
     expect(summary).toMatchObject({ jobId: JOB_ID, status: 'completed', totalImages: TOTAL, deliveredImages: TOTAL });
     expect(summary.stages.map((s) => [s.index, s.quantity, s.delivered, s.attachIds.length, s.shortfall])).toEqual([
       [0, 6, 6, 6, null],

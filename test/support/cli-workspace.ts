@@ -79,6 +79,7 @@ export interface Summary {
   stages: { index: number; quantity: number; delivered: number; attachIds: string[]; shortfall: null | { count: number; reason: string; errorClass?: string | null } }[];
   attempts: { total: number; failed: number; byClass: Record<string, number> };
   credits: { reserved: number; captured: number; released: number };
+  cost: { estimatedUsd: number; perDeliveredImageUsd: number | null; wastedUsd: number; possiblyBilledUsd: number; possiblyBilledCount: number; maxCostUsd: number | null };
 }
 
 /** Parses stdout that must be exactly one JSON object (one line). */
