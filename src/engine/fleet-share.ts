@@ -31,6 +31,12 @@ export interface SharedLimitState {
 export interface SharedLimitReport {
   /** The shared epoch under which this worker saw a 429, or null when it saw none. */
   readonly rateLimitedAt: number | null;
+  /**
+   * The shared limit this worker was running under when it saw the 429. The fleet's limit
+   * may have grown since (other workers' successes land first): the wall is below the
+   * limit the refused call ran under, not below a limit nobody has tried yet.
+   */
+  readonly rateLimitedLimit?: number | null;
   readonly successes: number;
 }
 
@@ -60,7 +66,8 @@ export const DEFAULT_SHARED_LIMIT_POLICY = Object.freeze({ decrease: 0.7, probeS
 /**
  * One step of the shared limit (AIMD). A 429 reported under the current epoch cuts the
  * limit once (`floor(limit x decrease)`, not below `min`; a failed probe, at or above the
- * last cut, or the key's first 429 ever, only steps back by one) and remembers where; the other
+ * last cut, or the key's first 429 ever, only steps back by one), from the limit the refused
+ * call ran under when that is lower than the limit now, and remembers where; the other
  * reports of the same burst carry an older epoch by the time they land and change nothing
  * (the epoch moves at cuts only).
  * Successes add up; every `limit` of them (below the last cut) or `limit x probeSlowdown`
@@ -75,10 +82,11 @@ export function stepSharedLimit(state: SharedLimitState, report: SharedLimitRepo
     // does the first 429 a key ever gets (no cut yet): the fleet starts below the wall (half
     // a worker's concurrency, see `rebalanceProviderShare`) and grew to it one step at a
     // time. A 429 anywhere below the last cut means the wall moved down: multiplicative.
-    const probing = state.lastCutAt === 0 || state.limit >= state.lastCutAt;
-    const cut = probing ? state.limit - 1 : Math.floor(state.limit * decrease);
+    const refusedAt = Math.min(state.limit, report.rateLimitedLimit ?? state.limit);
+    const probing = state.lastCutAt === 0 || refusedAt >= state.lastCutAt;
+    const cut = probing ? refusedAt - 1 : Math.floor(refusedAt * decrease);
     const limit = Math.max(policy.min, Math.min(max, cut));
-    return { limit, successes: 0, epoch: state.epoch + 1, lastCutAt: state.limit };
+    return { limit, successes: 0, epoch: state.epoch + 1, lastCutAt: refusedAt };
   }
   if (state.limit > max) return { ...state, limit: max, successes: 0 };
   const successes = state.successes + report.successes;

@@ -67,6 +67,7 @@ export class FleetLimiter extends ConcurrencyLimiter implements ProviderLimiter 
   #epoch = 0;
   #sharedEpoch = 0;
   #rateLimitedAt: number | null = null;
+  #rateLimitedLimit: number | null = null;
   #successes = 0;
   #lastBeatAt = 0;
   #last: ProviderShare | undefined;
@@ -133,6 +134,7 @@ export class FleetLimiter extends ConcurrencyLimiter implements ProviderLimiter 
     if (permit.epoch !== this.#epoch) return;
     this.#epoch++;
     this.#rateLimitedAt = this.#sharedEpoch;
+    this.#rateLimitedLimit = this.#last?.sharedLimit ?? null;
     this.setLimit(Math.max(1, Math.floor(this.limit * DEFAULT_SHARED_LIMIT_POLICY.decrease)));
     this.#kick.next();
   }
@@ -145,8 +147,10 @@ export class FleetLimiter extends ConcurrencyLimiter implements ProviderLimiter 
     const { database, workerId, providerKey, ttlMs, concurrency, logger } = this.#config;
     const successes = this.#successes;
     const rateLimitedAt = this.#rateLimitedAt;
+    const rateLimitedLimit = this.#rateLimitedLimit;
     this.#successes = 0;
     this.#rateLimitedAt = null;
+    this.#rateLimitedLimit = null;
     let share: ProviderShare;
     try {
       share = await rebalanceProviderShare(database, {
@@ -156,12 +160,14 @@ export class FleetLimiter extends ConcurrencyLimiter implements ProviderLimiter 
         demand: Math.min(concurrency, this.active + this.waiting),
         inFlight: this.active,
         rateLimitedAt,
+        rateLimitedLimit,
         successes,
       });
     } catch (error) {
       // Not reported: kept for the next try. A worker silent for a TTL is dead to the others.
       this.#successes += successes;
       this.#rateLimitedAt ??= rateLimitedAt;
+      this.#rateLimitedLimit ??= rateLimitedLimit;
       if (Date.now() - this.#lastBeatAt >= ttlMs && this.limit > 0) {
         logger?.error({ err: error }, 'no heartbeat for a TTL: the fleet has taken this worker\'s share; no new calls until the database answers');
         this.#apply(0);
