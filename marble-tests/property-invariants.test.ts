@@ -20,6 +20,8 @@ interface Scenario {
   readonly stageConcurrency: number;
   readonly globalConcurrency: number;
   readonly maxAttemptsPerSlot: number;
+  /** Safety blocks in a row that end a stage (`safety_blocked`); default the engine's. */
+  readonly maxSafetyBlocksPerStage?: number;
   readonly maxReplacementsPerStage: number;
 }
 
@@ -80,6 +82,7 @@ function runScenario(s: Scenario): Observed {
         globalConcurrency: s.globalConcurrency,
         maxAttemptsPerSlot: s.maxAttemptsPerSlot,
         maxReplacementsPerStage: s.maxReplacementsPerStage,
+        ...(s.maxSafetyBlocksPerStage !== undefined ? { maxSafetyBlocksPerStage: s.maxSafetyBlocksPerStage } : {}),
       }).subscribe((e) => observed.events.push(e)),
     );
   });
@@ -176,6 +179,9 @@ describe('property: the invariants hold under random failure schedules', () => {
           maxAttemptsPerSlot: 10,
           // generous enough that running out is practically impossible (p < 1e-6 per stage)
           maxReplacementsPerStage: q * 2 + 10,
+          // safety_blocked is retryable, but 3 in a row end a stage (issue 15; its own marble
+          // test): at 20% failures over a few classes that happens (seed 553984719, q 15).
+          maxSafetyBlocksPerStage: 1_000,
         };
         const o = runScenario(s);
         checkInvariants(s, o);
@@ -183,7 +189,8 @@ describe('property: the invariants hold under random failure schedules', () => {
         expect(finished.result.stages.map((st) => st.delivered)).toEqual(s.quantities);
         expect(finished.status).toBe('completed');
       }),
-      { numRuns: 200 },
+      // The schedule that found three safety blocks in a row, always checked.
+      { numRuns: 200, examples: [[553984719, 15]] },
     );
   });
 
