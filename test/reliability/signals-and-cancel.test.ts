@@ -118,9 +118,8 @@ describe('signals and cancel through the CLI', () => {
     const title = `[${kind}]`;
     if (kind === 'postgres' && !TEST_DATABASE_URL) {
       console.warn(`signals and cancel through the CLI ${title}: PostgreSQL leg skipped: DATABASE_URL not set`);
-      // Reason: no PostgreSQL server configured (DATABASE_URL unset); the title and the warning say so.
-      // Skipped only without DATABASE_URL (no PostgreSQL to run on); .ci/run sets it, so CI runs this leg.
-    describe.skip(`${title} (PostgreSQL leg skipped: DATABASE_URL not set)`, () => {});
+      // Reason: no PostgreSQL server configured (DATABASE_URL unset); the title and the warning say so. CI sets it.
+      describe.skip(`${title} (PostgreSQL leg skipped: DATABASE_URL not set)`, () => {});
       continue;
     }
     const everyRefusal = kind === 'postgres' || EVERY_REFUSAL_ON_PGLITE;
