@@ -1,10 +1,11 @@
-import { EMPTY, Observable, Subject, catchError, exhaustMap, from, interval, merge, throttleTime, type Subscription } from 'rxjs';
+import { EMPTY, Observable, Subject, catchError, from, interval, merge, throttleTime, type Subscription } from 'rxjs';
 import type { Logger } from 'pino';
 import { rebalanceProviderShare, registerWorker, removeWorker, type Database, type ProviderShare } from '../db/index.js';
 import { ConcurrencyLimiter, type Permit } from '../engine/concurrency-limiter.js';
 import { DEFAULT_SHARED_LIMIT_POLICY } from '../engine/fleet-share.js';
 import type { Share } from '../engine/fair-queue.js';
 import type { ProviderLimiter } from '../engine/provider-limiter.js';
+import { exhaustMapWithTrailing } from '../operators/exhaust-map-with-trailing.js';
 
 /** The NOTIFY channel on which a worker that moved a shared limit tells the others (payload: the key's hash). */
 export const PROVIDER_LIMIT_CHANNEL = 'imagegen_provider_limit';
@@ -44,8 +45,12 @@ export interface FleetLimiterConfig {
  * No database round trip per call: the worker holds a *share* of the limit and starts calls
  * under it locally (a {@link ConcurrencyLimiter} with fair share across users and jobs). The
  * share is rebalanced every `rebalanceMs` (this is also the worker's heartbeat), and at once
- * when a call is refused with a 429, when the worker is starved (work waiting, no permit),
- * or when another worker moved the limit (NOTIFY on {@link PROVIDER_LIMIT_CHANNEL}).
+ * when a call is refused with a 429 or another worker moved the limit (NOTIFY on
+ * {@link PROVIDER_LIMIT_CHANNEL}); when the worker is starved (work waiting, no permit), at
+ * most every 100 ms. Rebalances never overlap, and a reason to rebalance that comes while one
+ * runs is not dropped: one more follows it (`exhaustMapWithTrailing`). A 429 or a cut that
+ * came during a rebalance would otherwise wait for the next tick while the fleet ran above
+ * the wall (BENCHMARKS.md 9A).
  *
  * - A 429 cuts this worker's own limit at once (x0.7, as the fleet's will be) and reports the
  *   shared epoch it saw: the fleet's limit is cut once per burst, however many workers saw it.
@@ -61,7 +66,10 @@ export interface FleetLimiterConfig {
 export class FleetLimiter extends ConcurrencyLimiter implements ProviderLimiter {
   readonly max: number;
   readonly #config: FleetLimiterConfig;
+  /** Starved: work waiting and no permit free (throttled, it comes with every queued call). */
   readonly #kick = new Subject<void>();
+  /** A 429 here, or the limit moved elsewhere: rebalance now. */
+  readonly #urgent = new Subject<void>();
   #loop: Subscription | undefined;
   #unlisten: (() => Promise<void>) | undefined;
   #epoch = 0;
@@ -98,15 +106,15 @@ export class FleetLimiter extends ConcurrencyLimiter implements ProviderLimiter 
     const every = this.#config.rebalanceMs ?? DEFAULT_REBALANCE_MS;
     this.#unlisten = await database
       .listen(PROVIDER_LIMIT_CHANNEL, (payload) => {
-        if (payload === providerKey) this.#kick.next();
+        if (payload === providerKey) this.#urgent.next();
       })
       .catch((error: unknown) => {
         this.#config.logger?.warn({ err: error }, 'provider limit notifications unavailable: rebalancing on the timer only');
         return undefined;
       });
     const kicks: Observable<unknown> = this.#kick.pipe(throttleTime(Math.min(100, every), undefined, { leading: true, trailing: true }));
-    this.#loop = merge(interval(every), kicks)
-      .pipe(exhaustMap(() => from(this.#rebalance()).pipe(catchError(() => EMPTY))))
+    this.#loop = merge(interval(every), kicks, this.#urgent)
+      .pipe(exhaustMapWithTrailing(() => from(this.#rebalance()).pipe(catchError(() => EMPTY))))
       .subscribe();
   }
 
@@ -136,7 +144,7 @@ export class FleetLimiter extends ConcurrencyLimiter implements ProviderLimiter 
     this.#rateLimitedAt = this.#sharedEpoch;
     this.#rateLimitedLimit = this.#last?.sharedLimit ?? null;
     this.setLimit(Math.max(1, Math.floor(this.limit * DEFAULT_SHARED_LIMIT_POLICY.decrease)));
-    this.#kick.next();
+    this.#urgent.next();
   }
 
   onSuccess(): void {
