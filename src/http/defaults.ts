@@ -9,7 +9,7 @@ export const DEFAULT_HTTP_OPTIONS = Object.freeze({
   port: 8080,
   /** This machine only: exposing the API is a decision (`--host 0.0.0.0`). */
   host: '127.0.0.1',
-  /** A 20 MiB input image in base64 (26.7 MiB) and its job fit. */
+  /** A 22 MiB input image in base64 (29.3 MiB) and its job fit; a raw or multipart upload of up to 30 MiB. */
   bodyLimitBytes: 30 * 1024 * 1024,
   /** Requests per minute per token (SSE streams and images included). */
   rateLimitPerMinute: 600,

@@ -65,7 +65,7 @@ const stageSchema = {
     inputImageData: {
       type: 'string',
       contentEncoding: 'base64',
-      description: 'The input image (PNG, JPEG, WebP, GIF, AVIF, TIFF, SVG), base64, at most 20 MiB decoded. Stored as given; the provider gets PNG/JPEG/WebP within 13 MiB (others are converted, larger ones downscaled).',
+      description: 'The input image (PNG, JPEG, WebP, GIF, AVIF, TIFF, SVG), base64, at most 50 MiB decoded (and within the body limit). Stored as given; the provider gets PNG/JPEG/WebP within 13 MiB (others are converted, larger ones downscaled).',
     },
   },
 } as const;

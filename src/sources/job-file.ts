@@ -1,8 +1,7 @@
 import { readFile, stat } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import { JobSpecError, parseJobSpec, type JobSpec, type JobSpecLimits, type SpecProblem } from '../domain/job-spec.js';
-import { DEFAULT_MAX_INPUT_BYTES } from '../adapters/image-codec.js';
-import { inspectInputImage } from './input-image.js';
+import { inspectInputImage, MAX_INPUT_IMAGE_BYTES } from './input-image.js';
 
 /** Largest job file we read. */
 export const MAX_JOB_FILE_BYTES = 1024 * 1024;
@@ -72,8 +71,8 @@ export async function readJobFile(path: string, limits: JobSpecLimits = {}): Pro
         problems.push({ field, rule: `${stage.inputImage} is not a file` });
         continue;
       }
-      if (info.size > DEFAULT_MAX_INPUT_BYTES) {
-        problems.push({ field, rule: `${stage.inputImage} is ${info.size} bytes, more than the ${DEFAULT_MAX_INPUT_BYTES}-byte limit` });
+      if (info.size > MAX_INPUT_IMAGE_BYTES) {
+        problems.push({ field, rule: `${stage.inputImage} is ${info.size} bytes, more than the ${MAX_INPUT_IMAGE_BYTES}-byte limit` });
         continue;
       }
       const bytes = new Uint8Array(await readFile(file));

@@ -22,6 +22,7 @@ import { jobSummary } from '../../src/jobs/job-summary.js';
 import { importInputImage, submitSpec } from '../../src/jobs/submit-job.js';
 import { FolderObjectStore } from '../../src/sinks/folder-object-store.js';
 import { runStoredJob } from '../../src/streams/run-job.js';
+import { inspectInputImage } from '../../src/sources/input-image.js';
 import { forEachDatabase } from '../support/databases.js';
 import { DAILY_QUOTA_429, startFakeGeminiServer, type FakeBehaviorFn, type FakeGeminiServer } from '../support/fake-gemini-server.js';
 
@@ -109,12 +110,14 @@ forEachDatabase('Gemini in production: quotas, policy blocks, input images, imag
     expect((await jobSummary(ctx.database, jobId)).stages[0]?.shortfall).toMatchObject({ reason: 'safety_blocked', detail: 'output blocked: finishReason IMAGE_SAFETY' });
   });
 
-  it('a GIF and a large PNG are converted / downscaled once and sent under the request limit; the attachments keep the originals', async () => {
+  it('a GIF and a 30 MB PNG are converted / downscaled once and sent under the request limit; the attachments keep the originals', async () => {
     const gif = new Uint8Array(await sharp({ create: { width: 48, height: 32, channels: 3, background: '#ff8800' } }).gif().toBuffer());
-    // Noise does not compress: 2400 x 2400 RGB is ~18 MB of PNG, over the 13 MiB provider budget.
-    const side = 2400;
+    // Noise does not compress: 3200 x 3200 RGB is ~30.7 MB of PNG, over Gemini's 20 MB inline request limit.
+    const side = 3200;
     const bigPng = new Uint8Array(await sharp(randomBytes(side * side * 3), { raw: { width: side, height: side, channels: 3 } }).png({ compressionLevel: 1 }).toBuffer());
-    expect(bigPng.byteLength).toBeGreaterThan(MAX_PROVIDER_INPUT_BYTES);
+    expect(bigPng.byteLength).toBeGreaterThan(30_000_000);
+    // The import accepts it (the check a job file, an upload and inline data go through).
+    expect(await inspectInputImage(bigPng, 'big.png')).toEqual({ image: { mimeType: 'image/png', width: side, height: side } });
     const gifId = await importInputImage({ database: ctx.database, store }, 'u1', { bytes: gif, mimeType: 'image/gif', width: 48, height: 32 });
     const bigId = await importInputImage({ database: ctx.database, store }, 'u1', { bytes: bigPng, mimeType: 'image/png', width: side, height: side });
 

@@ -133,14 +133,14 @@ const FILE_CASES: readonly BadCase[] = [
     rule: 'cut.png is not an image (PNG, JPEG, WebP, GIF, AVIF, TIFF)',
   },
   {
-    name: 'input file larger than the 20 MiB limit',
+    name: 'input file larger than the 50 MiB limit',
     file: async (dir) => {
       await writeFile(join(dir, 'big.png'), await renderStampedPng({ stamp: 1, width: 64, height: 36 }));
-      await truncate(join(dir, 'big.png'), 21 * 1024 * 1024); // sparse: cheap to make
+      await truncate(join(dir, 'big.png'), 51 * 1024 * 1024); // sparse: cheap to make
       return writeJob(dir, ok({ inputImage: 'big.png' }));
     },
     field: 'stages[0].inputImage',
-    rule: 'big.png is 22020096 bytes, more than the 20971520-byte limit',
+    rule: 'big.png is 53477376 bytes, more than the 52428800-byte limit',
   },
   {
     name: 'input file with 64 megapixels (over the 50 MP limit)',
