@@ -91,8 +91,13 @@ describe.skipIf(!haveChromium)('the live job page in Chromium', () => {
     mkdirSync(ARTIFACTS, { recursive: true });
     suite = await openCliSuite({
       built: false,
-      // Calls 2 and 3 fail: a server error and a rate limit, each replaced by a later call.
-      server: { hold: (call) => gate.hold(call), behavior: ({ n }) => (n === 2 ? 'status:500' : n === 3 ? { status: 429, retryDelay: '0.05s', retryAfter: null } : 'image') },
+      // Calls 2 and 3 fail: a server error and a rate limit, each replaced by a later call. A
+      // prompt that says "forbidden" is a policy block.
+      server: {
+        hold: (call) => gate.hold(call),
+        behavior: ({ n, body }) =>
+          JSON.stringify(body).includes('forbidden') ? 'finish:PROHIBITED_CONTENT' : n === 2 ? 'status:500' : n === 3 ? { status: 429, retryDelay: '0.05s', retryAfter: null } : 'image',
+      },
       env: TOKEN_ENV,
     });
     browser = await puppeteer.launch({ executablePath: CHROMIUM, headless: true, args: ['--no-sandbox', '--disable-dev-shm-usage', '--disable-gpu'] });
@@ -187,6 +192,17 @@ describe.skipIf(!haveChromium)('the live job page in Chromium', () => {
     expect((await httpCall(url, TOKENS.alice, 'GET', '/v1/jobs/pb-2')).body).toMatchObject({ status: 'cancelled', deliveredImages: 0 });
     await page.screenshot({ path: join(ARTIFACTS, 'job-page-cancelled.png'), fullPage: true });
     gate.open();
+
+    // A stage stopped by a policy block, followed live: its line says why, in the provider's words.
+    gate = new Gate();
+    expect((await httpCall(url, TOKENS.alice, 'POST', '/v1/jobs', await spec('pb-3', [['forbidden', 2]]))).status).toBe(201);
+    await page.goto(`${url}/jobs/pb-3`);
+    expect((await shown(page)).bars['progress-total']).toBe('0/2');
+    gate.open();
+    await until(page, 'status', 'failed');
+    const detail = (await httpCall(url, TOKENS.alice, 'GET', '/v1/jobs/pb-3')).body.stages[0].shortfall.detail;
+    expect(detail).toContain('PROHIBITED_CONTENT');
+    await until(page, 'short-0', `short by 2: non_retryable (prompt_blocked) \u2014 ${detail}`);
     expect(problems).toEqual([]);
     serve.child.kill('SIGTERM');
     expect((await serve.exited).code).toBe(0);

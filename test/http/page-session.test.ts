@@ -64,8 +64,11 @@ describe('rendering', () => {
 
   it('says why a stage ended short, and nothing while its shortfall is pending', () => {
     expect(shortfallText(null)).toBe('');
-    expect(shortfallText({ count: 2, reason: 'pending', errorClass: null })).toBe('');
-    expect(shortfallText({ count: 2, reason: 'budget_exhausted', errorClass: 'overloaded' })).toBe('short by 2: budget_exhausted (overloaded)');
-    expect(shortfallText({ count: 1, reason: 'cancelled', errorClass: null })).toBe('short by 1: cancelled');
+    expect(shortfallText({ count: 2, reason: 'pending', errorClass: null, detail: null })).toBe('');
+    expect(shortfallText({ count: 2, reason: 'budget_exhausted', errorClass: 'overloaded', detail: null })).toBe('short by 2: budget_exhausted (overloaded)');
+    expect(shortfallText({ count: 1, reason: 'cancelled', errorClass: null, detail: null })).toBe('short by 1: cancelled');
+    expect(shortfallText({ count: 3, reason: 'quota_exhausted', errorClass: 'quota_exhausted', detail: 'quota GenerateRequestsPerDayPerProjectPerModel (limit 0)' })).toBe(
+      'short by 3: quota_exhausted (quota_exhausted) \u2014 quota GenerateRequestsPerDayPerProjectPerModel (limit 0)',
+    );
   });
 });

@@ -54,7 +54,12 @@ for (const kind of DATABASE_KINDS) {
       gate = new Gate();
       gate.open();
       // Calls 2 and 3 fail (a 500 and a 429): two failed attempts the page counts by class.
-      gemini = await startFakeGeminiServer({ hold: gate.hold, behavior: ({ n }) => (n === 2 ? 'status:500' : n === 3 ? { status: 429, retryDelay: '0.01s', retryAfter: null } : 'image') });
+      // A prompt that says "forbidden" is a policy block (submitted last, after the others ran).
+      gemini = await startFakeGeminiServer({
+        hold: gate.hold,
+        behavior: ({ n, body }) =>
+          JSON.stringify(body).includes('forbidden') ? 'finish:PROHIBITED_CONTENT' : n === 2 ? 'status:500' : n === 3 ? { status: 429, retryDelay: '0.01s', retryAfter: null } : 'image',
+      });
       service = await startService({ kind, generator: new GeminiImageGenerator({ apiKey: gemini.apiKey, baseUrl: gemini.url, timeoutMs: 30_000 }) });
       expect((await service.call(TOKENS.admin, 'POST', '/v1/credits/alice', { amount: 500 })).status).toBe(200);
       expect((await service.call(TOKENS.admin, 'POST', '/v1/credits/bob', { amount: 50 })).status).toBe(200);
@@ -71,6 +76,8 @@ for (const kind of DATABASE_KINDS) {
         const last = (await (await openEvents(service, token, id)).rest()).at(-1);
         expect(last?.event === 'job:finished' || ['completed', 'partial', 'failed', 'cancelled'].includes(last?.data.status)).toBe(true);
       }
+      expect((await service.call(TOKENS.alice, 'POST', '/v1/jobs', { jobId: 'page-blocked', stages: [{ quantity: 2, prompt: 'forbidden', mergedImageAttachId: inputId }] })).status).toBe(201);
+      await (await openEvents(service, TOKENS.alice, 'page-blocked')).rest();
     });
     afterAll(async () => {
       gate?.open();
@@ -123,6 +130,14 @@ for (const kind of DATABASE_KINDS) {
       expect(seq).toBe(replay.at(-1)?.id);
       expect(page.body).toContain('data-status="completed"');
       expect(page.body).toMatch(/<button id="cancel" type="button" disabled>/);
+    });
+
+    it("a stage that ended short says why, with the provider's words (the shortfall's detail)", async () => {
+      const summary = (await service.call(TOKENS.alice, 'GET', '/v1/jobs/page-blocked')).body;
+      expect(summary.stages[0].shortfall).toMatchObject({ count: 2, reason: 'non_retryable', errorClass: 'prompt_blocked' });
+      expect(summary.stages[0].shortfall.detail).toContain('PROHIBITED_CONTENT');
+      const page = await service.call(TOKENS.alice, 'GET', '/jobs/page-blocked');
+      expect(page.body).toContain(`<p class="shortfall" id="short-0" role="status">short by 2: non_retryable (prompt_blocked) \u2014 ${summary.stages[0].shortfall.detail}</p>`);
     });
 
     it('escapes what the job holds: a prompt with markup is text', async () => {

@@ -65,10 +65,14 @@ function byClassText(byClass: Readonly<Record<string, number>>): string {
   return parts.join('');
 }
 
-/** How a stage that ended short says why (`reason`, and the error class when there was one). */
-export function shortfallText(shortfall: Omit<NonNullable<JobSummary['stages'][number]['shortfall']>, 'detail'> | null): string {
+/**
+ * How a stage that ended short says why: `reason`, the error class when there was one, and
+ * the provider's words when known (`detail`: which quota ran out, which finish reason
+ * blocked the output). `page.js` writes the same text when the stage ends live.
+ */
+export function shortfallText(shortfall: NonNullable<JobSummary['stages'][number]['shortfall']> | null): string {
   if (shortfall === null || shortfall.reason === 'pending') return '';
-  return `short by ${shortfall.count}: ${shortfall.reason}${shortfall.errorClass ? ` (${shortfall.errorClass})` : ''}`;
+  return `short by ${shortfall.count}: ${shortfall.reason}${shortfall.errorClass ? ` (${shortfall.errorClass})` : ''}${shortfall.detail ? ` — ${shortfall.detail}` : ''}`;
 }
 
 function thumbnail(jobId: string, slot: Pick<DeliveredSlot, 'stage' | 'slot'>): string {

@@ -98,6 +98,8 @@
   if (FINAL.indexOf(main.dataset.status) >= 0 || typeof EventSource !== 'function') return;
 
   const live = byId('live');
+  /** The latest failure message per `stage/errorClass`, for the line of a stage that ends short. */
+  const lastMessage = new Map();
   const events = new EventSource(api + '/events?after=' + encodeURIComponent(main.dataset.seq), { withCredentials: true });
   const on = (type, handle) => events.addEventListener(type, (message) => {
     live.textContent = 'live';
@@ -110,6 +112,7 @@
     if (e.attempt > 1) bump('retries-delivered', 1);
   });
   on('attempt:failed', (e) => {
+    lastMessage.set(e.stage + '/' + e.errorClass, e.message);
     bump('failed', 1);
     countClass(e.errorClass);
     if (e.willRetry) bump('retries', 1);
@@ -117,7 +120,20 @@
   on('stage:completed', (e) => setBar(String(e.stage), e.delivered, e.quantity));
   on('stage:short', (e) => {
     setBar(String(e.stage), e.delivered, e.quantity);
-    byId('short-' + e.stage).textContent = 'short by ' + (e.quantity - e.delivered) + ': ' + e.reason + (e.errorClass ? ' (' + e.errorClass + ')' : '');
+    const text = 'short by ' + (e.quantity - e.delivered) + ': ' + e.reason + (e.errorClass ? ' (' + e.errorClass + ')' : '');
+    const known = e.errorClass ? lastMessage.get(e.stage + '/' + e.errorClass) : undefined;
+    const line = byId('short-' + e.stage);
+    line.textContent = text + (known ? ' \u2014 ' + known : '');
+    // The failure that explains it came before this page was loaded: the job's summary has it.
+    if (e.errorClass && !known) {
+      fetch(api, { credentials: 'same-origin' })
+        .then((answer) => (answer.ok ? answer.json() : null))
+        .then((job) => {
+          const detail = job && job.stages && job.stages[e.stage] && job.stages[e.stage].shortfall && job.stages[e.stage].shortfall.detail;
+          if (detail) line.textContent = text + ' \u2014 ' + detail;
+        })
+        .catch(() => undefined);
+    }
   });
   on('job:finished', (e) => {
     events.close();
