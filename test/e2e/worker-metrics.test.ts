@@ -93,6 +93,12 @@ describe.skipIf(!TEST_DATABASE_URL)('imagegen worker --metrics-port [postgres]',
       expect(sampleOf(samples, 'imagegen_attempts_in_flight')).toBe(0);
       expect(sampleOf(samples, 'imagegen_jobs', { status: 'completed' })).toBe(1);
       expect(sampleOf(samples, 'imagegen_queue_depth')).toBe(0);
+      // Cost: what status --json prices from the attempts' usage, split as delivered and failed answers.
+      expect(ended.cost.estimatedUsd).toBeGreaterThan(0);
+      const costOf = (outcome: string) => seriesOf(samples, 'imagegen_cost_usd_total').filter((s) => s.labels['outcome'] === outcome).reduce((sum, s) => sum + s.value, 0);
+      expect(costOf('delivered') + costOf('failed')).toBeCloseTo(ended.cost.estimatedUsd, 9);
+      expect(costOf('failed')).toBeCloseTo(ended.cost.wastedUsd, 9);
+      expect(costOf('possibly_billed')).toBeCloseTo(ended.cost.possiblyBilledUsd, 9);
       // The fleet's adaptive limit, within its ceiling; the worker's share of it is 0 once it has no work.
       const limit = sampleOf(samples, 'imagegen_provider_limit');
       expect(limit).toBeGreaterThanOrEqual(1);

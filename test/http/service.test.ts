@@ -209,6 +209,25 @@ for (const kind of DATABASE_KINDS) {
       expect(poor.body.error).toMatchObject({ code: 'insufficient_credits', problems: [{ field: 'credits', rule: 'user carol needs 2 credits, has 0' }] });
     });
 
+    it('a spend cap (maxCostUsd): a bad one is 400 naming the field; a job capped at about two images ends partial with cost_cap, its cost within the cap', async () => {
+      const bad = await service.call(TOKENS.alice, 'POST', '/v1/jobs', { ...spec('capped-bad', 1), maxCostUsd: -1 });
+      expect(bad.status).toBe(400);
+      expect(bad.body.error.problems.map((p: { field: string }) => p.field)).toEqual(['maxCostUsd']);
+      expect((await service.call(TOKENS.alice, 'GET', '/v1/jobs/capped-bad')).status).toBe(404);
+
+      const created = await service.call(TOKENS.alice, 'POST', '/v1/jobs', { ...spec('capped-1', 5), maxCostUsd: 0.1 });
+      expect(created.status).toBe(201);
+      expect(created.body.cost.maxCostUsd).toBe(0.1);
+      const events = await (await openEvents(service, TOKENS.alice, 'capped-1')).rest();
+      expect(events.at(-1)?.data.status).toBe('partial');
+      const job = (await service.call(TOKENS.alice, 'GET', '/v1/jobs/capped-1')).body;
+      expect(job.stages[0].shortfall).toMatchObject({ reason: 'cost_cap', count: 5 - job.deliveredImages });
+      expect(job.deliveredImages).toBeGreaterThan(0);
+      expect(job.cost.estimatedUsd + job.cost.possiblyBilledUsd).toBeLessThanOrEqual(0.1 + 1e-9);
+      // One more image would have passed the cap.
+      expect(job.cost.estimatedUsd + job.cost.perDeliveredImageUsd).toBeGreaterThan(0.1);
+    });
+
     it('takes the input image inline (base64) and recognises it again by content', async () => {
       const data = (await inputPng()).toString('base64');
       const body = { jobId: 'inline-1', stages: [{ quantity: 1, prompt: 'inline', inputImageData: data }] };
