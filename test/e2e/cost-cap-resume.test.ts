@@ -15,7 +15,7 @@ interface CappedSummary {
   readonly stages: readonly { readonly delivered: number; readonly shortfall: { readonly count: number; readonly reason: string } | null }[];
   readonly attempts: { readonly total: number };
   readonly credits: { readonly reserved: number; readonly captured: number; readonly released: number };
-  readonly cost: { readonly estimatedUsd: number; readonly possiblyBilledUsd: number; readonly maxCostUsd: number | null; readonly perDeliveredImageUsd: number | null };
+  readonly cost: { readonly estimatedUsd: number; readonly wastedUsd: number; readonly possiblyBilledUsd: number; readonly maxCostUsd: number | null; readonly perDeliveredImageUsd: number | null };
 }
 
 describe('imagegen run: a spend cap holds across a crash and a resume', () => {
@@ -23,7 +23,7 @@ describe('imagegen run: a spend cap holds across a crash and a resume', () => {
   const USER = 'user-cap';
   const QUANTITY = 10;
   const MAX_COST_USD = 0.2;
-  /** Calls that answer before the rest hang: the first run commits this many images, then is killed. */
+  /** Calls that answer before the rest hang: the first run commits up to this many images, then is killed. */
   const FAST_CALLS = 3;
   let suite: CliSuite;
   let stalled = true;
@@ -44,15 +44,18 @@ describe('imagegen run: a spend cap holds across a crash and a resume', () => {
     const jobFile = await suite.ws.writeJob('job.json', spec);
 
     const first = await suite.start(['run', jobFile, '--json']);
-    await waitFor('the first run to commit its fast images and hang on the next call', () => /^stage 1: 3\/10 delivered/m.test(first.stderr()) && suite.server.calls() > FAST_CALLS, 60_000);
+    // Progress lines are throttled: any committed image will do, with a later call hanging.
+    await waitFor('the first run to commit an image and hang on a later call', () => /^stage 0: [1-9]\d*\/10 delivered/m.test(first.stderr()) && suite.server.calls() > FAST_CALLS, 60_000);
     expect(first.child.exitCode, `the first run ended before the kill:\n${first.stderr()}`).toBeNull();
     first.child.kill('SIGKILL');
     expect((await first.exited).signal).toBe('SIGKILL');
 
     // What the first run spent, as the job's books have it.
     const before = parseSingleJson<CappedSummary>((await suite.run(['status', JOB_ID, '--json'])).stdout);
-    expect(before.deliveredImages).toBe(FAST_CALLS);
-    const perImage = before.cost.estimatedUsd / FAST_CALLS;
+    const deliveredBefore = before.deliveredImages;
+    expect(deliveredBefore).toBeGreaterThanOrEqual(1);
+    expect(deliveredBefore).toBeLessThanOrEqual(FAST_CALLS);
+    const perImage = (before.cost.estimatedUsd - before.cost.wastedUsd) / deliveredBefore;
     expect(perImage).toBeGreaterThan(0);
 
     stalled = false;
@@ -69,7 +72,7 @@ describe('imagegen run: a spend cap holds across a crash and a resume', () => {
     // Every image the cap allowed was made: one more would have passed it.
     expect(summary.cost.estimatedUsd + summary.cost.possiblyBilledUsd + perImage).toBeGreaterThan(MAX_COST_USD);
     // The second run made only the images left under the cap, one call each (no failures injected).
-    const madeNow = summary.deliveredImages - FAST_CALLS;
+    const madeNow = summary.deliveredImages - deliveredBefore;
     expect(madeNow).toBeGreaterThan(0);
     expect(madeNow).toBeLessThan(Math.floor(MAX_COST_USD / perImage));
     expect(suite.server.calls() - callsBefore).toBe(madeNow);
