@@ -41,7 +41,9 @@ const pro3 = Object.freeze({
   thoughtsPerMillionUsd: 12,
 });
 const flash31 = Object.freeze({
-  // $60 per 1M image output tokens; 512: 747 tokens, 1K: 1120, 2K: 1680, 4K: 2520.
+  // $60 per 1M image output tokens; 512: 747 tokens, 1K: 1120, 2K: 1680, 4K: 2520. The 1K
+  // price agrees with an independent table (HeyPuter/puter's GEMINI_COST_MAP, PR 2562: $0.067
+  // for a 1024x1024 image; $0.039 for 2.5 flash, as here).
   perImageUsd: Object.freeze({ default: 0.067, '512': 0.045, '1K': 0.067, '2K': 0.101, '4K': 0.151 }),
   inputPerMillionUsd: 0.5,
   thoughtsPerMillionUsd: 3,
