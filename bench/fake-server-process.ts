@@ -10,21 +10,39 @@
 import { spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import { startFakeGeminiServer, type FakeGeminiServerOptions } from '../test/support/fake-gemini-server.js';
+import { randomMixBehavior, startFakeGeminiServer, type FakeBehavior, type FakeCallRecord, type FakeGeminiServerOptions } from '../test/support/fake-gemini-server.js';
 
 export interface FakeServerProcess {
   readonly url: string;
   readonly apiKey: string;
   /** Stops the server process; resolves with the number of calls it received. */
   stop(): Promise<number>;
+  /**
+   * Stops it; resolves with the calls and the provider span: ms from the first call's
+   * arrival to the start of the last answer (the server's clock).
+   */
+  stopWithSpan(): Promise<{ readonly calls: number; readonly spanMs: number }>;
 }
 
+/** Plain-JSON options of the child: latency, image size, and a seeded share of failures. */
+export type FakeServerProcessOptions = Pick<FakeGeminiServerOptions, 'latencyMs' | 'imageSize' | 'apiKey'> & {
+  /** Share of calls that fail with one of `failureClasses` (`randomMixBehavior`). Default 0. */
+  readonly failureRate?: number;
+  readonly failureClasses?: readonly FakeBehavior[];
+  readonly seed?: number;
+};
+
 /** Starts the fake server in a child process (plain JSON options: latency, image size). */
-export function spawnFakeServer(options: Pick<FakeGeminiServerOptions, 'latencyMs' | 'imageSize' | 'apiKey'>): Promise<FakeServerProcess> {
+export function spawnFakeServer(options: FakeServerProcessOptions): Promise<FakeServerProcess> {
   const child = spawn(process.execPath, [fileURLToPath(import.meta.url), JSON.stringify(options)], { stdio: ['pipe', 'pipe', 'inherit'] });
   const lines = createInterface({ input: child.stdout! });
   return new Promise((resolve, reject) => {
-    let calls: ((n: number) => void) | undefined;
+    let calls: ((result: { calls: number; spanMs: number }) => void) | undefined;
+    const stopping = () =>
+      new Promise<{ calls: number; spanMs: number }>((done) => {
+        calls = done;
+        child.kill('SIGTERM');
+      });
     child.once('error', reject);
     child.once('exit', (code) => reject(new Error(`fake server process exited with ${code}`)));
     lines.on('line', (line) => {
@@ -33,31 +51,40 @@ export function spawnFakeServer(options: Pick<FakeGeminiServerOptions, 'latencyM
         resolve({
           url: a!,
           apiKey: b!,
-          stop: () =>
-            new Promise<number>((done) => {
-              calls = done;
-              child.kill('SIGTERM');
-            }),
+          stop: async () => (await stopping()).calls,
+          stopWithSpan: stopping,
         });
-      } else if (word === 'CALLS') calls?.(Number(a));
+      } else if (word === 'CALLS') calls?.({ calls: Number(a), spanMs: Number(b) });
     });
   });
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) {
-  const options = JSON.parse(process.argv[2] ?? '{}') as FakeGeminiServerOptions;
-  const server = await startFakeGeminiServer(options);
-  // Records of every call would grow with the run; this process is not measured, but keep it lean anyway.
-  const records = server.requests as unknown as unknown[];
-  const trim = setInterval(() => records.splice(0, Math.max(0, records.length - 100)), 1000);
+  const { failureRate, failureClasses, seed, ...options } = JSON.parse(process.argv[2] ?? '{}') as FakeServerProcessOptions;
+  const behavior = failureRate ? randomMixBehavior({ seed: seed ?? 1, failureRate, ...(failureClasses ? { classes: failureClasses } : {}) }) : undefined;
+  const server = await startFakeGeminiServer({ ...options, ...(behavior ? { behavior } : {}) });
+  // Records of every call would grow with the run; this process is not measured, but keep it
+  // lean anyway: the span's ends are kept as the records go.
+  const records = server.requests as unknown as FakeCallRecord[];
+  let firstArrival = Infinity;
+  let lastAnswer = -Infinity;
+  const note = (list: readonly FakeCallRecord[]) => {
+    for (const r of list) {
+      firstArrival = Math.min(firstArrival, r.arrivedAt);
+      if (r.answeredAt !== undefined) lastAnswer = Math.max(lastAnswer, r.answeredAt);
+    }
+  };
+  const trim = setInterval(() => note(records.splice(0, Math.max(0, records.length - 100))), 1000);
   let stopping = false;
   const stop = async () => {
     if (stopping) return;
     stopping = true;
     clearInterval(trim);
+    note(records);
     const calls = server.calls();
     await server.close();
-    process.stdout.write(`CALLS ${calls}\n`, () => process.exit(0));
+    const spanMs = calls > 0 ? lastAnswer - firstArrival : 0;
+    process.stdout.write(`CALLS ${calls} ${spanMs.toFixed(1)}\n`, () => process.exit(0));
   };
   process.on('SIGTERM', () => void stop());
   process.stdin.on('end', () => void stop());

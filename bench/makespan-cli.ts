@@ -1,0 +1,136 @@
+/**
+ * Issue 16, goal 1: the makespan as a user gets it, through the built CLI.
+ *
+ * `imagegen run job.json --json --concurrency 10` as a child process, the Gemini-protocol
+ * server in another (`fake-server-process.ts`): 3 stages x 100 images, 300 ms per call,
+ * 10% of the calls fail with a transient 5xx (seeded, a new seed per run), backoff base
+ * 50 ms, stage concurrency 10 (the settings of figure 1, in process). The provider span is
+ * measured by the server: from the first call's arrival to the start of the last answer.
+ * Its bound is `ceil(calls / 10) x 300 ms` with the calls that were made; the ratio is the
+ * figure. Also reported: the CLI process's wall time (start, database, the run, exit).
+ *
+ * Run: `npm run build && npm run bench:build && node dist-bench/bench/makespan-cli.js`
+ * (PGlite; with `DATABASE_URL=postgres://...` also PostgreSQL, a scratch database per run).
+ * Env: BENCH_RUNS (5), BENCH_KINDS (`pglite,postgres`), BENCH_LATENCY_MS (300),
+ * BENCH_FAILURE_RATE (0.1), BENCH_CONCURRENCY (10), BENCH_QUANTITY (100), BENCH_STAGES (3).
+ */
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import pg from 'pg';
+import { spawnFakeServer } from './fake-server-process.js';
+import { inputPng } from './support.js';
+
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
+const CLI = join(ROOT, 'dist', 'cli.js');
+const num = (name: string, fallback: number) => (process.env[name] ? Number(process.env[name]) : fallback);
+
+const RUNS = num('BENCH_RUNS', 5);
+const LATENCY_MS = num('BENCH_LATENCY_MS', 300);
+const FAILURE_RATE = num('BENCH_FAILURE_RATE', 0.1);
+const CONCURRENCY = num('BENCH_CONCURRENCY', 10);
+const QUANTITY = num('BENCH_QUANTITY', 100);
+const STAGES = num('BENCH_STAGES', 3);
+const DATABASE_URL = process.env['DATABASE_URL'];
+const KINDS = (process.env['BENCH_KINDS'] ?? 'pglite,postgres').split(',').filter((k) => k === 'pglite' || (k === 'postgres' && DATABASE_URL));
+
+interface RunFigures {
+  readonly calls: number;
+  readonly spanMs: number;
+  readonly boundMs: number;
+  readonly ratio: number;
+  readonly wallMs: number;
+  readonly delivered: number;
+}
+
+function cli(args: readonly string[], env: NodeJS.ProcessEnv): Promise<{ code: number | null; stdout: string; stderr: string; wallMs: number }> {
+  const started = performance.now();
+  const child = spawn(process.execPath, [CLI, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
+  child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+  return new Promise((done) => child.once('close', (code) => done({ code, stdout, stderr, wallMs: performance.now() - started })));
+}
+
+/** A scratch PostgreSQL database on the `DATABASE_URL` server; dropped by the returned function. */
+async function scratchDatabase(url: string): Promise<{ url: string; drop: () => Promise<void> }> {
+  const name = `imagegen_bench_${randomBytes(4).toString('hex')}`;
+  const admin = new pg.Client({ connectionString: url });
+  await admin.connect();
+  await admin.query(`create database ${name}`);
+  await admin.end();
+  const scratch = new URL(url);
+  scratch.pathname = `/${name}`;
+  return {
+    url: scratch.toString(),
+    drop: async () => {
+      const c = new pg.Client({ connectionString: url });
+      await c.connect();
+      await c.query(`drop database if exists ${name} with (force)`);
+      await c.end();
+    },
+  };
+}
+
+async function runOnce(kind: 'pglite' | 'postgres', seed: number): Promise<RunFigures> {
+  const dir = await mkdtemp(join(tmpdir(), 'imagegen-mkcli-'));
+  const server = await spawnFakeServer({ latencyMs: LATENCY_MS, failureRate: FAILURE_RATE, failureClasses: ['status:503', 'status:500'], seed });
+  const database = kind === 'postgres' ? await scratchDatabase(DATABASE_URL!) : null;
+  let stopped = false;
+  try {
+    await writeFile(join(dir, 'input.png'), (await inputPng()).bytes);
+    const stages = Array.from({ length: STAGES }, (_, i) => ({ prompt: `stage ${i}`, quantity: QUANTITY, 'aspect-ratio': '1:1', inputImage: 'input.png' }));
+    await writeFile(join(dir, 'job.json'), JSON.stringify({ jobId: `mkcli-${seed}`, userId: 'bench', stages }));
+    const env: NodeJS.ProcessEnv = {
+      PATH: process.env['PATH'],
+      HOME: process.env['HOME'],
+      ...(process.env['XDG_CACHE_HOME'] ? { XDG_CACHE_HOME: process.env['XDG_CACHE_HOME'] } : {}),
+      IMAGEGEN_PROVIDER: 'gemini',
+      GEMINI_API_KEY: server.apiKey,
+      GEMINI_BASE_URL: server.url,
+      IMAGEGEN_STAGE_CONCURRENCY: String(CONCURRENCY),
+      IMAGEGEN_BACKOFF_BASE_MS: '50',
+      IMAGEGEN_BACKOFF_MAX_MS: '2000',
+      IMAGEGEN_MAX_ATTEMPTS_PER_SLOT: '10',
+      IMAGEGEN_LOG_LEVEL: 'warn',
+      ...(database ? { DATABASE_URL: database.url } : { IMAGEGEN_DATA_DIR: join(dir, 'data') }),
+    };
+    const granted = await cli(['credits', 'grant', 'bench', String(STAGES * QUANTITY)], env);
+    if (granted.code !== 0) throw new Error(`credits grant failed: ${granted.stderr}`);
+    const ran = await cli(['run', join(dir, 'job.json'), '--json', '--concurrency', String(CONCURRENCY)], env);
+    if (ran.code !== 0) throw new Error(`run failed (${ran.code}): ${ran.stderr.slice(-2000)}`);
+    const summary = JSON.parse(ran.stdout) as { deliveredImages: number };
+    stopped = true;
+    const { calls, spanMs } = await server.stopWithSpan();
+    const boundMs = Math.ceil(calls / CONCURRENCY) * LATENCY_MS;
+    return { calls, spanMs, boundMs, ratio: spanMs / boundMs, wallMs: ran.wallMs, delivered: summary.deliveredImages };
+  } finally {
+    if (!stopped) await server.stop().catch(() => 0);
+    await database?.drop();
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+const median = (values: readonly number[]) => {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = Math.floor(sorted.length / 2);
+  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
+};
+
+console.log(`makespan through the CLI: ${STAGES} x ${QUANTITY}, ${LATENCY_MS} ms, p = ${FAILURE_RATE}, --concurrency ${CONCURRENCY}; ${RUNS} runs per database`);
+if (!DATABASE_URL) console.log('PostgreSQL skipped: DATABASE_URL not set');
+for (const kind of KINDS as ('pglite' | 'postgres')[]) {
+  const ratios: number[] = [];
+  for (let i = 0; i < RUNS; i++) {
+    const f = await runOnce(kind, 100 + i);
+    ratios.push(f.ratio);
+    console.log(
+      `${kind} run ${i + 1}: ${f.delivered} images, ${f.calls} calls, provider span ${(f.spanMs / 1000).toFixed(2)} s, bound ${(f.boundMs / 1000).toFixed(1)} s, ratio ${f.ratio.toFixed(3)}; CLI wall ${(f.wallMs / 1000).toFixed(2)} s`,
+    );
+  }
+  console.log(`${kind}: median ratio ${median(ratios).toFixed(3)} (runs ${ratios.map((r) => r.toFixed(3)).join(', ')})`);
+}
