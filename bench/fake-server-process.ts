@@ -21,7 +21,15 @@ export interface FakeServerProcess {
    * Stops it; resolves with the calls and the provider span: ms from the first call's
    * arrival to the start of the last answer (the server's clock).
    */
-  stopWithSpan(): Promise<{ readonly calls: number; readonly spanMs: number }>;
+  stopWithSpan(): Promise<ProviderSpan>;
+}
+
+/** The calls a server process received and when: epoch ms of the first arrival and of the last answer's start. */
+export interface ProviderSpan {
+  readonly calls: number;
+  readonly spanMs: number;
+  readonly firstArrivalEpochMs: number;
+  readonly lastAnswerEpochMs: number;
 }
 
 /** Plain-JSON options of the child: latency, image size, and a seeded share of failures. */
@@ -37,16 +45,16 @@ export function spawnFakeServer(options: FakeServerProcessOptions): Promise<Fake
   const child = spawn(process.execPath, [fileURLToPath(import.meta.url), JSON.stringify(options)], { stdio: ['pipe', 'pipe', 'inherit'] });
   const lines = createInterface({ input: child.stdout! });
   return new Promise((resolve, reject) => {
-    let calls: ((result: { calls: number; spanMs: number }) => void) | undefined;
+    let calls: ((result: ProviderSpan) => void) | undefined;
     const stopping = () =>
-      new Promise<{ calls: number; spanMs: number }>((done) => {
+      new Promise<ProviderSpan>((done) => {
         calls = done;
         child.kill('SIGTERM');
       });
     child.once('error', reject);
     child.once('exit', (code) => reject(new Error(`fake server process exited with ${code}`)));
     lines.on('line', (line) => {
-      const [word, a, b] = line.split(' ');
+      const [word, a, b, c, d] = line.split(' ');
       if (word === 'READY') {
         resolve({
           url: a!,
@@ -54,7 +62,7 @@ export function spawnFakeServer(options: FakeServerProcessOptions): Promise<Fake
           stop: async () => (await stopping()).calls,
           stopWithSpan: stopping,
         });
-      } else if (word === 'CALLS') calls?.({ calls: Number(a), spanMs: Number(b) });
+      } else if (word === 'CALLS') calls?.({ calls: Number(a), spanMs: Number(b), firstArrivalEpochMs: Number(c), lastAnswerEpochMs: Number(d) });
     });
   });
 }
@@ -84,7 +92,8 @@ if (import.meta.url === `file://${process.argv[1]}`) {
     const calls = server.calls();
     await server.close();
     const spanMs = calls > 0 ? lastAnswer - firstArrival : 0;
-    process.stdout.write(`CALLS ${calls} ${spanMs.toFixed(1)}\n`, () => process.exit(0));
+    const epoch = (t: number) => (Number.isFinite(t) ? (performance.timeOrigin + t).toFixed(1) : '0');
+    process.stdout.write(`CALLS ${calls} ${spanMs.toFixed(1)} ${epoch(firstArrival)} ${epoch(lastAnswer)}\n`, () => process.exit(0));
   };
   process.on('SIGTERM', () => void stop());
   process.stdin.on('end', () => void stop());

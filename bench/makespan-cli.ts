@@ -7,7 +7,10 @@
  * 50 ms, stage concurrency 10 (the settings of figure 1, in process). The provider span is
  * measured by the server: from the first call's arrival to the start of the last answer.
  * Its bound is `ceil(calls / 10) x 300 ms` with the calls that were made; the ratio is the
- * figure. Also reported: the CLI process's wall time (start, database, the run, exit).
+ * figure. Also reported: the CLI process's wall time (start, database, the run, exit), and
+ * (goal 2) its main thread's busy time per delivered image over the provider span, from
+ * `performance.eventLoopUtilization()` sampled every 50 ms (`elu-probe.ts`, preloaded), and
+ * its CPU time (all threads) over the same window.
  *
  * Run: `npm run build && npm run bench:build && node dist-bench/bench/makespan-cli.js`
  * (PGlite; with `DATABASE_URL=postgres://...` also PostgreSQL, a scratch database per run).
@@ -16,7 +19,7 @@
  */
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -26,6 +29,7 @@ import { inputPng } from './support.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const CLI = join(ROOT, 'dist', 'cli.js');
+const ELU_PROBE = join(ROOT, 'dist-bench', 'bench', 'elu-probe.js');
 const num = (name: string, fallback: number) => (process.env[name] ? Number(process.env[name]) : fallback);
 
 const RUNS = num('BENCH_RUNS', 5);
@@ -44,11 +48,15 @@ interface RunFigures {
   readonly ratio: number;
   readonly wallMs: number;
   readonly delivered: number;
+  /** The run process's main-thread busy time (event loop utilisation), ms per delivered image. */
+  readonly mainThreadMsPerImage: number;
+  /** Its CPU time (all threads: sharp's and PGlite's included), ms per delivered image. */
+  readonly cpuMsPerImage: number;
 }
 
 function cli(args: readonly string[], env: NodeJS.ProcessEnv): Promise<{ code: number | null; stdout: string; stderr: string; wallMs: number }> {
   const started = performance.now();
-  const child = spawn(process.execPath, [CLI, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, ['--import', ELU_PROBE, CLI, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
   let stderr = '';
   child.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
@@ -101,13 +109,29 @@ async function runOnce(kind: 'pglite' | 'postgres', seed: number): Promise<RunFi
     };
     const granted = await cli(['credits', 'grant', 'bench', String(STAGES * QUANTITY)], env);
     if (granted.code !== 0) throw new Error(`credits grant failed: ${granted.stderr}`);
-    const ran = await cli(['run', join(dir, 'job.json'), '--json', '--concurrency', String(CONCURRENCY)], env);
+    const eluFile = join(dir, 'elu.json');
+    const ran = await cli(['run', join(dir, 'job.json'), '--json', '--concurrency', String(CONCURRENCY)], { ...env, BENCH_ELU_FILE: eluFile });
     if (ran.code !== 0) throw new Error(`run failed (${ran.code}): ${ran.stderr.slice(-2000)}`);
     const summary = JSON.parse(ran.stdout) as { deliveredImages: number };
     stopped = true;
-    const { calls, spanMs } = await server.stopWithSpan();
+    const { calls, spanMs, firstArrivalEpochMs, lastAnswerEpochMs } = await server.stopWithSpan();
     const boundMs = Math.ceil(calls / CONCURRENCY) * LATENCY_MS;
-    return { calls, spanMs, boundMs, ratio: spanMs / boundMs, wallMs: ran.wallMs, delivered: summary.deliveredImages };
+    const elu = JSON.parse(await readFile(eluFile, 'utf8')) as { samples: [number, number, number][] };
+    const delivered = summary.deliveredImages;
+    // The run's window: the provider's span (start-up and exit left out), from the 50 ms samples.
+    const at = (epochMs: number) => elu.samples.find((s) => s[0] >= epochMs) ?? elu.samples.at(-1)!;
+    const [, activeStart, cpuStart] = at(firstArrivalEpochMs);
+    const [, activeEnd, cpuEnd] = at(lastAnswerEpochMs);
+    return {
+      calls,
+      spanMs,
+      boundMs,
+      ratio: spanMs / boundMs,
+      wallMs: ran.wallMs,
+      delivered,
+      mainThreadMsPerImage: (activeEnd - activeStart) / delivered,
+      cpuMsPerImage: (cpuEnd - cpuStart) / delivered,
+    };
   } finally {
     if (!stopped) await server.stop().catch(() => 0);
     await database?.drop();
@@ -129,7 +153,7 @@ for (const kind of KINDS as ('pglite' | 'postgres')[]) {
     const f = await runOnce(kind, 100 + i);
     ratios.push(f.ratio);
     console.log(
-      `${kind} run ${i + 1}: ${f.delivered} images, ${f.calls} calls, provider span ${(f.spanMs / 1000).toFixed(2)} s, bound ${(f.boundMs / 1000).toFixed(1)} s, ratio ${f.ratio.toFixed(3)}; CLI wall ${(f.wallMs / 1000).toFixed(2)} s`,
+      `${kind} run ${i + 1}: ${f.delivered} images, ${f.calls} calls, provider span ${(f.spanMs / 1000).toFixed(2)} s, bound ${(f.boundMs / 1000).toFixed(1)} s, ratio ${f.ratio.toFixed(3)}; CLI wall ${(f.wallMs / 1000).toFixed(2)} s; main thread ${f.mainThreadMsPerImage.toFixed(2)} ms/image, CPU ${f.cpuMsPerImage.toFixed(2)} ms/image (over the provider span)`,
     );
   }
   console.log(`${kind}: median ratio ${median(ratios).toFixed(3)} (runs ${ratios.map((r) => r.toFixed(3)).join(', ')})`);
