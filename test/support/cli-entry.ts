@@ -39,8 +39,9 @@ function sourceFiles(): string[] {
     for (const name of readdirSync(dir).sort()) {
       const path = join(dir, name);
       if (statSync(path).isDirectory()) walk(path);
-      // The live page's script and style are sources too (copied beside the compiled server).
-      else if (/\.(ts|js|css)$/.test(name)) files.push(path);
+      // The live page's script and style, and the database thread's script, are sources too
+      // (copied beside the compiled code).
+      else if (/\.(ts|js|mjs|css)$/.test(name)) files.push(path);
     }
   };
   walk(join(REPO_ROOT, 'src'));

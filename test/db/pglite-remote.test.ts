@@ -1,0 +1,70 @@
+/**
+ * PGlite in its own thread (`PgliteRemote`): rows, SQL errors with their SQLSTATE, LISTEN,
+ * a dump that starts another database, and the thread's end. Real PGlite, in memory.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { PgliteRemote } from '../../src/db/pglite-remote.js';
+
+describe('PgliteRemote: PGlite in a thread of its own', () => {
+  let remote: PgliteRemote;
+  beforeAll(async () => {
+    remote = await PgliteRemote.open({});
+  }, 60_000);
+  afterAll(() => remote?.close());
+
+  it('starts postgres with the extra parameters given', async () => {
+    const tuned = await PgliteRemote.open({ extraStartParams: ['-c', 'shared_buffers=16MB'] });
+    try {
+      expect((await tuned.query('show shared_buffers')).rows).toEqual([{ shared_buffers: '16MB' }]);
+    } finally {
+      await tuned.close();
+    }
+  }, 60_000);
+
+  it('answers queries with typed rows (numbers, int8 as a number, text, timestamps, bytes, JSON) and affected rows', async () => {
+    await remote.query('create table t (id int primary key, big int8, name text, at timestamptz, data bytea, doc jsonb)');
+    const inserted = await remote.query('insert into t values ($1, $2, $3, $4, $5, $6), (2, 3, null, null, null, null)', [1, 9007199254740991, 'a', new Date('2026-12-06T10:00:00Z'), new Uint8Array([1, 2, 3]), JSON.stringify({ k: [1] })]);
+    expect(inserted.affectedRows).toBe(2);
+    const { rows } = await remote.query('select * from t order by id');
+    expect(rows).toEqual([
+      { id: 1, big: 9007199254740991, name: 'a', at: new Date('2026-12-06T10:00:00Z'), data: new Uint8Array([1, 2, 3]), doc: { k: [1] } },
+      { id: 2, big: 3, name: null, at: null, data: null, doc: null },
+    ]);
+  });
+
+  it('passes SQL errors on with their SQLSTATE and constraint, and an int8 beyond 2^53-1 fails the query', async () => {
+    const duplicate = await remote.query('insert into t (id) values (1)').catch((e: unknown) => e);
+    expect(duplicate).toBeInstanceOf(Error);
+    expect(duplicate).toMatchObject({ code: '23505', constraint: 't_pkey' });
+    await remote.query('insert into t (id, big) values (3, 9007199254740993)');
+    await expect(remote.query('select big from t where id = 3')).rejects.toThrow(/beyond Number.MAX_SAFE_INTEGER/);
+  });
+
+  it('delivers notifications to a listener until it stops listening', async () => {
+    const heard: string[] = [];
+    const unlisten = await remote.listen('chan', (payload) => heard.push(payload));
+    await remote.query("select pg_notify('chan', 'one')");
+    await unlisten();
+    await remote.query("select pg_notify('chan', 'two')");
+    // A query after the last notify: anything it sent has been handed over by now.
+    await remote.query('select 1');
+    expect(heard).toEqual(['one']);
+  });
+
+  it('dumps the database; the dump starts another one with the same rows', async () => {
+    const dump = await remote.dumpDataDir('gzip');
+    const copy = await PgliteRemote.open({ loadDataDir: new Uint8Array(await dump.arrayBuffer()) });
+    try {
+      expect((await copy.query('select count(*)::int as n from t')).rows).toEqual([{ n: 3 }]);
+    } finally {
+      await copy.close();
+    }
+  }, 60_000);
+
+  it('after close every request fails, and close again is a no-op', async () => {
+    const other = await PgliteRemote.open({});
+    await other.close();
+    await expect(other.query('select 1')).rejects.toThrow(/thread ended/);
+    await other.close();
+  }, 60_000);
+});
