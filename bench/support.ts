@@ -43,6 +43,8 @@ export interface BenchPipelineOptions {
   readonly credits: number;
   /** `memory`: PGlite in memory (`openDatabase({})`); `disk`: PGlite in a temp data folder, as the CLI runs. */
   readonly database?: 'memory' | 'disk';
+  /** A PostgreSQL database to run on instead of PGlite; null: PGlite even when `BENCH_DATABASE_URL` is set. Default `BENCH_DATABASE_URL`. */
+  readonly databaseUrl?: string | null;
 }
 
 /** A small real PNG used as every stage's input image (64x64, a gradient). */
@@ -65,7 +67,7 @@ export async function openBenchPipeline(options: BenchPipelineOptions): Promise<
   const root = await mkdtemp(join(tmpdir(), 'imagegen-bench-'));
   // BENCH_DATABASE_URL: a fresh PostgreSQL database instead of PGlite (its SQL then runs in
   // the server's process, not in ours).
-  const databaseUrl = process.env['BENCH_DATABASE_URL'];
+  const databaseUrl = options.databaseUrl === undefined ? process.env['BENCH_DATABASE_URL'] : options.databaseUrl;
   const database = await openDatabase(databaseUrl ? { databaseUrl } : options.database === 'disk' ? { dataDir: join(root, 'db') } : {});
   const store = new FolderObjectStore({ root: join(root, 'storage') });
   const userId = 'bench-user';
