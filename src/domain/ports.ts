@@ -1,4 +1,5 @@
 import type { Observable } from 'rxjs';
+import type { PipelineError } from './error-class.js';
 import type { AspectRatio } from './aspect-ratio.js';
 import type { ImageSize } from './models.js';
 
@@ -74,4 +75,59 @@ export interface Delivery {
 export interface EnginePorts {
   generate(request: AttemptRequest): Observable<GeneratedImage>;
   deliver(request: AttemptRequest, image: GeneratedImage): Observable<Delivery>;
+}
+
+/**
+ * Batch mode (issue 17): the provider runs many requests asynchronously, at a lower price.
+ * One request of a batch is one attempt, keyed `jobId/stage/slot/attempt` ({@link batchRequestKey}).
+ */
+export interface BatchRequest {
+  readonly key: string;
+  readonly request: GenerationRequest;
+}
+
+/** Where a batch stands at the provider. `succeeded`: its responses can be read. */
+export type BatchState = 'pending' | 'running' | 'succeeded' | 'failed' | 'cancelled' | 'expired';
+
+/** One request's outcome in a batch that succeeded: an image, or the failure, classified. */
+export type BatchResponse =
+  | { readonly key: string; readonly image: GeneratedImage }
+  | { readonly key: string; readonly error: PipelineError };
+
+/** A batch as the provider last described it. */
+export interface BatchStatus {
+  /** The provider's name of the batch (e.g. `batches/123`). */
+  readonly name: string;
+  readonly state: BatchState;
+  /** When `succeeded`: the responses, by key. A request with no response here got none. */
+  readonly responses?: readonly BatchResponse[] | undefined;
+  /** When `failed` or `expired` (or `cancelled`): the provider's reason, for the record. */
+  readonly error?: string | undefined;
+}
+
+/**
+ * The batch port. Cold Observables, errors are {@link PipelineError}s classified as for
+ * interactive calls (a 429 on create is `rate_limited`, and so on).
+ */
+export interface BatchGenerator {
+  /**
+   * Submits `requests` as one batch named `displayName` (the caller's own key for it, stored
+   * before the call: {@link findBatch} finds the batch again when the answer was lost).
+   * Emits the provider's batch name. Inline when the requests fit the inline limit, else
+   * through an uploaded file.
+   */
+  createBatch(displayName: string, requests: readonly BatchRequest[]): Observable<string>;
+  /** The batch created under `displayName`, or null when there is none. */
+  findBatch(displayName: string): Observable<string | null>;
+  /** The batch's state; with its responses once it succeeded. */
+  getBatch(name: string): Observable<BatchStatus>;
+  /** Asks the provider to cancel the batch (a batch that has ended is left as it is). */
+  cancelBatch(name: string): Observable<void>;
+  /** The model its answers are priced as (at batch prices). */
+  readonly model?: string;
+}
+
+/** The key of one attempt in a batch: `jobId/stage/slot/attempt`. */
+export function batchRequestKey(request: AttemptRequest): string {
+  return `${request.jobId}/${request.stageIndex}/${request.slotIndex}/${request.attempt}`;
 }
