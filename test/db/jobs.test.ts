@@ -1,7 +1,7 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { lastValueFrom, switchMap, tap, throwError, timer, toArray } from 'rxjs';
+import { ReplaySubject, lastValueFrom, of, switchMap, take, tap, throwError, toArray } from 'rxjs';
 import sharp from 'sharp';
 import { expect, it } from 'vitest';
 import {
@@ -207,13 +207,20 @@ forEachDatabase('jobs', (ctx) => {
       await submitJob(ctx.database, { spec, pricePerImage: 10 });
       const offline = new OfflineImageGenerator({ seed: 3 });
       const order: string[] = [];
+      // Stage 0 slot 1 answers only after stage 1 has answered: an event, not a delay (a
+      // delay of 150 ms was not enough on a loaded machine to keep stage 1 first).
+      const stage1Answered = new ReplaySubject<void>(1);
       const generator: ImageGenerator = {
         generate: (request) => {
           const at = `${request.stageIndex}/${request.slotIndex}`;
           if (at === '0/0') return throwError(() => new PipelineError('overloaded', 'model overloaded (scripted)', { httpStatus: 503 }));
-          return timer(at === '0/1' ? 150 : 0).pipe(
+          const after = at === '0/1' ? stage1Answered.pipe(take(1)) : of(undefined);
+          return after.pipe(
             switchMap(() => offline.generate(request)),
-            tap(() => order.push(at)),
+            tap(() => {
+              order.push(at);
+              if (at === '1/0') stage1Answered.next();
+            }),
           );
         },
       };
