@@ -4,7 +4,7 @@ import type pg from 'pg';
 import { redactUrlPassword, withPrintedForm } from '../domain/hide-secrets.js';
 import { MigrationError } from './errors.js';
 import { MIGRATIONS } from './migrations/index.js';
-import { openPgliteDataDir, pgliteTemplateFile, writePgliteTemplate, type OpenedPglite } from './pglite-template.js';
+import { openPgliteDataDir, pgliteTemplates, writePgliteTemplate, type OpenedPglite, type PgliteTemplate } from './pglite-template.js';
 import type { DatabaseSchema } from './schema.js';
 
 /** Where the database lives. Frozen by {@link openDatabase}. */
@@ -13,7 +13,10 @@ export interface DatabaseConfig {
   readonly databaseUrl?: string | undefined;
   /** PGlite data folder (used when `databaseUrl` is not set); omitted = in-memory. */
   readonly dataDir?: string | undefined;
-  /** Where the template of a new PGlite database (folder or in memory) is cached (see `openPgliteDataDir`); omitted = none. */
+  /**
+   * Where the template of a new PGlite database (folder or in memory) is cached (see `openPgliteDataDir`); when the
+   * cache has none, the template shipped with the build (`dist/pglite-template`) is used. Omitted = no template at all.
+   */
   readonly pgliteTemplateDir?: string | undefined;
   /** Largest `pg` pool size. Default 10. Ignored by PGlite (one connection). */
   readonly maxConnections?: number | undefined;
@@ -53,14 +56,15 @@ export async function openDatabase(config: DatabaseConfig, options: OpenDatabase
   const frozen = Object.freeze({ ...config });
   const migrations = options.migrations ?? MIGRATIONS;
   // Only the built-in migrations make a template (a test's own list never lands in the cache).
-  const template = frozen.pgliteTemplateDir !== undefined && options.migrations === undefined ? pgliteTemplateFile(frozen.pgliteTemplateDir, MIGRATIONS) : undefined;
+  const templates = frozen.pgliteTemplateDir !== undefined && options.migrations === undefined ? pgliteTemplates(frozen.pgliteTemplateDir, MIGRATIONS) : [];
+  const cache = templates.find((template) => template.cache)?.file;
   // Each driver is loaded only when used: a process on PostgreSQL never loads PGlite's WASM, and the reverse.
-  const opened = frozen.databaseUrl ? await openPostgres(frozen.databaseUrl, frozen.maxConnections ?? 10) : await openPglite(frozen.dataDir, template);
+  const opened = frozen.databaseUrl ? await openPostgres(frozen.databaseUrl, frozen.maxConnections ?? 10) : await openPglite(frozen.dataDir, templates);
   const { database } = opened;
   try {
     await migrate(database.db, migrations, 'migrationDb' in opened ? opened.migrationDb : undefined);
     // A cluster this start created, now migrated and still empty, becomes the template.
-    if ('started' in opened && opened.started.initialised && template !== undefined) await writePgliteTemplate(opened.started.pglite, template);
+    if ('started' in opened && opened.started.initialised && cache !== undefined) await writePgliteTemplate(opened.started.pglite, cache);
   } catch (error) {
     await database.close();
     throw error;
@@ -223,9 +227,9 @@ async function openPostgres(databaseUrl: string, max: number): Promise<{ databas
  */
 const PGLITE_SHARED_BUFFERS = '16MB';
 
-async function openPglite(dataDir: string | undefined, template: string | undefined): Promise<{ database: Database; started: OpenedPglite }> {
+async function openPglite(dataDir: string | undefined, templates: readonly PgliteTemplate[]): Promise<{ database: Database; started: OpenedPglite }> {
   const [{ PGlite }, { PGliteDialect }] = await Promise.all([import('@electric-sql/pglite'), import('kysely-pglite-dialect')]);
-  const started = await openPgliteDataDir((options) => PGlite.create(options), dataDir, template, {
+  const started = await openPgliteDataDir((options) => PGlite.create(options), dataDir, templates, {
     parsers: { [INT8_OID]: parseInt8 },
     startParams: [...PGlite.defaultStartParams, '-c', `shared_buffers=${PGLITE_SHARED_BUFFERS}`],
   });
