@@ -17,6 +17,7 @@ import type { GeneratedImage, GenerationRequest, ImageGenerator } from '../src/d
 import type { JobResult } from '../src/domain/result.js';
 import { openDatabase, type Database } from '../src/db/database.js';
 import { grantCredits } from '../src/db/ops/grant-credits.js';
+import { loadConfig } from '../src/config.js';
 import { AdaptiveConcurrencyLimiter } from '../src/engine/adaptive-concurrency-limiter.js';
 import { FolderObjectStore } from '../src/sinks/folder-object-store.js';
 import { runJob } from '../src/jobs/run-job.js';
@@ -68,7 +69,9 @@ export async function openBenchPipeline(options: BenchPipelineOptions): Promise<
   // BENCH_DATABASE_URL: a fresh PostgreSQL database instead of PGlite (its SQL then runs in
   // the server's process, not in ours).
   const databaseUrl = options.databaseUrl === undefined ? process.env['BENCH_DATABASE_URL'] : options.databaseUrl;
-  const database = await openDatabase(databaseUrl ? { databaseUrl } : options.database === 'disk' ? { dataDir: join(root, 'db') } : {});
+  // PGlite starts from the template, as the CLI's does (the user's cache, else the one the build ships): no initdb in the figures.
+  const { pgliteTemplateDir } = loadConfig(process.env);
+  const database = await openDatabase(databaseUrl ? { databaseUrl } : options.database === 'disk' ? { dataDir: join(root, 'db'), pgliteTemplateDir } : { pgliteTemplateDir });
   const store = new FolderObjectStore({ root: join(root, 'storage') });
   const userId = 'bench-user';
   await grantCredits(database, userId, options.credits);
