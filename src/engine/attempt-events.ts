@@ -11,8 +11,23 @@ import type {
   StageCompletedEvent,
   StageShortEvent,
 } from '../domain/events.js';
+import type { StageSpec } from '../domain/job-spec.js';
 import type { AttemptRequest, TokenUsage } from '../domain/ports.js';
 import type { StageResult } from '../domain/result.js';
+
+/** The request of one attempt at `slot` of `stage` (what `fillSlots` and `fillBatchRounds` send). */
+export function attemptRequestOf(jobId: string, stage: StageSpec, slot: number, attempt: number): AttemptRequest {
+  return {
+    jobId,
+    stageIndex: stage.index,
+    slotIndex: slot,
+    attempt,
+    prompt: stage.prompt,
+    aspectRatio: stage.aspectRatio,
+    ...(stage.imageSize !== undefined ? { imageSize: stage.imageSize } : {}),
+    inputAttachId: stage.inputAttachId,
+  };
+}
 
 /** An attempt got its permits and was sent. */
 export function attemptStarted(request: AttemptRequest, at: number): AttemptStartedEvent {

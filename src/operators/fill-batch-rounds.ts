@@ -5,7 +5,7 @@ import type { StageSpec } from '../domain/job-spec.js';
 import { batchRequestKey, type AttemptRequest, type BatchResponse, type BatchStatus, type Delivery, type GeneratedImage } from '../domain/ports.js';
 import type { RandomSource } from '../domain/random.js';
 import type { StageState } from '../domain/resume-state.js';
-import { attemptFailed, attemptStarted, slotDelivered, stageEnded } from '../engine/attempt-events.js';
+import { attemptFailed, attemptRequestOf, attemptStarted, slotDelivered, stageEnded } from '../engine/attempt-events.js';
 import { fullJitterBackoff, type BackoffConfig } from '../engine/full-jitter-backoff.js';
 import type { JobControl } from '../engine/job-control.js';
 import { StageLedger, type RetryBudget, type SlotRequest } from '../engine/stage-ledger.js';
@@ -120,16 +120,7 @@ export function fillBatchRounds(config: FillBatchRoundsConfig): Observable<Stage
     const ledger = new StageLedger(stage.index, stage.quantity, config.budget, config.state);
     const stageStopped$ = new ReplaySubject<void>(1);
     const halted = () => ledger.stoppedBy !== null || job.haltedBy !== null || job.costCapped;
-    const requestOf = ({ slot, attempt }: SlotRequest): AttemptRequest => ({
-      jobId: job.jobId,
-      stageIndex: stage.index,
-      slotIndex: slot,
-      attempt,
-      prompt: stage.prompt,
-      aspectRatio: stage.aspectRatio,
-      ...(stage.imageSize !== undefined ? { imageSize: stage.imageSize } : {}),
-      inputAttachId: stage.inputAttachId,
-    });
+    const requestOf = ({ slot, attempt }: SlotRequest): AttemptRequest => attemptRequestOf(job.jobId, stage, slot, attempt);
     // The round being run: what a cancel or a halt reports and cancels.
     let current: { name: string | null; requests: readonly AttemptRequest[]; startedAt: number } | null = null;
     const cancelCurrent = (): void => {

@@ -7,7 +7,7 @@ import type { AttemptRequest, EnginePorts } from '../domain/ports.js';
 import type { RandomSource } from '../domain/random.js';
 import type { StageState } from '../domain/resume-state.js';
 import type { StageResult } from '../domain/result.js';
-import { attemptFailed, attemptStarted, slotDelivered, stageEnded } from '../engine/attempt-events.js';
+import { attemptFailed, attemptRequestOf, attemptStarted, slotDelivered, stageEnded } from '../engine/attempt-events.js';
 import { capRetryAfter } from '../engine/cap-retry-after.js';
 import { attemptCostOf, chargedUsd, type AttemptEnding, type CostCap } from '../engine/cost-cap.js';
 import type { ConcurrencyLimiter } from '../engine/concurrency-limiter.js';
@@ -122,16 +122,7 @@ export function fillSlots(config: FillSlotsConfig): Observable<StageItem> {
     let closed = false;
     const halted = () => closed || ledger.stoppedBy !== null || job.haltedBy !== null || job.costCapped;
     const inFlight = new Map<number, SentAttempt>(); // by slot: what a cancel reports
-    const requestOf = ({ slot, attempt }: SlotRequest): AttemptRequest => ({
-      jobId: job.jobId,
-      stageIndex: stage.index,
-      slotIndex: slot,
-      attempt,
-      prompt: stage.prompt,
-      aspectRatio: stage.aspectRatio,
-      ...(stage.imageSize !== undefined ? { imageSize: stage.imageSize } : {}),
-      inputAttachId: stage.inputAttachId,
-    });
+    const requestOf = ({ slot, attempt }: SlotRequest): AttemptRequest => attemptRequestOf(job.jobId, stage, slot, attempt);
 
     // The spend cap: an attempt starts only if its estimate fits (reserved until it ends).
     const { cost } = config;
