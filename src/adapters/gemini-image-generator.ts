@@ -112,6 +112,7 @@ export class GeminiImageGenerator implements ImageGenerator {
    */
   readonly #dispatcher: Agent;
   readonly #model: ImageModelCapabilities;
+  /** The input image is shared by every attempt of a stage: encode it once. */
   private readonly base64Cache = new WeakMap<InputImage, string>();
 
   constructor(config: GeminiImageGeneratorConfig) {
@@ -164,19 +165,9 @@ export class GeminiImageGenerator implements ImageGenerator {
 
       const call = async (): Promise<GeneratedImage> => {
         const response = await this.#client.generateContent(this.params(request, abort.signal, capturingFetch));
-        const verdict = classifyGeminiResponse(response, [this.#apiKey]);
-        // Every answer is billed, an image or not: its usage travels with the failure too.
-        const usage = toTokenUsage(response.usageMetadata, imageCountOf(response));
-        if ('error' in verdict) throw withUsage(verdict.error, usage);
-        const bytes = Buffer.from(verdict.image.data, 'base64');
-        const probe = await probeImage(bytes).catch((error: unknown) => {
-          throw new PipelineError('corrupt_image', `model returned an inline ${verdict.image.mimeType} part that is not an image (${bytes.byteLength} bytes)`, {
-            usage,
-            cause: error,
-          });
-        });
+        const image = await imageFromAnswer(response, [this.#apiKey]);
         if (timedOut) throw new PipelineError('timeout', 'generateContent timed out');
-        return { bytes: new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength), mimeType: probe.mimeType, usage };
+        return image;
       };
 
       call().then(
@@ -202,33 +193,74 @@ export class GeminiImageGenerator implements ImageGenerator {
   }
 
   private params(request: GenerationRequest, abortSignal: AbortSignal, fetchFn: typeof fetch): GeminiGenerateContentParams {
-    const parts: GeminiGenerateContentParams['contents'][number]['parts'][number][] = [{ text: request.prompt }];
-    if (request.input !== null) parts.push({ inlineData: { mimeType: request.input.mimeType, data: this.base64(request.input) } });
-    if (request.imageSize !== undefined && !this.#model.imageSizes.includes(request.imageSize)) {
-      // parseJobSpec refuses this for the configured model; a host's own spec may not have been checked.
-      throw new PipelineError('invalid_request', `the model ${this.config.model} takes no imageSize ${request.imageSize} (it takes: ${this.#model.imageSizes.join(', ') || 'none'})`);
-    }
-    return {
-      model: this.config.model,
-      contents: [{ role: 'user', parts }],
-      config: {
-        responseModalities: this.#model.responseModalities,
-        imageConfig: { aspectRatio: request.aspectRatio, ...(request.imageSize !== undefined ? { imageSize: request.imageSize } : {}) },
-        abortSignal,
-        httpOptions: { fetch: fetchFn },
-      },
-    };
+    const content = imageContentRequest(request, { model: this.config.model, capabilities: this.#model, base64: this.base64Cache });
+    return { model: this.config.model, contents: content.contents, config: { ...content.config, abortSignal, httpOptions: { fetch: fetchFn } } };
   }
+}
 
-  /** The input image is shared by every attempt of a stage: encode it once. */
-  private base64(input: InputImage): string {
-    let data = this.base64Cache.get(input);
-    if (data === undefined) {
-      data = Buffer.from(input.bytes.buffer, input.bytes.byteOffset, input.bytes.byteLength).toString('base64');
-      this.base64Cache.set(input, data);
-    }
-    return data;
+/** The contents and generation settings of one image request: what an interactive call and a batch request both send. */
+export interface ImageContentRequest {
+  readonly contents: GeminiGenerateContentParams['contents'];
+  readonly config: Pick<GeminiGenerateContentParams['config'], 'responseModalities' | 'imageConfig'>;
+}
+
+/**
+ * The request Gemini gets for one attempt: the prompt, then the stage's input image (inline
+ * base64, its real mime type), the model's `responseModalities` and `imageConfig`
+ * (`aspectRatio`, and `imageSize` when the stage set one). One function for interactive
+ * calls and batch requests, so a batch asks for exactly what a call would.
+ *
+ * Throws `invalid_request` for an `imageSize` the model does not take (parseJobSpec refuses
+ * it for the configured model; a host's own spec may not have been checked).
+ * `base64` caches the encoded input: a stage's input is shared by every attempt.
+ */
+export function imageContentRequest(
+  request: GenerationRequest,
+  settings: { readonly model: string; readonly capabilities: ImageModelCapabilities; readonly base64: WeakMap<InputImage, string> },
+): ImageContentRequest {
+  const parts: GeminiGenerateContentParams['contents'][number]['parts'][number][] = [{ text: request.prompt }];
+  if (request.input !== null) parts.push({ inlineData: { mimeType: request.input.mimeType, data: cachedBase64(request.input, settings.base64) } });
+  if (request.imageSize !== undefined && !settings.capabilities.imageSizes.includes(request.imageSize)) {
+    throw new PipelineError('invalid_request', `the model ${settings.model} takes no imageSize ${request.imageSize} (it takes: ${settings.capabilities.imageSizes.join(', ') || 'none'})`);
   }
+  return {
+    contents: [{ role: 'user', parts }],
+    config: {
+      responseModalities: settings.capabilities.responseModalities,
+      imageConfig: { aspectRatio: request.aspectRatio, ...(request.imageSize !== undefined ? { imageSize: request.imageSize } : {}) },
+    },
+  };
+}
+
+/** The input image is shared by every attempt of a stage: encode it once. */
+function cachedBase64(input: InputImage, cache: WeakMap<InputImage, string>): string {
+  let data = cache.get(input);
+  if (data === undefined) {
+    data = Buffer.from(input.bytes.buffer, input.bytes.byteOffset, input.bytes.byteLength).toString('base64');
+    cache.set(input, data);
+  }
+  return data;
+}
+
+/**
+ * The image of one Gemini answer (an interactive call's, or one response of a batch), or
+ * the {@link PipelineError} that says why there is none ({@link classifyGeminiResponse}:
+ * blocks, no image; thought parts are skipped). The bytes are checked to decode (sharp
+ * header probe): undecodable ones are `corrupt_image`. Every answer is billed, an image or
+ * not, so its usage travels with the image and with the failure alike.
+ */
+export async function imageFromAnswer(response: GeminiResponseLike, secrets: readonly string[]): Promise<GeneratedImage> {
+  const verdict = classifyGeminiResponse(response, secrets);
+  const usage = toTokenUsage(response.usageMetadata, imageCountOf(response));
+  if ('error' in verdict) throw withUsage(verdict.error, usage);
+  const bytes = Buffer.from(verdict.image.data, 'base64');
+  const probe = await probeImage(bytes).catch((error: unknown) => {
+    throw new PipelineError('corrupt_image', `model returned an inline ${verdict.image.mimeType} part that is not an image (${bytes.byteLength} bytes)`, {
+      usage,
+      cause: error,
+    });
+  });
+  return { bytes: new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength), mimeType: probe.mimeType, usage };
 }
 
 /** The `usageMetadata` fields the cost reads (`thoughtsTokenCount`: thinking, billed as output). */
@@ -301,17 +333,29 @@ export function genAiOptions(settings: { readonly apiKey: string; readonly baseU
   return { vertexai: true, project, location, httpOptions: { baseUrl: settings.baseUrl ?? endpoint } };
 }
 
+/**
+ * The SDK client of a Gemini adapter (interactive calls and batches alike), built from
+ * {@link genAiOptions}. No `timeout` and no `retryOptions` on purpose: the adapter owns the
+ * timeout (so it can tell a timeout from an unsubscribe) and the engine owns retries.
+ */
+export function createGenAiClient(options: GeminiClientOptions): GoogleGenAI {
+  return new GoogleGenAI({ ...options, httpOptions: { ...options.httpOptions } });
+}
+
+/** Our modality names -> the SDK's enum. */
+export function sdkModalities(modalities: readonly ('TEXT' | 'IMAGE')[]): Modality[] {
+  return modalities.map((m) => (m === 'TEXT' ? Modality.TEXT : Modality.IMAGE));
+}
+
 function sdkClient(options: GeminiClientOptions): GeminiModelsClient {
-  // No `timeout` and no `retryOptions` here on purpose: the adapter owns the timeout
-  // (so it can tell a timeout from an unsubscribe) and the engine owns retries.
-  const ai = new GoogleGenAI({ ...options, httpOptions: { ...options.httpOptions } });
+  const ai = createGenAiClient(options);
   return {
     generateContent: (params) =>
       ai.models.generateContent({
         model: params.model,
         contents: params.contents.map((c) => ({ role: c.role, parts: [...c.parts] })),
         config: {
-          responseModalities: params.config.responseModalities.map((m) => (m === 'TEXT' ? Modality.TEXT : Modality.IMAGE)),
+          responseModalities: sdkModalities(params.config.responseModalities),
           imageConfig: { ...params.config.imageConfig },
           abortSignal: params.config.abortSignal,
           httpOptions: { fetch: params.config.httpOptions.fetch },

@@ -1,6 +1,6 @@
-import { asyncScheduler, defer, from, mergeMap, Observable, throwError, timer, type SchedulerLike } from 'rxjs';
+import { asyncScheduler, catchError, defer, from, map, mergeMap, Observable, of, shareReplay, throwError, timer, toArray, type SchedulerLike } from 'rxjs';
 import { PipelineError, type ErrorClass } from '../domain/error-class.js';
-import type { GeneratedImage, GenerationRequest, ImageGenerator } from '../domain/ports.js';
+import type { BatchGenerator, BatchRequest, BatchResponse, BatchStatus, GeneratedImage, GenerationRequest, ImageGenerator } from '../domain/ports.js';
 import { OFFLINE_MODEL } from '../domain/price-table.js';
 import { loadSharp } from './image-codec.js';
 import { dimensionsForAspectRatio } from './image-dimensions.js';
@@ -90,20 +90,25 @@ export class OfflineImageGenerator implements ImageGenerator {
   }
 
   generate(request: GenerationRequest): Observable<GeneratedImage> {
-    return timer(this.plannedLatencyMs(request), this.config.scheduler).pipe(
-      mergeMap(() => {
-        const failure = this.plannedFailure(request);
-        if (failure !== null) {
-          return throwError(
-            () =>
-              new PipelineError(failure, `offline generator: injected ${failure} (job ${request.jobId}, stage ${request.stageIndex}, slot ${request.slotIndex}, attempt ${request.attempt})`, {
-                retryAfterMs: failure === 'rate_limited' ? this.config.rateLimitRetryAfterMs : undefined,
-              }),
-          );
-        }
-        return defer(() => from(this.render(request)));
-      }),
-    );
+    return timer(this.plannedLatencyMs(request), this.config.scheduler).pipe(mergeMap(() => this.answer(request)));
+  }
+
+  /**
+   * The attempt's outcome without the latency: the planned failure, or the rendered image.
+   * What `generate` emits after its timer, and what an {@link OfflineBatchGenerator} answers
+   * per request of a batch (a batch's wait is the batch's, not each request's).
+   */
+  answer(request: GenerationRequest): Observable<GeneratedImage> {
+    const failure = this.plannedFailure(request);
+    if (failure !== null) {
+      return throwError(
+        () =>
+          new PipelineError(failure, `offline generator: injected ${failure} (job ${request.jobId}, stage ${request.stageIndex}, slot ${request.slotIndex}, attempt ${request.attempt})`, {
+            retryAfterMs: failure === 'rate_limited' ? this.config.rateLimitRetryAfterMs : undefined,
+          }),
+      );
+    }
+    return defer(() => from(this.render(request)));
   }
 
   private async render(request: GenerationRequest): Promise<GeneratedImage> {
@@ -146,6 +151,110 @@ export class OfflineImageGenerator implements ImageGenerator {
       .png()
       .toBuffer();
     return { bytes: new Uint8Array(png.buffer, png.byteOffset, png.byteLength), mimeType: 'image/png' };
+  }
+}
+
+/** Configuration of an {@link OfflineBatchGenerator}. Every field is optional. */
+export interface OfflineBatchGeneratorConfig {
+  /** How long a batch runs before it succeeds, ms (from its creation, on the scheduler's clock). Default 1000. */
+  readonly completeAfterMs?: number;
+  /** The clock (`now()`). Default: the generator's scheduler. */
+  readonly scheduler?: SchedulerLike;
+  /** Requests rendered at once when a batch's responses are first read. Default 4 (sharp works off the event loop; this bounds memory). */
+  readonly renderConcurrency?: number;
+}
+
+interface OfflineBatch {
+  readonly name: string;
+  readonly displayName: string;
+  readonly requests: readonly BatchRequest[];
+  readonly createdAt: number;
+  cancelled: boolean;
+  /** The responses, rendered once at the first read after the batch completed, then replayed. */
+  responses$: Observable<BatchResponse[]> | undefined;
+}
+
+/**
+ * A {@link BatchGenerator} for the offline provider, so offline runs (`npm run demo`) can use
+ * batch mode: batches live in memory (this process only), run for `completeAfterMs` on the
+ * scheduler's clock, then succeed with one response per request: the
+ * {@link OfflineImageGenerator}'s answer for that attempt (its seeded failure injection
+ * applies per request: an injected failure is that request's classified error). Results
+ * depend only on the seed and the attempts, so a run is reproducible.
+ *
+ * - `getBatch` says `running` until the delay has passed, then `succeeded` (or `cancelled`
+ *   after `cancelBatch`); an unknown name is `invalid_request`, as the API's 404.
+ * - No whole-batch faults: a batch never fails or expires here (the fake Gemini server
+ *   covers those).
+ *
+ * @example
+ * const batches = new OfflineBatchGenerator(new OfflineImageGenerator({ seed: 7, failureRate: 0.1 }), { completeAfterMs: 2000 });
+ */
+export class OfflineBatchGenerator implements BatchGenerator {
+  /** The effective configuration, frozen. */
+  readonly config: Readonly<Required<OfflineBatchGeneratorConfig>>;
+  readonly model = OFFLINE_MODEL;
+  readonly #generator: OfflineImageGenerator;
+  readonly #batches: OfflineBatch[] = [];
+
+  constructor(generator: OfflineImageGenerator, config: OfflineBatchGeneratorConfig = {}) {
+    this.#generator = generator;
+    this.config = Object.freeze({
+      completeAfterMs: config.completeAfterMs ?? 1000,
+      scheduler: config.scheduler ?? generator.config.scheduler,
+      renderConcurrency: config.renderConcurrency ?? 4,
+    });
+  }
+
+  createBatch(displayName: string, requests: readonly BatchRequest[]): Observable<string> {
+    return defer(() => {
+      if (requests.length === 0) return throwError(() => new PipelineError('invalid_request', 'a batch needs at least one request'));
+      const name = `batches/offline-${this.#batches.length + 1}`;
+      this.#batches.push({ name, displayName, requests: [...requests], createdAt: this.config.scheduler.now(), cancelled: false, responses$: undefined });
+      return of(name);
+    });
+  }
+
+  findBatch(displayName: string): Observable<string | null> {
+    return defer(() => of([...this.#batches].reverse().find((b) => b.displayName === displayName)?.name ?? null));
+  }
+
+  getBatch(name: string): Observable<BatchStatus> {
+    return defer(() => {
+      const batch = this.#batches.find((b) => b.name === name);
+      if (batch === undefined) return throwError(() => new PipelineError('invalid_request', `offline batch ${name} not found`));
+      if (batch.cancelled) return of<BatchStatus>({ name, state: 'cancelled', error: 'the batch was cancelled' });
+      if (this.config.scheduler.now() - batch.createdAt < this.config.completeAfterMs) return of<BatchStatus>({ name, state: 'running' });
+      batch.responses$ ??= this.responses(batch.requests).pipe(shareReplay(1));
+      return batch.responses$.pipe(map((responses): BatchStatus => ({ name, state: 'succeeded', responses })));
+    });
+  }
+
+  cancelBatch(name: string): Observable<void> {
+    return defer(() => {
+      const batch = this.#batches.find((b) => b.name === name);
+      if (batch === undefined) return throwError(() => new PipelineError('invalid_request', `offline batch ${name} not found`));
+      // A batch that has ended is left as it is.
+      if (this.config.scheduler.now() - batch.createdAt < this.config.completeAfterMs) batch.cancelled = true;
+      return of(undefined);
+    });
+  }
+
+  /** Every request's answer, in request order; a failed one is its classified error. */
+  private responses(requests: readonly BatchRequest[]): Observable<BatchResponse[]> {
+    return from(requests.map((r, index) => ({ r, index }))).pipe(
+      mergeMap(
+        ({ r, index }) =>
+          this.#generator.answer(r.request).pipe(
+            map((image): BatchResponse => ({ key: r.key, image })),
+            catchError((error: unknown) => (error instanceof PipelineError ? of<BatchResponse>({ key: r.key, error }) : throwError(() => error))),
+            map((response) => ({ response, index })),
+          ),
+        this.config.renderConcurrency,
+      ),
+      toArray(),
+      map((answered) => answered.sort((a, b) => a.index - b.index).map((a) => a.response)),
+    );
   }
 }
 

@@ -145,7 +145,7 @@ export interface FakeCallRecord {
 }
 
 /** Options of {@link startFakeGeminiServer}. */
-export interface FakeGeminiServerOptions {
+export interface FakeGeminiServerOptions extends FakeBatchOptions {
   /** The key clients must send (`x-goog-api-key`). Default `'test-key'`. Missing key: 401, wrong key: 403. */
   readonly apiKey?: string;
   /** Delay before every answer, ms, or a function of the call. Default 0. */
@@ -210,6 +210,16 @@ export interface FakeGeminiServer {
   settled(n: number): Promise<FakeCallRecord>;
   /** Stops listening and destroys every open socket (hanging calls included). */
   close(): Promise<void>;
+  /** Records of every batch created (batch mode), in creation order. Batch calls are not counted by {@link calls}. */
+  readonly batches: readonly FakeBatchRecord[];
+  /** The batch calls received so far, by kind. */
+  batchCalls(): Readonly<FakeBatchCallCounts>;
+  /** Replaces the per-request behavior of batches created from now on. */
+  setBatchBehavior(behavior: ((item: FakeBatchItem) => FakeBatchItemBehavior) | undefined): void;
+  /** Replaces the plan of batches created from now on. */
+  setBatchPlan(plan: FakeBatchOptions['batchPlan']): void;
+  /** Replaces the behavior of the following batch create calls. */
+  setBatchCreateBehavior(behavior: FakeBatchOptions['batchCreateBehavior']): void;
 }
 
 /** Stamp of the thought image in the `thought_image` behavior (never a call number in practice). */
@@ -263,6 +273,15 @@ export async function startFakeGeminiServer(options: FakeGeminiServerOptions = {
   const records: FakeCallRecord[] = [];
   const waiters = new Map<number, ((record: FakeCallRecord) => void)[]>();
   const timers = new Set<NodeJS.Timeout>();
+  const batches = fakeBatches(
+    { batchBehavior: options.batchBehavior, batchPlan: options.batchPlan, batchCreateBehavior: options.batchCreateBehavior, batchListPageSize: options.batchListPageSize },
+    apiKey,
+    async (stamp, aspectRatio) => {
+      const ratio = (ASPECT_RATIOS as readonly string[]).includes(aspectRatio ?? '') ? (aspectRatio as AspectRatio) : '1:1';
+      const { width, height } = dimensionsForAspectRatio(ratio, imageSize);
+      return { inlineData: { mimeType: 'image/png', data: Buffer.from(await renderStampedPng({ stamp, width: Math.max(width, 24), height: Math.max(height, 4) })).toString('base64') } };
+    },
+  );
 
   // A call counts as in flight from its arrival until the server starts its answer (or the
   // call ends unanswered): what a provider counts. Counting until the response's 'close'
@@ -292,6 +311,8 @@ export async function startFakeGeminiServer(options: FakeGeminiServerOptions = {
   });
 
   async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const batchKey = headerValue(req.headers['x-goog-api-key']) ?? new URL(req.url ?? '/', 'http://x').searchParams.get('key') ?? undefined;
+    if (await batches.handle(req, res, batchKey)) return;
     const match = req.method === 'POST' ? PATH.exec(req.url ?? '') : null;
     if (!match) {
       sendJson(res, 404, { error: { code: 404, message: `no route ${req.method} ${req.url}`, status: 'NOT_FOUND' } });
@@ -381,59 +402,13 @@ export async function startFakeGeminiServer(options: FakeGeminiServerOptions = {
       sendStatus(res, { status: Number(chosen.slice('status:'.length)) });
       return;
     }
-    if (chosen.startsWith('finish:')) {
-      sendJson(res, 200, {
-        candidates: [{ content: { role: 'model', parts: [] }, finishReason: chosen.slice('finish:'.length), index: 0 }],
-        usageMetadata: { promptTokenCount: 12, totalTokenCount: 12 },
-      });
+    const content = await contentAnswer(chosen, record.n, imagePart);
+    if (content !== undefined) {
+      record.servedStamp = content.servedStamp;
+      sendJson(res, 200, content.body);
       return;
     }
     switch (chosen) {
-      case 'image': {
-        const part = await imagePart(record.n);
-        record.servedStamp = record.n;
-        sendJson(res, 200, okResponse([part]));
-        return;
-      }
-      case 'thought_image': {
-        const thought = await imagePart(THOUGHT_STAMP);
-        const final = await imagePart(record.n);
-        record.servedStamp = record.n;
-        sendJson(
-          res,
-          200,
-          okResponse([
-            { text: 'Sketching a first composition.', thought: true },
-            { ...thought, thought: true },
-            { text: 'Here is the image.' },
-            final,
-          ]),
-        );
-        return;
-      }
-      case 'text_only':
-        sendJson(res, 200, okResponse([{ text: 'I cannot draw that, but here is a description.' }], 'STOP'));
-        return;
-      case 'no_parts':
-        sendJson(res, 200, { candidates: [{ content: { role: 'model' }, finishReason: 'STOP', index: 0 }], usageMetadata: FAKE_USAGE });
-        return;
-      case 'no_candidates':
-        sendJson(res, 200, { candidates: [], usageMetadata: { promptTokenCount: 12, totalTokenCount: 12 } });
-        return;
-      case 'prompt_blocked':
-        sendJson(res, 200, {
-          promptFeedback: { blockReason: 'PROHIBITED_CONTENT', blockReasonMessage: 'The prompt was blocked.' },
-          usageMetadata: { promptTokenCount: 12, totalTokenCount: 12 },
-        });
-        return;
-      case 'corrupt':
-        record.servedStamp = undefined;
-        sendJson(
-          res,
-          200,
-          okResponse([{ inlineData: { mimeType: 'image/png', data: Buffer.from('definitely not a png, just words').toString('base64') } }]),
-        );
-        return;
       case 'hang':
         // Never answer: the client's timeout or abort, or close(), ends the call.
         return;
@@ -493,6 +468,17 @@ export async function startFakeGeminiServer(options: FakeGeminiServerOptions = {
         waiters.set(n, list);
       });
     },
+    batches: batches.records,
+    batchCalls: () => ({ ...batches.counts }),
+    setBatchBehavior(next) {
+      batches.options = { ...batches.options, batchBehavior: next };
+    },
+    setBatchPlan(next) {
+      batches.options = { ...batches.options, batchPlan: next };
+    },
+    setBatchCreateBehavior(next) {
+      batches.options = { ...batches.options, batchCreateBehavior: next };
+    },
     close() {
       for (const t of timers) clearTimeout(t);
       timers.clear();
@@ -548,6 +534,60 @@ function unitHash(...values: number[]): number {
   h = Math.imul(h ^ (h >>> 16), 0x297a2d39);
   h ^= h >>> 15;
   return (h >>> 0) / 2 ** 32;
+}
+
+/**
+ * The 200 answer (a `GenerateContentResponse`) of a behavior that answers with content,
+ * and the stamp of the image it serves; `undefined` for the others (errors, hangs, drops).
+ * Shared by interactive calls and batch responses, so both answer alike.
+ */
+async function contentAnswer(
+  chosen: string,
+  stamp: number,
+  imagePart: (stamp: number) => Promise<{ inlineData: { mimeType: string; data: string } }>,
+): Promise<{ readonly body: unknown; readonly servedStamp: number | undefined } | undefined> {
+  if (chosen.startsWith('finish:')) {
+    return {
+      body: {
+        candidates: [{ content: { role: 'model', parts: [] }, finishReason: chosen.slice('finish:'.length), index: 0 }],
+        usageMetadata: { promptTokenCount: 12, totalTokenCount: 12 },
+      },
+      servedStamp: undefined,
+    };
+  }
+  switch (chosen) {
+    case 'image':
+      return { body: okResponse([await imagePart(stamp)]), servedStamp: stamp };
+    case 'thought_image': {
+      const thought = await imagePart(THOUGHT_STAMP);
+      const final = await imagePart(stamp);
+      return {
+        body: okResponse([{ text: 'Sketching a first composition.', thought: true }, { ...thought, thought: true }, { text: 'Here is the image.' }, final]),
+        servedStamp: stamp,
+      };
+    }
+    case 'text_only':
+      return { body: okResponse([{ text: 'I cannot draw that, but here is a description.' }], 'STOP'), servedStamp: undefined };
+    case 'no_parts':
+      return { body: { candidates: [{ content: { role: 'model' }, finishReason: 'STOP', index: 0 }], usageMetadata: FAKE_USAGE }, servedStamp: undefined };
+    case 'no_candidates':
+      return { body: { candidates: [], usageMetadata: { promptTokenCount: 12, totalTokenCount: 12 } }, servedStamp: undefined };
+    case 'prompt_blocked':
+      return {
+        body: {
+          promptFeedback: { blockReason: 'PROHIBITED_CONTENT', blockReasonMessage: 'The prompt was blocked.' },
+          usageMetadata: { promptTokenCount: 12, totalTokenCount: 12 },
+        },
+        servedStamp: undefined,
+      };
+    case 'corrupt':
+      return {
+        body: okResponse([{ inlineData: { mimeType: 'image/png', data: Buffer.from('definitely not a png, just words').toString('base64') } }]),
+        servedStamp: undefined,
+      };
+    default:
+      return undefined;
+  }
 }
 
 function okResponse(parts: unknown[], finishReason = 'STOP'): unknown {
@@ -619,5 +659,382 @@ function describeRequest(body: unknown): Pick<FakeCallRecord, 'prompt' | 'aspect
     inputImages: parts
       .filter((p) => p.inlineData !== undefined)
       .map((p) => ({ mimeType: p.inlineData?.mimeType ?? '', byteSize: Buffer.from(p.inlineData?.data ?? '', 'base64').byteLength })),
+  };
+}
+
+// ---------------------------------------------------------------------------------------
+// Batch mode (issue 17): the Gemini Developer API's batch endpoints, as @google/genai 2.32
+// calls them (`ai.batches.create/get/cancel/list/delete`, mldev, v1beta).
+// ---------------------------------------------------------------------------------------
+
+/**
+ * What the fake does with one request inside a batch: any {@link FakeBehavior} that answers
+ * with content (`image`, `thought_image`, `text_only`, `finish:<REASON>`, `prompt_blocked`,
+ * `corrupt`, ...) becomes the request's `response`; `status:<code>` (or the object form)
+ * becomes its `error` (a `google.rpc.Status`: gRPC code, message, RetryInfo for 429);
+ * `missing` (and `hang`, `drop`, `drop_before_headers`, which mean nothing inside a batch)
+ * leaves the request without any entry in the output.
+ */
+export type FakeBatchItemBehavior = FakeBehavior | 'missing';
+
+/** What a batch behavior function is told about one request of a batch (a {@link FakeCall}, so `randomMixBehavior` fits). */
+export interface FakeBatchItem extends FakeCall {
+  /** 1-based batch number. */
+  readonly batch: number;
+  /** 0-based position of the request in its batch. */
+  readonly index: number;
+  /** The request's `metadata.key`, when the client sent one. */
+  readonly key: string | undefined;
+}
+
+/** How a batch goes, decided when it is created. Every state change happens on a GET of the batch. */
+export interface FakeBatchPlan {
+  /** How the batch ends. Default `'succeeded'`. */
+  readonly outcome?: 'succeeded' | 'failed' | 'expired';
+  /** GETs answered `BATCH_STATE_PENDING` first. Default 0. */
+  readonly pendingGets?: number;
+  /** GETs answered `BATCH_STATE_RUNNING` after those. Default 1 (the second GET sees the end). */
+  readonly runningGets?: number;
+  /** While this has not settled the batch stays RUNNING, whatever the counts say (a slow batch, a `Gate`). */
+  readonly hold?: PromiseLike<unknown>;
+  /** The reason a failed or expired batch reports (`Operation.error.message`). */
+  readonly reason?: string;
+}
+
+/** The server's states of a batch (the wire's `BATCH_STATE_*`). */
+export type FakeBatchState = 'BATCH_STATE_PENDING' | 'BATCH_STATE_RUNNING' | 'BATCH_STATE_SUCCEEDED' | 'BATCH_STATE_FAILED' | 'BATCH_STATE_CANCELLED' | 'BATCH_STATE_EXPIRED';
+
+/** What the server recorded about one request of a batch (never image bytes). */
+export interface FakeBatchRequestRecord extends Pick<FakeCallRecord, 'prompt' | 'aspectRatio' | 'imageSize' | 'responseModalities' | 'inputImages'> {
+  /** 1-based number across every batch request the server got. */
+  readonly n: number;
+  readonly index: number;
+  /** `metadata.key` as sent. */
+  readonly key: string | undefined;
+  /** The whole `metadata` object as sent. */
+  readonly metadata: unknown;
+  /** The behavior used (as a string, e.g. `'image'`, `'status:429'`, `'missing'`). */
+  readonly behavior: string;
+  /** Stamp of the image served ({@link BATCH_STAMP_BASE} + `n`), once the batch succeeded with an image for it. */
+  servedStamp: number | undefined;
+}
+
+/** What the server recorded about one batch. */
+export interface FakeBatchRecord {
+  /** 1-based batch number. */
+  readonly seq: number;
+  /** `batches/<id>`. */
+  readonly name: string;
+  readonly displayName: string | undefined;
+  /** `models/<model>` from the path. */
+  readonly model: string;
+  /** Size of the create request's body, bytes (the Batch API takes up to 20 MB inline). */
+  readonly requestBytes: number;
+  readonly requests: readonly FakeBatchRequestRecord[];
+  state: FakeBatchState;
+  /** GETs of this batch so far. */
+  gets: number;
+  /** Whether the create call's answer was lost on purpose (`batchCreateBehavior`). */
+  readonly answerLost: boolean;
+}
+
+/** The batch calls the server answered, by kind (every call, refused ones too). */
+export interface FakeBatchCallCounts {
+  create: number;
+  get: number;
+  cancel: number;
+  list: number;
+  delete: number;
+}
+
+/** The batch options of {@link startFakeGeminiServer} (`FakeGeminiServerOptions` has them too). */
+export interface FakeBatchOptions {
+  /** Decides each request of each batch, at create time. Default: always `'image'`. */
+  readonly batchBehavior?: (item: FakeBatchItem) => FakeBatchItemBehavior;
+  /** Decides how each batch goes. Default: succeeds on the second GET. */
+  readonly batchPlan?: (batch: { readonly seq: number; readonly displayName: string | undefined; readonly requestCount: number }) => FakeBatchPlan;
+  /**
+   * Decides each create call (1-based). `status:<code>` (or the object form): the error,
+   * nothing created. `drop` / `drop_before_headers`: the batch is created and the answer is
+   * lost (the socket is destroyed). `hang`: created, never answered. Anything else: answered.
+   * Default: answered.
+   */
+  readonly batchCreateBehavior?: (n: number) => FakeBehavior;
+  /** Batches per page of `GET /v1beta/batches` when the client names no `pageSize`. Default 10. */
+  readonly batchListPageSize?: number;
+}
+
+/** Stamps of batch images start above this (interactive calls stamp their call number). */
+export const BATCH_STAMP_BASE = 1_000_000;
+
+/** HTTP status -> the `google.rpc.Code` a batch's per-request `error` carries. */
+const GRPC_CODE_OF_HTTP: Readonly<Record<number, number>> = { 400: 3, 401: 16, 403: 7, 404: 5, 409: 10, 429: 8, 499: 1, 500: 13, 501: 12, 503: 14, 504: 4 };
+
+const BATCH_CREATE_PATH = /^\/v1beta\/models\/([^/:?]+):batchGenerateContent(?:\?.*)?$/;
+const BATCH_PATH = /^\/v1beta\/batches\/([^/:?]+)(:cancel)?(?:\?.*)?$/;
+const BATCH_LIST_PATH = /^\/v1beta\/batches(?:\?.*)?$/;
+const OPERATION_TYPE = 'type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatch';
+const OUTPUT_TYPE = 'type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatchOutput';
+
+interface FakeBatch {
+  readonly record: FakeBatchRecord;
+  readonly plan: FakeBatchPlan;
+  readonly items: readonly { readonly record: FakeBatchRequestRecord; readonly chosen: FakeBatchItemBehavior }[];
+  readonly createTime: string;
+  updateTime: string;
+  endTime: string | undefined;
+  held: boolean;
+  /** The inlined responses, built once when the batch succeeds. */
+  output: unknown[] | undefined;
+}
+
+/** The batch side of the server: its routes and records. */
+interface FakeBatches {
+  /** Answers the call if it is a batch route; false when it is not one. */
+  handle(req: IncomingMessage, res: ServerResponse, sentKey: string | undefined): Promise<boolean>;
+  readonly records: FakeBatchRecord[];
+  readonly counts: FakeBatchCallCounts;
+  options: FakeBatchOptions;
+}
+
+function fakeBatches(
+  options: FakeBatchOptions,
+  apiKey: string,
+  imagePart: (stamp: number, aspectRatio: string | undefined) => Promise<{ inlineData: { mimeType: string; data: string } }>,
+): FakeBatches {
+  const batches: FakeBatch[] = [];
+  const records: FakeBatchRecord[] = [];
+  const counts: FakeBatchCallCounts = { create: 0, get: 0, cancel: 0, list: 0, delete: 0 };
+  let requestSeq = 0;
+  const self: FakeBatches = { handle, records, counts, options };
+
+  async function handle(req: IncomingMessage, res: ServerResponse, sentKey: string | undefined): Promise<boolean> {
+    const url = req.url ?? '';
+    const create = req.method === 'POST' ? BATCH_CREATE_PATH.exec(url) : null;
+    const one = BATCH_PATH.exec(url);
+    const list = req.method === 'GET' ? BATCH_LIST_PATH.exec(url) : null;
+    const kind: keyof FakeBatchCallCounts | undefined = create
+      ? 'create'
+      : one && req.method === 'POST' && one[2] === ':cancel'
+        ? 'cancel'
+        : one && req.method === 'GET' && one[2] === undefined
+          ? 'get'
+          : one && req.method === 'DELETE' && one[2] === undefined
+            ? 'delete'
+            : list
+              ? 'list'
+              : undefined;
+    if (kind === undefined) return false;
+    counts[kind]++;
+    const raw = await readBody(req);
+    if (sentKey === undefined) {
+      sendJson(res, 401, googleError(401, 'Method doesn\'t allow unregistered callers. Please use an API key.'));
+      return true;
+    }
+    if (sentKey !== apiKey) {
+      sendJson(res, 403, googleError(403, 'API key not valid. Please pass a valid API key.'));
+      return true;
+    }
+    if (kind === 'create') {
+      await createBatch(decodeURIComponent(create?.[1] ?? ''), raw, res);
+      return true;
+    }
+    if (kind === 'list') {
+      listBatches(new URL(url, 'http://x').searchParams, res);
+      return true;
+    }
+    const batch = batches.find((b) => b.record.name === `batches/${one?.[1] ?? ''}`);
+    if (batch === undefined) {
+      sendJson(res, 404, googleError(404, `Batch not found: batches/${one?.[1] ?? ''}`));
+      return true;
+    }
+    if (kind === 'get') {
+      await advance(batch);
+      sendJson(res, 200, operationOf(batch, true));
+    } else if (kind === 'cancel') {
+      if (!isEnded(batch.record.state)) end(batch, 'BATCH_STATE_CANCELLED');
+      sendJson(res, 200, {});
+    } else {
+      batches.splice(batches.indexOf(batch), 1);
+      sendJson(res, 200, {});
+    }
+    return true;
+  }
+
+  async function createBatch(model: string, raw: string, res: ServerResponse): Promise<void> {
+    const chosenCreate = self.options.batchCreateBehavior?.(counts.create) ?? 'image';
+    if (typeof chosenCreate === 'object') {
+      sendStatus(res, chosenCreate);
+      return;
+    }
+    if (chosenCreate.startsWith('status:')) {
+      sendStatus(res, { status: Number(chosenCreate.slice('status:'.length)) });
+      return;
+    }
+    // The client-controlled body, read defensively through `unknown`.
+    const body = (parseJson(raw) ?? {}) as { batch?: { displayName?: string; inputConfig?: { requests?: { requests?: { request?: unknown; metadata?: unknown }[] }; fileName?: string } } };
+    const inlined = body.batch?.inputConfig?.requests?.requests;
+    if (!Array.isArray(inlined) || inlined.length === 0) {
+      sendJson(res, 400, googleError(400, '* BatchGenerateContentRequest.batch.input_config: inlined requests are required (this fake takes no file source)'));
+      return;
+    }
+    const seq = records.length + 1;
+    const displayName = body.batch?.displayName;
+    const behave = self.options.batchBehavior ?? (() => 'image' as const);
+    const items = inlined.map((entry, index) => {
+      const n = ++requestSeq;
+      const key = (entry.metadata as { key?: unknown } | undefined)?.key;
+      const keyText = typeof key === 'string' ? key : undefined;
+      const chosen = behave({ n, body: entry.request, inFlight: 0, batch: seq, index, key: keyText });
+      const record: FakeBatchRequestRecord = {
+        n,
+        index,
+        key: keyText,
+        metadata: entry.metadata,
+        ...describeRequest(entry.request),
+        behavior: typeof chosen === 'string' ? chosen : `status:${chosen.status}`,
+        servedStamp: undefined,
+      };
+      return { record, chosen };
+    });
+    const lost = chosenCreate === 'drop' || chosenCreate === 'drop_before_headers' || chosenCreate === 'hang';
+    const record: FakeBatchRecord = {
+      seq,
+      name: `batches/fakebatch${seq.toString(36)}x${(seq * 7919).toString(36)}`,
+      displayName,
+      model: `models/${model}`,
+      requestBytes: Buffer.byteLength(raw),
+      requests: items.map((i) => i.record),
+      state: 'BATCH_STATE_PENDING',
+      gets: 0,
+      answerLost: lost,
+    };
+    const now = new Date().toISOString();
+    const plan = self.options.batchPlan?.({ seq, displayName, requestCount: items.length }) ?? {};
+    const batch: FakeBatch = { record, plan, items, createTime: now, updateTime: now, endTime: undefined, held: plan.hold !== undefined, output: undefined };
+    void plan.hold?.then(() => {
+      batch.held = false;
+    });
+    records.push(record);
+    batches.push(batch);
+    if (chosenCreate === 'hang') return;
+    if (lost) {
+      res.socket?.destroy();
+      return;
+    }
+    sendJson(res, 200, operationOf(batch, false));
+  }
+
+  function listBatches(query: URLSearchParams, res: ServerResponse): void {
+    const pageSize = Number(query.get('pageSize') ?? self.options.batchListPageSize ?? 10);
+    const start = Number(query.get('pageToken') ?? '0');
+    // Newest first, as the API lists them.
+    const newestFirst = [...batches].reverse();
+    const page = newestFirst.slice(start, start + pageSize);
+    const next = start + pageSize < newestFirst.length ? String(start + pageSize) : undefined;
+    // Listed batches carry no output (kept light; results are read with a GET of the batch).
+    sendJson(res, 200, { operations: page.map((b) => operationOf(b, false)), ...(next !== undefined ? { nextPageToken: next } : {}) });
+  }
+
+  /** One GET's worth of progress: PENDING for `pendingGets`, RUNNING for `runningGets` (and while held), then the outcome. */
+  async function advance(batch: FakeBatch): Promise<void> {
+    const { record, plan } = batch;
+    record.gets++;
+    if (isEnded(record.state)) return;
+    const pendingGets = plan.pendingGets ?? 0;
+    const runningGets = plan.runningGets ?? 1;
+    if (record.gets <= pendingGets) return;
+    if (batch.held || record.gets <= pendingGets + runningGets) {
+      if (record.state !== 'BATCH_STATE_RUNNING') {
+        record.state = 'BATCH_STATE_RUNNING';
+        batch.updateTime = new Date().toISOString();
+      }
+      return;
+    }
+    const outcome = plan.outcome ?? 'succeeded';
+    if (outcome === 'succeeded') batch.output = await inlinedResponses(batch);
+    end(batch, outcome === 'succeeded' ? 'BATCH_STATE_SUCCEEDED' : outcome === 'failed' ? 'BATCH_STATE_FAILED' : 'BATCH_STATE_EXPIRED');
+  }
+
+  function end(batch: FakeBatch, state: FakeBatchState): void {
+    batch.record.state = state;
+    batch.updateTime = new Date().toISOString();
+    batch.endTime = batch.updateTime;
+  }
+
+  async function inlinedResponses(batch: FakeBatch): Promise<unknown[]> {
+    const out: unknown[] = [];
+    for (const { record, chosen } of batch.items) {
+      const metadata = record.metadata ?? undefined;
+      if (typeof chosen === 'object' || chosen.startsWith('status:')) {
+        const status = typeof chosen === 'object' ? chosen : { status: Number(chosen.slice('status:'.length)) };
+        out.push({ error: rpcStatus(status), ...(metadata !== undefined ? { metadata } : {}) });
+        continue;
+      }
+      const stamp = BATCH_STAMP_BASE + record.n;
+      const content = await contentAnswer(chosen, stamp, (s) => imagePart(s, record.aspectRatio));
+      if (content === undefined) continue; // missing, hang, drop: no entry
+      record.servedStamp = content.servedStamp;
+      out.push({ response: content.body, ...(metadata !== undefined ? { metadata } : {}) });
+    }
+    return out;
+  }
+
+  /** The `Operation` the API answers for a batch (create, get, list). */
+  function operationOf(batch: FakeBatch, withOutput: boolean): unknown {
+    const { record } = batch;
+    const ended = isEnded(record.state);
+    const succeeded = batch.items.filter((i) => typeof i.chosen === 'string' && !i.chosen.startsWith('status:') && i.chosen !== 'missing').length;
+    const output = withOutput && batch.output !== undefined ? { inlinedResponses: { inlinedResponses: batch.output } } : undefined;
+    const metadata = {
+      '@type': OPERATION_TYPE,
+      model: record.model,
+      displayName: record.displayName,
+      name: record.name,
+      createTime: batch.createTime,
+      updateTime: batch.updateTime,
+      ...(batch.endTime !== undefined ? { endTime: batch.endTime } : {}),
+      batchStats: {
+        requestCount: String(batch.items.length),
+        ...(record.state === 'BATCH_STATE_SUCCEEDED' ? { successfulRequestCount: String(succeeded), failedRequestCount: String(batch.items.length - succeeded) } : { pendingRequestCount: String(batch.items.length) }),
+      },
+      state: record.state,
+      ...(output !== undefined ? { output } : {}),
+    };
+    const error =
+      record.state === 'BATCH_STATE_FAILED'
+        ? { code: 13, message: batch.plan.reason ?? 'The batch failed: internal error.' }
+        : record.state === 'BATCH_STATE_EXPIRED'
+          ? { code: 4, message: batch.plan.reason ?? 'The batch expired: it was not completed within 48 hours.' }
+          : record.state === 'BATCH_STATE_CANCELLED'
+            ? { code: 1, message: 'The batch was cancelled.' }
+            : undefined;
+    return {
+      name: record.name,
+      metadata,
+      ...(ended ? { done: true } : {}),
+      ...(error !== undefined ? { error } : {}),
+      ...(output !== undefined ? { response: { '@type': OUTPUT_TYPE, ...output } } : {}),
+    };
+  }
+
+  return self;
+}
+
+function isEnded(state: FakeBatchState): boolean {
+  return state !== 'BATCH_STATE_PENDING' && state !== 'BATCH_STATE_RUNNING';
+}
+
+/** A per-request error of a batch: a `google.rpc.Status` (gRPC code), with RetryInfo for a 429 as the API sends. */
+function rpcStatus(behavior: FakeStatusBehavior): unknown {
+  const is429 = behavior.status === 429;
+  const retryDelay = behavior.retryDelay === undefined ? (is429 ? '2s' : null) : behavior.retryDelay;
+  const quota = behavior.quotaViolations === undefined ? [] : [{ '@type': 'type.googleapis.com/google.rpc.QuotaFailure', violations: behavior.quotaViolations }];
+  const retry = retryDelay === null ? [] : [{ '@type': 'type.googleapis.com/google.rpc.RetryInfo', retryDelay }];
+  const details = [...quota, ...retry];
+  return {
+    code: GRPC_CODE_OF_HTTP[behavior.status] ?? (behavior.status >= 500 ? 13 : 2),
+    message: behavior.message ?? (is429 ? 'Resource has been exhausted (e.g. check quota).' : `fake error ${behavior.status}`),
+    ...(details.length > 0 ? { details } : {}),
   };
 }
