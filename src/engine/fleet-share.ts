@@ -141,10 +141,21 @@ export interface HeldShare {
 /**
  * What this worker may hold: its fair target, but never more than the shared limit minus
  * what the other live workers hold now (they give back what is above their own target at
- * their next rebalance). Recorded as held: at least its calls in flight.
+ * their next rebalance). Recorded as held: at least its calls in flight, and at least the
+ * limit it starts calls under until this share reaches it (`localLimit`): a rebalance is a
+ * round trip, and calls keep starting under the old limit meanwhile. Recording only the
+ * calls in flight when the rebalance began let the others take permits this worker was
+ * still using: the provider saw 8 calls against a ceiling of 6 (test/e2e/fleet.test.ts,
+ * under load). A lowered share is thus given back one rebalance later.
  */
-export function nextHeldShare(options: { readonly target: number; readonly limit: number; readonly othersHeld: number; readonly inFlight: number }): HeldShare {
+export function nextHeldShare(options: {
+  readonly target: number;
+  readonly limit: number;
+  readonly othersHeld: number;
+  readonly inFlight: number;
+  readonly localLimit?: number | undefined;
+}): HeldShare {
   const free = Math.max(0, options.limit - options.othersHeld);
   const limit = Math.max(0, Math.min(options.target, free));
-  return { limit, held: Math.max(limit, options.inFlight) };
+  return { limit, held: Math.max(limit, options.inFlight, options.localLimit ?? 0) };
 }

@@ -167,6 +167,8 @@ export class FleetLimiter extends ConcurrencyLimiter implements ProviderLimiter 
         ttlMs,
         demand: Math.min(concurrency, this.active + this.waiting),
         inFlight: this.active,
+        // Calls may start under the current limit until the new share is applied: held covers them.
+        localLimit: this.limit,
         rateLimitedAt,
         rateLimitedLimit,
         successes,

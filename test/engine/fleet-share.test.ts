@@ -51,6 +51,8 @@ describe('nextHeldShare', () => {
     ['only what the others do not hold', { target: 3, limit: 6, othersHeld: 5, inFlight: 0 }, { limit: 1, held: 1 }],
     ['nothing when they hold it all', { target: 3, limit: 6, othersHeld: 6, inFlight: 0 }, { limit: 0, held: 0 }],
     ['calls still in flight stay counted as held', { target: 2, limit: 6, othersHeld: 0, inFlight: 5 }, { limit: 2, held: 5 }],
+    // The rebalance is a round trip: until its share lands, calls start under the old local limit.
+    ['a lowered share still counts the old local limit as held, until the next rebalance', { target: 1, limit: 6, othersHeld: 2, inFlight: 1, localLimit: 4 }, { limit: 1, held: 4 }],
   ] as const)('%s', (_title, input, expected) => {
     expect(nextHeldShare(input)).toEqual(expected);
   });

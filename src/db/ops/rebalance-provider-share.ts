@@ -12,6 +12,8 @@ export interface ProviderShareReport extends SharedLimitReport {
   /** Attempts it would run now: in flight + waiting, at most its concurrency. */
   readonly demand: number;
   readonly inFlight: number;
+  /** The limit the worker starts calls under until this rebalance's share reaches it (its current local limit). */
+  readonly localLimit?: number | undefined;
   /** The worker counts as alive this long after this heartbeat. */
   readonly ttlMs: number;
 }
@@ -74,7 +76,7 @@ export async function rebalanceProviderShare(database: Database, report: Provide
     const demand = Math.min(report.demand, me.concurrency);
     const targets = fairTargets(next.limit, [...others.map((o) => ({ id: o.id, demand: o.demand })), { id: report.workerId, demand }]);
     const othersHeld = others.reduce((sum, o) => sum + o.held, 0);
-    const share = nextHeldShare({ target: targets.get(report.workerId) ?? 0, limit: next.limit, othersHeld, inFlight: report.inFlight });
+    const share = nextHeldShare({ target: targets.get(report.workerId) ?? 0, limit: next.limit, othersHeld, inFlight: report.inFlight, localLimit: report.localLimit });
     // A cut is a 429's (the epoch moves); a clamp when a worker left is not.
     const cut = next.epoch !== state.epoch;
     await trx
