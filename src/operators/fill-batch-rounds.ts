@@ -74,7 +74,15 @@ export interface FillBatchRoundsConfig {
 
 type Step =
   | { readonly kind: 'event'; readonly event: PipelineEvent }
-  | { readonly kind: 'round'; readonly round: number; readonly requests: readonly AttemptRequest[]; readonly name: string | null; readonly delayMs: number };
+  | {
+      readonly kind: 'round';
+      readonly round: number;
+      readonly requests: readonly AttemptRequest[];
+      readonly name: string | null;
+      readonly delayMs: number;
+      /** The batch an earlier run sent (`config.open`): its attempts were started then. */
+      readonly resumed: boolean;
+    };
 
 const eventStep = (event: PipelineEvent): Step => ({ kind: 'event', event });
 const TERMINAL = new Set(['succeeded', 'failed', 'cancelled', 'expired']);
@@ -196,7 +204,6 @@ export function fillBatchRounds(config: FillBatchRoundsConfig): Observable<Stage
       defer(() => {
         if (halted() || step.requests.length === 0) return EMPTY;
         const replacements: AttemptRequest[] = [];
-        const resumed = step.name !== null || (config.open !== undefined && step.round === config.open.round && step.requests === config.open.requests);
         const startedAt = scheduler.now();
         current = { name: step.name, requests: step.requests, startedAt };
         const starts: Step[] = step.requests.map((request) => {
@@ -239,15 +246,15 @@ export function fillBatchRounds(config: FillBatchRoundsConfig): Observable<Stage
           // A round that never reached the provider (create refused) waits its backoff; one that ran goes at once.
           const failedSend = sendError as PipelineError | null;
           const delayMs = failedSend !== null ? fullJitterBackoff(step.requests[0]?.attempt ?? 1, failedSend.retryAfterMs, config.random, config.backoff) : 0;
-          return of<Step>({ kind: 'round', round: step.round + 1, requests: replacements, name: null, delayMs });
+          return of<Step>({ kind: 'round', round: step.round + 1, requests: replacements, name: null, delayMs, resumed: false });
         });
-        return concat(resumed ? EMPTY : from(starts), read$, next$);
+        return concat(step.resumed ? EMPTY : from(starts), read$, next$);
       });
 
     const first: Step =
       config.open !== undefined
-        ? { kind: 'round', round: config.open.round, requests: config.open.requests, name: config.open.name, delayMs: 0 }
-        : { kind: 'round', round: 1, requests: ledger.initialRequests().map(requestOf), name: null, delayMs: 0 };
+        ? { kind: 'round', round: config.open.round, requests: config.open.requests, name: config.open.name, delayMs: 0, resumed: true }
+        : { kind: 'round', round: 1, requests: ledger.initialRequests().map(requestOf), name: null, delayMs: 0, resumed: false };
     const halt$ = merge(stageStopped$, job.halted$);
     const work$ = of(first).pipe(
       expand((step) =>
