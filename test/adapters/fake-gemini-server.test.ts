@@ -112,6 +112,24 @@ describe('fake Gemini server', () => {
     expect(server.requests.map((r) => r.behavior)).toEqual(['image', 'image', 'status:429', 'status:429', 'status:429', 'image']);
   });
 
+  it('refuses above maxInFlight at the door: the 429 comes while the served call is still running, and the refused call leaves the count', async () => {
+    // The served call is held until the test releases it; a refusal that waited for its
+    // latency or its hold (as it once did) would not be back before the release.
+    let release!: () => void;
+    const released = new Promise<void>((r) => (release = r));
+    const server = await start({ maxInFlight: 1, latencyMs: 50, hold: () => released });
+    const key = { 'x-goog-api-key': server.apiKey };
+    const served = post(server, PATH, BODY, key);
+    await server.received(1);
+    const refused = await post(server, PATH, BODY, key);
+    expect(refused.status).toBe(429);
+    expect(server.requests[0]?.outcome).toBe('pending');
+    expect(server.inFlight(), 'only the served call counts once the refusal is answered').toBe(1);
+    expect(server.maxObservedInFlight(), 'the refused arrival counts in the peak').toBe(2);
+    release();
+    expect((await served).status).toBe(200);
+  });
+
   it('tracks the in-flight peak exactly: calls held together count together', async () => {
     let release!: () => void;
     const released = new Promise<void>((r) => (release = r));

@@ -156,7 +156,11 @@ export interface FakeGeminiServerOptions extends FakeBatchOptions {
   readonly seed?: number;
   /** Decides each call. Default: always `'image'`. */
   readonly behavior?: FakeBehaviorFn;
-  /** Above this many calls in flight, answer 429 with RetryInfo (`rateLimitRetryDelay`). Default: unlimited. */
+  /**
+   * Above this many calls in flight, answer 429 with RetryInfo (`rateLimitRetryDelay`), at
+   * once (no latency, no hold; the refused call leaves the in-flight count). The peak counts
+   * the refused call's arrival. Default: unlimited.
+   */
   readonly maxInFlight?: number;
   /** `retryDelay` of the 429s caused by `maxInFlight`. Default `'1s'`. */
   readonly rateLimitRetryDelay?: string;
@@ -355,12 +359,17 @@ export async function startFakeGeminiServer(options: FakeGeminiServerOptions = {
       return;
     }
 
-    let chosen: FakeBehavior;
     if (inFlight > maxInFlight) {
-      chosen = { status: 429, retryDelay: rateLimitRetryDelay, retryAfter: null };
-    } else {
-      chosen = behavior({ n, body, inFlight });
+      // Refused at the door, as a provider's quota check is: answered at once, and no longer
+      // counted in flight (no latency, no hold). A refusal held for the call's latency kept a
+      // provider slot busy with nothing, so every call arriving meanwhile was refused too.
+      record.behavior = 'status:429';
+      record.answeredAt = performance.now();
+      leave(record);
+      await answer({ status: 429, retryDelay: rateLimitRetryDelay, retryAfter: null }, record, res);
+      return;
     }
+    const chosen = behavior({ n, body, inFlight });
     record.behavior = typeof chosen === 'string' ? chosen : `status:${chosen.status}`;
 
     const latencyMs = latencyOf({ n, body, inFlight }) + Math.floor(unitHash(seed, n, 3) * jitterMs);
