@@ -9,6 +9,7 @@ import { DEFAULT_JOB_SPEC_LIMITS } from './domain/job-spec.js';
 import { DEFAULT_PRICES, parsePriceTable, PriceTableError, type PriceTable } from './domain/price-table.js';
 import { DEFAULT_BACKOFF, MAX_TIMER_MS } from './engine/full-jitter-backoff.js';
 import { DEFAULT_MAX_SAFETY_BLOCKS_PER_STAGE } from './engine/stage-ledger.js';
+import { DEFAULT_BATCH_POLLING } from './operators/fill-batch-rounds.js';
 import { DEFAULT_ENGINE_OPTIONS, defaultStageConcurrency } from './streams/engine.js';
 import { DEFAULT_PRICE_PER_IMAGE } from './jobs/submit-job.js';
 import { DEFAULT_RUN_OPTIONS } from './streams/run-job.js';
@@ -57,7 +58,11 @@ export interface PipelineConfig {
     readonly failureRate: number | undefined;
     readonly failureClasses: readonly ErrorClass[] | undefined;
     readonly seed: number | undefined;
+    /** How long an offline batch runs before it succeeds (`OfflineBatchGenerator`), ms. */
+    readonly batchMs: number | undefined;
   };
+  /** Batch mode: the first look at a running batch, then doubling up to the most (`fillBatchRounds`), ms. */
+  readonly batch: { readonly pollMs: number; readonly pollMaxMs: number };
   readonly engine: {
     readonly stageConcurrency: number;
     readonly globalConcurrency: number;
@@ -282,6 +287,8 @@ function failureClassesOf(env: ConfigEnv): ErrorClass[] | undefined {
  * | `IMAGEGEN_PRICE_PER_IMAGE`, `IMAGEGEN_MAX_QUANTITY` | 1, 1000 (`parseJobSpec`: the spec's limit) |
  * | `IMAGEGEN_PRICES` | `DEFAULT_PRICES` (list prices at `DEFAULT_PRICES_AS_OF`); a JSON object of model -> prices, or `@/path/file` holding one (`parsePriceTable`) |
  * | `IMAGEGEN_OFFLINE_LATENCY_MS`, `_JITTER_MS`, `_FAILURE_RATE`, `_FAILURE_CLASSES`, `_SEED` | 0, 0, 0, transient mix, 0 (`OfflineImageGenerator`) |
+ * | `IMAGEGEN_OFFLINE_BATCH_MS` | 1000 (`OfflineBatchGenerator`: how long an offline batch runs) |
+ * | `IMAGEGEN_BATCH_POLL_MS`, `IMAGEGEN_BATCH_POLL_MAX_MS` | 5000, 120000 (`fillBatchRounds`: a running batch is polled after 5 s, then doubling up to 2 min) |
  * | `IMAGEGEN_WEBP_QUALITY` | 80 (`toWebp`) |
  * | `IMAGEGEN_PROGRESS_INTERVAL_MS`, `IMAGEGEN_SHUTDOWN_GRACE_MS`, `IMAGEGEN_MAX_CRASH_RESUMES` | 250, 30000, 5 (`runStoredJob`) |
  * | `IMAGEGEN_WORKER_JOBS` | 2 (`runWorker`) |
@@ -345,6 +352,11 @@ export function loadConfig(env: ConfigEnv = process.env, overrides: ConfigOverri
       failureRate: fractionOf(env, 'IMAGEGEN_OFFLINE_FAILURE_RATE'),
       failureClasses: failureClassesOf(env),
       seed: intOf(env, 'IMAGEGEN_OFFLINE_SEED', -(2 ** 31), 2 ** 31),
+      batchMs: intOf(env, 'IMAGEGEN_OFFLINE_BATCH_MS', 0, MAX_TIMER_MS),
+    }),
+    batch: Object.freeze({
+      pollMs: intOf(env, 'IMAGEGEN_BATCH_POLL_MS', 1, MAX_TIMER_MS) ?? DEFAULT_BATCH_POLLING.firstMs,
+      pollMaxMs: intOf(env, 'IMAGEGEN_BATCH_POLL_MAX_MS', 1, MAX_TIMER_MS) ?? DEFAULT_BATCH_POLLING.maxMs,
     }),
     engine: Object.freeze({
       stageConcurrency: intOf(env, 'IMAGEGEN_STAGE_CONCURRENCY', 1, 1000) ?? defaultStageConcurrency(globalConcurrency),

@@ -3,7 +3,7 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import pino, { type Logger } from 'pino';
 import type { PipelineConfig } from './config.js';
-import type { ImageGenerator } from './domain/ports.js';
+import type { BatchGenerator, ImageGenerator } from './domain/ports.js';
 import { withPrintedForm } from './domain/hide-secrets.js';
 import { lockDataDir, openDatabase, type Database } from './db/index.js';
 import { AdaptiveConcurrencyLimiter } from './engine/adaptive-concurrency-limiter.js';
@@ -17,6 +17,8 @@ export interface Pipeline {
   readonly database: Database;
   readonly store: ObjectStore;
   readonly generator: ImageGenerator;
+  /** The provider's batch API, for stages of `mode: "batch"` (none: a host's own generator came without one). */
+  readonly batches: BatchGenerator | undefined;
   /** One global limit for every job of this process (one API key). */
   readonly limiter: AdaptiveConcurrencyLimiter;
   readonly logger: Logger;
@@ -30,6 +32,8 @@ export interface PipelineOverrides {
   readonly logger?: Logger;
   readonly store?: ObjectStore;
   readonly generator?: ImageGenerator;
+  /** The batch API beside a host's `generator` (with `generator` given and this not: no batch stages). */
+  readonly batches?: BatchGenerator;
 }
 
 /** Builds a logger that never prints secrets: API keys and image bytes are redacted. */
@@ -86,23 +90,7 @@ export async function openPipeline(config: PipelineConfig, overrides: PipelineOv
     store = s3;
     destroyStore = () => s3.destroy();
   }
-  const generator =
-    overrides.generator ??
-    (config.provider === 'gemini'
-      ? new (await import('./adapters/gemini-image-generator.js')).GeminiImageGenerator({
-          apiKey: config.gemini.apiKey ?? '',
-          model: config.gemini.model,
-          timeoutMs: config.gemini.timeoutMs,
-          ...(config.gemini.vertex ? { vertex: config.gemini.vertex } : {}),
-          ...(config.gemini.baseUrl ? { baseUrl: config.gemini.baseUrl } : {}),
-        })
-      : new (await import('./adapters/offline-image-generator.js')).OfflineImageGenerator({
-          latencyMs: config.offline.latencyMs,
-          jitterMs: config.offline.jitterMs,
-          failureRate: config.offline.failureRate,
-          seed: config.offline.seed,
-          ...(config.offline.failureClasses ? { failureClasses: config.offline.failureClasses } : {}),
-        }));
+  const { generator, batches } = overrides.generator !== undefined ? { generator: overrides.generator, batches: overrides.batches } : await providerOf(config);
   const limiter = new AdaptiveConcurrencyLimiter({ max: config.engine.globalConcurrency });
   // A host's generator without a model is priced as unknown: costs null, a job with a cap starts nothing.
   const pricing = pricingFor(config.prices, generator.model ?? '(unknown model)');
@@ -116,6 +104,7 @@ export async function openPipeline(config: PipelineConfig, overrides: PipelineOv
     database,
     store,
     generator,
+    batches,
     limiter,
     logger,
     pricing,
@@ -130,6 +119,31 @@ export async function openPipeline(config: PipelineConfig, overrides: PipelineOv
       }
     },
   }, () => ({ config, database, store, generator, limiter: { max: limiter.max } }));
+}
+
+/** The generator and the batch API the configuration names (SDKs loaded only when configured). */
+async function providerOf(config: PipelineConfig): Promise<{ generator: ImageGenerator; batches: BatchGenerator | undefined }> {
+  if (config.provider === 'gemini') {
+    const client = {
+      apiKey: config.gemini.apiKey ?? '',
+      ...(config.gemini.model ? { model: config.gemini.model } : {}),
+      ...(config.gemini.timeoutMs !== undefined ? { timeoutMs: config.gemini.timeoutMs } : {}),
+      ...(config.gemini.baseUrl ? { baseUrl: config.gemini.baseUrl } : {}),
+    };
+    const generator = new (await import('./adapters/gemini-image-generator.js')).GeminiImageGenerator({ ...client, ...(config.gemini.vertex ? { vertex: config.gemini.vertex } : {}) });
+    // Vertex AI batches read from and write to Cloud Storage or BigQuery: not supported.
+    const batches = config.gemini.vertex ? undefined : new (await import('./adapters/gemini-batch-generator.js')).GeminiBatchGenerator(client);
+    return { generator, batches };
+  }
+  const { OfflineImageGenerator, OfflineBatchGenerator } = await import('./adapters/offline-image-generator.js');
+  const generator = new OfflineImageGenerator({
+    latencyMs: config.offline.latencyMs,
+    jitterMs: config.offline.jitterMs,
+    failureRate: config.offline.failureRate,
+    seed: config.offline.seed,
+    ...(config.offline.failureClasses ? { failureClasses: config.offline.failureClasses } : {}),
+  });
+  return { generator, batches: new OfflineBatchGenerator(generator, config.offline.batchMs !== undefined ? { completeAfterMs: config.offline.batchMs } : {}) };
 }
 
 /** Engine settings from the configuration. */
@@ -147,6 +161,7 @@ export function engineOptionsOf(config: PipelineConfig) {
     maxCrashResumes: config.maxCrashResumes,
     leaseTtlMs: config.leaseTtlMs,
     fairShare: config.fleet.fairShare,
+    batchPolling: { firstMs: config.batch.pollMs, maxMs: Math.max(config.batch.pollMs, config.batch.pollMaxMs) },
   };
 }
 

@@ -183,7 +183,8 @@ interface OfflineBatch {
  * depend only on the seed and the attempts, so a run is reproducible.
  *
  * - `getBatch` says `running` until the delay has passed, then `succeeded` (or `cancelled`
- *   after `cancelBatch`); an unknown name is `invalid_request`, as the API's 404.
+ *   after `cancelBatch`); an unknown name (a batch of an earlier process) is `failed` as a
+ *   whole, so a resumed run sends its slots again in the next round.
  * - No whole-batch faults: a batch never fails or expires here (the fake Gemini server
  *   covers those).
  *
@@ -222,7 +223,9 @@ export class OfflineBatchGenerator implements BatchGenerator {
   getBatch(name: string): Observable<BatchStatus> {
     return defer(() => {
       const batch = this.#batches.find((b) => b.name === name);
-      if (batch === undefined) return throwError(() => new PipelineError('invalid_request', `offline batch ${name} not found`));
+      // Offline batches live in the process that made them: one an earlier run sent is gone
+      // with it. Failed as a whole (retryable), its slots go to the next round.
+      if (batch === undefined) return of<BatchStatus>({ name, state: 'failed', error: 'offline batches end with the process that made them; this one was lost with an earlier run' });
       if (batch.cancelled) return of<BatchStatus>({ name, state: 'cancelled', error: 'the batch was cancelled' });
       if (this.config.scheduler.now() - batch.createdAt < this.config.completeAfterMs) return of<BatchStatus>({ name, state: 'running' });
       batch.responses$ ??= this.responses(batch.requests).pipe(shareReplay(1));

@@ -88,6 +88,21 @@ export { finishAttempt, type FinishAttemptOptions } from './ops/finish-attempt.j
 export { deliverSlot, type DeliverSlotOptions } from './ops/deliver-slot.js';
 export { listDeliveredStorageKeys } from './ops/list-delivered-storage-keys.js';
 
+/** Batch mode: a stage's provider batches, one per round, stored with their attempts before the create call (takeover polls them). */
+export {
+  recordBatchRound,
+  setBatchName,
+  recordBatchState,
+  openBatches,
+  listBatches,
+  type StoredBatch,
+  type StoredBatchRequest,
+  type StoredBatchState,
+  type BatchRoundKey,
+  type NewBatchRound,
+  type BatchSummary,
+} from './ops/batches.js';
+
 /** Reading a job back: progress, result, a consistent snapshot, attempt statistics. */
 export { appendProgress, getProgress } from './ops/append-progress.js';
 export { readJobResult, type StoredJobResult } from './ops/read-job-result.js';

@@ -33,6 +33,12 @@ export type StageRowStatus = (typeof STAGE_STATUSES)[number];
 export const ATTEMPT_OUTCOMES = ['started', 'delivered', 'failed', 'abandoned'] as const;
 export type AttemptOutcome = (typeof ATTEMPT_OUTCOMES)[number];
 
+/** A provider batch's state (migration 0012): `submitting` until the create answered, then the provider's. */
+export const BATCH_STATES = ['submitting', 'pending', 'running', 'succeeded', 'failed', 'cancelled', 'expired'] as const;
+export type BatchRowState = (typeof BATCH_STATES)[number];
+/** States after which the provider changes nothing any more (`ended_at` is set). */
+export const TERMINAL_BATCH_STATES: readonly BatchRowState[] = ['succeeded', 'failed', 'cancelled', 'expired'];
+
 export const LEDGER_KINDS = ['grant', 'reserve', 'capture', 'release'] as const;
 export type LedgerKind = (typeof LEDGER_KINDS)[number];
 
@@ -181,6 +187,35 @@ export interface DatabaseSchema {
   webhook_deliveries: WebhookDeliveriesTable;
   webhook_attempts: WebhookAttemptsTable;
   service_secrets: ServiceSecretsTable;
+  batches: BatchesTable;
+}
+
+/** One attempt of a batch round, as `batches.requests` stores it. */
+export interface BatchRequestRow {
+  slot: number;
+  attempt: number;
+}
+
+/**
+ * One provider batch of a batch stage, per round (migration 0012): written with its
+ * attempts before the provider's create call, so a run that takes the job over polls it.
+ */
+export interface BatchesTable {
+  job_id: string;
+  stage_index: number;
+  /** 1-based: round 2 carries the replacements of round 1's failures. */
+  round: number;
+  /** Our key for the batch at the provider (unique), chosen before the create. */
+  display_name: string;
+  /** The provider's batch name; null until the create answered. */
+  name: ColumnType<string | null, string | null | undefined, string | null>;
+  state: Generated<BatchRowState>;
+  error: ColumnType<string | null, string | null | undefined, string | null>;
+  /** The round's attempts, in the order sent; never empty. */
+  requests: Json<BatchRequestRow[]>;
+  created_at: Generated<Date>;
+  /** Set (once) when the state became terminal. */
+  ended_at: NullableTimestamp;
 }
 
 /**

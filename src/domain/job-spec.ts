@@ -21,6 +21,32 @@ export interface StageSpec {
    * `src/domain/models.ts`). Absent: the model's default; stored only when given.
    */
   readonly imageSize?: ImageSize;
+  /**
+   * `batch`: the stage's slots go to the provider's batch API in rounds, at the batch price
+   * (`fillBatchRounds`). Resolved at parse time: the stage's own `mode`, else the job's.
+   * Present only for batch stages (an interactive stage has no key).
+   */
+  readonly mode?: 'batch';
+}
+
+/**
+ * How a stage's attempts reach the provider: `interactive` (one call each, the default) or
+ * `batch` (the provider's batch API: half the price, minutes to hours).
+ */
+export type JobMode = 'interactive' | 'batch';
+export const JOB_MODES: readonly JobMode[] = Object.freeze(['interactive', 'batch']);
+
+/** A stage's mode (see {@link StageSpec.mode}). */
+export function stageMode(stage: Pick<StageSpec, 'mode'>): JobMode {
+  return stage.mode ?? 'interactive';
+}
+
+/** Reads a `mode` field: absent is `undefined` (inherit / default). */
+function readMode(value: unknown, field: string, problems: SpecProblem[]): JobMode | undefined {
+  if (value === undefined || value === null) return undefined;
+  if (typeof value === 'string' && (JOB_MODES as readonly string[]).includes(value)) return value as JobMode;
+  problems.push({ field, rule: `must be one of ${JOB_MODES.join(', ')}, got ${describe(value)}` });
+  return undefined;
 }
 
 /** A validated job. `jobId` is the idempotency key: submitting it twice makes one job. */
@@ -39,6 +65,8 @@ export interface JobSpec {
    * the short stages end `cost_cap` and the job `partial`. Absent: no cap; stored only when given.
    */
   readonly maxCostUsd?: number;
+  /** The job's default stage mode (a stage's own `mode` wins). Absent = `interactive`; stored only when `batch`. */
+  readonly mode?: 'batch';
   readonly stages: readonly StageSpec[];
   /**
    * Where signed callbacks of this job go, and which events (`src/domain/webhook.ts`).
@@ -155,7 +183,7 @@ function alias(raw: Record<string, unknown>, a: string, b: string, at: string, p
   return hasA ? raw[a] : raw[b];
 }
 
-function parseStage(raw: unknown, index: number, limits: Required<JobSpecLimits>, problems: SpecProblem[]): StageSpec | null {
+function parseStage(raw: unknown, index: number, limits: Required<JobSpecLimits>, jobMode: JobMode | undefined, problems: SpecProblem[]): StageSpec | null {
   const at = `stages[${index}]`;
   if (!isPlainObject(raw)) {
     problems.push({ field: at, rule: `must be an object, got ${describe(raw)}` });
@@ -228,6 +256,8 @@ function parseStage(raw: unknown, index: number, limits: Required<JobSpecLimits>
     problems.push({ field: `${at}.inputImage`, rule: `conflicts with ${at}.${attachKey}; give only one input` });
   }
 
+  const mode = readMode(raw['mode'], `${at}.mode`, problems) ?? jobMode ?? 'interactive';
+
   if (problems.length > before) return null;
   return Object.freeze({
     index,
@@ -238,6 +268,7 @@ function parseStage(raw: unknown, index: number, limits: Required<JobSpecLimits>
     inputImage,
     inputAttachField: attachKey,
     ...(imageSize !== undefined ? { imageSize } : {}),
+    ...(mode === 'batch' ? { mode } : {}),
   });
 }
 
@@ -291,6 +322,8 @@ export function parseJobSpec(input: unknown, limitsIn: JobSpecLimits = {}): JobS
     else problems.push({ field: 'maxCostUsd', rule: `must be a positive number of US dollars, got ${describe(rawMaxCost)}` });
   }
 
+  const mode = readMode(input['mode'], 'mode', problems);
+
   let webhook: WebhookSpec | null = null;
   if (input['webhook'] !== undefined && input['webhook'] !== null) {
     webhook = parseWebhookSpec(input['webhook'], { allowLocal: limits.allowLocalWebhooks }, problems);
@@ -305,7 +338,7 @@ export function parseJobSpec(input: unknown, limitsIn: JobSpecLimits = {}): JobS
     problems.push({ field: 'stages', rule: `must have at most ${limits.maxStages} stages, got ${rawStages.length}` });
   } else {
     rawStages.forEach((raw, i) => {
-      const stage = parseStage(raw, i, limits, problems);
+      const stage = parseStage(raw, i, limits, mode, problems);
       if (stage) stages.push(stage);
     });
   }
@@ -317,6 +350,7 @@ export function parseJobSpec(input: unknown, limitsIn: JobSpecLimits = {}): JobS
     productionId,
     ...(priority !== undefined ? { priority } : {}),
     ...(maxCostUsd !== undefined ? { maxCostUsd } : {}),
+    ...(mode === 'batch' ? { mode } : {}),
     stages: Object.freeze(stages),
     ...(webhook !== null ? { webhook } : {}),
   });

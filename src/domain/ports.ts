@@ -75,6 +75,8 @@ export interface Delivery {
 export interface EnginePorts {
   generate(request: AttemptRequest): Observable<GeneratedImage>;
   deliver(request: AttemptRequest, image: GeneratedImage): Observable<Delivery>;
+  /** The batch API's ports, for stages of `mode: "batch"` (absent: such a stage cannot run). */
+  readonly batch?: BatchStagePorts | undefined;
 }
 
 /**
@@ -130,4 +132,33 @@ export interface BatchGenerator {
 /** The key of one attempt in a batch: `jobId/stage/slot/attempt`. */
 export function batchRequestKey(request: AttemptRequest): string {
   return `${request.jobId}/${request.stageIndex}/${request.slotIndex}/${request.attempt}`;
+}
+
+/** One round of a batch stage: the slots still owed, each with its next attempt, sent as one batch. */
+export interface BatchRound {
+  readonly stageIndex: number;
+  /** 1-based: round 2 carries the replacements of round 1's failures. */
+  readonly round: number;
+  readonly requests: readonly AttemptRequest[];
+  /**
+   * An earlier run recorded this round (resume): its create may have reached the provider
+   * though the answer was lost, so `submit` looks the batch up by its key before creating.
+   */
+  readonly resumed?: boolean;
+}
+
+/**
+ * What a batch stage drives. Cold Observables; `submit` records the round (its attempts as
+ * started, the batch under its own key) before and after the provider's create, so a
+ * worker that takes the job over polls the same batch instead of sending a second one.
+ */
+export interface BatchStagePorts {
+  /** Sends the round as one batch; emits the provider's batch name. */
+  submit(round: BatchRound): Observable<string>;
+  /** The batch's state (with its responses once it succeeded); `round` says which round it runs (for the record). */
+  poll(name: string, round: BatchRound): Observable<BatchStatus>;
+  /** Asks the provider to cancel the batch. */
+  cancel(name: string): Observable<void>;
+  /** The same delivery transaction as an interactive attempt's (exactly once per slot). */
+  deliver(request: AttemptRequest, image: GeneratedImage): Observable<Delivery>;
 }

@@ -187,3 +187,18 @@ export function parsePriceTable(json: string, base: PriceTable = DEFAULT_PRICES)
   }
   return Object.freeze(table);
 }
+
+/** What the provider's batch API charges beside its interactive price (Gemini: 50%). */
+export const BATCH_PRICE_RATIO = 0.5;
+
+/** `pricing` at batch prices: every figure x {@link BATCH_PRICE_RATIO}; the model stays. */
+export function batchPricing(pricing: AttemptPricing): AttemptPricing {
+  const half = (usd: number | null): number | null => (usd === null ? null : usd * BATCH_PRICE_RATIO);
+  return Object.freeze({
+    model: pricing.model,
+    priced: pricing.priced,
+    estimateUsd: (request: PricedRequest) => half(pricing.estimateUsd(request)),
+    costUsd: (request: PricedRequest, usage: TokenUsage | null | undefined) => half(pricing.costUsd(request, usage)),
+    possiblyBilledUsd: (request: PricedRequest) => half(pricing.possiblyBilledUsd(request)),
+  });
+}

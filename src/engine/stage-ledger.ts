@@ -122,11 +122,13 @@ export class StageLedger {
 
   /**
    * Admits every unfilled slot the budget allows, in slot order, numbered after the
-   * slot's used attempts. Call it once: admitting charges the budget.
+   * slot's used attempts. Call it once: admitting charges the budget. `except`: slots
+   * whose attempt is already out (a batch an earlier run sent), neither admitted nor charged.
    */
-  initialRequests(): SlotRequest[] {
+  initialRequests(except?: ReadonlySet<number>): SlotRequest[] {
     const requests: SlotRequest[] = [];
     for (let slot = 0; slot < this.quantity; slot++) {
+      if (except?.has(slot) === true) continue;
       if (this.#attachIds[slot] === null && this.admit(slot)) requests.push({ slot, attempt: (this.#attemptsUsed[slot] ?? 0) + 1 });
     }
     return requests;

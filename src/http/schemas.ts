@@ -60,6 +60,7 @@ const stageSchema = {
       enum: [...IMAGE_SIZES],
       description: 'The output size class, for models that take one (gemini-3-pro-image: 1K, 2K, 4K; gemini-3.1-flash-image: also 512). The ratios and sizes the configured model takes are checked at submit.',
     },
+    mode: { type: 'string', enum: ['interactive', 'batch'], description: "`batch`: this stage's images go through the provider's batch API (half the price, minutes to hours). Default: the job's `mode`." },
     mergedImageAttachId: { ...id, description: 'An attachment of the job\'s user (POST /v1/attachments).' },
     inputAttachId: id,
     inputImageData: {
@@ -107,6 +108,7 @@ export const jobSubmitSchema = {
       exclusiveMinimum: 0,
       description: "Spend cap, USD: no attempt starts whose estimate (the service's price table) would pass it; the short stages end `cost_cap` and the job `partial`. Default: no cap.",
     },
+    mode: { type: 'string', enum: ['interactive', 'batch'], description: "The stages' default: `batch` sends them through the provider's batch API, in rounds, at batch prices. Default `interactive`." },
     stages: { type: 'array', minItems: 1, items: stageSchema },
     webhook: webhookSpecSchema,
   },
@@ -116,21 +118,40 @@ export const jobSummarySchema = {
   $id: 'JobSummary',
   type: 'object',
   description: "A job's summary: the CLI's `status --json` object.",
-  required: ['jobId', 'status', 'totalImages', 'deliveredImages', 'attachIds', 'stages', 'attempts', 'credits', 'cost'],
+  required: ['jobId', 'status', 'totalImages', 'deliveredImages', 'mode', 'attachIds', 'stages', 'attempts', 'credits', 'cost'],
   properties: {
     jobId: { type: 'string' },
     status: { type: 'string', enum: ['queued', 'running', 'completed', 'partial', 'failed', 'cancelled'] },
     totalImages: { type: 'integer' },
     deliveredImages: { type: 'integer' },
+    mode: { type: 'string', enum: ['interactive', 'batch'], description: "The job's mode as its spec says; each stage has its own." },
     attachIds: { type: 'array', items: { type: 'string' }, description: 'Stage order, then slot order.' },
     stages: {
       type: 'array',
       items: {
         type: 'object',
-        required: ['index', 'quantity', 'delivered', 'attachIds', 'shortfall'],
+        required: ['index', 'quantity', 'mode', 'delivered', 'attachIds', 'shortfall'],
         properties: {
           index: { type: 'integer' },
           quantity: { type: 'integer' },
+          mode: { type: 'string', enum: ['interactive', 'batch'] },
+          rounds: {
+            type: 'array',
+            description: "Batch stages only: each round's batch, in order (a round carries the previous one's failures).",
+            items: {
+              type: 'object',
+              required: ['round', 'batch', 'state', 'requests', 'delivered', 'failed', 'error'],
+              properties: {
+                round: { type: 'integer' },
+                batch: { type: ['string', 'null'], description: "The provider's batch name; null: the create never answered." },
+                state: { type: 'string', enum: ['submitting', 'pending', 'running', 'succeeded', 'failed', 'cancelled', 'expired'] },
+                requests: { type: 'integer' },
+                delivered: { type: 'integer' },
+                failed: { type: 'integer' },
+                error: { type: ['string', 'null'] },
+              },
+            },
+          },
           delivered: { type: 'integer' },
           attachIds: { type: 'array', items: { type: 'string' } },
           shortfall: {

@@ -1,4 +1,5 @@
-import { JobNotFoundError, getJobSpec, jobStats, lastFailureMessages, readJobResult, retryTransient, type Database } from '../db/index.js';
+import { JobNotFoundError, getJobSpec, jobStats, lastFailureMessages, listBatches, readJobResult, retryTransient, type Database, type StoredBatchState } from '../db/index.js';
+import type { JobMode } from '../domain/job-spec.js';
 import type { JobStatus } from '../domain/result.js';
 import { visibleJob, type Caller } from './caller.js';
 
@@ -12,11 +13,17 @@ export interface JobSummary {
   readonly status: JobStatus | 'queued' | 'running';
   readonly totalImages: number;
   readonly deliveredImages: number;
+  /** The job's mode as its spec says (`batch`: its stages default to the batch API); a stage's own is on the stage. */
+  readonly mode: JobMode;
   /** Stage order, then slot order. */
   readonly attachIds: readonly string[];
   readonly stages: readonly {
     readonly index: number;
     readonly quantity: number;
+    /** How this stage's attempts reached the provider. */
+    readonly mode: JobMode;
+    /** Batch stages only: each round's batch, in order (round 2 carries round 1's failures). */
+    readonly rounds?: readonly BatchRoundSummary[];
     readonly delivered: number;
     readonly attachIds: readonly string[];
     /**
@@ -45,6 +52,20 @@ export interface JobSummary {
   };
 }
 
+/** One round of a batch stage, as the summary shows it. */
+export interface BatchRoundSummary {
+  readonly round: number;
+  /** The provider's batch name (null: the create never answered). */
+  readonly batch: string | null;
+  readonly state: StoredBatchState;
+  /** Requests sent (one attempt each), and how they ended so far. */
+  readonly requests: number;
+  readonly delivered: number;
+  readonly failed: number;
+  /** Why the batch failed, expired or was cancelled, as the provider said (null: none). */
+  readonly error: string | null;
+}
+
 /** Reads a job's summary from the database (the same for `run --json` and `status --json`). */
 export async function jobSummary(database: Database, jobId: string): Promise<JobSummary> {
   const stored = await readJobResult(database, jobId);
@@ -54,6 +75,12 @@ export async function jobSummary(database: Database, jobId: string): Promise<Job
   const ended = ['completed', 'partial', 'failed', 'cancelled'].includes(stored.rowStatus);
   const { result } = stored;
   const failures = result.stages.some((s) => s.shortfall?.errorClass != null) ? await lastFailureMessages(database, jobId) : [];
+  const stageSpecs = spec?.spec.stages ?? [];
+  const batchRounds = stageSpecs.some((s) => s.mode === 'batch') ? await listBatches(database, jobId) : [];
+  const roundsOf = (stageIndex: number): BatchRoundSummary[] =>
+    batchRounds
+      .filter((b) => b.stageIndex === stageIndex)
+      .map((b) => ({ round: b.round, batch: b.name, state: b.state, requests: b.requests.length, delivered: b.delivered, failed: b.failed, error: b.error }));
   const detailOf = (stageIndex: number, errorClass: string | null): string | null =>
     errorClass === null ? null : (failures.find((f) => f.stageIndex === stageIndex && f.errorClass === errorClass) ?? failures.find((f) => f.errorClass === errorClass))?.message ?? null;
   return {
@@ -61,16 +88,19 @@ export async function jobSummary(database: Database, jobId: string): Promise<Job
     status: ended ? result.status : (stored.rowStatus as 'queued' | 'running'),
     totalImages: result.totalImages,
     deliveredImages: result.deliveredImages,
+    mode: spec?.spec.mode ?? 'interactive',
     attachIds: result.attachIds,
     stages: result.stages.map((s) => ({
       index: s.index,
       quantity: s.quantity,
+      mode: stageSpecs[s.index]?.mode ?? 'interactive',
       delivered: s.delivered,
       attachIds: s.attachIds,
       shortfall:
         s.shortfall === null
           ? null
           : { count: s.shortfall.count, reason: ended ? s.shortfall.reason : 'pending', errorClass: s.shortfall.errorClass, detail: detailOf(s.index, s.shortfall.errorClass) },
+      ...(stageSpecs[s.index]?.mode === 'batch' ? { rounds: roundsOf(s.index) } : {}),
     })),
     attempts: { total: stats.attempts, failed: stats.failed, abandoned: stats.abandoned, byClass: stats.byClass },
     credits: stored.credits,

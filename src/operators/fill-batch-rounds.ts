@@ -2,39 +2,19 @@ import { EMPTY, Observable, ReplaySubject, catchError, concat, defaultIfEmpty, d
 import { PipelineError, toPipelineError } from '../domain/error-class.js';
 import type { PipelineEvent } from '../domain/events.js';
 import type { StageSpec } from '../domain/job-spec.js';
-import { batchRequestKey, type AttemptRequest, type BatchResponse, type BatchStatus, type Delivery, type GeneratedImage } from '../domain/ports.js';
+import { batchRequestKey, type AttemptRequest, type BatchResponse, type BatchRound, type BatchStagePorts, type BatchStatus } from '../domain/ports.js';
+
+export type { BatchRound, BatchStagePorts } from '../domain/ports.js';
 import type { RandomSource } from '../domain/random.js';
 import type { StageState } from '../domain/resume-state.js';
 import { attemptFailed, attemptRequestOf, attemptStarted, slotDelivered, stageEnded } from '../engine/attempt-events.js';
 import { fullJitterBackoff, type BackoffConfig } from '../engine/full-jitter-backoff.js';
 import type { JobControl } from '../engine/job-control.js';
 import { StageLedger, type RetryBudget, type SlotRequest } from '../engine/stage-ledger.js';
-import type { StageItem } from './fill-slots.js';
+import { attemptCostOf, chargedUsd, type AttemptEnding } from '../engine/cost-cap.js';
+import type { AttemptCost } from '../domain/events.js';
+import type { StageCost, StageItem } from './fill-slots.js';
 import { untilCancelled } from './until-cancelled.js';
-
-/** One round of a batch stage: the slots still owed, each with its next attempt, sent as one batch. */
-export interface BatchRound {
-  readonly stageIndex: number;
-  /** 1-based: round 2 carries the replacements of round 1's failures. */
-  readonly round: number;
-  readonly requests: readonly AttemptRequest[];
-}
-
-/**
- * What a batch stage drives. Cold Observables; `submit` records the round (its attempts as
- * started, the batch under its own key) before and after the provider's create, so a
- * worker that takes the job over polls the same batch instead of sending a second one.
- */
-export interface BatchStagePorts {
-  /** Sends the round as one batch; emits the provider's batch name. */
-  submit(round: BatchRound): Observable<string>;
-  /** The batch's state (with its responses once it succeeded). */
-  poll(name: string): Observable<BatchStatus>;
-  /** Asks the provider to cancel the batch. */
-  cancel(name: string): Observable<void>;
-  /** The same delivery transaction as an interactive attempt's (exactly once per slot). */
-  deliver(request: AttemptRequest, image: GeneratedImage): Observable<Delivery>;
-}
 
 /** How often a running batch is asked for its state: from `firstMs`, doubling, up to `maxMs`. */
 export interface BatchPolling {
@@ -70,6 +50,11 @@ export interface FillBatchRoundsConfig {
   readonly deliverConcurrency?: number | undefined;
   /** The batch an earlier run left running (resume). */
   readonly open?: OpenBatch | undefined;
+  /**
+   * Prices (at batch prices: the engine passes `batchPricing`) and the job's spend cap: a
+   * round sends only the requests whose estimates fit the cap. Absent: nothing priced, no cap.
+   */
+  readonly cost?: StageCost | undefined;
 }
 
 type Step =
@@ -116,6 +101,13 @@ function wholeBatchFailure(status: BatchStatus): PipelineError {
  *   A job halted by another stage (a quota, an auth failure, the spend cap) cancels this
  *   stage's batch too and sends no further round.
  * - Resume: `open` is polled where the earlier run left it; no second batch for its slots.
+ *   The stage's other unfilled slots (their attempts ended in the earlier run, their
+ *   replacements not yet sent) join the round after it.
+ * - A shutdown (the job halted `cancelled` without being cancelled: `stop$`, a lost lease)
+ *   leaves the batch running at the provider and its attempts `started`: the run that
+ *   takes the job over polls the same batch. A cancel or another halt cancels it.
+ * - Cost: each answer is priced from its usage at `cost.pricing` (batch prices); with a
+ *   cap, a round sends only the requests whose estimates fit (the rest end `cost_cap`).
  *
  * Emits the same events as `fillSlots` (`attempt:started` when a round is sent, then
  * `attempt:failed` / `slot:delivered` as its batch is read), then the stage's end and its
@@ -128,6 +120,35 @@ export function fillBatchRounds(config: FillBatchRoundsConfig): Observable<Stage
     const ledger = new StageLedger(stage.index, stage.quantity, config.budget, config.state);
     const stageStopped$ = new ReplaySubject<void>(1);
     const halted = () => ledger.stoppedBy !== null || job.haltedBy !== null || job.costCapped;
+    // A shutdown, not a cancel: the batch stays at the provider for the run that takes over.
+    const shuttingDown = () => job.haltedBy === 'cancelled' && !job.cancelled;
+    const { cost } = config;
+    const reserved = new Map<number, number>(); // by slot: the estimate held for the attempt out
+    /** The requests of a round the spend cap lets out (each reserves its estimate); the rest cap the job. */
+    const affordable = (requests: readonly AttemptRequest[]): readonly AttemptRequest[] => {
+      if (cost?.cap == null) return requests;
+      const sent: AttemptRequest[] = [];
+      for (const request of requests) {
+        const estimate = cost.pricing.estimateUsd(request);
+        if (estimate === null || !cost.cap.reserve(estimate)) {
+          job.capCost();
+          break;
+        }
+        reserved.set(request.slotIndex, estimate);
+        sent.push(request);
+      }
+      return sent;
+    };
+    const priced = (request: AttemptRequest, ending: AttemptEnding): AttemptCost | undefined => {
+      if (cost === undefined) return undefined;
+      const attemptCost = attemptCostOf(cost.pricing, request, ending);
+      const estimate = reserved.get(request.slotIndex);
+      if (estimate !== undefined) {
+        reserved.delete(request.slotIndex);
+        cost.cap?.settle(estimate, chargedUsd(attemptCost));
+      }
+      return attemptCost;
+    };
     const requestOf = ({ slot, attempt }: SlotRequest): AttemptRequest => attemptRequestOf(job.jobId, stage, slot, attempt);
     // The round being run: what a cancel or a halt reports and cancels.
     let current: { name: string | null; requests: readonly AttemptRequest[]; startedAt: number } | null = null;
@@ -144,12 +165,14 @@ export function fillBatchRounds(config: FillBatchRoundsConfig): Observable<Stage
       if (verdict.stopsStage) stageStopped$.next();
       if (verdict.replacement) replacements.push(requestOf(verdict.replacement));
       const startedAt = current?.startedAt ?? now;
-      return eventStep(attemptFailed(request, now, { error, latencyMs: now - startedAt, providerLatencyMs: now - startedAt, retryInMs: verdict.replacement ? 0 : null, usage: error.usage }));
+      const attemptCost = priced(request, { usage: error.usage, answered: error.usage != null, timedOut: false });
+      return eventStep(attemptFailed(request, now, { error, latencyMs: now - startedAt, providerLatencyMs: now - startedAt, retryInMs: verdict.replacement ? 0 : null, usage: error.usage, cost: attemptCost }));
     };
 
     /** An attempt whose batch was given up (a cancel, a halt): ended, not charged, no replacement. */
     const cancelled = (request: AttemptRequest): Step => {
       const now = scheduler.now();
+      priced(request, { usage: undefined, answered: false, timedOut: false });
       const startedAt = current?.startedAt ?? now;
       return eventStep(attemptFailed(request, now, { error: CANCELLED, latencyMs: now - startedAt, providerLatencyMs: null, retryInMs: null }));
     };
@@ -159,6 +182,7 @@ export function fillBatchRounds(config: FillBatchRoundsConfig): Observable<Stage
       if ('error' in response) return of(fail(request, response.error, replacements));
       return ports.deliver(request, response.image).pipe(
         map((delivery): Step | null => {
+          const attemptCost = priced(request, { usage: response.image.usage, answered: true, timedOut: false });
           if (!ledger.deliver(request.slotIndex, delivery.attachId)) return null;
           const now = scheduler.now();
           const startedAt = current?.startedAt ?? now;
@@ -168,7 +192,7 @@ export function fillBatchRounds(config: FillBatchRoundsConfig): Observable<Stage
               latencyMs: now - startedAt,
               providerLatencyMs: now - startedAt,
               usage: response.image.usage ?? null,
-              cost: undefined,
+              cost: attemptCost,
               stageProgress: ledger.progress,
               progress: job.recordDelivery(),
             }),
@@ -180,9 +204,9 @@ export function fillBatchRounds(config: FillBatchRoundsConfig): Observable<Stage
     };
 
     /** Waits for the batch to end: polls at `firstMs`, doubling up to `maxMs`; a failed poll is tried again on the same schedule. */
-    const ended = (name: string): Observable<BatchStatus> => {
+    const ended = (name: string, round: BatchRound): Observable<BatchStatus> => {
       const look = (n: number): Observable<{ n: number; status: BatchStatus | null }> =>
-        defer(() => ports.poll(name)).pipe(
+        defer(() => ports.poll(name, round)).pipe(
           map((status) => ({ n, status })),
           catchError((error: unknown) => {
             const e = toPipelineError(error, 'network');
@@ -203,14 +227,21 @@ export function fillBatchRounds(config: FillBatchRoundsConfig): Observable<Stage
     const runRound = (step: Extract<Step, { kind: 'round' }>): Observable<Step> =>
       defer(() => {
         if (halted() || step.requests.length === 0) return EMPTY;
+        // A resumed batch's attempts were started (and charged) by the run that sent it.
+        const requests = step.resumed ? step.requests : affordable(step.requests);
+        if (requests.length === 0) return EMPTY;
         const replacements: AttemptRequest[] = [];
         const startedAt = scheduler.now();
-        current = { name: step.name, requests: step.requests, startedAt };
-        const starts: Step[] = step.requests.map((request) => {
-          ledger.start(request.slotIndex, request.attempt);
-          return eventStep(attemptStarted(request, startedAt));
-        });
-        const name$ = step.name !== null ? of(step.name) : ports.submit({ stageIndex: stage.index, round: step.round, requests: step.requests });
+        current = { name: step.name, requests, startedAt };
+        const starts: Step[] = step.resumed
+          ? []
+          : requests.map((request) => {
+              ledger.start(request.slotIndex, request.attempt);
+              return eventStep(attemptStarted(request, startedAt));
+            });
+        // Resumed with no name: the create's answer was lost; `submit` finds the batch by its key first.
+        const round: BatchRound = { stageIndex: stage.index, round: step.round, requests, ...(step.resumed ? { resumed: true } : {}) };
+        const name$ = step.name !== null ? of(step.name) : ports.submit(round);
         // Set when the batch could not be sent: the next round waits its backoff.
         let sendError: PipelineError | null = null;
         const read$ = name$.pipe(
@@ -222,38 +253,45 @@ export function fillBatchRounds(config: FillBatchRoundsConfig): Observable<Stage
             if (current) current = { ...current, name };
             // A halt of the job (another stage's quota, auth, the spend cap) stops the wait;
             // the batch is cancelled at the provider (below) and its attempts end `cancelled`.
-            return ended(name).pipe(takeUntil(job.halted$), defaultIfEmpty(null));
+            return ended(name, round).pipe(takeUntil(job.halted$), defaultIfEmpty(null));
           }),
           mergeMap((status) =>
             status === null
-              ? from(step.requests.map((request) => cancelled(request)))
+              ? shuttingDown()
+                ? EMPTY // left running at the provider, its attempts `started`: the next run polls it
+                : from(requests.map((request) => cancelled(request)))
               : status.state === 'succeeded'
               ? defer(() => {
                   const byKey = new Map((status.responses ?? []).map((r) => [r.key, r]));
-                  return from(step.requests).pipe(mergeMap((request) => deliverOne(request, byKey.get(batchRequestKey(request)), replacements), config.deliverConcurrency ?? 4));
+                  return from(requests).pipe(mergeMap((request) => deliverOne(request, byKey.get(batchRequestKey(request)), replacements), config.deliverConcurrency ?? 4));
                 })
-              : from(step.requests.map((request) => fail(request, wholeBatchFailure(status), replacements))),
+              : from(requests.map((request) => fail(request, wholeBatchFailure(status), replacements))),
           ),
           // The batch could not be sent or read: each of its attempts failed with that error.
           catchError((error: unknown) => {
             const e = toPipelineError(error, 'network');
-            return from(step.requests.map((request) => fail(request, e, replacements)));
+            return from(requests.map((request) => fail(request, e, replacements)));
           }),
         );
         const next$ = defer((): Observable<Step> => {
           current = null;
+          // After a resumed round: the slots the earlier run left without an attempt out join the next one.
+          if (step.resumed) replacements.push(...leftover);
           if (replacements.length === 0 || halted()) return EMPTY;
           // A round that never reached the provider (create refused) waits its backoff; one that ran goes at once.
           const failedSend = sendError as PipelineError | null;
-          const delayMs = failedSend !== null ? fullJitterBackoff(step.requests[0]?.attempt ?? 1, failedSend.retryAfterMs, config.random, config.backoff) : 0;
+          const delayMs = failedSend !== null ? fullJitterBackoff(requests[0]?.attempt ?? 1, failedSend.retryAfterMs, config.random, config.backoff) : 0;
           return of<Step>({ kind: 'round', round: step.round + 1, requests: replacements, name: null, delayMs, resumed: false });
         });
         return concat(step.resumed ? EMPTY : from(starts), read$, next$);
       });
 
+    const open = config.open;
+    // Resume: the open batch's slots have their attempt out; the stage's other unfilled slots follow it.
+    const leftover: AttemptRequest[] = open !== undefined ? ledger.initialRequests(new Set(open.requests.map((r) => r.slotIndex))).map(requestOf) : [];
     const first: Step =
-      config.open !== undefined
-        ? { kind: 'round', round: config.open.round, requests: config.open.requests, name: config.open.name, delayMs: 0, resumed: true }
+      open !== undefined
+        ? { kind: 'round', round: open.round, requests: open.requests, name: open.name, delayMs: 0, resumed: true }
         : { kind: 'round', round: 1, requests: ledger.initialRequests().map(requestOf), name: null, delayMs: 0, resumed: false };
     const halt$ = merge(stageStopped$, job.halted$);
     const work$ = of(first).pipe(
@@ -266,7 +304,9 @@ export function fillBatchRounds(config: FillBatchRoundsConfig): Observable<Stage
       map((step): StageItem => ({ kind: 'event', event: step.event })),
     );
     // A halt by another stage (quota, auth, spend cap) stops this stage's batch at the provider too.
-    const haltSubscription = job.halted$.subscribe(() => cancelCurrent());
+    const haltSubscription = job.halted$.subscribe(() => {
+      if (!shuttingDown()) cancelCurrent();
+    });
 
     const cancelInFlight = (emit: (item: StageItem) => void): void => {
       cancelCurrent();

@@ -27,8 +27,9 @@ import type { Share } from '../engine/fair-queue.js';
 import type { ProviderLimiter } from '../engine/provider-limiter.js';
 import { JobControl } from '../engine/job-control.js';
 import { fillSlots, type StageCost, type StageItem } from '../operators/fill-slots.js';
+import { fillBatchRounds, type BatchPolling, type OpenBatch } from '../operators/fill-batch-rounds.js';
 import { CostCap } from '../engine/cost-cap.js';
-import { pricingFor, type AttemptPricing } from '../domain/price-table.js';
+import { batchPricing, pricingFor, type AttemptPricing } from '../domain/price-table.js';
 import { DEFAULT_BACKOFF, type BackoffConfig } from '../engine/full-jitter-backoff.js';
 
 /** The part of a job the engine needs. */
@@ -49,6 +50,8 @@ export interface EngineJob {
   readonly maxCostUsd?: number | undefined;
   /** What earlier runs of the job spent, USD (resume: read from the attempts table). Default 0. */
   readonly spentUsd?: number | undefined;
+  /** Per stage index, the batch an earlier run left running (resume of a `mode: "batch"` stage). */
+  readonly openBatches?: readonly (OpenBatch | undefined)[] | undefined;
 }
 
 /** Engine settings; every field has a default. */
@@ -91,6 +94,8 @@ export interface EngineOptions {
   readonly random?: RandomSource;
   /** Prices of the generator's model: each attempt's end event carries its cost (`cost`), and the spend cap can be kept. Default: none. */
   readonly pricing?: AttemptPricing | undefined;
+  /** How often a batch stage's running batch is polled. Default `DEFAULT_BATCH_POLLING` (5 s doubling to 2 min). */
+  readonly batchPolling?: BatchPolling | undefined;
 }
 
 /**
@@ -172,27 +177,50 @@ export function runEngine(job: EngineJob, ports: EnginePorts, options: EngineOpt
 
     // Each stage's result lands in its own AsyncSubject; `concat` reads them in stage order.
     const results = job.stages.map(() => new AsyncSubject<StageResult>());
-    const stageRuns = job.stages.map((stage, i) =>
-      fillSlots({
+    const budgetOf = (stage: StageSpec) => ({
+      maxAttemptsPerSlot: options.maxAttemptsPerSlot ?? DEFAULT_ENGINE_OPTIONS.maxAttemptsPerSlot,
+      maxReplacementsPerStage: typeof replacements === 'function' ? replacements(stage.quantity) : replacements,
+      ...(options.maxSafetyBlocksPerStage !== undefined ? { maxSafetyBlocksInRow: options.maxSafetyBlocksPerStage } : {}),
+    });
+    const backoff = options.backoff ?? DEFAULT_ENGINE_OPTIONS.backoff;
+    // A batch stage: rounds through the batch API, at batch prices, under the same budget rules.
+    const runStage = (stage: StageSpec, state: StageState): Observable<StageItem> => {
+      if (stage.mode !== 'batch') {
+        return fillSlots({
+          stage,
+          state,
+          ports,
+          budget: budgetOf(stage),
+          backoff,
+          attemptTimeoutMs: options.attemptTimeoutMs ?? DEFAULT_ENGINE_OPTIONS.attemptTimeoutMs,
+          stageLimiter: new ConcurrencyLimiter(stageConcurrency),
+          globalLimiter,
+          share,
+          job: control,
+          cancel$,
+          scheduler,
+          random,
+          cost,
+        });
+      }
+      if (ports.batch === undefined) throw new TypeError(`stage ${stage.index} is mode "batch", but the generator has no batch API (EnginePorts.batch)`);
+      return fillBatchRounds({
         stage,
-        state: states[i]!,
-        ports,
-        budget: {
-          maxAttemptsPerSlot: options.maxAttemptsPerSlot ?? DEFAULT_ENGINE_OPTIONS.maxAttemptsPerSlot,
-          maxReplacementsPerStage: typeof replacements === 'function' ? replacements(stage.quantity) : replacements,
-          ...(options.maxSafetyBlocksPerStage !== undefined ? { maxSafetyBlocksInRow: options.maxSafetyBlocksPerStage } : {}),
-        },
-        backoff: options.backoff ?? DEFAULT_ENGINE_OPTIONS.backoff,
-        attemptTimeoutMs: options.attemptTimeoutMs ?? DEFAULT_ENGINE_OPTIONS.attemptTimeoutMs,
-        stageLimiter: new ConcurrencyLimiter(stageConcurrency),
-        globalLimiter,
-        share,
+        state,
+        ports: ports.batch,
+        budget: budgetOf(stage),
+        backoff,
         job: control,
         cancel$,
         scheduler,
         random,
-        cost,
-      }).pipe(
+        polling: options.batchPolling,
+        open: job.openBatches?.[stage.index],
+        cost: cost === undefined ? undefined : { pricing: batchPricing(cost.pricing), cap: cost.cap },
+      });
+    };
+    const stageRuns = job.stages.map((stage, i) =>
+      runStage(stage, states[i]!).pipe(
         tap((item: StageItem) => {
           if (item.kind === 'result') {
             results[i]!.next(item.result);

@@ -1,8 +1,9 @@
 import { EMPTY, concatMap, defer, identity, mergeAll, of, tap, type Observable } from 'rxjs';
 import type { Logger } from 'pino';
 import type { JobFinishedEvent, PipelineEvent } from '../domain/events.js';
-import type { ImageGenerator } from '../domain/ports.js';
-import { FINAL_JOB_STATUSES, JobNotFoundError, beginRun, getJobStatus, jobStats, loadJob, newLeaseOwner, reopenJob, retryTransient, type Database, type LoadedJob } from '../db/index.js';
+import { attemptRequestOf } from '../engine/attempt-events.js';
+import type { BatchGenerator, ImageGenerator } from '../domain/ports.js';
+import { FINAL_JOB_STATUSES, JobNotFoundError, beginRun, getJobStatus, jobStats, loadJob, newLeaseOwner, openBatches, reopenJob, retryTransient, type Database, type LoadedJob, type StoredBatch } from '../db/index.js';
 import type { ProviderLimiter } from '../engine/provider-limiter.js';
 import { DEFAULT_PRICES, pricingFor, type AttemptPricing } from '../domain/price-table.js';
 import { AttemptLog } from '../sinks/attempt-log.js';
@@ -15,12 +16,15 @@ import { runEngine, type EngineOptions } from './engine.js';
 import { usingJobLease, type JobLease } from './job-lease-scope.js';
 import { endCrashLoop, finishRun, handBackRun, replayFinished } from './run-endings.js';
 import { storedPorts } from './stored-ports.js';
+import { openBatchesByStage } from './stored-batch-ports.js';
 
 /** What running a stored job needs: the database, the object store, a generator. */
 export interface RunJobDeps {
   readonly database: Database;
   readonly store: ObjectStore;
   readonly generator: ImageGenerator;
+  /** The provider's batch API, for stages of `mode: "batch"` (without it such a job fails to start). */
+  readonly batches?: BatchGenerator | undefined;
   /** Shared by every job of a process, so one API key's limit is respected. */
   readonly limiter?: ProviderLimiter | undefined;
   readonly logger?: Logger | undefined;
@@ -95,9 +99,9 @@ export const DEFAULT_RUN_OPTIONS = Object.freeze({
  */
 export function runStoredJob(deps: RunJobDeps, jobId: string, options: RunJobOptions = {}): Observable<PipelineEvent> {
   return defer(async () => {
-    const { database, store, generator, limiter, metrics } = deps;
+    const { database, store, generator, batches, limiter, metrics } = deps;
     const pricing = deps.pricing ?? (generator.model !== undefined ? pricingFor(DEFAULT_PRICES, generator.model) : undefined);
-    const run: RunContext = { database, store, generator, limiter, metrics, pricing, logger: deps.logger?.child({ jobId }), jobId, options };
+    const run: RunContext = { database, store, generator, batches, limiter, metrics, pricing, logger: deps.logger?.child({ jobId }), jobId, options };
     // The status decides the path; the full state is loaded once, after `beginRun`.
     const status = await retryTransient(() => getJobStatus(database, jobId));
     if (status === null) throw new JobNotFoundError(jobId);
@@ -123,6 +127,7 @@ interface RunContext {
   readonly database: Database;
   readonly store: ObjectStore;
   readonly generator: ImageGenerator;
+  readonly batches: BatchGenerator | undefined;
   readonly limiter: ProviderLimiter | undefined;
   readonly metrics: RunMetrics | undefined;
   readonly pricing: AttemptPricing | undefined;
@@ -156,7 +161,10 @@ function runLeased(run: RunContext, lease: JobLease): Observable<PipelineEvent> 
     if (job.spec.maxCostUsd !== undefined && run.pricing?.priced !== true) {
       logger?.warn({ model: run.pricing?.model ?? null }, 'the model has no price (IMAGEGEN_PRICES): a job with maxCostUsd starts no attempt; add the model to the price table');
     }
-    return runStages(run, lease, job, spentUsd);
+    // Batch stages: the batches an earlier run sent and did not see end are polled again, not sent twice.
+    const open = job.spec.stages.some((s) => s.mode === 'batch') ? await retryTransient(() => openBatches(database, jobId)) : [];
+    if (open.length > 0) logger?.info({ batches: open.map((b) => ({ stage: b.stageIndex, round: b.round, batch: b.name, requests: b.requests.length })) }, 'resuming batches an earlier run sent');
+    return runStages(run, lease, job, spentUsd, open);
   }).pipe(mergeAll());
 }
 
@@ -164,7 +172,7 @@ function runLeased(run: RunContext, lease: JobLease): Observable<PipelineEvent> 
  * The engine over the stored ports, stopped or cancelled by the control signals; every
  * attempt's end is logged, progress is written, and `job:finished` settles the run.
  */
-function runStages(run: RunContext, lease: JobLease, job: LoadedJob, spentUsd: number): Observable<PipelineEvent> {
+function runStages(run: RunContext, lease: JobLease, job: LoadedJob, spentUsd: number, open: readonly StoredBatch[]): Observable<PipelineEvent> {
   const { database, jobId, options, logger } = run;
   const signals = controlSignals({
     database,
@@ -178,9 +186,10 @@ function runStages(run: RunContext, lease: JobLease, job: LoadedJob, spentUsd: n
     logger,
   });
   const attemptLog = new AttemptLog(database, logger);
-  const ports = storedPorts({ ...run, lease: { owner: lease.owner, lost: () => lease.markLost() } }, job.spec.stages, { webpQuality: options.webpQuality });
+  const ports = storedPorts({ ...run, lease: { owner: lease.owner, lost: () => lease.markLost() } }, { jobId, stages: job.spec.stages }, { webpQuality: options.webpQuality });
   const engineOptions: EngineOptions = { ...options, globalLimiter: run.limiter, cancel$: signals.cancel$, stop$: signals.stop$, pricing: run.pricing };
-  const engineJob = { jobId, stages: job.spec.stages, state: job.stages, userId: job.spec.userId, priority: job.spec.priority ?? 0, maxCostUsd: job.spec.maxCostUsd, spentUsd };
+  const openByStage = openBatchesByStage(job.spec.stages, open, (stage, slot, attempt) => attemptRequestOf(jobId, stage, slot, attempt));
+  const engineJob = { jobId, stages: job.spec.stages, state: job.stages, userId: job.spec.userId, priority: job.spec.priority ?? 0, maxCostUsd: job.spec.maxCostUsd, spentUsd, openBatches: openByStage };
   return runEngine(engineJob, ports, engineOptions).pipe(
     tap((event) => attemptLog.record(event, signals.stopped)),
     run.metrics ? run.metrics.observeRun(() => signals.stopped) : identity,

@@ -2,18 +2,21 @@ import { catchError, defer, switchMap, take, throwError } from 'rxjs';
 import type { Logger } from 'pino';
 import { toPipelineError } from '../domain/error-class.js';
 import type { StageSpec } from '../domain/job-spec.js';
-import type { EnginePorts, ImageGenerator } from '../domain/ports.js';
+import type { BatchGenerator, EnginePorts, ImageGenerator } from '../domain/ports.js';
 import { isTransientDatabaseError, startAttempt, type Database } from '../db/index.js';
 import { retryWhileTransient } from '../operators/retry-while-transient.js';
 import type { ObjectStore } from '../sinks/object-store.js';
 import { deliverImage, type RunLease } from '../sinks/deliver-image.js';
 import { stageInputs } from '../sources/stage-inputs.js';
+import { storedBatchPorts } from './stored-batch-ports.js';
 
 /** The real parts behind the engine's ports. */
 export interface StoredPortsDeps {
   readonly database: Database;
   readonly store: ObjectStore;
   readonly generator: ImageGenerator;
+  /** The provider's batch API, for `mode: "batch"` stages (`storedBatchPorts`). */
+  readonly batches?: BatchGenerator | undefined;
   readonly logger?: Logger | undefined;
   /** The run's lease: deliveries commit only while it is held (see `deliverImage`). */
   readonly lease?: RunLease | undefined;
@@ -34,16 +37,19 @@ export interface StoredPortsOptions {
  *   meanwhile and no budget spent; any other failure is `database`) → the stage's shared
  *   input image (a failed read is `storage`) → the generator.
  * - `deliver` = {@link deliverImage}: WebP, upload, one delivery transaction, duplicate cleanup.
+ * - `batch` (with `deps.batches`): the batch stages' ports (`storedBatchPorts`), sharing
+ *   the stages' input images.
  *
  * ```
  * generate  start──input──generator──img|
  * deliver   webp──put──commit──(delete if duplicate)──d|
  * ```
  */
-export function storedPorts(deps: StoredPortsDeps, stages: readonly StageSpec[], options: StoredPortsOptions = {}): EnginePorts {
-  const { database, generator } = deps;
-  const inputs = stageInputs(deps, stages);
+export function storedPorts(deps: StoredPortsDeps, job: { readonly jobId: string; readonly stages: readonly StageSpec[] }, options: StoredPortsOptions = {}): EnginePorts {
+  const { database, generator, batches } = deps;
+  const inputs = stageInputs(deps, job.stages);
   return {
+    batch: batches !== undefined && job.stages.some((s) => s.mode === 'batch') ? storedBatchPorts({ ...deps, batches, inputs }, job.jobId, options) : undefined,
     generate: (request) =>
       defer(() => startAttempt(database, request)).pipe(
         retryWhileTransient({

@@ -46,9 +46,9 @@ const SCHEDULE: Readonly<Record<string, readonly FakeBehavior[]>> = {
   [PROMPTS[3]]: ['prompt_blocked', 'prompt_blocked'],
 };
 
-const TOP_KEYS = ['attachIds', 'attempts', 'cost', 'credits', 'deliveredImages', 'jobId', 'stages', 'status', 'totalImages'];
+const TOP_KEYS = ['attachIds', 'attempts', 'cost', 'credits', 'deliveredImages', 'jobId', 'mode', 'stages', 'status', 'totalImages'];
 const COST_KEYS = ['estimatedUsd', 'maxCostUsd', 'perDeliveredImageUsd', 'possiblyBilledCount', 'possiblyBilledUsd', 'wastedUsd'];
-const STAGE_KEYS = ['attachIds', 'delivered', 'index', 'quantity', 'shortfall'];
+const STAGE_KEYS = ['attachIds', 'delivered', 'index', 'mode', 'quantity', 'shortfall'];
 const SHORTFALL_KEYS = ['count', 'detail', 'errorClass', 'reason'];
 const ATTEMPTS_KEYS = ['abandoned', 'byClass', 'failed', 'total'];
 const CREDITS_KEYS = ['captured', 'released', 'reserved'];

@@ -9,6 +9,7 @@ import { webhooks } from './0007-webhooks.js';
 import { serviceSecrets } from './0008-service-secrets.js';
 import { attemptCost } from './0010-attempt-cost.js';
 import { jobsByUserCreated } from './0011-jobs-by-user-created.js';
+import { batches } from './0012-batches.js';
 
 /**
  * Every migration, keyed by a numbered name. Names sort in the order they run;
@@ -25,4 +26,5 @@ export const MIGRATIONS: Readonly<Record<string, Migration>> = Object.freeze({
   '0008_service_secrets': serviceSecrets,
   '0010_attempt_cost': attemptCost,
   '0011_jobs_by_user_created': jobsByUserCreated,
+  '0012_batches': batches,
 });
