@@ -11,6 +11,8 @@ import { PipelineError, type ErrorClass } from '../src/domain/error-class.js';
 import { batchRequestKey, type AttemptRequest, type BatchResponse, type BatchStatus, type Delivery } from '../src/domain/ports.js';
 import { freshStageState, type StageState } from '../src/domain/resume-state.js';
 import { JobControl } from '../src/engine/job-control.js';
+import { CostCap } from '../src/engine/cost-cap.js';
+import type { AttemptPricing } from '../src/domain/price-table.js';
 import { fillBatchRounds, type BatchRound, type BatchStagePorts, type OpenBatch } from '../src/operators/fill-batch-rounds.js';
 import type { StageItem } from '../src/operators/fill-slots.js';
 import { IMAGE, compact, key, newScheduler, stages } from './support.js';
@@ -44,6 +46,12 @@ function runBatchStage(options: {
   cancelAt?: number;
   /** Another stage halts the job (a quota gone) at this frame. */
   haltAt?: number;
+  /** The worker shuts down (the engine's `stop$`: halt `cancelled`, not a cancel) at this frame. */
+  stopAt?: number;
+  /** Prices: every estimate and every answer `usd`; the job's cap (null: none). */
+  cost?: { usd: number; cap: number | null };
+  /** Costs of the events, by their compact line's key (`0.1#1`). */
+  costs?: Map<string, number | null>;
   open?: (requests: (slots: number[], attempt: number) => AttemptRequest[]) => OpenBatch;
   state?: StageState;
 }): Run {
@@ -89,6 +97,11 @@ function runBatchStage(options: {
     const cancel$ = new Subject<void>();
     if (options.cancelAt !== undefined) scheduler.schedule(() => cancel$.next(), options.cancelAt);
     if (options.haltAt !== undefined) scheduler.schedule(() => job.recordFailure('quota_exhausted'), options.haltAt);
+    if (options.stopAt !== undefined) scheduler.schedule(() => job.halt('cancelled'), options.stopAt);
+    const usd = options.cost?.usd;
+    const pricing: AttemptPricing | undefined =
+      usd === undefined ? undefined : { model: 'm', priced: true, estimateUsd: () => usd, costUsd: () => usd, possiblyBilledUsd: () => usd };
+    const cap = options.cost?.cap != null ? new CostCap(options.cost.cap, 0) : null;
     const requestsOf = (slots: number[], attempt: number): AttemptRequest[] =>
       slots.map((slot) => ({ jobId: 'j', stageIndex: 0, slotIndex: slot, attempt, prompt: stage.prompt, aspectRatio: stage.aspectRatio, inputAttachId: stage.inputAttachId }));
     const open = options.open?.(requestsOf);
@@ -106,10 +119,15 @@ function runBatchStage(options: {
       polling: { firstMs: 5, maxMs: 20 },
       deliverConcurrency: 2,
       ...(open ? { open } : {}),
+      ...(pricing ? { cost: { pricing, cap } } : {}),
     });
     scheduler.schedule(() => {
       stage$.subscribe({
-        next: (item: StageItem) => lines.push(`${scheduler.now()} ${item.kind === 'event' ? compact(item.event) : `result ${item.result.delivered}/${item.result.quantity}`}`),
+        next: (item: StageItem) => {
+          lines.push(`${scheduler.now()} ${item.kind === 'event' ? compact(item.event) : `result ${item.result.delivered}/${item.result.quantity}`}`);
+          const event = item.kind === 'event' ? item.event : null;
+          if (event && (event.type === 'slot:delivered' || event.type === 'attempt:failed')) options.costs?.set(key({ stageIndex: event.stage, slotIndex: event.slot, attempt: event.attempt }), event.cost?.usd ?? null);
+        },
         complete: () => lines.push(`${scheduler.now()} |`),
       });
     });
@@ -198,6 +216,45 @@ describe('batch mode: rounds of one stage (fillBatchRounds)', () => {
     expect(calls).toEqual(['0 poll batches/r1', '5 poll batches/r1']);
     expect(lines.filter((l) => l.includes('start'))).toEqual([]);
     expect(lines.slice(-3)).toEqual(['7 stage 0 completed 2/2', '7 result 2/2', '7 |']);
+  });
+
+  it('resume with slots left over: the open batch is polled, then the slots whose attempts ended in the earlier run (no replacement sent yet) join the next round with its failures', () => {
+    const { lines, calls } = runBatchStage({
+      quantity: 3,
+      // Round 2 was out for slots 0 and 1 (attempt 2, started: charged); slot 2's attempt 1 failed and the run died before round 3.
+      state: [
+        { attachId: null, attemptsUsed: 2, attemptsCharged: 2 },
+        { attachId: null, attemptsUsed: 2, attemptsCharged: 2 },
+        { attachId: null, attemptsUsed: 1, attemptsCharged: 1 },
+      ],
+      open: (requests) => ({ round: 2, name: 'batches/r2', requests: requests([0, 1], 2) }),
+      provider: { answer: (req) => (req.slotIndex === 1 && req.attempt === 2 ? 'overloaded' : 'image') },
+    });
+    expect(calls).toEqual(['0 poll batches/r2', '2 submit r3 [0.1#3 0.2#2]', '3 poll batches/r3']);
+    expect(lines.filter((l) => l.includes('start'))).toEqual(['2 start 0.1#3', '2 start 0.2#2']);
+    expect(lines.slice(-3)).toEqual(['5 stage 0 completed 3/3', '5 result 3/3', '5 |']);
+  });
+
+  it('a shutdown (the job halted `cancelled`, not cancelled) leaves the batch running at the provider: no cancel, no end for its attempts, no next round (the stage ends as fillSlots\'s does: job_aborted)', () => {
+    const { lines, calls } = runBatchStage({ quantity: 2, stopAt: 3, provider: { runningPolls: () => 10 } });
+    expect(calls).toEqual(['0 submit r1 [0.0#1 0.1#1]', '1 poll batches/r1']);
+    // The attempts stay `started` (no fail event): the run that takes the job over polls the same batch.
+    expect(lines).toEqual(['0 start 0.0#1', '0 start 0.1#1', '3 stage 0 short 2 job_aborted cancelled', '3 result 0/2', '3 |']);
+  });
+
+  it('cost: each answer carries its price; with a cap, a round sends only the requests whose estimates fit, and the stage ends cost_cap', () => {
+    const costs = new Map<string, number | null>();
+    const { lines, calls } = runBatchStage({
+      quantity: 4,
+      cost: { usd: 0.5, cap: 1.6 },
+      costs,
+      provider: { answer: (req) => (req.slotIndex === 1 ? 'overloaded' : 'image') },
+    });
+    // 0.5 x 3 fits 1.6, a fourth does not: three requests go out. Slot 1's failed answer cost nothing (no usage):
+    // its replacement would fit (1.0 spent + 0.5), but the cap already stopped new attempts.
+    expect(calls).toEqual(['0 submit r1 [0.0#1 0.1#1 0.2#1]', '1 poll batches/r1']);
+    expect(Object.fromEntries(costs)).toEqual({ '0.0#1': 0.5, '0.1#1': null, '0.2#1': 0.5 });
+    expect(lines.slice(-3)).toEqual(['3 stage 0 short 2 cost_cap null', '3 result 2/4', '3 |']);
   });
 
   it('a poll that fails for a while (the network) is tried again on the same schedule; the batch is read once it answers', () => {

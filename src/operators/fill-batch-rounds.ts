@@ -122,6 +122,10 @@ export function fillBatchRounds(config: FillBatchRoundsConfig): Observable<Stage
     const halted = () => ledger.stoppedBy !== null || job.haltedBy !== null || job.costCapped;
     // A shutdown, not a cancel: the batch stays at the provider for the run that takes over.
     const shuttingDown = () => job.haltedBy === 'cancelled' && !job.cancelled;
+    // What gives the running batch up: a cancel, or a job-wide failure elsewhere (a quota, auth).
+    // Not the spend cap (it stops new attempts; a batch sent within it is read), not a shutdown.
+    const givesUp = () => job.haltedBy !== null && !shuttingDown();
+    const givenUp$ = job.halted$.pipe(filter(() => job.haltedBy !== null));
     const { cost } = config;
     const reserved = new Map<number, number>(); // by slot: the estimate held for the attempt out
     /** The requests of a round the spend cap lets out (each reserves its estimate); the rest cap the job. */
@@ -251,9 +255,10 @@ export function fillBatchRounds(config: FillBatchRoundsConfig): Observable<Stage
           }),
           mergeMap((name) => {
             if (current) current = { ...current, name };
-            // A halt of the job (another stage's quota, auth, the spend cap) stops the wait;
-            // the batch is cancelled at the provider (below) and its attempts end `cancelled`.
-            return ended(name, round).pipe(takeUntil(job.halted$), defaultIfEmpty(null));
+            // A cancel or a job-wide failure elsewhere (a quota, auth) stops the wait: the batch is
+            // cancelled at the provider (below) and its attempts end `cancelled`. A shutdown stops
+            // it too but leaves the batch as it is; the spend cap does not stop it.
+            return ended(name, round).pipe(takeUntil(givenUp$), defaultIfEmpty(null));
           }),
           mergeMap((status) =>
             status === null
@@ -305,7 +310,7 @@ export function fillBatchRounds(config: FillBatchRoundsConfig): Observable<Stage
     );
     // A halt by another stage (quota, auth, spend cap) stops this stage's batch at the provider too.
     const haltSubscription = job.halted$.subscribe(() => {
-      if (!shuttingDown()) cancelCurrent();
+      if (givesUp()) cancelCurrent();
     });
 
     const cancelInFlight = (emit: (item: StageItem) => void): void => {

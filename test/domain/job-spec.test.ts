@@ -83,6 +83,20 @@ describe('parseJobSpec', () => {
     }
   });
 
+  it("takes mode interactive or batch on the job (the stages' default) and on a stage (its own wins); batch is stored, interactive is the absent default", () => {
+    const stage = (extra = {}) => ({ quantity: 1, prompt: 'p', mergedImageAttachId: 'a1', ...extra });
+    const batchJob = parseJobSpec({ userId: 'u', mode: 'batch', stages: [stage(), stage({ mode: 'interactive' })] });
+    expect(batchJob.mode).toBe('batch');
+    expect(batchJob.stages.map((s) => s.mode ?? 'interactive')).toEqual(['batch', 'interactive']);
+    expect('mode' in batchJob.stages[1]!).toBe(false);
+    const plain = parseJobSpec({ userId: 'u', mode: 'interactive', stages: [stage(), stage({ mode: 'batch' })] });
+    expect('mode' in plain).toBe(false);
+    expect(plain.stages.map((s) => s.mode ?? 'interactive')).toEqual(['interactive', 'batch']);
+    expect('mode' in parseJobSpec({ userId: 'u', stages: [stage()] }).stages[0]!).toBe(false);
+    expect(problemsOf({ userId: 'u', mode: 'Batch', stages: [stage()] })).toEqual([{ field: 'mode', rule: 'must be one of interactive, batch, got string "Batch"' }]);
+    expect(problemsOf({ userId: 'u', stages: [stage(), stage({ mode: 3 })] })).toEqual([{ field: 'stages[1].mode', rule: 'must be one of interactive, batch, got number 3' }]);
+  });
+
   it('enforces the configurable maximum quantity (default 1000)', () => {
     const stage = (quantity: number) => ({ userId: 'u', stages: [{ quantity, prompt: 'p', inputAttachId: 'a' }] });
     expect(problemsOf(stage(1000))).toEqual([]);

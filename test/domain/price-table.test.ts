@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { ConfigError, loadConfig } from '../../src/config.js';
-import { DEFAULT_PRICES, parsePriceTable, pricingFor, PriceTableError } from '../../src/domain/price-table.js';
+import { BATCH_PRICE_RATIO, batchPricing, DEFAULT_PRICES, parsePriceTable, pricingFor, PriceTableError } from '../../src/domain/price-table.js';
 
 describe('price table', () => {
   it('defaults: gemini-2.5-flash-image is $0.039 an image and $0.30 per 1M input tokens; thoughts are priced', () => {
@@ -22,6 +22,22 @@ describe('price table', () => {
     expect(p.priced).toBe(true);
     const at = (imageSize?: '1K' | '2K' | '4K') => p.costUsd({ prompt: '', inputAttachId: null, imageSize }, { promptTokens: 0, imageCount: 1 });
     expect([at(), at('1K'), at('2K'), at('4K')]).toEqual([0.134, 0.134, 0.134, 0.24]);
+  });
+
+  it('batch prices are half of every figure (estimate, answer, possibly billed), for the same model; unpriced stays null', () => {
+    expect(BATCH_PRICE_RATIO).toBe(0.5);
+    const request = { prompt: 'x'.repeat(400), inputAttachId: 'a', imageSize: '2K' };
+    const usage = { promptTokens: 1500, imageCount: 1, thoughtsTokens: 200 };
+    const interactive = pricingFor(DEFAULT_PRICES, 'gemini-3-pro-image-preview');
+    const batch = batchPricing(interactive);
+    expect(batch.model).toBe('gemini-3-pro-image-preview');
+    expect(batch.priced).toBe(true);
+    expect(batch.estimateUsd(request)).toBeCloseTo(interactive.estimateUsd(request)! / 2, 12);
+    expect(batch.costUsd(request, usage)).toBeCloseTo(interactive.costUsd(request, usage)! / 2, 12);
+    expect(batch.costUsd(request, usage)).toBeCloseTo((0.134 + (1500 * 2) / 1e6 + (200 * 12) / 1e6) / 2, 12);
+    expect(batch.possiblyBilledUsd(request)).toBeCloseTo(0.067, 12);
+    const unpriced = batchPricing(pricingFor(DEFAULT_PRICES, 'some-other-model'));
+    expect([unpriced.priced, unpriced.estimateUsd(request), unpriced.costUsd(request, usage)]).toEqual([false, null, null]);
   });
 
   it('the offline generator costs nothing', () => {
