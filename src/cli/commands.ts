@@ -133,7 +133,7 @@ async function cmdCancel(inv: Invocation): Promise<number> {
 
 /** What `stats` says of a database that was never created: nothing was attempted. */
 const NO_ATTEMPTS: JobStats = Object.freeze({ attempts: 0, failed: 0, delivered: 0, abandoned: 0, byClass: {}, retries: 0, retriesDelivered: 0, retrySuccessRate: null,
-  costUsd: 0, wastedUsd: 0, possiblyBilled: Object.freeze({ count: 0, usd: 0 }), costByClass: {}, costByModel: {} });
+  costUsd: 0, wastedUsd: 0, possiblyBilled: Object.freeze({ count: 0, usd: 0 }), costByClass: {}, costByModel: {}, batch: Object.freeze({ batches: 0, attempts: 0, delivered: 0, costUsd: 0 }) });
 
 async function cmdStats(inv: Invocation): Promise<number> {
   // A read on a fresh data folder answers without creating the embedded database.
@@ -146,6 +146,9 @@ async function cmdStats(inv: Invocation): Promise<number> {
       // One line each, so the indented lines stay the failure classes.
       `cost by class: ${Object.entries(stats.costByClass).map(([c, n]) => `${c} ${formatUsd(n)}`).join(', ') || 'none'}`,
       `cost by model: ${Object.entries(stats.costByModel).map(([m, n]) => `${m} ${formatUsd(n)}`).join(', ') || 'none'}`,
+      ...(stats.batch.batches > 0
+        ? [`batch mode: ${stats.batch.batches} batches, ${stats.batch.attempts} attempts (${stats.batch.delivered} delivered), estimated cost ${formatUsd(stats.batch.costUsd)} at batch prices (half the interactive price)`]
+        : []),
     ];
     print(inv.json, stats, [`attempts: ${stats.attempts} (${stats.delivered} delivered, ${stats.failed} failed, ${stats.abandoned} abandoned)`, `retries: ${stats.retries}, delivered ${stats.retriesDelivered}, success rate ${rate}`, 'failures by class:', ...classes, ...costLines].join('\n'));
     return 0;

@@ -8,7 +8,7 @@ export function formatSummary(summary: JobSummary): string {
   const lines = [`job ${summary.jobId}: ${summary.status}, ${summary.deliveredImages}/${summary.totalImages} images`];
   for (const s of summary.stages) {
     const short = s.shortfall ? `, short ${s.shortfall.count} (${s.shortfall.reason}${s.shortfall.errorClass ? `: ${s.shortfall.errorClass}` : ''})` : '';
-    lines.push(`  stage ${s.index}: ${s.delivered}/${s.quantity}${short}`);
+    lines.push(`  stage ${s.index}: ${s.delivered}/${s.quantity}${short}${s.mode === 'batch' ? `, batch mode: ${roundsText(s.rounds ?? [])}` : ''}`);
   }
   if (summary.stages.some((s) => s.shortfall?.errorClass === 'quota_exhausted')) {
     // Say it plainly: the fix is waiting for (or buying) quota, not running the job again now.
@@ -32,6 +32,13 @@ export function formatSummary(summary: JobSummary): string {
   const cap = cost.maxCostUsd === null ? '' : `, cap ${formatUsd(cost.maxCostUsd)}`;
   lines.push(`  estimated cost: ${formatUsd(cost.estimatedUsd)}${perImage}, wasted ${formatUsd(cost.wastedUsd)}${possibly}${cap}`);
   return lines.join('\n');
+}
+
+/** A batch stage's rounds for people: `2 rounds (batches/1 succeeded 50 sent 41 delivered; ...)`. */
+function roundsText(rounds: NonNullable<JobSummary['stages'][number]['rounds']>): string {
+  if (rounds.length === 0) return 'no batch sent';
+  const each = rounds.map((r) => `${r.batch ?? '(not created)'} ${r.state}: ${r.requests} sent, ${r.delivered} delivered, ${r.failed} failed${r.error ? ` (${r.error})` : ''}`);
+  return `${rounds.length} round${rounds.length === 1 ? '' : 's'} (${each.join('; ')})`;
 }
 
 /** Dollars for people: 4 decimals, or 2 significant digits below a cent (so $0.0000036 is not $0.0000). */

@@ -48,7 +48,7 @@ forEachDatabase('attempt statistics', (ctx) => {
       retries: 5,
       retriesDelivered: 2,
       retrySuccessRate: 0.4,
-      costUsd: 0, wastedUsd: 0, possiblyBilled: { count: 0, usd: 0 }, costByClass: {}, costByModel: {},
+      costUsd: 0, wastedUsd: 0, possiblyBilled: { count: 0, usd: 0 }, costByClass: {}, costByModel: {}, batch: { batches: 0, attempts: 0, delivered: 0, costUsd: 0 },
     });
 
     // Another job only shows up without the filter.
@@ -66,7 +66,7 @@ forEachDatabase('attempt statistics', (ctx) => {
     await attempt(ctx.database, jobId, 0, 1, 'delivered');
     expect(await jobStats(ctx.database, { jobId })).toEqual({
       attempts: 1, failed: 0, delivered: 1, abandoned: 0, byClass: {}, retries: 0, retriesDelivered: 0, retrySuccessRate: null,
-      costUsd: 0, wastedUsd: 0, possiblyBilled: { count: 0, usd: 0 }, costByClass: {}, costByModel: {},
+      costUsd: 0, wastedUsd: 0, possiblyBilled: { count: 0, usd: 0 }, costByClass: {}, costByModel: {}, batch: { batches: 0, attempts: 0, delivered: 0, costUsd: 0 },
     });
     expect(await jobStats(ctx.database, { jobId: 'no-such-job' })).toMatchObject({ attempts: 0, retrySuccessRate: null });
   });

@@ -52,7 +52,7 @@ const STAGE_KEYS = ['attachIds', 'delivered', 'index', 'mode', 'quantity', 'shor
 const SHORTFALL_KEYS = ['count', 'detail', 'errorClass', 'reason'];
 const ATTEMPTS_KEYS = ['abandoned', 'byClass', 'failed', 'total'];
 const CREDITS_KEYS = ['captured', 'released', 'reserved'];
-const STATS_KEYS = ['abandoned', 'attempts', 'byClass', 'costByClass', 'costByModel', 'costUsd', 'delivered', 'failed', 'possiblyBilled', 'retries', 'retriesDelivered', 'retrySuccessRate', 'wastedUsd'];
+const STATS_KEYS = ['abandoned', 'attempts', 'batch', 'byClass', 'costByClass', 'costByModel', 'costUsd', 'delivered', 'failed', 'possiblyBilled', 'retries', 'retriesDelivered', 'retrySuccessRate', 'wastedUsd'];
 
 /** The fake server's `prompt_blocked` answer as the classifier words it (the summary's `detail`). */
 const PROMPT_BLOCKED_DETAIL = 'prompt blocked: PROHIBITED_CONTENT (The prompt was blocked.)';

@@ -31,6 +31,11 @@ export interface JobStats {
   readonly costByClass: Readonly<Record<string, number>>;
   /** `costUsd` by the model the answers were priced as. */
   readonly costByModel: Readonly<Record<string, number>>;
+  /**
+   * Batch mode: provider batches sent (one per round of a batch stage), the attempts they
+   * carried, how many of those delivered, and their part of `costUsd` (at batch prices).
+   */
+  readonly batch: { readonly batches: number; readonly attempts: number; readonly delivered: number; readonly costUsd: number };
 }
 
 /**
@@ -55,6 +60,7 @@ export async function jobStats(database: Database, options: JobStatsOptions = {}
     possibly_billed_usd: number;
     cost_by_class: Record<string, number>;
     cost_by_model: Record<string, number>;
+    batch: { batches: number; attempts: number; delivered: number; cost_usd: number };
   }>`
     select
       count(*)::int as attempts,
@@ -80,7 +86,15 @@ export async function jobStats(database: Database, options: JobStatsOptions = {}
       (select coalesce(jsonb_object_agg(c.model, c.usd), '{}'::jsonb)
          from (select model, sum(cost_usd)::float8 as usd from attempts
                where cost_usd is not null and model is not null and ${scope}
-               group by model) c) as cost_by_model
+               group by model) c) as cost_by_model,
+      (select jsonb_build_object(
+           'batches', (select count(*) from batches where ${scope}),
+           'attempts', count(*), 'delivered', count(*) filter (where a.outcome = 'delivered'),
+           'cost_usd', coalesce(sum(a.cost_usd), 0))
+         from attempts a
+         where ${scope} and exists (
+           select 1 from batches b where b.job_id = a.job_id and b.stage_index = a.stage_index
+             and b.requests @> jsonb_build_array(jsonb_build_object('slot', a.slot_index, 'attempt', a.attempt)))) as batch
     from attempts
     where ${scope}`.execute(database.db);
   const row = result.rows[0];
@@ -99,5 +113,6 @@ export async function jobStats(database: Database, options: JobStatsOptions = {}
     possiblyBilled: { count: row.possibly_billed_count, usd: row.possibly_billed_usd },
     costByClass: row.cost_by_class,
     costByModel: row.cost_by_model,
+    batch: { batches: Number(row.batch.batches), attempts: Number(row.batch.attempts), delivered: Number(row.batch.delivered), costUsd: Number(row.batch.cost_usd) },
   };
 }
