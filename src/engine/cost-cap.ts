@@ -97,3 +97,55 @@ export function attemptCostOf(pricing: AttemptPricing, request: PricedRequest, e
 export function chargedUsd(cost: AttemptCost): number {
   return (cost.usd ?? 0) + cost.possiblyBilledUsd;
 }
+
+/** What a stage needs to price its attempts and keep the job's spend cap. */
+export interface StageCost {
+  readonly pricing: AttemptPricing;
+  /** The job's cap, shared by its stages; null: no cap (costs are still reported). */
+  readonly cap: CostCap | null;
+}
+
+/**
+ * One stage's side of the spend cap and the prices: `admit` reserves an attempt's estimate
+ * before it is sent (undefined without a cap), `priced` prices its end and gives the
+ * reservation back against what it cost. Both stage operators (`fillSlots`,
+ * `fillBatchRounds`) keep their books through it. At most one attempt per slot is out.
+ *
+ * ```
+ * admit(slot 0) -> true (0.04 reserved); priced(slot 0, answered) -> { usd 0.039 }, cap settled
+ * ```
+ */
+export class StageCostBook {
+  readonly #cost: StageCost | undefined;
+  /** By slot: the estimate held for its attempt out. */
+  readonly #reserved = new Map<number, number>();
+  /** Reserves the attempt's estimate; false when it does not fit the cap. Undefined: no cap, every attempt fits. */
+  readonly admit: ((request: PricedRequest & { readonly slotIndex: number }) => boolean) | undefined;
+
+  constructor(cost: StageCost | undefined) {
+    this.#cost = cost;
+    const cap = cost?.cap;
+    this.admit =
+      cost !== undefined && cap != null
+        ? (request) => {
+            const estimate = cost.pricing.estimateUsd(request);
+            if (estimate === null || !cap.reserve(estimate)) return false;
+            this.#reserved.set(request.slotIndex, estimate);
+            return true;
+          }
+        : undefined;
+  }
+
+  /** What the attempt cost (undefined without prices); its reservation, if any, is settled. */
+  priced(request: PricedRequest & { readonly slotIndex: number }, ending: AttemptEnding): AttemptCost | undefined {
+    const cost = this.#cost;
+    if (cost === undefined) return undefined;
+    const attemptCost = attemptCostOf(cost.pricing, request, ending);
+    const estimate = this.#reserved.get(request.slotIndex);
+    if (estimate !== undefined) {
+      this.#reserved.delete(request.slotIndex);
+      cost.cap?.settle(estimate, chargedUsd(attemptCost));
+    }
+    return attemptCost;
+  }
+}

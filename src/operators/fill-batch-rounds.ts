@@ -11,9 +11,9 @@ import { attemptFailed, attemptRequestOf, attemptStarted, slotDelivered, stageEn
 import { fullJitterBackoff, type BackoffConfig } from '../engine/full-jitter-backoff.js';
 import type { JobControl } from '../engine/job-control.js';
 import { StageLedger, type RetryBudget, type SlotRequest } from '../engine/stage-ledger.js';
-import { attemptCostOf, chargedUsd, type AttemptEnding } from '../engine/cost-cap.js';
+import { StageCostBook, type AttemptEnding, type StageCost } from '../engine/cost-cap.js';
 import type { AttemptCost } from '../domain/events.js';
-import type { StageCost, StageItem } from './fill-slots.js';
+import type { StageItem } from './fill-slots.js';
 import { untilCancelled } from './until-cancelled.js';
 
 /** How often a running batch is asked for its state: from `firstMs`, doubling, up to `maxMs`. */
@@ -126,33 +126,17 @@ export function fillBatchRounds(config: FillBatchRoundsConfig): Observable<Stage
     // Not the spend cap (it stops new attempts; a batch sent within it is read), not a shutdown.
     const givesUp = () => job.haltedBy !== null && !shuttingDown();
     const givenUp$ = job.halted$.pipe(filter(() => job.haltedBy !== null));
-    const { cost } = config;
-    const reserved = new Map<number, number>(); // by slot: the estimate held for the attempt out
+    const book = new StageCostBook(config.cost);
     /** The requests of a round the spend cap lets out (each reserves its estimate); the rest cap the job. */
     const affordable = (requests: readonly AttemptRequest[]): readonly AttemptRequest[] => {
-      if (cost?.cap == null) return requests;
-      const sent: AttemptRequest[] = [];
-      for (const request of requests) {
-        const estimate = cost.pricing.estimateUsd(request);
-        if (estimate === null || !cost.cap.reserve(estimate)) {
-          job.capCost();
-          break;
-        }
-        reserved.set(request.slotIndex, estimate);
-        sent.push(request);
-      }
-      return sent;
+      const { admit } = book;
+      if (admit === undefined) return requests;
+      const refused = requests.findIndex((request) => !admit(request));
+      if (refused === -1) return requests;
+      job.capCost();
+      return requests.slice(0, refused);
     };
-    const priced = (request: AttemptRequest, ending: AttemptEnding): AttemptCost | undefined => {
-      if (cost === undefined) return undefined;
-      const attemptCost = attemptCostOf(cost.pricing, request, ending);
-      const estimate = reserved.get(request.slotIndex);
-      if (estimate !== undefined) {
-        reserved.delete(request.slotIndex);
-        cost.cap?.settle(estimate, chargedUsd(attemptCost));
-      }
-      return attemptCost;
-    };
+    const priced = (request: AttemptRequest, ending: AttemptEnding): AttemptCost | undefined => book.priced(request, ending);
     const requestOf = ({ slot, attempt }: SlotRequest): AttemptRequest => attemptRequestOf(job.jobId, stage, slot, attempt);
     // The round being run: what a cancel or a halt reports and cancels.
     let current: { name: string | null; requests: readonly AttemptRequest[]; startedAt: number } | null = null;

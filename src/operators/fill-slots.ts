@@ -1,7 +1,6 @@
 import { EMPTY, Observable, ReplaySubject, concat, defer, expand, filter, from, map, merge, mergeMap, takeUntil, timer, type SchedulerLike } from 'rxjs';
 import { PipelineError } from '../domain/error-class.js';
 import type { AttemptCost, PipelineEvent } from '../domain/events.js';
-import type { AttemptPricing } from '../domain/price-table.js';
 import type { StageSpec } from '../domain/job-spec.js';
 import type { AttemptRequest, EnginePorts } from '../domain/ports.js';
 import type { RandomSource } from '../domain/random.js';
@@ -9,7 +8,7 @@ import type { StageState } from '../domain/resume-state.js';
 import type { StageResult } from '../domain/result.js';
 import { attemptFailed, attemptRequestOf, attemptStarted, slotDelivered, stageEnded } from '../engine/attempt-events.js';
 import { capRetryAfter } from '../engine/cap-retry-after.js';
-import { attemptCostOf, chargedUsd, type AttemptEnding, type CostCap } from '../engine/cost-cap.js';
+import { StageCostBook, type AttemptEnding, type StageCost } from '../engine/cost-cap.js';
 import type { ConcurrencyLimiter } from '../engine/concurrency-limiter.js';
 import type { Share } from '../engine/fair-queue.js';
 import { DEFAULT_MAX_RETRY_AFTER_MS, fullJitterBackoff, type BackoffConfig } from '../engine/full-jitter-backoff.js';
@@ -43,12 +42,7 @@ export interface FillSlotsConfig {
   readonly cost?: StageCost | undefined;
 }
 
-/** What a stage needs to price its attempts and keep the job's spend cap. */
-export interface StageCost {
-  readonly pricing: AttemptPricing;
-  /** The job's cap, shared by its stages; null: no cap (costs are still reported). */
-  readonly cap: CostCap | null;
-}
+export type { StageCost } from '../engine/cost-cap.js';
 
 /** What a stage stream emits: events while it runs, then its result once. */
 export type StageItem = { readonly kind: 'event'; readonly event: PipelineEvent } | { readonly kind: 'result'; readonly result: StageResult };
@@ -125,27 +119,9 @@ export function fillSlots(config: FillSlotsConfig): Observable<StageItem> {
     const requestOf = ({ slot, attempt }: SlotRequest): AttemptRequest => attemptRequestOf(job.jobId, stage, slot, attempt);
 
     // The spend cap: an attempt starts only if its estimate fits (reserved until it ends).
-    const { cost } = config;
-    const reserved = new Map<number, number>(); // by slot: the estimate held for the attempt in flight
-    const admit =
-      cost?.cap != null
-        ? (request: AttemptRequest): boolean => {
-            const estimate = cost.pricing.estimateUsd(request);
-            if (estimate === null || !cost.cap!.reserve(estimate)) return false;
-            reserved.set(request.slotIndex, estimate);
-            return true;
-          }
-        : undefined;
-    const priced = (request: AttemptRequest, ending: AttemptEnding): AttemptCost | undefined => {
-      if (cost === undefined) return undefined;
-      const attemptCost = attemptCostOf(cost.pricing, request, ending);
-      const estimate = reserved.get(request.slotIndex);
-      if (estimate !== undefined) {
-        reserved.delete(request.slotIndex);
-        cost.cap?.settle(estimate, chargedUsd(attemptCost));
-      }
-      return attemptCost;
-    };
+    const book = new StageCostBook(config.cost);
+    const admit = book.admit;
+    const priced = (request: AttemptRequest, ending: AttemptEnding): AttemptCost | undefined => book.priced(request, ending);
 
     // The books of one attempt item (ledger, job, global limit, cost), then its steps.
     const record = (item: AttemptItem): Step[] => {
