@@ -1,5 +1,6 @@
 import {
   AsyncSubject,
+  EMPTY,
   NEVER,
   Observable,
   asyncScheduler,
@@ -12,12 +13,14 @@ import {
   of,
   take,
   tap,
+  throwError,
   toArray,
   type SchedulerLike,
 } from 'rxjs';
 import type { JobFinishedEvent, JobStartedEvent, PipelineEvent } from '../domain/events.js';
 import type { StageSpec } from '../domain/job-spec.js';
-import type { EnginePorts } from '../domain/ports.js';
+import type { BatchStagePorts, EnginePorts } from '../domain/ports.js';
+import { PipelineError } from '../domain/error-class.js';
 import { seededRandom, type RandomSource } from '../domain/random.js';
 import { freshStageState, type StageState } from '../domain/resume-state.js';
 import { jobStatusOf, type JobResult, type StageResult } from '../domain/result.js';
@@ -97,6 +100,18 @@ export interface EngineOptions {
   /** How often a batch stage's running batch is polled. Default `DEFAULT_BATCH_POLLING` (5 s doubling to 2 min). */
   readonly batchPolling?: BatchPolling | undefined;
 }
+
+/**
+ * The ports of a batch stage on a generator without a batch API (Vertex AI, or a host's
+ * generator given without one): the create is refused, so the stage ends short
+ * `non_retryable` / `invalid_request` saying why, with nothing sent.
+ */
+const NO_BATCH_API: BatchStagePorts = Object.freeze({
+  submit: () => throwError(() => new PipelineError('invalid_request', 'mode "batch" needs the provider\'s batch API, and this generator has none (Vertex AI batches are not supported; a host passes one as `batches`)')),
+  poll: () => EMPTY,
+  cancel: () => EMPTY,
+  deliver: () => throwError(() => new PipelineError('invalid_request', 'no batch API')),
+});
 
 /**
  * A stage's own limit when none is given: 4, but never above the global limit (a stage
@@ -203,11 +218,10 @@ export function runEngine(job: EngineJob, ports: EnginePorts, options: EngineOpt
           cost,
         });
       }
-      if (ports.batch === undefined) throw new TypeError(`stage ${stage.index} is mode "batch", but the generator has no batch API (EnginePorts.batch)`);
       return fillBatchRounds({
         stage,
         state,
-        ports: ports.batch,
+        ports: ports.batch ?? NO_BATCH_API,
         budget: budgetOf(stage),
         backoff,
         job: control,

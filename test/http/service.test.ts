@@ -7,6 +7,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { GeminiImageGenerator } from '../../src/adapters/gemini-image-generator.js';
+import { GeminiBatchGenerator } from '../../src/adapters/gemini-batch-generator.js';
 import { startFakeGeminiServer, type FakeGeminiServer } from '../support/fake-gemini-server.js';
 import { DATABASE_KINDS, TEST_DATABASE_URL } from '../support/databases.js';
 import { Gate } from '../support/gate.js';
@@ -34,7 +35,11 @@ for (const kind of DATABASE_KINDS) {
       gate = new Gate();
       gemini = await startFakeGeminiServer({ hold: gate.hold });
       gate.open();
-      service = await startService({ kind, generator: new GeminiImageGenerator({ apiKey: gemini.apiKey, baseUrl: gemini.url, timeoutMs: 30_000 }) });
+      service = await startService({
+        kind,
+        generator: new GeminiImageGenerator({ apiKey: gemini.apiKey, baseUrl: gemini.url, timeoutMs: 30_000 }),
+        batches: new GeminiBatchGenerator({ apiKey: gemini.apiKey, baseUrl: gemini.url, timeoutMs: 30_000 }),
+      });
       expect((await service.call(TOKENS.admin, 'POST', '/v1/credits/alice', { amount: 500 })).status).toBe(200);
       const upload = await service.call(TOKENS.alice, 'POST', '/v1/attachments', new Uint8Array(await inputPng()), { 'content-type': 'image/png' });
       expect(upload.status).toBe(201);
@@ -226,6 +231,28 @@ for (const kind of DATABASE_KINDS) {
       expect(job.cost.estimatedUsd + job.cost.possiblyBilledUsd).toBeLessThanOrEqual(0.1 + 1e-9);
       // One more image would have passed the cap.
       expect(job.cost.estimatedUsd + job.cost.perDeliveredImageUsd).toBeGreaterThan(0.1);
+    });
+
+    it('batch mode over HTTP: a bad mode is 400 naming the field; a batch job runs through one provider batch and its summary says mode and rounds', async () => {
+      const bad = await service.call(TOKENS.alice, 'POST', '/v1/jobs', { ...spec('batch-bad', 1), mode: 'later' });
+      expect(bad.status).toBe(400);
+      expect(bad.body.error.problems.map((p: { field: string }) => p.field)).toEqual(['mode']);
+      expect((await service.call(TOKENS.alice, 'GET', '/v1/jobs/batch-bad')).status).toBe(404);
+
+      const batchesBefore = gemini.batches.length;
+      const callsBefore = gemini.calls();
+      const created = await service.call(TOKENS.alice, 'POST', '/v1/jobs', { ...spec('batch-1', 3, 'a batched lighthouse'), mode: 'batch' });
+      expect(created.status).toBe(201);
+      expect(created.body).toMatchObject({ mode: 'batch', stages: [{ mode: 'batch' }] });
+      const events = await (await openEvents(service, TOKENS.alice, 'batch-1')).rest();
+      expect(events.at(-1)?.data.status).toBe('completed');
+      const job = (await service.call(TOKENS.alice, 'GET', '/v1/jobs/batch-1')).body;
+      expect(job).toMatchObject({ mode: 'batch', deliveredImages: 3, credits: { captured: 3, released: 0 } });
+      const batch = gemini.batches[batchesBefore]!;
+      expect(gemini.batches.length - batchesBefore, 'one provider batch, no interactive call').toBe(1);
+      expect(gemini.calls()).toBe(callsBefore);
+      expect(batch.displayName).toBe('imagegen/batch-1/0/1');
+      expect(job.stages[0].rounds).toEqual([{ round: 1, batch: batch.name, state: 'succeeded', requests: 3, delivered: 3, failed: 0, error: null }]);
     });
 
     it('takes the input image inline (base64) and recognises it again by content', async () => {

@@ -17,7 +17,7 @@ import sharp from 'sharp';
 import { takeSseFrames } from './sse-frames.js';
 import type { FastifyInstance } from 'fastify';
 import { openDatabase, type Database } from '../../src/db/index.js';
-import type { ImageGenerator } from '../../src/domain/ports.js';
+import type { BatchGenerator, ImageGenerator } from '../../src/domain/ports.js';
 import { AdaptiveConcurrencyLimiter } from '../../src/engine/adaptive-concurrency-limiter.js';
 import { tokenSha256 } from '../../src/http/defaults.js';
 import { buildServer, type ServerOptions } from '../../src/http/server.js';
@@ -32,11 +32,13 @@ import { createScratchDatabase, type DatabaseKind, type ScratchDatabase } from '
 export const TOKENS = Object.freeze({ alice: 'alice-token-0123456789', bob: 'bob-token-0123456789ab', carol: 'carol-token-0123456789', admin: 'admin-token-0123456789' });
 
 /** Fast runs: small backoff, quick progress, a short cancel poll. */
-export const FAST_RUNS: RunJobOptions = Object.freeze({ backoff: { baseMs: 5, maxMs: 50 }, progressIntervalMs: 20, cancelPollMs: 50, stageConcurrency: 4 });
+export const FAST_RUNS: RunJobOptions = Object.freeze({ backoff: { baseMs: 5, maxMs: 50 }, progressIntervalMs: 20, cancelPollMs: 50, stageConcurrency: 4, batchPolling: { firstMs: 20, maxMs: 100 } });
 
 export interface StartServiceOptions {
   readonly kind?: DatabaseKind;
   readonly generator: ImageGenerator;
+  /** The batch API for `mode: "batch"` jobs. Default: none (such a job's stages end short `invalid_request`). */
+  readonly batches?: BatchGenerator;
   /** Overrides of the HTTP settings (body limit, rate limit, streams per token, heartbeat). */
   readonly http?: Partial<ServerOptions['http']>;
   readonly server?: Partial<Omit<ServerOptions, 'http'>>;
@@ -107,7 +109,7 @@ export async function startService(options: StartServiceOptions): Promise<TestSe
       }),
     );
     const limiter = new AdaptiveConcurrencyLimiter({ max: 8 });
-    const deps = { database, store, generator: options.generator, limiter, logger };
+    const deps = { database, store, generator: options.generator, batches: options.batches, limiter, logger };
     let dispatcher: JobDispatcher & { stop?(): Promise<void> };
     if (options.dispatcher) dispatcher = await options.dispatcher({ database, store });
     else dispatcher = new LocalJobRunner(deps, { jobConcurrency: options.jobConcurrency ?? 2, engine: FAST_RUNS });
