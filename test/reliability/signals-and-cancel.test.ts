@@ -110,6 +110,20 @@ const EVERY_REFUSAL_ON_PGLITE = !TEST_DATABASE_URL;
 const CASES = { signals: 6, grace: 4, killed: 3, queued: 3 } as const;
 type CaseName = keyof typeof CASES;
 
+/**
+ * This process's own database work (the grants, the audits), one piece at a time across the
+ * two legs. PGlite runs its SQL on this thread: opened beside the PostgreSQL leg's grant
+ * transaction, it stalled that transaction past the server's idle-in-transaction timeout
+ * (`IDLE_IN_TRANSACTION_MS`, 10 s) on a loaded machine, and the server ended the session
+ * (the stressed loop of issue 10). The CLI processes under test are not affected.
+ */
+let inProcess: Promise<unknown> = Promise.resolve();
+function oneAtATime<T>(fn: () => Promise<T>): Promise<T> {
+  const run = inProcess.then(fn);
+  inProcess = run.catch(() => undefined);
+  return run;
+}
+
 // Every test has its own fake server, user and job; a leg's tests share its data folder and
 // database and run one at a time (`it.sequential`). The two legs run side by side (the leg
 // suites are `concurrent`): PGlite is CPU-bound, PostgreSQL mostly waits.
@@ -142,9 +156,11 @@ describe('signals and cancel through the CLI', () => {
         dir = await mkdtemp(join(tmpdir(), 'imagegen-signals-'));
         await writeFile(join(dir, 'in.png'), await renderStampedPng({ stamp: 7, width: 64, height: 36 }));
         scratch = await createScratchDatabase(kind);
-        await withPipelineOf(baseEnv(), async (p) => {
-          for (const name of Object.keys(CASES) as CaseName[]) await grantCredits(p.database, `${name}-user`, granted(name));
-        });
+        await oneAtATime(() =>
+          withPipelineOf(baseEnv(), async (p) => {
+            for (const name of Object.keys(CASES) as CaseName[]) await grantCredits(p.database, `${name}-user`, granted(name));
+          }),
+        );
       });
 
       afterAll(async () => {
@@ -175,7 +191,7 @@ describe('signals and cancel through the CLI', () => {
         };
         const file = join(dir, `${name}.json`);
         await writeFile(file, JSON.stringify({ jobId, userId, stages: [{ quantity, prompt: `${name} stage`, 'aspect-ratio': '1:1', inputImage: 'in.png' }] }));
-        const withPipeline = <T>(fn: (p: Pipeline) => Promise<T>): Promise<T> => withPipelineOf(env, fn);
+        const withPipeline = <T>(fn: (p: Pipeline) => Promise<T>): Promise<T> => oneAtATime(() => withPipelineOf(env, fn));
         const cli = (args: readonly string[], timeoutMs = 60_000) => runCli(args, { env, cwd: dir, timeoutMs });
         /** Starts `run <file> --json` and waits until `calls` provider calls of it arrived (and it still runs). */
         const runUntilCalls = async (calls: number): Promise<{ cli: CliProcess; first: number }> => {
