@@ -1,7 +1,7 @@
 import sharp from 'sharp';
 import { firstValueFrom } from 'rxjs';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { GeminiBatchGenerator, type GeminiBatchGeneratorConfig } from '../../src/adapters/gemini-batch-generator.js';
+import { GeminiBatchGenerator, jsonLines, type GeminiBatchGeneratorConfig } from '../../src/adapters/gemini-batch-generator.js';
 import { PipelineError } from '../../src/domain/error-class.js';
 import { batchRequestKey, type BatchRequest, type BatchResponse, type BatchStatus, type GenerationRequest } from '../../src/domain/ports.js';
 import {
@@ -10,6 +10,7 @@ import {
   startFakeGeminiServer,
   type FakeBatchItem,
   type FakeBatchItemBehavior,
+  type FakeBatchRequestRecord,
   type FakeGeminiServer,
   type FakeGeminiServerOptions,
 } from '../support/fake-gemini-server.js';
@@ -259,13 +260,154 @@ describe('GeminiBatchGenerator against the fake Gemini server (real SDK)', () =>
     expect(error.httpStatus).toBe(404);
   });
 
-  it('requests above the inline limit are refused as invalid_request before anything is sent', async () => {
+  it('above maxInlineBytes the batch travels as a JSONL file: uploaded once, created from the file, keys round-trip, images decode, errors are classified, missing ones are absent', async () => {
+    const classes: Record<number, FakeBatchItemBehavior> = { 1: 'status:429', 3: 'missing', 5: 'status:400', 6: 'finish:IMAGE_SAFETY', 8: 'corrupt', 9: 'thought_image', 10: 'status:503' };
+    const server = await start({ batchBehavior: ({ index }) => classes[index] ?? 'image' });
+    const batches = generator(server, { maxInlineBytes: 2000 });
+    const requests = attempts(12);
+
+    const name = await firstValueFrom(batches.createBatch('job-b/big', requests));
+
+    // One upload (a resumable start, then one `upload, finalize` with every byte), then a create from the file.
+    expect(server.fileCalls()).toEqual({ uploadStart: 1, upload: 1, get: 0, download: 0 });
+    expect(server.batchCalls().create).toBe(1);
+    const input = server.files[0];
+    expect(input).toMatchObject({ source: 'upload', mimeType: 'jsonl', displayName: 'job-b/big', chunks: 1 });
+    const batch = server.batches[0];
+    expect(batch).toMatchObject({ name, source: 'file', inputFile: input?.name, displayName: 'job-b/big', model: 'models/gemini-2.5-flash-image' });
+    expect(batch?.requestBytes).toBeLessThan(2000); // the create body names the file; the requests are not in it
+    // The file: one `{"key", "request"}` line per request, in order, the request as the inline create would carry it.
+    const lines = (server.fileContent(input?.name ?? '')?.toString('utf8') ?? '').split('\n').filter((l) => l !== '');
+    expect(input?.sizeBytes).toBeGreaterThan(2000);
+    expect(lines).toHaveLength(12);
+    for (const [i, line] of lines.entries()) {
+      const parsed = JSON.parse(line) as { key: string; request: { contents: unknown[]; generationConfig: unknown } };
+      expect(Object.keys(parsed).sort()).toEqual(['key', 'request']);
+      expect(parsed.key).toBe(requests[i]?.key);
+      expect(parsed.request.generationConfig).toEqual({ responseModalities: ['IMAGE'], imageConfig: { aspectRatio: '16:9' } }); // the default model's modalities
+    }
+    expect(batch?.requests.map((r) => r.key)).toEqual(requests.map((r) => r.key));
+    expect(batch?.requests[0]).toMatchObject({ prompt: 'a lighthouse at dusk #0', aspectRatio: '16:9', inputImages: [{ mimeType: 'image/jpeg', byteSize: inputJpeg.byteLength }] });
+
+    const done = await settle(batches, name);
+
+    expect(done.state).toBe('succeeded');
+    expect(batch?.responsesFile).toMatch(/^files\//);
+    expect(server.fileCalls().download).toBe(1);
+    expect(server.files.find((f) => f.name === batch?.responsesFile)).toMatchObject({ source: 'batch_output', downloads: 1 });
+    const responses = byKey(done.responses);
+    const expectedClass: Record<string, string> = {
+      'status:429': 'rate_limited',
+      'status:400': 'invalid_request',
+      'status:503': 'overloaded',
+      'finish:IMAGE_SAFETY': 'safety_blocked',
+      corrupt: 'corrupt_image',
+    };
+    for (const record of batch?.requests ?? []) {
+      const key = record.key ?? '';
+      const response = responses.get(key);
+      if (record.behavior === 'missing') {
+        expect(response).toBeUndefined();
+      } else if (record.behavior === 'image' || record.behavior === 'thought_image') {
+        if (response === undefined || !('image' in response)) throw new Error(`expected an image for ${key}`);
+        expect(response.image.mimeType).toBe('image/png');
+        expect(await readStamp(response.image.bytes)).toBe(record.servedStamp);
+        expect(response.image.usage).toMatchObject({ promptTokens: 12, outputTokens: 1290, imageCount: 1 });
+      } else {
+        if (response === undefined || !('error' in response)) throw new Error(`expected an error for ${key} (${record.behavior})`);
+        expect(response.error.errorClass).toBe(expectedClass[record.behavior]);
+        if (record.behavior === 'status:429') expect(response.error.retryAfterMs).toBe(2000);
+      }
+    }
+    expect(responses.size).toBe(11);
+    expect(server.calls()).toBe(0);
+  });
+
+  it('up to maxInlineBytes the requests travel inline (no upload), and both ways carry the same requests', async () => {
     const server = await start();
-    const batches = generator(server, { maxInlineBytes: 1024 });
-    const error = await failure(firstValueFrom(batches.createBatch('job-b/big', attempts(3))));
+    const requests = [attempt(0, { aspectRatio: '4:3' }), attempt(1, { input: null, inputAttachId: null })];
+
+    const inlineName = await firstValueFrom(generator(server, { maxInlineBytes: 2000 }).createBatch('job-b/small', requests));
+    expect(server.fileCalls()).toEqual({ uploadStart: 0, upload: 0, get: 0, download: 0 });
+    expect(server.batches[0]).toMatchObject({ name: inlineName, source: 'inline', inputFile: undefined });
+    const inlineDone = await settle(generator(server), inlineName);
+    expect(inlineDone.responses).toHaveLength(2);
+    expect(server.fileCalls().download).toBe(0);
+    expect(server.batches[0]?.responsesFile).toBeUndefined();
+
+    // The same requests above a lower limit: through a file, and the server reads the same requests out of it.
+    await firstValueFrom(generator(server, { maxInlineBytes: 500 }).createBatch('job-b/small-file', requests));
+    expect(server.fileCalls().uploadStart).toBe(1);
+    expect(server.batches[1]?.source).toBe('file');
+    const describe = (r: FakeBatchRequestRecord) => ({ key: r.key, prompt: r.prompt, aspectRatio: r.aspectRatio, imageSize: r.imageSize, responseModalities: r.responseModalities, inputImages: r.inputImages });
+    expect(server.batches[1]?.requests.map(describe)).toEqual(server.batches[0]?.requests.map(describe));
+  });
+
+  it('a file above the SDK\'s 8 MB upload chunk goes up in several chunks at the right offsets, and its batch answers', async () => {
+    const server = await start();
+    const batches = generator(server, { maxInlineBytes: 1_000_000 });
+    // Inputs are sent as they are (base64): 5 MB of bytes each make a file of about 13.4 MB.
+    const big = { bytes: new Uint8Array(5 * 1024 * 1024).fill(7), mimeType: 'image/jpeg' as const };
+    const requests = [attempt(0, { input: big }), attempt(1, { input: big })];
+
+    const name = await firstValueFrom(batches.createBatch('job-b/chunks', requests));
+
+    expect(server.fileCalls()).toMatchObject({ uploadStart: 1, upload: 2 });
+    expect(server.files[0]).toMatchObject({ chunks: 2, source: 'upload' });
+    expect(server.files[0]?.sizeBytes).toBeGreaterThan(8 * 1024 * 1024);
+    expect(server.batches[0]?.requests.map((r) => r.inputImages)).toEqual([[{ mimeType: 'image/jpeg', byteSize: big.bytes.byteLength }], [{ mimeType: 'image/jpeg', byteSize: big.bytes.byteLength }]]);
+    const done = await settle(batches, name);
+    expect([...byKey(done.responses).keys()].sort()).toEqual(requests.map((r) => r.key).sort());
+  });
+
+  it('a JSONL file above maxFileBytes is refused as invalid_request naming the limit, before anything is sent', async () => {
+    const server = await start();
+    const batches = generator(server, { maxInlineBytes: 1000, maxFileBytes: 3000 });
+    const error = await failure(firstValueFrom(batches.createBatch('job-b/huge', attempts(6))));
     expect(error.errorClass).toBe('invalid_request');
-    expect(error.message).toMatch(/inline limit of 1024 bytes/);
+    expect(error.message).toMatch(/Files API's limit of 3000 bytes/);
+    expect(server.fileCalls().uploadStart).toBe(0);
     expect(server.batchCalls().create).toBe(0);
+    // The default limit is the Files API's 2 GB.
+    expect(generator(server).config.maxFileBytes).toBe(2 * 1024 * 1024 * 1024);
+  });
+
+  it('upload and download failures are classified like every other call, with no retry inside', async () => {
+    const server = await start({
+      fileUploadBehavior: (n) => (n === 1 ? { status: 429, retryDelay: '5s', retryAfter: null } : n === 2 ? 'status:500' : 'image'),
+      fileDownloadBehavior: (n) => (n === 1 ? 'status:503' : n === 2 ? 'drop' : n === 3 ? 'status:404' : 'image'),
+    });
+    const batches = generator(server, { maxInlineBytes: 2000 });
+
+    const limited = await failure(firstValueFrom(batches.createBatch('job-b/big', attempts(5))));
+    expect(limited.errorClass).toBe('rate_limited');
+    expect(limited.retryAfterMs).toBe(5000);
+    const overloaded = await failure(firstValueFrom(batches.createBatch('job-b/big', attempts(5))));
+    expect(overloaded.errorClass).toBe('overloaded');
+    expect(server.fileCalls()).toMatchObject({ uploadStart: 2, upload: 0 });
+    expect(server.batchCalls().create).toBe(0); // no batch without its file
+
+    const name = await firstValueFrom(batches.createBatch('job-b/big', attempts(5)));
+    expect((await firstValueFrom(batches.getBatch(name))).state).toBe('running');
+    expect((await failure(firstValueFrom(batches.getBatch(name)))).errorClass).toBe('overloaded');
+    expect((await failure(firstValueFrom(batches.getBatch(name)))).errorClass).toBe('network'); // the download cut mid-body
+    const gone = await failure(firstValueFrom(batches.getBatch(name)));
+    expect(gone.errorClass).toBe('invalid_request');
+    expect(gone.httpStatus).toBe(404);
+    const done = await firstValueFrom(batches.getBatch(name));
+    expect(done.responses).toHaveLength(5);
+    expect(server.fileCalls().download).toBe(4);
+    for (const e of [limited, overloaded, gone]) expect(e.message).not.toContain(API_KEY);
+  });
+
+  it('a download that never answers times out after timeoutMs (the call is aborted)', async () => {
+    const server = await start({ fileDownloadBehavior: () => 'hang', batchPlan: () => ({ runningGets: 0 }) });
+    const batches = generator(server, { maxInlineBytes: 1000, timeoutMs: 300 });
+    const name = await firstValueFrom(batches.createBatch('job-b/slow-download', attempts(3)));
+    const error = await failure(firstValueFrom(batches.getBatch(name)));
+    expect(error.errorClass).toBe('timeout');
+    expect(error.message).toMatch(/batches.get timed out/);
+    expect(server.fileCalls().download).toBe(1);
   });
 
   it('an imageSize the model does not take is invalid_request, unsent', async () => {
@@ -281,6 +423,36 @@ describe('GeminiBatchGenerator against the fake Gemini server (real SDK)', () =>
     const error = await failure(firstValueFrom(batches.createBatch('job-b/hang', attempts(1))));
     expect(error.errorClass).toBe('timeout');
     expect(error.message).toMatch(/batches.create timed out/);
+  });
+});
+
+describe('jsonLines (the responses file, read as it streams)', () => {
+  async function linesOf(chunks: readonly (string | Uint8Array)[]): Promise<{ lines: string[]; progress: number }> {
+    let progress = 0;
+    async function* source(): AsyncGenerator<Uint8Array> {
+      for (const c of chunks) yield typeof c === 'string' ? new TextEncoder().encode(c) : c;
+    }
+    const lines: string[] = [];
+    for await (const line of jsonLines(source(), () => progress++)) lines.push(line);
+    return { lines, progress };
+  }
+
+  it('gives whole lines whatever the chunk boundaries: a line over several chunks, several lines in one, CRLF, blank lines, no final newline', async () => {
+    const { lines, progress } = await linesOf(['{"key":"a",', '"v":1}\n{"key":"b"}\r\n\n', '{"key"', ':"c"}\n\n{"key":"d"}']);
+    expect(lines).toEqual(['{"key":"a","v":1}', '{"key":"b"}', '{"key":"c"}', '{"key":"d"}']);
+    expect(progress).toBe(4); // one per chunk
+  });
+
+  it('keeps a UTF-8 character cut across chunks whole', async () => {
+    const bytes = new TextEncoder().encode('{"key":"é—🙂"}\n');
+    const cut = bytes.indexOf(0xf0) + 2; // inside the 4-byte emoji
+    const { lines } = await linesOf([bytes.subarray(0, 9), bytes.subarray(9, cut), bytes.subarray(cut)]);
+    expect(lines).toEqual(['{"key":"é—🙂"}']);
+  });
+
+  it('an empty body has no lines', async () => {
+    expect((await linesOf([])).lines).toEqual([]);
+    expect((await linesOf(['\n', '\r\n'])).lines).toEqual([]);
   });
 });
 
@@ -332,5 +504,69 @@ describe('the fake server speaks the Batch API wire format (raw HTTP, no SDK)', 
     expect((await call(server, 'POST', `/v1beta/batches/${id}:cancel`, {})).status).toBe(200);
     expect(server.batches[0]?.state).toBe('BATCH_STATE_SUCCEEDED');
     expect((await call(server, 'GET', '/v1beta/batches/missing')).status).toBe(404);
+  });
+
+  it('the Files API: resumable upload (start, upload, upload+finalize at checked offsets), file metadata, a batch from the file and its responses file', async () => {
+    const server = await start({ batchBehavior: ({ index }) => (index === 1 ? 'status:429' : index === 2 ? 'missing' : 'image') });
+    const headers = { 'x-goog-api-key': API_KEY };
+    const jsonl = ['k0', 'k1', 'k2'].map((key, i) => JSON.stringify({ key, request: { contents: [{ role: 'user', parts: [{ text: `p${i}` }] }], generationConfig: { imageConfig: { aspectRatio: '1:1' } } } })).join('\n') + '\n';
+    const bytes = Buffer.from(jsonl, 'utf8');
+
+    const startAnswer = await fetch(`${server.url}/upload/v1beta/files`, {
+      method: 'POST',
+      headers: {
+        ...headers,
+        'content-type': 'application/json',
+        'x-goog-upload-protocol': 'resumable',
+        'x-goog-upload-command': 'start',
+        'x-goog-upload-header-content-length': String(bytes.byteLength),
+        'x-goog-upload-header-content-type': 'jsonl',
+      },
+      body: JSON.stringify({ file: { displayName: 'wire-input' } }),
+    });
+    expect(startAnswer.status).toBe(200);
+    expect(startAnswer.headers.get('x-goog-upload-status')).toBe('active');
+    const uploadUrl = startAnswer.headers.get('x-goog-upload-url') ?? '';
+    expect(uploadUrl).toMatch(/\/upload\/v1beta\/files\?upload_id=/);
+    const half = Math.floor(bytes.byteLength / 2);
+    const chunk = (command: string, offset: number, body: Uint8Array) =>
+      fetch(uploadUrl, { method: 'POST', headers: { ...headers, 'x-goog-upload-command': command, 'x-goog-upload-offset': String(offset) }, body: new Blob([new Uint8Array(body)]) });
+    const first = await chunk('upload', 0, bytes.subarray(0, half));
+    expect(first.headers.get('x-goog-upload-status')).toBe('active');
+    expect((await chunk('upload, finalize', 0, bytes.subarray(half))).status).toBe(400); // wrong offset
+    const final = await chunk('upload, finalize', half, bytes.subarray(half));
+    expect(final.status).toBe(200);
+    expect(final.headers.get('x-goog-upload-status')).toBe('final');
+    const file = ((await final.json()) as { file: { name: string; sizeBytes: string; state: string; mimeType: string; displayName: string } }).file;
+    expect(file).toMatchObject({ name: expect.stringMatching(/^files\//), sizeBytes: String(bytes.byteLength), state: 'ACTIVE', mimeType: 'jsonl', displayName: 'wire-input' });
+    expect(server.fileContent(file.name)?.equals(bytes)).toBe(true);
+    expect((await call(server, 'GET', `/v1beta/${file.name}`)).json).toMatchObject({ name: file.name, state: 'ACTIVE', source: 'UPLOADED' });
+
+    const created = await call(server, 'POST', '/v1beta/models/gemini-2.5-flash-image:batchGenerateContent', { batch: { displayName: 'from-file', inputConfig: { fileName: file.name } } });
+    expect(created.status).toBe(200);
+    expect(server.batches[0]).toMatchObject({ source: 'file', inputFile: file.name });
+    expect(server.batches[0]?.requests.map((r) => [r.key, r.prompt])).toEqual([['k0', 'p0'], ['k1', 'p1'], ['k2', 'p2']]);
+    const id = String(created.json.name).slice('batches/'.length);
+    await call(server, 'GET', `/v1beta/batches/${id}`);
+    const done = await call(server, 'GET', `/v1beta/batches/${id}`);
+    expect(done.json).toMatchObject({ done: true, metadata: { state: 'BATCH_STATE_SUCCEEDED', output: { responsesFile: expect.stringMatching(/^files\//) } } });
+    expect(done.json.response.responsesFile).toBe(done.json.metadata.output.responsesFile);
+    expect(done.json.metadata.output.inlinedResponses).toBeUndefined();
+
+    // Served under the guide's `/download/v1beta/...` and the SDK's `/v1beta/...` alike, with the key only.
+    const responsesFile = String(done.json.metadata.output.responsesFile);
+    for (const path of [`/download/v1beta/${responsesFile}:download?alt=media`, `/v1beta/${responsesFile}:download?alt=media`]) {
+      const answer = await fetch(`${server.url}${path}`, { headers });
+      expect(answer.status).toBe(200);
+      // `any`: whatever JSON the fake wrote, probed field by field.
+      const lines = (await answer.text()).split('\n').filter((l) => l !== '').map((l) => JSON.parse(l) as any);
+      expect(lines).toHaveLength(2); // k2 is missing
+      expect(lines[0]).toMatchObject({ key: 'k0', response: { candidates: [{ content: { parts: [{ inlineData: { mimeType: 'image/png' } }] } }] } });
+      expect(lines[1]).toMatchObject({ key: 'k1', error: { code: 8, details: [{ retryDelay: '2s' }] } });
+    }
+    expect((await fetch(`${server.url}/download/v1beta/${responsesFile}:download?alt=media`)).status).toBe(401);
+    expect((await fetch(`${server.url}/download/v1beta/files/nope:download?alt=media`, { headers })).status).toBe(404);
+    expect((await call(server, 'POST', '/v1beta/models/gemini-2.5-flash-image:batchGenerateContent', { batch: { inputConfig: { fileName: 'files/nope' } } })).status).toBe(404);
+    expect(server.fileCalls()).toEqual({ uploadStart: 1, upload: 3, get: 1, download: 4 });
   });
 });

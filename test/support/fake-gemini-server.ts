@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { ASPECT_RATIOS, type AspectRatio } from '../../src/domain/aspect-ratio.js';
@@ -224,6 +225,12 @@ export interface FakeGeminiServer {
   setBatchPlan(plan: FakeBatchOptions['batchPlan']): void;
   /** Replaces the behavior of the following batch create calls. */
   setBatchCreateBehavior(behavior: FakeBatchOptions['batchCreateBehavior']): void;
+  /** Files API: every file the server holds (uploads once finalized, and batches' responses files), in creation order. */
+  readonly files: readonly FakeFileRecord[];
+  /** Files API: the calls received so far, by kind. Not counted by {@link calls} nor {@link batchCalls}. */
+  fileCalls(): Readonly<FakeFileCallCounts>;
+  /** Files API: the bytes of a file (`files/<id>`), as uploaded or as written for a batch; undefined when there is none. */
+  fileContent(name: string): Buffer | undefined;
 }
 
 /** Stamp of the thought image in the `thought_image` behavior (never a call number in practice). */
@@ -278,7 +285,14 @@ export async function startFakeGeminiServer(options: FakeGeminiServerOptions = {
   const waiters = new Map<number, ((record: FakeCallRecord) => void)[]>();
   const timers = new Set<NodeJS.Timeout>();
   const batches = fakeBatches(
-    { batchBehavior: options.batchBehavior, batchPlan: options.batchPlan, batchCreateBehavior: options.batchCreateBehavior, batchListPageSize: options.batchListPageSize },
+    {
+      batchBehavior: options.batchBehavior,
+      batchPlan: options.batchPlan,
+      batchCreateBehavior: options.batchCreateBehavior,
+      batchListPageSize: options.batchListPageSize,
+      fileUploadBehavior: options.fileUploadBehavior,
+      fileDownloadBehavior: options.fileDownloadBehavior,
+    },
     apiKey,
     async (stamp, aspectRatio) => {
       const ratio = (ASPECT_RATIOS as readonly string[]).includes(aspectRatio ?? '') ? (aspectRatio as AspectRatio) : '1:1';
@@ -488,6 +502,9 @@ export async function startFakeGeminiServer(options: FakeGeminiServerOptions = {
     setBatchCreateBehavior(next) {
       batches.options = { ...batches.options, batchCreateBehavior: next };
     },
+    files: batches.files,
+    fileCalls: () => ({ ...batches.fileCounts }),
+    fileContent: (name) => batches.fileContent(name),
     close() {
       for (const t of timers) clearTimeout(t);
       timers.clear();
@@ -639,6 +656,15 @@ function readBody(req: IncomingMessage): Promise<string> {
   });
 }
 
+function readBodyBytes(req: IncomingMessage): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (chunk: Buffer) => chunks.push(chunk));
+    req.on('end', () => resolve(Buffer.concat(chunks)));
+    req.on('error', reject);
+  });
+}
+
 function parseJson(text: string): unknown {
   try {
     return JSON.parse(text) as unknown;
@@ -673,7 +699,10 @@ function describeRequest(body: unknown): Pick<FakeCallRecord, 'prompt' | 'aspect
 
 // ---------------------------------------------------------------------------------------
 // Batch mode (issue 17): the Gemini Developer API's batch endpoints, as @google/genai 2.32
-// calls them (`ai.batches.create/get/cancel/list/delete`, mldev, v1beta).
+// calls them (`ai.batches.create/get/cancel/list/delete`, mldev, v1beta), and the Files API
+// a batch above the inline limit goes through (`ai.files.upload`'s resumable upload, a
+// file's metadata, its download): a batch created from a JSONL file answers its responses
+// as a JSONL file (`output.responsesFile`) instead of inline.
 // ---------------------------------------------------------------------------------------
 
 /**
@@ -745,6 +774,41 @@ export interface FakeBatchRecord {
   gets: number;
   /** Whether the create call's answer was lost on purpose (`batchCreateBehavior`). */
   readonly answerLost: boolean;
+  /** Where the requests came from: inline in the create body, or a JSONL file of the Files API (`inputConfig.fileName`). */
+  readonly source: 'inline' | 'file';
+  /** The input file (`files/<id>`) of a batch created from a file. */
+  readonly inputFile: string | undefined;
+  /** The responses file (`files/<id>`) of a file batch, once it succeeded. */
+  responsesFile: string | undefined;
+}
+
+/** What the server recorded about one file of its Files API (never the bytes: see `fileContent`). */
+export interface FakeFileRecord {
+  /** `files/<id>`. */
+  readonly name: string;
+  readonly displayName: string | undefined;
+  /** The mime type the client declared (`X-Goog-Upload-Header-Content-Type`), or the one the server wrote. */
+  readonly mimeType: string;
+  /** Size, bytes. */
+  readonly sizeBytes: number;
+  /** `upload`: uploaded by a client (resumable protocol); `batch_output`: a batch's responses file. */
+  readonly source: 'upload' | 'batch_output';
+  /** Upload requests (`upload` / `upload, finalize`) that carried its bytes (0 for a responses file). */
+  readonly chunks: number;
+  /** Downloads of it so far. */
+  downloads: number;
+}
+
+/** The Files API calls the server answered, by kind (every call, refused ones too). */
+export interface FakeFileCallCounts {
+  /** `POST /upload/v1beta/files` with `X-Goog-Upload-Command: start`. */
+  uploadStart: number;
+  /** `POST` to an upload URL (`upload`, `upload, finalize`). */
+  upload: number;
+  /** `GET /v1beta/files/<id>`. */
+  get: number;
+  /** `GET /download/v1beta/files/<id>:download?alt=media` (or without `/download`, as `ai.files.download` sends). */
+  download: number;
 }
 
 /** The batch calls the server answered, by kind (every call, refused ones too). */
@@ -771,6 +835,19 @@ export interface FakeBatchOptions {
   readonly batchCreateBehavior?: (n: number) => FakeBehavior;
   /** Batches per page of `GET /v1beta/batches` when the client names no `pageSize`. Default 10. */
   readonly batchListPageSize?: number;
+  /**
+   * Decides each upload start call of the Files API (1-based). `status:<code>` (or the
+   * object form): the error, no upload. `drop` / `drop_before_headers`: the socket is
+   * destroyed. `hang`: never answered. Anything else: answered. Default: answered.
+   */
+  readonly fileUploadBehavior?: (n: number) => FakeBehavior;
+  /**
+   * Decides each download call of the Files API (1-based). `status:<code>` (or the object
+   * form): the error. `drop`: the headers and half the bytes, then the socket is destroyed.
+   * `drop_before_headers`: destroyed at once. `hang`: never answered. Anything else: the
+   * file. Default: the file.
+   */
+  readonly fileDownloadBehavior?: (n: number) => FakeBehavior;
 }
 
 /** Stamps of batch images start above this (interactive calls stamp their call number). */
@@ -782,6 +859,10 @@ const GRPC_CODE_OF_HTTP: Readonly<Record<number, number>> = { 400: 3, 401: 16, 4
 const BATCH_CREATE_PATH = /^\/v1beta\/models\/([^/:?]+):batchGenerateContent(?:\?.*)?$/;
 const BATCH_PATH = /^\/v1beta\/batches\/([^/:?]+)(:cancel)?(?:\?.*)?$/;
 const BATCH_LIST_PATH = /^\/v1beta\/batches(?:\?.*)?$/;
+const UPLOAD_PATH = /^\/upload\/v1beta\/files(?:\?.*)?$/;
+const FILE_GET_PATH = /^\/v1beta\/files\/([^/:?]+)(?:\?.*)?$/;
+// The Batch API guide downloads from `/download/v1beta/...`; `ai.files.download` sends `/v1beta/...`: both are served.
+const FILE_DOWNLOAD_PATH = /^\/(?:download\/)?v1beta\/files\/([^/:?]+):download(?:\?.*)?$/;
 const OPERATION_TYPE = 'type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatch';
 const OUTPUT_TYPE = 'type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatchOutput';
 
@@ -795,6 +876,25 @@ interface FakeBatch {
   held: boolean;
   /** The inlined responses, built once when the batch succeeds. */
   output: unknown[] | undefined;
+  /** The responses file of a file batch, written once when it succeeds. */
+  responsesFile: string | undefined;
+}
+
+/** A file of the fake Files API. */
+interface FakeFile {
+  readonly record: FakeFileRecord;
+  readonly content: Buffer;
+  readonly createTime: string;
+}
+
+/** A resumable upload started and not yet finalized. */
+interface FakeUploadSession {
+  readonly displayName: string | undefined;
+  readonly mimeType: string;
+  readonly declaredBytes: number | undefined;
+  readonly parts: Buffer[];
+  received: number;
+  chunks: number;
 }
 
 /** The batch side of the server: its routes and records. */
@@ -804,6 +904,9 @@ interface FakeBatches {
   readonly records: FakeBatchRecord[];
   readonly counts: FakeBatchCallCounts;
   options: FakeBatchOptions;
+  readonly files: FakeFileRecord[];
+  readonly fileCounts: FakeFileCallCounts;
+  fileContent(name: string): Buffer | undefined;
 }
 
 function fakeBatches(
@@ -815,9 +918,15 @@ function fakeBatches(
   const records: FakeBatchRecord[] = [];
   const counts: FakeBatchCallCounts = { create: 0, get: 0, cancel: 0, list: 0, delete: 0 };
   let requestSeq = 0;
-  const self: FakeBatches = { handle, records, counts, options };
+  const files = new Map<string, FakeFile>();
+  const fileRecords: FakeFileRecord[] = [];
+  const fileCounts: FakeFileCallCounts = { uploadStart: 0, upload: 0, get: 0, download: 0 };
+  const sessions = new Map<string, FakeUploadSession>();
+  let fileSeq = 0;
+  const self: FakeBatches = { handle, records, counts, options, files: fileRecords, fileCounts, fileContent: (name) => files.get(name)?.content };
 
   async function handle(req: IncomingMessage, res: ServerResponse, sentKey: string | undefined): Promise<boolean> {
+    if (await handleFiles(req, res, sentKey)) return true;
     const url = req.url ?? '';
     const create = req.method === 'POST' ? BATCH_CREATE_PATH.exec(url) : null;
     const one = BATCH_PATH.exec(url);
@@ -883,16 +992,27 @@ function fakeBatches(
     // The client-controlled body, read defensively through `unknown`.
     const body = (parseJson(raw) ?? {}) as { batch?: { displayName?: string; inputConfig?: { requests?: { requests?: { request?: unknown; metadata?: unknown }[] }; fileName?: string } } };
     const inlined = body.batch?.inputConfig?.requests?.requests;
-    if (!Array.isArray(inlined) || inlined.length === 0) {
-      sendJson(res, 400, googleError(400, '* BatchGenerateContentRequest.batch.input_config: inlined requests are required (this fake takes no file source)'));
+    const fileName = body.batch?.inputConfig?.fileName;
+    let entries: readonly { readonly request?: unknown; readonly metadata?: unknown; readonly key: unknown }[];
+    if (Array.isArray(inlined) && inlined.length > 0) {
+      entries = inlined.map((entry) => ({ request: entry.request, metadata: entry.metadata, key: (entry.metadata as { key?: unknown } | undefined)?.key }));
+    } else if (typeof fileName === 'string') {
+      const lines = fileRequests(fileName);
+      if (typeof lines === 'string') {
+        sendJson(res, lines.startsWith('File not found') ? 404 : 400, googleError(lines.startsWith('File not found') ? 404 : 400, lines));
+        return;
+      }
+      entries = lines;
+    } else {
+      sendJson(res, 400, googleError(400, '* BatchGenerateContentRequest.batch.input_config: inlined requests or a file name are required'));
       return;
     }
     const seq = records.length + 1;
     const displayName = body.batch?.displayName;
     const behave = self.options.batchBehavior ?? (() => 'image' as const);
-    const items = inlined.map((entry, index) => {
+    const items = entries.map((entry, index) => {
       const n = ++requestSeq;
-      const key = (entry.metadata as { key?: unknown } | undefined)?.key;
+      const key = entry.key;
       const keyText = typeof key === 'string' ? key : undefined;
       const chosen = behave({ n, body: entry.request, inFlight: 0, batch: seq, index, key: keyText });
       const record: FakeBatchRequestRecord = {
@@ -917,10 +1037,13 @@ function fakeBatches(
       state: 'BATCH_STATE_PENDING',
       gets: 0,
       answerLost: lost,
+      source: Array.isArray(inlined) && inlined.length > 0 ? 'inline' : 'file',
+      inputFile: Array.isArray(inlined) && inlined.length > 0 ? undefined : fileName,
+      responsesFile: undefined,
     };
     const now = new Date().toISOString();
     const plan = self.options.batchPlan?.({ seq, displayName, requestCount: items.length }) ?? {};
-    const batch: FakeBatch = { record, plan, items, createTime: now, updateTime: now, endTime: undefined, held: plan.hold !== undefined, output: undefined };
+    const batch: FakeBatch = { record, plan, items, createTime: now, updateTime: now, endTime: undefined, held: plan.hold !== undefined, output: undefined, responsesFile: undefined };
     void plan.hold?.then(() => {
       batch.held = false;
     });
@@ -961,7 +1084,12 @@ function fakeBatches(
       return;
     }
     const outcome = plan.outcome ?? 'succeeded';
-    if (outcome === 'succeeded') batch.output = await inlinedResponses(batch);
+    if (outcome === 'succeeded' && batch.record.source === 'file') {
+      batch.responsesFile = await writeResponsesFile(batch);
+      batch.record.responsesFile = batch.responsesFile;
+    } else if (outcome === 'succeeded') {
+      batch.output = await inlinedResponses(batch);
+    }
     end(batch, outcome === 'succeeded' ? 'BATCH_STATE_SUCCEEDED' : outcome === 'failed' ? 'BATCH_STATE_FAILED' : 'BATCH_STATE_EXPIRED');
   }
 
@@ -973,20 +1101,218 @@ function fakeBatches(
 
   async function inlinedResponses(batch: FakeBatch): Promise<unknown[]> {
     const out: unknown[] = [];
-    for (const { record, chosen } of batch.items) {
+    for (const { record, answer } of await batchAnswers(batch)) {
       const metadata = record.metadata ?? undefined;
+      out.push({ ...answer, ...(metadata !== undefined ? { metadata } : {}) });
+    }
+    return out;
+  }
+
+  /** Each request's `{ response }` or `{ error }` (none for `missing`, `hang`, `drop`), stamps recorded. */
+  async function batchAnswers(batch: FakeBatch): Promise<{ readonly record: FakeBatchRequestRecord; readonly answer: { response: unknown } | { error: unknown } }[]> {
+    const out: { record: FakeBatchRequestRecord; answer: { response: unknown } | { error: unknown } }[] = [];
+    for (const { record, chosen } of batch.items) {
       if (typeof chosen === 'object' || chosen.startsWith('status:')) {
         const status = typeof chosen === 'object' ? chosen : { status: Number(chosen.slice('status:'.length)) };
-        out.push({ error: rpcStatus(status), ...(metadata !== undefined ? { metadata } : {}) });
+        out.push({ record, answer: { error: rpcStatus(status) } });
         continue;
       }
       const stamp = BATCH_STAMP_BASE + record.n;
       const content = await contentAnswer(chosen, stamp, (s) => imagePart(s, record.aspectRatio));
       if (content === undefined) continue; // missing, hang, drop: no entry
       record.servedStamp = content.servedStamp;
-      out.push({ response: content.body, ...(metadata !== undefined ? { metadata } : {}) });
+      out.push({ record, answer: { response: content.body } });
     }
     return out;
+  }
+
+  /** A succeeded file batch's output: a JSONL file, one `{"key", "response" | "error"}` line per answered request, in request order. */
+  async function writeResponsesFile(batch: FakeBatch): Promise<string> {
+    const lines = (await batchAnswers(batch)).map(({ record, answer }) => `${JSON.stringify({ ...(record.key !== undefined ? { key: record.key } : {}), ...answer })}\n`);
+    const id = batch.record.name.slice('batches/'.length);
+    return addFile(`files/batch-${id}`, Buffer.from(lines.join(''), 'utf8'), { displayName: `${batch.record.displayName ?? id} responses`, mimeType: 'application/jsonl', source: 'batch_output', chunks: 0 });
+  }
+
+  /** The requests of an uploaded JSONL input file (`{"key", "request"}` per line), or why the create is refused. */
+  function fileRequests(fileName: string): { request: unknown; metadata: unknown; key: unknown }[] | string {
+    const file = files.get(fileName);
+    if (file === undefined) return `File not found: ${fileName}`;
+    const out: { request: unknown; metadata: unknown; key: unknown }[] = [];
+    const lines = file.content.toString('utf8').split('\n');
+    for (const [i, line] of lines.entries()) {
+      if (line.trim() === '') continue;
+      // Client-written JSON, read defensively.
+      const parsed = parseJson(line) as { key?: unknown; request?: unknown; metadata?: unknown } | undefined;
+      if (parsed === undefined || parsed === null || typeof parsed !== 'object' || parsed.request === undefined) {
+        return `* BatchGenerateContentRequest.batch.input_config.file_name: line ${i + 1} of ${fileName} is not a {"key", "request"} object`;
+      }
+      out.push({ request: parsed.request, metadata: parsed.metadata, key: parsed.key });
+    }
+    if (out.length === 0) return `* BatchGenerateContentRequest.batch.input_config.file_name: ${fileName} holds no requests`;
+    return out;
+  }
+
+  function addFile(name: string, content: Buffer, meta: { readonly displayName: string | undefined; readonly mimeType: string; readonly source: FakeFileRecord['source']; readonly chunks: number }): string {
+    const record: FakeFileRecord = { name, displayName: meta.displayName, mimeType: meta.mimeType, sizeBytes: content.byteLength, source: meta.source, chunks: meta.chunks, downloads: 0 };
+    files.set(name, { record, content, createTime: new Date().toISOString() });
+    fileRecords.push(record);
+    return name;
+  }
+
+  /** The `File` resource of the Files API (what `upload, finalize` answers in `{ file }` and `GET files/<id>` answers). */
+  function fileResource(file: FakeFile, origin: string): unknown {
+    const { record } = file;
+    const expiration = new Date(Date.parse(file.createTime) + 48 * 3600 * 1000).toISOString();
+    return {
+      name: record.name,
+      ...(record.displayName !== undefined ? { displayName: record.displayName } : {}),
+      mimeType: record.mimeType,
+      sizeBytes: String(record.sizeBytes),
+      createTime: file.createTime,
+      updateTime: file.createTime,
+      expirationTime: expiration,
+      sha256Hash: Buffer.from(createHash('sha256').update(file.content).digest('hex')).toString('base64'),
+      uri: `${origin}/v1beta/${record.name}`,
+      downloadUri: `${origin}/download/v1beta/${record.name}:download?alt=media`,
+      state: 'ACTIVE',
+      source: record.source === 'upload' ? 'UPLOADED' : 'GENERATED',
+    };
+  }
+
+  /**
+   * The Files API, as @google/genai 2.32 (`ai.files.upload`, `ai.files.get`,
+   * `ai.files.download`) and the Batch API guide call it: a resumable upload (start, then
+   * `upload` / `upload, finalize` requests at the upload URL, offsets checked), a file's
+   * metadata, and its bytes (`alt=media`). False when the call is not one of these.
+   */
+  async function handleFiles(req: IncomingMessage, res: ServerResponse, sentKey: string | undefined): Promise<boolean> {
+    const url = req.url ?? '';
+    const query = new URL(url, 'http://x').searchParams;
+    const uploadId = query.get('upload_id');
+    const download = req.method === 'GET' ? FILE_DOWNLOAD_PATH.exec(url) : null;
+    const get = req.method === 'GET' && download === null ? FILE_GET_PATH.exec(url) : null;
+    const kind: keyof FakeFileCallCounts | undefined =
+      req.method === 'POST' && UPLOAD_PATH.test(url) ? (uploadId === null ? 'uploadStart' : 'upload') : download ? 'download' : get ? 'get' : undefined;
+    if (kind === undefined) return false;
+    fileCounts[kind]++;
+    const raw = await readBodyBytes(req);
+    if (sentKey === undefined) {
+      sendJson(res, 401, googleError(401, 'Method doesn\'t allow unregistered callers. Please use an API key.'));
+      return true;
+    }
+    if (sentKey !== apiKey) {
+      sendJson(res, 403, googleError(403, 'API key not valid. Please pass a valid API key.'));
+      return true;
+    }
+    const origin = `http://${req.headers.host ?? '127.0.0.1'}`;
+    const command = (headerValue(req.headers['x-goog-upload-command']) ?? '').toLowerCase();
+    if (kind === 'uploadStart') {
+      const chosen = self.options.fileUploadBehavior?.(fileCounts.uploadStart) ?? 'image';
+      if (answeredOtherwise(chosen, res)) return true;
+      if ((headerValue(req.headers['x-goog-upload-protocol']) ?? '').toLowerCase() !== 'resumable' || command !== 'start') {
+        sendJson(res, 400, googleError(400, 'Upload protocol: resumable uploads start with X-Goog-Upload-Protocol: resumable and X-Goog-Upload-Command: start'));
+        return true;
+      }
+      // Client-controlled JSON, read defensively.
+      const body = (parseJson(raw.toString('utf8')) ?? {}) as { file?: { displayName?: unknown; mimeType?: unknown } };
+      const declared = headerValue(req.headers['x-goog-upload-header-content-length']);
+      const mimeType = headerValue(req.headers['x-goog-upload-header-content-type']) ?? (typeof body.file?.mimeType === 'string' ? body.file.mimeType : 'application/octet-stream');
+      const id = `upload${++fileSeq}`;
+      sessions.set(id, {
+        displayName: typeof body.file?.displayName === 'string' ? body.file.displayName : undefined,
+        mimeType,
+        declaredBytes: declared === undefined ? undefined : Number(declared),
+        parts: [],
+        received: 0,
+        chunks: 0,
+      });
+      res.writeHead(200, {
+        'x-goog-upload-url': `${origin}/upload/v1beta/files?upload_id=${id}&upload_protocol=resumable`,
+        'x-goog-upload-status': 'active',
+        'content-length': '0',
+      });
+      res.end();
+      return true;
+    }
+    if (kind === 'upload') {
+      const session = sessions.get(uploadId ?? '');
+      if (session === undefined) {
+        sendJson(res, 404, googleError(404, `No upload session ${uploadId ?? ''}`));
+        return true;
+      }
+      const offset = Number(headerValue(req.headers['x-goog-upload-offset']) ?? 'NaN');
+      if (!command.split(',').map((c) => c.trim()).includes('upload') || offset !== session.received) {
+        sendJson(res, 400, googleError(400, `Upload: expected X-Goog-Upload-Command: upload at X-Goog-Upload-Offset ${session.received}`));
+        return true;
+      }
+      session.parts.push(raw);
+      session.received += raw.byteLength;
+      session.chunks++;
+      if (!command.includes('finalize')) {
+        res.writeHead(200, { 'x-goog-upload-status': 'active', 'content-length': '0' });
+        res.end();
+        return true;
+      }
+      sessions.delete(uploadId ?? '');
+      if (session.declaredBytes !== undefined && session.declaredBytes !== session.received) {
+        sendJson(res, 400, googleError(400, `Upload: ${session.received} bytes received, ${session.declaredBytes} declared`));
+        return true;
+      }
+      const name = addFile(`files/fakefile${fileSeq.toString(36)}x${(fileSeq * 7907).toString(36)}`, Buffer.concat(session.parts), {
+        displayName: session.displayName,
+        mimeType: session.mimeType,
+        source: 'upload',
+        chunks: session.chunks,
+      });
+      const file = files.get(name);
+      sendJson(res, 200, { file: file === undefined ? {} : fileResource(file, origin) }, { 'x-goog-upload-status': 'final' });
+      return true;
+    }
+    const name = `files/${decodeURIComponent((download ?? get)?.[1] ?? '')}`;
+    const file = files.get(name);
+    if (kind === 'download') {
+      const chosen = self.options.fileDownloadBehavior?.(fileCounts.download) ?? 'image';
+      if (chosen !== 'drop' && answeredOtherwise(chosen, res)) return true;
+      if (file === undefined) {
+        sendJson(res, 404, googleError(404, `File not found: ${name}`));
+        return true;
+      }
+      if (query.get('alt') !== 'media') {
+        sendJson(res, 400, googleError(400, 'Downloads need alt=media'));
+        return true;
+      }
+      file.record.downloads++;
+      res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': String(file.content.byteLength) });
+      if (chosen === 'drop') {
+        res.write(file.content.subarray(0, Math.floor(file.content.byteLength / 2)), () => res.destroy());
+        return true;
+      }
+      res.end(file.content);
+      return true;
+    }
+    if (file === undefined) {
+      sendJson(res, 404, googleError(404, `File not found: ${name}`));
+      return true;
+    }
+    sendJson(res, 200, fileResource(file, origin));
+    return true;
+  }
+
+  /** A Files API behavior that is not a plain answer (an error, a drop, a hang) acted out; false when the call is to be answered. */
+  function answeredOtherwise(chosen: FakeBehavior, res: ServerResponse): boolean {
+    if (typeof chosen === 'object') {
+      sendStatus(res, chosen);
+      return true;
+    }
+    if (chosen.startsWith('status:')) {
+      sendStatus(res, { status: Number(chosen.slice('status:'.length)) });
+      return true;
+    }
+    if (chosen === 'drop' || chosen === 'drop_before_headers') {
+      res.socket?.destroy();
+      return true;
+    }
+    return chosen === 'hang';
   }
 
   /** The `Operation` the API answers for a batch (create, get, list). */
@@ -994,7 +1320,12 @@ function fakeBatches(
     const { record } = batch;
     const ended = isEnded(record.state);
     const succeeded = batch.items.filter((i) => typeof i.chosen === 'string' && !i.chosen.startsWith('status:') && i.chosen !== 'missing').length;
-    const output = withOutput && batch.output !== undefined ? { inlinedResponses: { inlinedResponses: batch.output } } : undefined;
+    const output =
+      withOutput && batch.output !== undefined
+        ? { inlinedResponses: { inlinedResponses: batch.output } }
+        : withOutput && batch.responsesFile !== undefined
+          ? { responsesFile: batch.responsesFile }
+          : undefined;
     const metadata = {
       '@type': OPERATION_TYPE,
       model: record.model,
