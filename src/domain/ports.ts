@@ -157,8 +157,11 @@ export interface BatchStagePorts {
   submit(round: BatchRound): Observable<string>;
   /** The batch's state (with its responses once it succeeded); `round` says which round it runs (for the record). */
   poll(name: string, round: BatchRound): Observable<BatchStatus>;
-  /** Asks the provider to cancel the batch. */
-  cancel(name: string): Observable<void>;
+  /**
+   * Asks the provider to cancel the round's batch. `name` null: the create has not answered
+   * (or its answer was lost), so the batch, if the provider made it, is found by its key.
+   */
+  cancel(name: string | null, round: BatchRound): Observable<void>;
   /** The same delivery transaction as an interactive attempt's (exactly once per slot). */
   deliver(request: AttemptRequest, image: GeneratedImage): Observable<Delivery>;
 }

@@ -139,10 +139,10 @@ export function fillBatchRounds(config: FillBatchRoundsConfig): Observable<Stage
     const priced = (request: AttemptRequest, ending: AttemptEnding): AttemptCost | undefined => book.priced(request, ending);
     const requestOf = ({ slot, attempt }: SlotRequest): AttemptRequest => attemptRequestOf(job.jobId, stage, slot, attempt);
     // The round being run: what a cancel or a halt reports and cancels.
-    let current: { name: string | null; requests: readonly AttemptRequest[]; startedAt: number } | null = null;
+    let current: { name: string | null; round: BatchRound; requests: readonly AttemptRequest[]; startedAt: number } | null = null;
+    // Before the create has answered the name is null: the port finds the batch by its key.
     const cancelCurrent = (): void => {
-      const name = current?.name;
-      if (name) ports.cancel(name).subscribe({ error: () => undefined });
+      if (current !== null) ports.cancel(current.name, current.round).subscribe({ error: () => undefined });
     };
 
     /** A failed attempt's books: its event, and the slot's next attempt when the budget allows. */
@@ -220,7 +220,8 @@ export function fillBatchRounds(config: FillBatchRoundsConfig): Observable<Stage
         if (requests.length === 0) return EMPTY;
         const replacements: AttemptRequest[] = [];
         const startedAt = scheduler.now();
-        current = { name: step.name, requests, startedAt };
+        const round: BatchRound = { stageIndex: stage.index, round: step.round, requests, ...(step.resumed ? { resumed: true } : {}) };
+        current = { name: step.name, round, requests, startedAt };
         const starts: Step[] = step.resumed
           ? []
           : requests.map((request) => {
@@ -228,7 +229,6 @@ export function fillBatchRounds(config: FillBatchRoundsConfig): Observable<Stage
               return eventStep(attemptStarted(request, startedAt));
             });
         // Resumed with no name: the create's answer was lost; `submit` finds the batch by its key first.
-        const round: BatchRound = { stageIndex: stage.index, round: step.round, requests, ...(step.resumed ? { resumed: true } : {}) };
         const name$ = step.name !== null ? of(step.name) : ports.submit(round);
         // Set when the batch could not be sent: the next round waits its backoff.
         let sendError: PipelineError | null = null;

@@ -1,4 +1,4 @@
-import { catchError, concatMap, defer, from, map, mergeMap, of, switchMap, take, tap, throwError, type Observable } from 'rxjs';
+import { EMPTY, catchError, concatMap, defer, from, map, mergeMap, of, switchMap, take, tap, throwError, type Observable } from 'rxjs';
 import type { Logger } from 'pino';
 import { toPipelineError } from '../domain/error-class.js';
 import type { StageSpec } from '../domain/job-spec.js';
@@ -41,7 +41,8 @@ export function batchDisplayName(jobId: string, stageIndex: number, round: numbe
  *   whose answer was lost is not sent twice. A create that failed without an answer (a
  *   network error, a timeout, a 5xx) is looked up the same way before it counts as failed.
  * - `poll` = `getBatch`, its state recorded on the round's row (`recordBatchState`).
- * - `cancel` = `cancelBatch`.
+ * - `cancel` = `cancelBatch` (a round without a name yet: its batch found by the display
+ *   name first), and the round's row marked `cancelled`.
  * - `deliver` = the interactive delivery ({@link deliverImage}): exactly once per slot.
  *
  * ```
@@ -114,7 +115,13 @@ export function storedBatchPorts(deps: StoredBatchPortsDeps, jobId: string, opti
           ),
         ),
       ),
-    cancel: (name) => batches.cancelBatch(name),
+    cancel: (name, round) =>
+      (name !== null ? of<string | null>(name) : find(batchDisplayName(jobId, round.stageIndex, round.round))).pipe(
+        mergeMap((found) => (found === null ? EMPTY : batches.cancelBatch(found))),
+        // The summary's round says so (a batch that had ended keeps its state: a terminal state is final).
+        concatMap(() => from(recordBatchState(database, keyOf(round), 'cancelled', 'cancelled with the job')).pipe(catchError(() => of(undefined)))),
+        map(() => undefined),
+      ),
     deliver: (request, image) => deliverImage(deps, request, image, options),
   };
 }
