@@ -450,7 +450,7 @@ for (const kind of DATABASE_KINDS) {
         const stats = await cli(['stats', '--json'], ws.dir, fresh);
         expect({ code: stats.code, stats: JSON.parse(stats.stdout) }).toEqual({
           code: 0,
-          stats: { attempts: 0, failed: 0, delivered: 0, abandoned: 0, byClass: {}, retries: 0, retriesDelivered: 0, retrySuccessRate: null, costUsd: 0, wastedUsd: 0, possiblyBilled: { count: 0, usd: 0 }, costByClass: {}, costByModel: {} },
+          stats: { attempts: 0, failed: 0, delivered: 0, abandoned: 0, byClass: {}, retries: 0, retriesDelivered: 0, retrySuccessRate: null, costUsd: 0, wastedUsd: 0, possiblyBilled: { count: 0, usd: 0 }, costByClass: {}, costByModel: {}, batch: { batches: 0, attempts: 0, delivered: 0, costUsd: 0 } },
         });
         const balance = await cli(['credits', 'balance', ws.user, '--json'], ws.dir, fresh);
         expect({ code: balance.code, balance: JSON.parse(balance.stdout) }).toEqual({ code: 0, balance: { userId: ws.user, balance: 0, reserved: 0 } });

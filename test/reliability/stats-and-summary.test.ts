@@ -149,12 +149,13 @@ describe('imagegen stats and the --json summary, against a deterministic schedul
       status: 'partial',
       totalImages: 6,
       deliveredImages: 4,
+      mode: 'interactive',
       attachIds: ids.flat(),
       stages: [
-        { index: 0, quantity: 1, delivered: 1, attachIds: ids[0], shortfall: null },
-        { index: 1, quantity: 1, delivered: 1, attachIds: ids[1], shortfall: null },
-        { index: 2, quantity: 2, delivered: 2, attachIds: ids[2], shortfall: null },
-        { index: 3, quantity: 2, delivered: 0, attachIds: [], shortfall: { count: 2, reason: 'non_retryable', errorClass: 'prompt_blocked', detail: PROMPT_BLOCKED_DETAIL } },
+        { index: 0, quantity: 1, mode: 'interactive', delivered: 1, attachIds: ids[0], shortfall: null },
+        { index: 1, quantity: 1, mode: 'interactive', delivered: 1, attachIds: ids[1], shortfall: null },
+        { index: 2, quantity: 2, mode: 'interactive', delivered: 2, attachIds: ids[2], shortfall: null },
+        { index: 3, quantity: 2, mode: 'interactive', delivered: 0, attachIds: [], shortfall: { count: 2, reason: 'non_retryable', errorClass: 'prompt_blocked', detail: PROMPT_BLOCKED_DETAIL } },
       ],
       attempts: { total: 8, failed: 4, abandoned: 0, byClass: { overloaded: 2, rate_limited: 1, prompt_blocked: 1 } },
       credits: { reserved: 6, captured: 4, released: 2 },
@@ -182,6 +183,7 @@ describe('imagegen stats and the --json summary, against a deterministic schedul
       possiblyBilled: { count: 0, usd: 0 },
       costByClass: { delivered: usd(4 * IMAGE_ANSWER_USD), prompt_blocked: usd(BLOCKED_ANSWER_USD) },
       costByModel: { 'gemini-2.5-flash-image': usd(SPENT_USD) },
+      batch: { batches: 0, attempts: 0, delivered: 0, costUsd: 0 },
     });
   });
 
