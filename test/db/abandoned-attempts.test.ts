@@ -21,19 +21,7 @@ import {
 import type { Database } from '../../src/db/index.js';
 import { InsufficientCreditsError } from '../../src/db/errors.js';
 import { forEachDatabase } from '../support/databases.js';
-import { deliveryOf, resultFromDatabase, seedJob } from './fixtures.js';
-
-async function outcomes(database: Database, jobId: string): Promise<string[]> {
-  const rows = await database.db
-    .selectFrom('attempts')
-    .select(['stage_index', 'slot_index', 'attempt', 'outcome'])
-    .where('job_id', '=', jobId)
-    .orderBy('stage_index')
-    .orderBy('slot_index')
-    .orderBy('attempt')
-    .execute();
-  return rows.map((r) => `${r.stage_index}/${r.slot_index}/${r.attempt}:${r.outcome}`);
-}
+import { deliveryOf, outcomes, resultFromDatabase, seedJob } from './fixtures.js';
 
 forEachDatabase('abandoned attempts', (ctx) => {
   it('beginRun abandons the attempts a dead run left started; a committed delivery becomes delivered', async () => {

@@ -18,19 +18,7 @@ import {
 } from '../../src/db/index.js';
 import type { Database } from '../../src/db/index.js';
 import { forEachDatabase } from '../support/databases.js';
-import { seedJob, uid } from './fixtures.js';
-
-async function outcomes(database: Database, jobId: string): Promise<string[]> {
-  const rows = await database.db
-    .selectFrom('attempts')
-    .select(['stage_index', 'slot_index', 'attempt', 'outcome'])
-    .where('job_id', '=', jobId)
-    .orderBy('stage_index')
-    .orderBy('slot_index')
-    .orderBy('attempt')
-    .execute();
-  return rows.map((r) => `${r.stage_index}/${r.slot_index}/${r.attempt}:${r.outcome}`);
-}
+import { outcomes, seedJob, uid } from './fixtures.js';
 
 async function slotsUsed(database: Database, jobId: string): Promise<string[]> {
   const rows = await database.db

@@ -115,3 +115,16 @@ export async function until(condition: () => boolean, timeoutMs = 5000): Promise
     await new Promise((resolve) => setTimeout(resolve, 5));
   }
 }
+
+/** The job's attempts as `stage/slot/attempt:outcome`, in that order. */
+export async function outcomes(database: Database, jobId: string): Promise<string[]> {
+  const rows = await database.db
+    .selectFrom('attempts')
+    .select(['stage_index', 'slot_index', 'attempt', 'outcome'])
+    .where('job_id', '=', jobId)
+    .orderBy('stage_index')
+    .orderBy('slot_index')
+    .orderBy('attempt')
+    .execute();
+  return rows.map((r) => `${r.stage_index}/${r.slot_index}/${r.attempt}:${r.outcome}`);
+}

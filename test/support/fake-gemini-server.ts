@@ -945,14 +945,7 @@ function fakeBatches(
     if (kind === undefined) return false;
     counts[kind]++;
     const raw = await readBody(req);
-    if (sentKey === undefined) {
-      sendJson(res, 401, googleError(401, 'Method doesn\'t allow unregistered callers. Please use an API key.'));
-      return true;
-    }
-    if (sentKey !== apiKey) {
-      sendJson(res, 403, googleError(403, 'API key not valid. Please pass a valid API key.'));
-      return true;
-    }
+    if (refusedKey(res, sentKey, apiKey)) return true;
     if (kind === 'create') {
       await createBatch(decodeURIComponent(create?.[1] ?? ''), raw, res);
       return true;
@@ -1196,14 +1189,7 @@ function fakeBatches(
     if (kind === undefined) return false;
     fileCounts[kind]++;
     const raw = await readBodyBytes(req);
-    if (sentKey === undefined) {
-      sendJson(res, 401, googleError(401, 'Method doesn\'t allow unregistered callers. Please use an API key.'));
-      return true;
-    }
-    if (sentKey !== apiKey) {
-      sendJson(res, 403, googleError(403, 'API key not valid. Please pass a valid API key.'));
-      return true;
-    }
+    if (refusedKey(res, sentKey, apiKey)) return true;
     const origin = `http://${req.headers.host ?? '127.0.0.1'}`;
     const command = (headerValue(req.headers['x-goog-upload-command']) ?? '').toLowerCase();
     if (kind === 'uploadStart') {
@@ -1377,4 +1363,17 @@ function rpcStatus(behavior: FakeStatusBehavior): unknown {
     message: behavior.message ?? (is429 ? 'Resource has been exhausted (e.g. check quota).' : `fake error ${behavior.status}`),
     ...(details.length > 0 ? { details } : {}),
   };
+}
+
+/** Answers 401 (no key) or 403 (a wrong key) as the API does; true when it did. */
+function refusedKey(res: ServerResponse, sentKey: string | undefined, apiKey: string): boolean {
+  if (sentKey === undefined) {
+    sendJson(res, 401, googleError(401, 'Method doesn\'t allow unregistered callers. Please use an API key.'));
+    return true;
+  }
+  if (sentKey !== apiKey) {
+    sendJson(res, 403, googleError(403, 'API key not valid. Please pass a valid API key.'));
+    return true;
+  }
+  return false;
 }
