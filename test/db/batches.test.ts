@@ -6,6 +6,7 @@
 import { expect, it } from 'vitest';
 import {
   beginRun,
+  deliverSlot,
   finishAttempt,
   JobNotFoundError,
   JobStateError,
@@ -18,7 +19,7 @@ import {
 } from '../../src/db/index.js';
 import type { Database } from '../../src/db/index.js';
 import { forEachDatabase } from '../support/databases.js';
-import { outcomes, seedJob, uid } from './fixtures.js';
+import { deliveryOf, outcomes, seedJob, uid } from './fixtures.js';
 
 async function slotsUsed(database: Database, jobId: string): Promise<string[]> {
   const rows = await database.db
@@ -220,6 +221,17 @@ forEachDatabase('batches', (ctx) => {
     expect(await beginRun(ctx.database, jobId)).toMatchObject({ previousRunDied: true, abandoned: 3 });
     expect(await outcomes(ctx.database, jobId)).toEqual(['0/0/1:started', '0/1/1:started', '0/1/2:abandoned', '0/2/1:abandoned', '1/0/1:abandoned']);
     expect((await openBatches(ctx.database, jobId)).map((b) => b.requests)).toEqual([[{ slot: 0, attempt: 1 }, { slot: 1, attempt: 1 }]]);
+  });
+
+  it('beginRun marks a batch attempt whose delivery committed `delivered` (the run died before logging it): the open round narrows to the others', async () => {
+    const { jobId } = await seedJob(ctx.database, { quantities: [2] });
+    await beginRun(ctx.database, jobId);
+    await recordBatchRound(ctx.database, { jobId, stageIndex: 0, round: 1, displayName: uid('batch'), requests: [{ slot: 0, attempt: 1 }, { slot: 1, attempt: 1 }] });
+    await deliverSlot(ctx.database, deliveryOf(jobId, 0, 0, 1));
+    // The process dies here, before its attempt log wrote slot 0's outcome.
+    expect(await beginRun(ctx.database, jobId)).toMatchObject({ previousRunDied: true, abandoned: 0 });
+    expect(await outcomes(ctx.database, jobId)).toEqual(['0/0/1:delivered', '0/1/1:started']);
+    expect((await openBatches(ctx.database, jobId)).map((b) => b.requests)).toEqual([[{ slot: 1, attempt: 1 }]]);
   });
 
   it('listBatches lists every round of the job with its delivered and failed attempts', async () => {
