@@ -118,23 +118,23 @@ export const jobSummarySchema = {
   $id: 'JobSummary',
   type: 'object',
   description: "A job's summary: the CLI's `status --json` object.",
-  required: ['jobId', 'status', 'totalImages', 'deliveredImages', 'mode', 'attachIds', 'stages', 'attempts', 'credits', 'cost'],
+  required: ['jobId', 'status', 'totalImages', 'deliveredImages', 'attachIds', 'stages', 'attempts', 'credits', 'cost'],
   properties: {
     jobId: { type: 'string' },
     status: { type: 'string', enum: ['queued', 'running', 'completed', 'partial', 'failed', 'cancelled'] },
     totalImages: { type: 'integer' },
     deliveredImages: { type: 'integer' },
-    mode: { type: 'string', enum: ['interactive', 'batch'], description: "The job's mode as its spec says; each stage has its own." },
+    mode: { type: 'string', enum: ['batch'], description: '`batch` when the job\'s spec says so; absent for an interactive job. Each batch stage says it too.' },
     attachIds: { type: 'array', items: { type: 'string' }, description: 'Stage order, then slot order.' },
     stages: {
       type: 'array',
       items: {
         type: 'object',
-        required: ['index', 'quantity', 'mode', 'delivered', 'attachIds', 'shortfall'],
+        required: ['index', 'quantity', 'delivered', 'attachIds', 'shortfall'],
         properties: {
           index: { type: 'integer' },
           quantity: { type: 'integer' },
-          mode: { type: 'string', enum: ['interactive', 'batch'] },
+          mode: { type: 'string', enum: ['batch'], description: '`batch` for a batch stage; absent: interactive.' },
           rounds: {
             type: 'array',
             description: "Batch stages only: each round's batch, in order (a round carries the previous one's failures).",

@@ -1,5 +1,4 @@
 import { JobNotFoundError, getJobSpec, jobStats, lastFailureMessages, listBatches, readJobResult, retryTransient, type Database, type StoredBatchState } from '../db/index.js';
-import type { JobMode } from '../domain/job-spec.js';
 import type { JobStatus } from '../domain/result.js';
 import { visibleJob, type Caller } from './caller.js';
 
@@ -13,15 +12,19 @@ export interface JobSummary {
   readonly status: JobStatus | 'queued' | 'running';
   readonly totalImages: number;
   readonly deliveredImages: number;
-  /** The job's mode as its spec says (`batch`: its stages default to the batch API); a stage's own is on the stage. */
-  readonly mode: JobMode;
+  /**
+   * `batch` when the job's spec says so (its stages default to the batch API); absent for an
+   * interactive job, so the summary of an interactive job is as it always was. A stage's own
+   * mode is on the stage.
+   */
+  readonly mode?: 'batch';
   /** Stage order, then slot order. */
   readonly attachIds: readonly string[];
   readonly stages: readonly {
     readonly index: number;
     readonly quantity: number;
-    /** How this stage's attempts reached the provider. */
-    readonly mode: JobMode;
+    /** `batch` for a batch stage (absent: interactive). */
+    readonly mode?: 'batch';
     /** Batch stages only: each round's batch, in order (round 2 carries round 1's failures). */
     readonly rounds?: readonly BatchRoundSummary[];
     readonly delivered: number;
@@ -88,12 +91,12 @@ export async function jobSummary(database: Database, jobId: string): Promise<Job
     status: ended ? result.status : (stored.rowStatus as 'queued' | 'running'),
     totalImages: result.totalImages,
     deliveredImages: result.deliveredImages,
-    mode: spec?.spec.mode ?? 'interactive',
+    ...(spec?.spec.mode === 'batch' ? { mode: 'batch' as const } : {}),
     attachIds: result.attachIds,
     stages: result.stages.map((s) => ({
       index: s.index,
       quantity: s.quantity,
-      mode: stageSpecs[s.index]?.mode ?? 'interactive',
+      ...(stageSpecs[s.index]?.mode === 'batch' ? { mode: 'batch' as const } : {}),
       delivered: s.delivered,
       attachIds: s.attachIds,
       shortfall:

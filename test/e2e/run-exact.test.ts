@@ -58,7 +58,7 @@ describe('imagegen run (gemini provider, 25% injected faults)', () => {
     first = summary;
 
     // The contract's shape, exactly (no missing or surprise top-level keys).
-    expect(Object.keys(summary).sort()).toEqual(['attachIds', 'attempts', 'cost', 'credits', 'deliveredImages', 'jobId', 'mode', 'stages', 'status', 'totalImages'].sort());
+    expect(Object.keys(summary).sort()).toEqual(['attachIds', 'attempts', 'cost', 'credits', 'deliveredImages', 'jobId', 'stages', 'status', 'totalImages'].sort());
     // Every delivered image's answer was priced; no cap was set.
     const { cost } = summary;
     expect(cost.estimatedUsd).toBeGreaterThan(0);

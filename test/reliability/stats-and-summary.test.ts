@@ -46,9 +46,9 @@ const SCHEDULE: Readonly<Record<string, readonly FakeBehavior[]>> = {
   [PROMPTS[3]]: ['prompt_blocked', 'prompt_blocked'],
 };
 
-const TOP_KEYS = ['attachIds', 'attempts', 'cost', 'credits', 'deliveredImages', 'jobId', 'mode', 'stages', 'status', 'totalImages'];
+const TOP_KEYS = ['attachIds', 'attempts', 'cost', 'credits', 'deliveredImages', 'jobId', 'stages', 'status', 'totalImages'];
 const COST_KEYS = ['estimatedUsd', 'maxCostUsd', 'perDeliveredImageUsd', 'possiblyBilledCount', 'possiblyBilledUsd', 'wastedUsd'];
-const STAGE_KEYS = ['attachIds', 'delivered', 'index', 'mode', 'quantity', 'shortfall'];
+const STAGE_KEYS = ['attachIds', 'delivered', 'index', 'quantity', 'shortfall'];
 const SHORTFALL_KEYS = ['count', 'detail', 'errorClass', 'reason'];
 const ATTEMPTS_KEYS = ['abandoned', 'byClass', 'failed', 'total'];
 const CREDITS_KEYS = ['captured', 'released', 'reserved'];
@@ -149,13 +149,12 @@ describe('imagegen stats and the --json summary, against a deterministic schedul
       status: 'partial',
       totalImages: 6,
       deliveredImages: 4,
-      mode: 'interactive',
       attachIds: ids.flat(),
       stages: [
-        { index: 0, quantity: 1, mode: 'interactive', delivered: 1, attachIds: ids[0], shortfall: null },
-        { index: 1, quantity: 1, mode: 'interactive', delivered: 1, attachIds: ids[1], shortfall: null },
-        { index: 2, quantity: 2, mode: 'interactive', delivered: 2, attachIds: ids[2], shortfall: null },
-        { index: 3, quantity: 2, mode: 'interactive', delivered: 0, attachIds: [], shortfall: { count: 2, reason: 'non_retryable', errorClass: 'prompt_blocked', detail: PROMPT_BLOCKED_DETAIL } },
+        { index: 0, quantity: 1, delivered: 1, attachIds: ids[0], shortfall: null },
+        { index: 1, quantity: 1, delivered: 1, attachIds: ids[1], shortfall: null },
+        { index: 2, quantity: 2, delivered: 2, attachIds: ids[2], shortfall: null },
+        { index: 3, quantity: 2, delivered: 0, attachIds: [], shortfall: { count: 2, reason: 'non_retryable', errorClass: 'prompt_blocked', detail: PROMPT_BLOCKED_DETAIL } },
       ],
       attempts: { total: 8, failed: 4, abandoned: 0, byClass: { overloaded: 2, rate_limited: 1, prompt_blocked: 1 } },
       credits: { reserved: 6, captured: 4, released: 2 },
