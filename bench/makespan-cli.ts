@@ -15,7 +15,9 @@
  * Run: `npm run build && npm run bench:build && node dist-bench/bench/makespan-cli.js`
  * (PGlite; with `DATABASE_URL=postgres://...` also PostgreSQL, a scratch database per run).
  * Env: BENCH_RUNS (5), BENCH_KINDS (`pglite,postgres`), BENCH_LATENCY_MS (300),
- * BENCH_FAILURE_RATE (0.1), BENCH_CONCURRENCY (10), BENCH_QUANTITY (100), BENCH_STAGES (3).
+ * BENCH_FAILURE_RATE (0.1), BENCH_CONCURRENCY (10), BENCH_QUANTITY (100), BENCH_STAGES (3),
+ * BENCH_CPU_PROF_DIR (unset: when set, the `run` process writes a `--cpu-prof` profile there);
+ * IMAGEGEN_PGLITE_THREAD is passed on to the CLI (`off`: PGlite in the main thread).
  */
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -39,6 +41,8 @@ const CONCURRENCY = num('BENCH_CONCURRENCY', 10);
 const QUANTITY = num('BENCH_QUANTITY', 100);
 const STAGES = num('BENCH_STAGES', 3);
 const DATABASE_URL = process.env['DATABASE_URL'];
+/** When set, the `run` process writes a V8 CPU profile there (`--cpu-prof`). */
+const PROFILE_DIR = process.env['BENCH_CPU_PROF_DIR'];
 const KINDS = (process.env['BENCH_KINDS'] ?? 'pglite,postgres').split(',').filter((k) => k === 'pglite' || (k === 'postgres' && DATABASE_URL));
 
 interface RunFigures {
@@ -54,9 +58,10 @@ interface RunFigures {
   readonly cpuMsPerImage: number;
 }
 
-function cli(args: readonly string[], env: NodeJS.ProcessEnv): Promise<{ code: number | null; stdout: string; stderr: string; wallMs: number }> {
+function cli(args: readonly string[], env: NodeJS.ProcessEnv, profileDir?: string): Promise<{ code: number | null; stdout: string; stderr: string; wallMs: number }> {
   const started = performance.now();
-  const child = spawn(process.execPath, ['--import', ELU_PROBE, CLI, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const profile = profileDir ? ['--cpu-prof', '--cpu-prof-dir', profileDir] : [];
+  const child = spawn(process.execPath, [...profile, '--import', ELU_PROBE, CLI, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
   let stderr = '';
   child.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
@@ -97,6 +102,7 @@ async function runOnce(kind: 'pglite' | 'postgres', seed: number): Promise<RunFi
       PATH: process.env['PATH'],
       HOME: process.env['HOME'],
       ...(process.env['XDG_CACHE_HOME'] ? { XDG_CACHE_HOME: process.env['XDG_CACHE_HOME'] } : {}),
+      ...(process.env['IMAGEGEN_PGLITE_THREAD'] ? { IMAGEGEN_PGLITE_THREAD: process.env['IMAGEGEN_PGLITE_THREAD'] } : {}),
       IMAGEGEN_PROVIDER: 'gemini',
       GEMINI_API_KEY: server.apiKey,
       GEMINI_BASE_URL: server.url,
@@ -110,7 +116,7 @@ async function runOnce(kind: 'pglite' | 'postgres', seed: number): Promise<RunFi
     const granted = await cli(['credits', 'grant', 'bench', String(STAGES * QUANTITY)], env);
     if (granted.code !== 0) throw new Error(`credits grant failed: ${granted.stderr}`);
     const eluFile = join(dir, 'elu.json');
-    const ran = await cli(['run', join(dir, 'job.json'), '--json', '--concurrency', String(CONCURRENCY)], { ...env, BENCH_ELU_FILE: eluFile });
+    const ran = await cli(['run', join(dir, 'job.json'), '--json', '--concurrency', String(CONCURRENCY)], { ...env, BENCH_ELU_FILE: eluFile }, PROFILE_DIR);
     if (ran.code !== 0) throw new Error(`run failed (${ran.code}): ${ran.stderr.slice(-2000)}`);
     const summary = JSON.parse(ran.stdout) as { deliveredImages: number };
     stopped = true;

@@ -67,7 +67,7 @@ export async function openPipeline(config: PipelineConfig, overrides: PipelineOv
   }
   let database: Database;
   try {
-    database = await openDatabase({ databaseUrl: config.databaseUrl, dataDir, pgliteTemplateDir: config.pgliteTemplateDir });
+    database = await openDatabase({ databaseUrl: config.databaseUrl, dataDir, pgliteTemplateDir: config.pgliteTemplateDir, pgliteThread: config.pgliteThread });
   } catch (error) {
     unlock();
     throw error;

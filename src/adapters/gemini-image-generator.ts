@@ -170,8 +170,12 @@ export class GeminiImageGenerator implements ImageGenerator {
         return image;
       };
 
+      // Answered: the SDK has read the whole answer, so there is nothing left to abort (a
+      // failed call is still aborted: its body may not have been read).
+      let answered = false;
       call().then(
         (image) => {
+          answered = true;
           timer.unsubscribe();
           subscriber.next(image);
           subscriber.complete();
@@ -187,7 +191,8 @@ export class GeminiImageGenerator implements ImageGenerator {
 
       return () => {
         timer.unsubscribe();
-        abort.abort();
+        // Aborting an answered call would only build an AbortError (a stack trace) per call.
+        if (!answered) abort.abort();
       };
     });
   }

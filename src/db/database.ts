@@ -4,7 +4,8 @@ import type pg from 'pg';
 import { redactUrlPassword, withPrintedForm } from '../domain/hide-secrets.js';
 import { MigrationError } from './errors.js';
 import { MIGRATIONS } from './migrations/index.js';
-import { openPgliteDataDir, pgliteTemplates, writePgliteTemplate, type OpenedPglite, type PgliteTemplate } from './pglite-template.js';
+import type { PGlite } from '@electric-sql/pglite';
+import { openPgliteDataDir, pgliteTemplates, writePgliteTemplate, type DumpablePglite, type OpenedPglite, type PgliteTemplate } from './pglite-template.js';
 import type { DatabaseSchema } from './schema.js';
 
 /** Where the database lives. Frozen by {@link openDatabase}. */
@@ -20,6 +21,12 @@ export interface DatabaseConfig {
   readonly pgliteTemplateDir?: string | undefined;
   /** Largest `pg` pool size. Default 10. Ignored by PGlite (one connection). */
   readonly maxConnections?: number | undefined;
+  /**
+   * PGlite only: run it in a thread of its own (`PgliteRemote`), so its SQL and WASM do not
+   * take the main thread's time (the event loop stays free for the provider's answers, the
+   * images and the events). Default true; false runs it in the calling thread.
+   */
+  readonly pgliteThread?: boolean | undefined;
 }
 
 /** Per-call options of {@link openDatabase}. */
@@ -59,7 +66,7 @@ export async function openDatabase(config: DatabaseConfig, options: OpenDatabase
   const templates = frozen.pgliteTemplateDir !== undefined && options.migrations === undefined ? pgliteTemplates(frozen.pgliteTemplateDir, MIGRATIONS) : [];
   const cache = templates.find((template) => template.cache)?.file;
   // Each driver is loaded only when used: a process on PostgreSQL never loads PGlite's WASM, and the reverse.
-  const opened = frozen.databaseUrl ? await openPostgres(frozen.databaseUrl, frozen.maxConnections ?? 10) : await openPglite(frozen.dataDir, templates);
+  const opened = frozen.databaseUrl ? await openPostgres(frozen.databaseUrl, frozen.maxConnections ?? 10) : await openPglite(frozen.dataDir, templates, frozen.pgliteThread ?? true);
   const { database } = opened;
   try {
     await migrate(database.db, migrations, 'migrationDb' in opened ? opened.migrationDb : undefined);
@@ -227,14 +234,46 @@ async function openPostgres(databaseUrl: string, max: number): Promise<{ databas
  */
 const PGLITE_SHARED_BUFFERS = '16MB';
 
-async function openPglite(dataDir: string | undefined, templates: readonly PgliteTemplate[]): Promise<{ database: Database; started: OpenedPglite }> {
-  const [{ PGlite }, { PGliteDialect }] = await Promise.all([import('@electric-sql/pglite'), import('kysely-pglite-dialect')]);
-  const started = await openPgliteDataDir((options) => PGlite.create(options), dataDir, templates, {
+/** What the project uses of PGlite, whichever thread it runs in (PGlite and `PgliteRemote` both are one). */
+interface PgliteSession extends DumpablePglite {
+  query(sql: string, params?: unknown[]): Promise<{ readonly rows: unknown[]; readonly affectedRows?: number | undefined }>;
+  listen(channel: string, onPayload: (payload: string) => void): Promise<() => Promise<void>>;
+  close(): Promise<void>;
+}
+
+/**
+ * Starts PGlite in its own thread (`inThread`: `PgliteRemote`, which never loads PGlite's
+ * module in this one) or in this one.
+ */
+async function startPglite(dataDir: string | undefined, templates: readonly PgliteTemplate[], inThread: boolean): Promise<OpenedPglite<PgliteSession>> {
+  const sharedBuffers = ['-c', `shared_buffers=${PGLITE_SHARED_BUFFERS}`];
+  if (inThread) {
+    const { PgliteRemote } = await import('./pglite-remote.js');
+    return openPgliteDataDir<PgliteSession>(
+      async (options) =>
+        PgliteRemote.open({
+          dataDir: options.dataDir,
+          loadDataDir: options.loadDataDir === undefined ? undefined : new Uint8Array(await options.loadDataDir.arrayBuffer()),
+          // The thread adds PGlite's default start parameters and the int8 parser itself.
+          extraStartParams: sharedBuffers,
+        }),
+      dataDir,
+      templates,
+      {},
+    );
+  }
+  const { PGlite } = await import('@electric-sql/pglite');
+  return openPgliteDataDir<PgliteSession>((options) => PGlite.create(options), dataDir, templates, {
     parsers: { [INT8_OID]: parseInt8 },
-    startParams: [...PGlite.defaultStartParams, '-c', `shared_buffers=${PGLITE_SHARED_BUFFERS}`],
+    startParams: [...PGlite.defaultStartParams, ...sharedBuffers],
   });
+}
+
+async function openPglite(dataDir: string | undefined, templates: readonly PgliteTemplate[], inThread: boolean): Promise<{ database: Database; started: OpenedPglite<PgliteSession> }> {
+  const [started, { PGliteDialect }] = await Promise.all([startPglite(dataDir, templates, inThread), import('kysely-pglite-dialect')]);
   const { pglite } = started;
-  const db = new Kysely<DatabaseSchema>({ dialect: new PGliteDialect(pglite) });
+  // The dialect calls `query` and `close` only, which PgliteRemote answers as PGlite does.
+  const db = new Kysely<DatabaseSchema>({ dialect: new PGliteDialect(pglite as unknown as PGlite) });
   let closed: Promise<void> | null = null;
 
   const database: Database = {

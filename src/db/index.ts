@@ -120,6 +120,7 @@ export { getSlotAttachment } from './ops/get-slot-attachment.js';
 export { getJobEventSeq } from './ops/get-job-event-seq.js';
 export { listDeliveredSlots, type DeliveredSlot } from './ops/list-delivered-slots.js';
 export { serviceSecret } from './ops/service-secret.js';
+export { notifyEach } from './ops/notify-each.js';
 export { pingDatabase } from './ops/ping-database.js';
 
 /** Webhooks: the outbox (written by the event log), per-user signing secrets, claims, attempts, redelivery. */

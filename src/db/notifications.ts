@@ -216,6 +216,15 @@ export function encodeJobEventsAppended(appended: JobEventsAppended): string {
   return payload;
 }
 
+/**
+ * {@link encodeJobEventsAppended}'s payload up to its number, for SQL that appends the
+ * number it takes and the closing brace (`prefix || seq || '}'`): the same bytes.
+ */
+export function jobEventsAppendedPrefix(jobId: string): string {
+  const full = encodeJobEventsAppended({ jobId, seq: Number.MAX_SAFE_INTEGER });
+  return full.slice(0, full.length - `${Number.MAX_SAFE_INTEGER}}`.length);
+}
+
 /** Parses and checks a {@link JOB_EVENTS_CHANNEL} payload; null when it is not one (skip it). */
 export function decodeJobEventsAppended(payload: string): JobEventsAppended | null {
   let value: unknown;

@@ -7,9 +7,14 @@ import { createGunzip } from 'node:zlib';
 import type { PGlite, PGliteOptions } from '@electric-sql/pglite';
 import type { Migration } from 'kysely/migration';
 
-/** A PGlite instance and how it started. */
-export interface OpenedPglite {
-  readonly pglite: PGlite;
+/** What a template is dumped from: PGlite, in this thread or in its own (`PgliteRemote`). */
+export interface DumpablePglite {
+  dumpDataDir(compression: 'gzip'): Promise<Blob>;
+}
+
+/** A PGlite instance (PGlite, or `PgliteRemote`: PGlite in a thread of its own) and how it started. */
+export interface OpenedPglite<P extends DumpablePglite = PGlite> {
+  readonly pglite: P;
   /**
    * True when this start created a new cluster (initdb in an empty folder or in memory)
    * rather than loading a template or opening an existing folder: once migrated, a dump
@@ -74,12 +79,12 @@ export function pgliteTemplates(cacheDir: string, migrations: Readonly<Record<st
  *
  * @param templates tried in order (see {@link pgliteTemplates}); missing files are skipped.
  */
-export async function openPgliteDataDir(
-  create: (options: PGliteOptions) => Promise<PGlite>,
+export async function openPgliteDataDir<P extends DumpablePglite = PGlite>(
+  create: (options: PGliteOptions) => Promise<P>,
   dataDir: string | undefined,
   templates: readonly PgliteTemplate[],
   options: PGliteOptions,
-): Promise<OpenedPglite> {
+): Promise<OpenedPglite<P>> {
   const empty = dataDir === undefined || !existsSync(dataDir) || readdirSync(dataDir).every((name) => name.startsWith(UNPACKING));
   if (empty) {
     if (dataDir !== undefined) emptyFolder(dataDir);
@@ -230,7 +235,7 @@ function parseHeader(header: Buffer): 'end' | { name: string; type: 'file' | 'di
  * anything else was written to it): atomically (temp file + rename), once. A failure
  * leaves no template; the next new cluster tries again.
  */
-export async function writePgliteTemplate(pglite: PGlite, template: string): Promise<void> {
+export async function writePgliteTemplate(pglite: DumpablePglite, template: string): Promise<void> {
   if (existsSync(template)) return;
   try {
     const dump = await pglite.dumpDataDir('gzip');

@@ -11,6 +11,7 @@ import {
   from,
   groupBy,
   ignoreElements,
+  map,
   merge,
   mergeMap,
   of,
@@ -23,7 +24,8 @@ import {
   type SchedulerLike,
 } from 'rxjs';
 import type { PipelineEvent, SlotDeliveredEvent } from '../domain/events.js';
-import { appendProgress, encodeNotification, PROGRESS_CHANNEL, toNotifiedEvent, type Database } from '../db/index.js';
+import { appendProgress, encodeNotification, notifyEach, PROGRESS_CHANNEL, toNotifiedEvent, type Database } from '../db/index.js';
+import { exhaustMapWithTrailing } from '../operators/exhaust-map-with-trailing.js';
 
 /** Least time between two progress writes of one job, by default (ms). */
 export const DEFAULT_PROGRESS_INTERVAL_MS = 250;
@@ -35,7 +37,11 @@ export interface ProgressWriterOptions {
   readonly scheduler?: SchedulerLike;
   /** Writes new attach ids to the job row. Default {@link appendProgress} on `database`. */
   readonly writeProgress?: (jobId: string, attachIds: readonly string[]) => Promise<void>;
-  /** Publishes one notification payload. Default `database.notify(PROGRESS_CHANNEL, payload)`. */
+  /**
+   * Publishes one notification payload (the payloads owed are then published one after
+   * another). Default: `notifyEach(database, PROGRESS_CHANNEL, payloads)`, the payloads
+   * owed at once.
+   */
   readonly publish?: (payload: string) => Promise<void>;
   /**
    * Called with a failed write or publish; the stream then goes on. Without it
@@ -55,7 +61,9 @@ export interface ProgressWriterOptions {
  *   ids new since the previous one, in delivery order; writes of one job never
  *   overlap (`concatMap`).
  * - **One notification per event** on {@link PROGRESS_CHANNEL}, in event order per
- *   job: ids and counts, never images. `job:finished` is NOT published here:
+ *   job: ids and counts, never images. Notifications that come while the job's last
+ *   ones are being published go out together next, in order, in one statement
+ *   (`notifyEach`): one round trip, not one per event. `job:finished` is NOT published here:
  *   `finishJob` publishes it inside its transaction, so watchers see it only once
  *   the final state is committed. The `job:finished` event itself passes only after
  *   every notification of its job is out, so a watcher never sees the end of a job
@@ -78,7 +86,12 @@ export function progressWriter(database: Database, options: ProgressWriterOption
   const intervalMs = options.intervalMs ?? DEFAULT_PROGRESS_INTERVAL_MS;
   const scheduler = options.scheduler ?? asyncScheduler;
   const write = options.writeProgress ?? ((jobId, ids) => appendProgress(database, jobId, ids));
-  const publish = options.publish ?? ((payload) => database.notify(PROGRESS_CHANNEL, payload));
+  const given = options.publish;
+  const publishAll = given
+    ? async (payloads: readonly string[]) => {
+        for (const payload of payloads) await given(payload);
+      }
+    : (payloads: readonly string[]) => notifyEach(database, PROGRESS_CHANNEL, payloads);
   const guard = <T>(work: Observable<T>): Observable<T> => {
     const onError = options.onError;
     return onError ? work.pipe(catchError((error: unknown) => (onError(error), EMPTY))) : work;
@@ -87,11 +100,13 @@ export function progressWriter(database: Database, options: ProgressWriterOption
   /** The job's writes and notifications; `notified` completes once every notification of the job is published. */
   const sideEffectsOfJob = (jobId: string, job$: Observable<PipelineEvent>, notified: Subject<void>): Observable<never> => {
     const pending: string[] = [];
+    const owed: string[] = [];
     const notifications$ = job$.pipe(
-      concatMap((event) => {
-        const notified = toNotifiedEvent(event);
-        return notified === null ? EMPTY : guard(defer(() => from(publish(encodeNotification(notified)))));
-      }),
+      map(toNotifiedEvent),
+      filter((notified) => notified !== null),
+      tap((notified) => owed.push(encodeNotification(notified))),
+      // One publish at a time; everything owed when it ends goes out in the next.
+      exhaustMapWithTrailing(() => defer(() => guard(from(publishAll(owed.splice(0)))))),
     );
     const writes$ = job$.pipe(
       filter((event): event is SlotDeliveredEvent => event.type === 'slot:delivered'),

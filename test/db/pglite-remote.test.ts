@@ -1,9 +1,16 @@
 /**
  * PGlite in its own thread (`PgliteRemote`): rows, SQL errors with their SQLSTATE, LISTEN,
  * a dump that starts another database, and the thread's end. Real PGlite, in memory.
+ * `openDatabase` runs it so by default (`pgliteThread`), or in the calling thread.
  */
+import { sql } from 'kysely';
+import { performance } from 'node:perf_hooks';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { deliverSlot, JOB_EVENTS_CHANNEL, openDatabase, type Database } from '../../src/db/index.js';
+import { encodeJobEventsAppended } from '../../src/db/notifications.js';
 import { PgliteRemote } from '../../src/db/pglite-remote.js';
+import { TEST_PGLITE_TEMPLATE_DIR } from '../support/databases.js';
+import { deliveryOf, seedJob, until } from './fixtures.js';
 
 describe('PgliteRemote: PGlite in a thread of its own', () => {
   let remote: PgliteRemote;
@@ -67,4 +74,36 @@ describe('PgliteRemote: PGlite in a thread of its own', () => {
     await expect(other.query('select 1')).rejects.toThrow(/thread ended/);
     await other.close();
   }, 60_000);
+});
+
+describe('openDatabase on PGlite: in a thread of its own by default, or in the calling one', () => {
+  /** The main thread's event loop utilisation while the database works through a query of about a second. */
+  async function busyShareDuringQuery(database: Database): Promise<number> {
+    const before = performance.eventLoopUtilization();
+    await sql`select count(*) from generate_series(1, 3000000)`.execute(database.db);
+    return performance.eventLoopUtilization(before).utilization;
+  }
+
+  it.each([
+    ['in its own thread (the default)', 'idle', {}],
+    ['in the calling thread (pgliteThread: false)', 'busy', { pgliteThread: false }],
+  ] as const)('%s: the same answers, notifications and deliveries; the main thread is %s while SQL runs', async (_title, mainThread, mode) => {
+    const database = await openDatabase({ pgliteTemplateDir: TEST_PGLITE_TEMPLATE_DIR, ...mode });
+    try {
+      const { jobId } = await seedJob(database, { quantities: [2] });
+      const heard: string[] = [];
+      const stop = await database.listen(JOB_EVENTS_CHANNEL, (payload) => heard.push(payload));
+      const first = await deliverSlot(database, deliveryOf(jobId, 0, 1));
+      expect(await deliverSlot(database, deliveryOf(jobId, 0, 1, 2))).toEqual({ attachId: first.attachId, duplicate: true });
+      await until(() => heard.length === 1);
+      expect(heard).toEqual([encodeJobEventsAppended({ jobId, seq: 1 })]);
+      await stop();
+      const share = await busyShareDuringQuery(database);
+      // Structural, not a timing: the WASM either runs on this thread's event loop (near 1) or not at all (near 0).
+      if (mainThread === 'idle') expect(share).toBeLessThan(0.5);
+      else expect(share).toBeGreaterThan(0.5);
+    } finally {
+      await database.close();
+    }
+  }, 120_000);
 });

@@ -41,11 +41,11 @@ export async function appendJobEvents(trx: Transaction<DatabaseSchema>, jobId: s
     .returning(['event_seq', 'user_id', sql<unknown>`spec -> 'webhook'`.as('webhook')])
     .executeTakeFirstOrThrow();
   const first = last - events.length + 1;
+  // The rows and their NOTIFY in one statement (one round trip).
   await trx
-    .insertInto('job_events')
-    .values(events.map((event, index) => ({ job_id: jobId, seq: first + index, type: event.type, payload: jsonb(event) })))
+    .with('logged', (db) => db.insertInto('job_events').values(events.map((event, index) => ({ job_id: jobId, seq: first + index, type: event.type, payload: jsonb(event) }))))
+    .selectNoFrom(sql`pg_notify(${JOB_EVENTS_CHANNEL}, ${encodeJobEventsAppended({ jobId, seq: last })})`.as('notified'))
     .execute();
-  await sql`select pg_notify(${JOB_EVENTS_CHANNEL}, ${encodeJobEventsAppended({ jobId, seq: last })})`.execute(trx);
   // The webhook outbox: written with the events it reports (see webhook-outbox.ts).
   await writeWebhookOutbox(trx, { jobId, userId, webhook }, events, first);
   return last;

@@ -44,7 +44,9 @@ export async function writeWebhookOutbox(
     return [{ id: webhookMessageId(job.jobId, seq), job_id: job.jobId, seq, user_id: job.userId, event_type: type, url: webhook.url, payload: jsonb({ ...event, seq }) }];
   });
   if (rows.length === 0) return 0;
-  await trx.insertInto('webhook_deliveries').values(rows).execute();
-  await sql`select pg_notify(${WEBHOOK_DELIVERIES_CHANNEL}, ${String(rows.length)})`.execute(trx);
+  await trx
+    .with('written', (db) => db.insertInto('webhook_deliveries').values(rows))
+    .selectNoFrom(sql`pg_notify(${WEBHOOK_DELIVERIES_CHANNEL}, ${String(rows.length)})`.as('notified'))
+    .execute();
   return rows.length;
 }
