@@ -1,6 +1,10 @@
 #!/usr/bin/env node
 /** Entry point of the `imagegen` command; see src/cli/main.ts. */
+import { turnSharpOperationCacheOff } from './adapters/image-codec.js';
 import { EXIT, main } from './cli/main.js';
+
+// Our own process: every image is converted once (see turnSharpOperationCacheOff).
+turnSharpOperationCacheOff();
 
 main(process.argv.slice(2)).then(
   (code) => {

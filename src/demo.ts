@@ -2,7 +2,7 @@
  * `npm run demo`: a real job, offline, on the embedded defaults. PGlite in
  * `./.imagegen/db`, folder storage in `./.imagegen/storage`, the offline generator
  * with 20% injected transient failures (so retries show), demo credits granted
- * first. Exits like `imagegen run`.
+ * first. Exits like `imagegen run`. Both commands share one pipeline (one database start).
  *
  * The demo's settings are presets under the environment (a variable you set wins),
  * given to `loadConfig` and to the CLI as one environment: the demo never reads or
@@ -11,9 +11,14 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import sharp from 'sharp';
-import { main } from './cli/main.js';
+import { turnSharpOperationCacheOff } from './adapters/image-codec.js';
+import { main, type MainHooks } from './cli/main.js';
+import { openPipeline, type Pipeline } from './pipeline.js';
 import { reportError } from './cli/failures.js';
 import { envWithPresets, loadConfig } from './config.js';
+
+// Our own process: every image is converted once (see turnSharpOperationCacheOff).
+turnSharpOperationCacheOff();
 
 const env = envWithPresets({
   IMAGEGEN_OFFLINE_FAILURE_RATE: '0.2',
@@ -58,8 +63,21 @@ async function demo(): Promise<number> {
   writeFileSync(jobFile, JSON.stringify(job, null, 2));
   process.stderr.write(`demo: job file ${jobFile}\ndemo: images will be in ${join(dataDir, 'storage', 'generated', jobId)}\n`);
 
-  const granted = await main(['credits', 'grant', 'demo-user', '24'], env);
-  return granted === 0 ? await main(['run', jobFile], env) : granted;
+  // Both commands run on one pipeline, opened by the first: the embedded database starts once.
+  let shared: Promise<Pipeline> | undefined;
+  const hooks: MainHooks = {
+    openPipeline: async (config) => {
+      shared ??= openPipeline(config);
+      // Each command closes what it opened: the lent one stays open until the demo ends.
+      return { ...(await shared), close: async () => {} };
+    },
+  };
+  try {
+    const granted = await main(['credits', 'grant', 'demo-user', '24'], env, hooks);
+    return granted === 0 ? await main(['run', jobFile], env, hooks) : granted;
+  } finally {
+    await (await shared?.catch(() => undefined))?.close();
+  }
 }
 
 const code = await demo();

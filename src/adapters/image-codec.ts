@@ -2,13 +2,29 @@ import type sharpModule from 'sharp';
 
 type Sharp = typeof sharpModule;
 let sharpLoaded: Promise<Sharp> | undefined;
+let operationCacheOff = false;
 /**
  * sharp (libvips) takes a noticeable share of a CLI start: it is loaded on first use,
  * so commands that never touch an image (`status`, `credits`, `stats`) do not pay for it.
  */
 export function loadSharp(): Promise<Sharp> {
-  sharpLoaded ??= import('sharp').then((m) => m.default);
+  sharpLoaded ??= import('sharp').then((m) => {
+    if (operationCacheOff) m.default.cache(false);
+    return m.default;
+  });
   return sharpLoaded;
+}
+
+/**
+ * Turns libvips' operation cache off (`sharp.cache(false)`) for this process. The cache keeps
+ * the results of recent operations (up to 50 MB by default) for a repeat of the same one; a
+ * pipeline converts every image once, so there it only holds memory (figure 11 of
+ * BENCHMARKS.md). sharp's settings are process-wide: the project's own programs (the CLI,
+ * the worker, the demo) call this; the library never does, so a host's sharp keeps its cache.
+ */
+export function turnSharpOperationCacheOff(): void {
+  operationCacheOff = true;
+  void sharpLoaded?.then((sharp) => sharp.cache(false));
 }
 import { PipelineError } from '../domain/error-class.js';
 

@@ -66,6 +66,8 @@ export interface Invocation {
   readonly values: Values;
   readonly config: PipelineConfig;
   readonly json: boolean;
+  /** Opens the command's pipeline. Default {@link openPipeline}; `npm run demo` lends one it keeps open across its commands. */
+  readonly openPipeline?: ((config: PipelineConfig) => Promise<Pipeline>) | undefined;
 }
 
 export function exitCodeOf(summary: Pick<JobSummary, 'status'>): number {
@@ -106,7 +108,7 @@ export function checkDataDir(config: PipelineConfig, values: Values): void {
 export async function withPipeline<T>(inv: Invocation, fn: (pipeline: Pipeline) => Promise<T>): Promise<T> {
   let pipeline: Pipeline;
   try {
-    pipeline = await openPipeline(inv.config);
+    pipeline = await (inv.openPipeline ?? openPipeline)(inv.config);
   } catch (error) {
     throw openFailure(error, inv);
   }

@@ -8,7 +8,8 @@
  * command's answer, or `{"error":{"code","message","problems"}}` (see `failures.ts`).
  */
 import { parseArgs } from 'node:util';
-import { loadConfig, type ConfigEnv, type ConfigOverrides } from '../config.js';
+import { loadConfig, type ConfigEnv, type ConfigOverrides, type PipelineConfig } from '../config.js';
+import type { Pipeline } from '../pipeline.js';
 import { reportError, UsageError } from './failures.js';
 import { type Invocation, type Values, checkDataDir, USAGE, OPTIONS, resolveCommand } from './invocation.js';
 import { HANDLERS } from './commands.js';
@@ -16,11 +17,20 @@ import { HANDLERS } from './commands.js';
 export { EXIT } from './failures.js';
 export { EMBEDDED_WATCH_MESSAGE } from './commands.js';
 
+/** What a caller of {@link main} in the same process may lend the commands. */
+export interface MainHooks {
+  /**
+   * Opens a command's pipeline instead of `openPipeline`: `npm run demo` runs `credits grant`
+   * then `run` on one pipeline it keeps open (one embedded database start, not two).
+   */
+  readonly openPipeline?: ((config: PipelineConfig) => Promise<Pipeline>) | undefined;
+}
+
 /**
  * Runs the CLI with `argv` (without node and the script) and returns the exit code.
  * `env` is the environment `loadConfig` reads (default: the process environment; `npm run demo` gives its presets).
  */
-export async function main(argv: readonly string[], env?: ConfigEnv): Promise<number> {
+export async function main(argv: readonly string[], env?: ConfigEnv, hooks: MainHooks = {}): Promise<number> {
   // Known before parsing, so even an unparsable command line answers in JSON when asked to.
   let json = argv.includes('--json');
   let debug = false;
@@ -52,7 +62,7 @@ export async function main(argv: readonly string[], env?: ConfigEnv): Promise<nu
     debug = config.logLevel === 'debug' || config.logLevel === 'trace';
     storage = config.storage.kind;
     checkDataDir(config, values);
-    return await (HANDLERS[name] as (inv: Invocation) => Promise<number>)({ args, values, config, json });
+    return await (HANDLERS[name] as (inv: Invocation) => Promise<number>)({ args, values, config, json, openPipeline: hooks.openPipeline });
   } catch (error) {
     return reportError(error, { json, debug, storage });
   }
