@@ -23,7 +23,7 @@ const BIG = [8, 8, 8];
 const BIG_TOTAL = 24;
 
 /** Retryable failures: alone at 30% each, the job still delivers exactly what was asked. */
-const RETRYABLE: readonly { name: string; errorClass: ErrorClass; behavior: FakeBehavior; attemptTimeoutMs?: number }[] = [
+const RETRYABLE: readonly { name: string; errorClass: ErrorClass; behavior: FakeBehavior; attemptTimeoutMs?: number; maxSafetyBlocksPerStage?: number }[] = [
   { name: '429 with a short RetryInfo', errorClass: 'rate_limited', behavior: { status: 429, retryDelay: '0.02s', retryAfter: null } },
   { name: '503', errorClass: 'overloaded', behavior: 'status:503' },
   { name: '500', errorClass: 'overloaded', behavior: 'status:500' },
@@ -33,7 +33,12 @@ const RETRYABLE: readonly { name: string; errorClass: ErrorClass; behavior: Fake
   { name: 'connection dropped before headers', errorClass: 'network', behavior: 'drop_before_headers' },
   { name: 'no candidates', errorClass: 'no_image', behavior: 'no_candidates' },
   { name: 'text only', errorClass: 'no_image', behavior: 'text_only' },
-  { name: 'finishReason IMAGE_SAFETY', errorClass: 'safety_blocked', behavior: 'finish:IMAGE_SAFETY' },
+  // A stage stops after 3 safety blocks in a row (no delivery between them). Whether one of
+  // three stages running side by side meets 3 of the blocked calls before a delivery of its own
+  // lands depends on how their answers interleave, not on the fault rate (found under load: a
+  // stage ended short). The stop rule has its own tests (marble-tests/safety-blocks-per-stage);
+  // here the limit is out of reach, so the case tests the class and the exact count only.
+  { name: 'finishReason IMAGE_SAFETY', errorClass: 'safety_blocked', behavior: 'finish:IMAGE_SAFETY', maxSafetyBlocksPerStage: 1000 },
   { name: 'corrupt image bytes', errorClass: 'corrupt_image', behavior: 'corrupt' },
 ];
 
@@ -76,13 +81,16 @@ for (const kind of databaseKinds()) {
       await stack?.close();
     });
 
-    async function runCase(behavior: FakeBehaviorFn, options: { quantities?: readonly number[]; attemptTimeoutMs?: number } = {}) {
+    async function runCase(behavior: FakeBehaviorFn, options: { quantities?: readonly number[]; attemptTimeoutMs?: number; maxSafetyBlocksPerStage?: number } = {}) {
       stack.server.setBehavior(behavior);
       const callsBefore = stack.server.calls();
       const quantities = options.quantities ?? QUANTITIES;
       const granted = quantities.reduce((a, b) => a + b, 0) * PRICE + 7;
       const { userId, inputAttachId } = await stack.seedUser(granted);
-      const events = await stack.run(specOf(userId, inputAttachId, quantities), options.attemptTimeoutMs ? { attemptTimeoutMs: options.attemptTimeoutMs } : {});
+      const events = await stack.run(specOf(userId, inputAttachId, quantities), {
+        ...(options.attemptTimeoutMs ? { attemptTimeoutMs: options.attemptTimeoutMs } : {}),
+        ...(options.maxSafetyBlocksPerStage ? { maxSafetyBlocksPerStage: options.maxSafetyBlocksPerStage } : {}),
+      });
       const finished = events.at(-1);
       if (finished?.type !== 'job:finished') throw new Error(`last event is ${finished?.type}`);
       const audit = await auditJob(stack.pipeline.database, stack.pipeline.store, finished.jobId);
@@ -94,6 +102,7 @@ for (const kind of databaseKinds()) {
       it(`${c.errorClass} (${c.name}) on 30% of calls: exactly ${TOTAL} images, charged once each`, async () => {
         const { finished, events, audit, calls } = await runCase(failEvenly(0.3, [c.behavior]), {
           ...(c.attemptTimeoutMs ? { attemptTimeoutMs: c.attemptTimeoutMs } : {}),
+          ...(c.maxSafetyBlocksPerStage ? { maxSafetyBlocksPerStage: c.maxSafetyBlocksPerStage } : {}),
         });
         expect(finished.status).toBe('completed');
         expect(audit.stored.result.stages.map((s) => s.delivered)).toEqual(QUANTITIES);
