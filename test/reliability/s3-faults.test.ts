@@ -203,7 +203,7 @@ for (const kind of kinds) {
       return { events, warnings: lines.map((line) => (JSON.parse(line) as { msg: string }).msg) };
     }
 
-    it('the orphan sweep LIST and DELETE fail (the first of each surely, then 30%), 4 orphans planted: a start sweep that gives up refuses its run with the job as it was (queued, no crash counted, lease free, no provider call); the next run completes exact, no orphan left', async () => {
+    it('the orphan sweep LIST and DELETE fail (the first of each surely, then 30%), 4 orphans planted: a start sweep that gives up refuses its run with the job as it was (queued, no crash counted, lease free, no provider call); a later run completes exact, no orphan left', async () => {
       const granted = TOTAL * PRICE + 1;
       const { userId, inputAttachId } = await stack.seedUser(granted);
       const jobId = `sweeps-${kind}-${process.pid}`;
@@ -222,9 +222,9 @@ for (const kind of kinds) {
       const callsBefore = stack.server.calls();
       // Active for every run. The draws are seeded per rule and the sweeps' requests are
       // sequential (one listing per try, then one DELETE per orphan in key order), so the faults
-      // are the same on every run of this test: with seeds 1 and 5 the first run's start sweep
-      // fails its 3 tries (LIST 503; DELETE "done, then 500"; a DELETE dropped) and refuses the
-      // run; the next run's sweeps get through within their tries.
+      // fall on the same requests while the store's answers are the same: with seeds 1 and 5 the
+      // first run's start sweep fails its 3 tries (LIST 503; DELETE "done, then 500"; a DELETE
+      // dropped) and refuses the run; a later run's sweeps get through within their tries.
       proxy.configure(
         { failureRate: 0.3, faults: ALL_FAULTS, seed: 1, failFirst: 1, match: { method: 'GET', path: listingOf(jobId) } },
         { failureRate: 0.3, faults: ALL_FAULTS, seed: 5, failFirst: 1, match: { method: 'DELETE', path: new RegExp(`^/${BUCKET}/${prefix}`) } },
@@ -256,10 +256,14 @@ for (const kind of kinds) {
 
       expect(finished?.status, log).toBe('completed');
       expect(stack.server.calls() - callsBefore).toBe(TOTAL);
-      // The faults were really hit, both rules; one refusal (3 tries given up), then a run that got through.
+      // The faults were really hit, both rules; the first run refused (3 tries given up), then a
+      // run that got through. How many runs give up before one gets through is not fixed: a
+      // DELETE the proxy drops may or may not have reached the store first (a question of
+      // timing), which changes the next listing and so the requests the seeded draws fall on
+      // (seen on a loaded machine: two refusals). Each refusal was checked above.
       expect(injected.filter((r) => r.rule === 0).length, log).toBeGreaterThanOrEqual(1);
       expect(injected.filter((r) => r.rule === 1).length, log).toBeGreaterThanOrEqual(1);
-      expect(refusals, log).toHaveLength(1);
+      expect(refusals.length, log).toBeGreaterThanOrEqual(1);
       expect(await jobRow()).toMatchObject({ status: 'completed', crash_resumes: 0, lease_owner: null });
       const audit = await auditJob(stack.pipeline.database, stack.pipeline.store, jobId);
       expectEndedHonestly(audit, { price: PRICE, granted, server: stack.server });
