@@ -98,8 +98,12 @@ export interface PipelineConfig {
   readonly queueExpireSeconds: number;
   /** Where the template of a fresh embedded database is cached (undefined = none): a new data folder starts in ~1.5 s instead of ~6 s. */
   readonly pgliteTemplateDir: string | undefined;
-  /** The embedded database runs in a thread of its own (`IMAGEGEN_PGLITE_THREAD`, default `on`), off the event loop. */
-  readonly pgliteThread: boolean;
+  /**
+   * Whether the embedded database runs in a thread of its own, off the event loop
+   * (`IMAGEGEN_PGLITE_THREAD` `on`/`off`). Unset: the program decides (`openPipeline`: in a
+   * thread; the CLI's commands that run no job: in the main thread, which starts sooner).
+   */
+  readonly pgliteThread: boolean | undefined;
   /** Runs of one job that may die in a row without delivering anything before the job ends `failed` (`crash_loop`). */
   readonly maxCrashResumes: number;
   /** A job's lease (and a worker's heartbeat) not renewed for this long belongs to a dead process, in ms. */
@@ -228,6 +232,11 @@ function hideConfigSecrets<T extends { readonly databaseUrl: string | undefined 
   return withSecretsHidden('PipelineConfig', hideField(config, 'databaseUrl'), () => ({ ...config, databaseUrl: redactUrlPassword(config.databaseUrl) }));
 }
 
+/** `on` -> true, `off` -> false, unset -> undefined. */
+function onOffOf(value: 'on' | 'off' | undefined): boolean | undefined {
+  return value === undefined ? undefined : value === 'on';
+}
+
 /** `IMAGEGEN_PGLITE_TEMPLATE_DIR`, else `$XDG_CACHE_HOME/imagegen-pipeline`, else `~/.cache/imagegen-pipeline`; `off` = none. */
 function pgliteTemplateDirOf(env: ConfigEnv): string | undefined {
   const raw = env['IMAGEGEN_PGLITE_TEMPLATE_DIR'];
@@ -309,7 +318,7 @@ function failureClassesOf(env: ConfigEnv): ErrorClass[] | undefined {
  * | `IMAGEGEN_WEBHOOK_POLL_MS`, `IMAGEGEN_WEBHOOK_CONCURRENCY` | 1000, 8 (`DEFAULT_WEBHOOK_OPTIONS`) |
  * | `IMAGEGEN_WEBHOOK_ALLOW_LOCAL` | false: `https` to public addresses only (`1`: also `http://localhost`, private addresses; tests) |
  * | `IMAGEGEN_PGLITE_TEMPLATE_DIR` | `$XDG_CACHE_HOME/imagegen-pipeline` or `~/.cache/imagegen-pipeline` (`off`: none) |
- * | `IMAGEGEN_PGLITE_THREAD` | `on`: the embedded database runs in a thread of its own (`off`: in the main thread) |
+ * | `IMAGEGEN_PGLITE_THREAD` | unset: a thread of its own for the embedded database where jobs run (`run`, `worker`, `serve`, `submit`, the library), the main thread for the CLI's other commands; `on` / `off`: always / never |
  *
  * Durations in ms are at most 2^31-1 (Node's timer limit: a longer delay fires after 1 ms).
  */
@@ -384,7 +393,7 @@ export function loadConfig(env: ConfigEnv = process.env, overrides: ConfigOverri
     queueExpireSeconds: intOf(env, 'IMAGEGEN_QUEUE_EXPIRE_SECONDS', 1, MAX_QUEUE_EXPIRE_SECONDS) ?? 600,
     maxCrashResumes: intOf(env, 'IMAGEGEN_MAX_CRASH_RESUMES', 1, 1000) ?? DEFAULT_RUN_OPTIONS.maxCrashResumes,
     pgliteTemplateDir: pgliteTemplateDirOf(env),
-    pgliteThread: (choiceOf(env, 'IMAGEGEN_PGLITE_THREAD', ['on', 'off'] as const) ?? 'on') === 'on',
+    pgliteThread: onOffOf(choiceOf(env, 'IMAGEGEN_PGLITE_THREAD', ['on', 'off'] as const)),
     leaseTtlMs: (intOf(env, 'IMAGEGEN_LEASE_TTL_SECONDS', 1, MAX_LEASE_TTL_SECONDS) ?? DEFAULT_RUN_OPTIONS.leaseTtlMs / 1000) * 1000,
     fleet: Object.freeze({
       workerName: workerNameOf(env),

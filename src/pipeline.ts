@@ -34,6 +34,12 @@ export interface PipelineOverrides {
   readonly generator?: ImageGenerator;
   /** The batch API beside a host's `generator` (with `generator` given and this not: no batch stages). */
   readonly batches?: BatchGenerator;
+  /**
+   * Where the embedded database runs when `config.pgliteThread` leaves it unset: a thread of
+   * its own (default true: the event loop stays free for a job) or the calling thread (false:
+   * a command of a few queries starts sooner without a second Node environment).
+   */
+  readonly pgliteThread?: boolean;
 }
 
 /** Builds a logger that never prints secrets: API keys and image bytes are redacted. */
@@ -67,7 +73,7 @@ export async function openPipeline(config: PipelineConfig, overrides: PipelineOv
   }
   let database: Database;
   try {
-    database = await openDatabase({ databaseUrl: config.databaseUrl, dataDir, pgliteTemplateDir: config.pgliteTemplateDir, pgliteThread: config.pgliteThread });
+    database = await openDatabase({ databaseUrl: config.databaseUrl, dataDir, pgliteTemplateDir: config.pgliteTemplateDir, pgliteThread: config.pgliteThread ?? overrides.pgliteThread ?? true });
   } catch (error) {
     unlock();
     throw error;

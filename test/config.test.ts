@@ -87,8 +87,8 @@ describe('loadConfig: defaults are the README configuration table, each from its
     expect(config.pgliteTemplateDir).toBeUndefined();
   });
 
-  it('IMAGEGEN_PGLITE_THREAD: the embedded database in its own thread unless off; anything else is refused by name', () => {
-    expect(config.pgliteThread).toBe(true);
+  it('IMAGEGEN_PGLITE_THREAD: unset leaves it to the program; on and off say it; anything else is refused by name', () => {
+    expect(config.pgliteThread).toBeUndefined();
     expect(loadConfig({ IMAGEGEN_PGLITE_THREAD: 'on' }).pgliteThread).toBe(true);
     expect(loadConfig({ IMAGEGEN_PGLITE_THREAD: 'off' }).pgliteThread).toBe(false);
     expect(() => loadConfig({ IMAGEGEN_PGLITE_THREAD: 'yes' })).toThrow(/IMAGEGEN_PGLITE_THREAD/);

@@ -16,7 +16,7 @@ import { cmdWebhooks, cmdWebhooksSecret, settleRunWebhooks } from './webhooks.js
 import { EXIT, UnavailableError, UsageError } from './failures.js';
 import { formatSummary, formatUsd, jobSummary } from './summary.js';
 import { ProgressView } from './progress-view.js';
-import { exitCodeOf, print, withPipeline, shutdownSignals, type Invocation, embeddedDatabaseMissing } from './invocation.js';
+import { exitCodeOf, print, withJobsPipeline, withPipeline, shutdownSignals, type Invocation, embeddedDatabaseMissing } from './invocation.js';
 
 async function cmdRun(inv: Invocation): Promise<number> {
   const { config, json } = inv;
@@ -28,7 +28,7 @@ async function cmdRun(inv: Invocation): Promise<number> {
   const jobFile = await readJobFile(file, { maxQuantity: config.maxQuantity, allowLocalWebhooks: config.webhooks.allowLocal, imageModel: config.gemini.model });
   // A fresh data folder holds no attachment, credit or job: refuse what needs one without creating the database.
   if (embeddedDatabaseMissing(config)) refuseOnEmptyDatabase(jobFile.spec, { pricePerImage: config.pricePerImage });
-  return withPipeline(inv, async (pipeline) => {
+  return withJobsPipeline(inv, async (pipeline) => {
     const { jobId, created } = await submitSpec(pipeline, jobFile.spec, { inputFiles: jobFile.inputFiles, pricePerImage: config.pricePerImage, allowLocalWebhooks: config.webhooks.allowLocal });
     pipeline.logger.info({ jobId, created, provider: config.provider }, created ? 'job submitted' : 'job exists: resuming or reporting');
     // Webhooks are sent while the job runs (this job's and any others due on this database); see settleRunWebhooks.
@@ -179,7 +179,7 @@ async function cmdSubmit(inv: Invocation): Promise<number> {
   const { config } = inv;
   if (!config.databaseUrl) throw new ConfigError('DATABASE_URL', 'submit puts jobs on a PostgreSQL job queue for workers; set DATABASE_URL (or use imagegen run)');
   const jobFile = await readJobFile(inv.args[0] as string, { maxQuantity: config.maxQuantity, allowLocalWebhooks: config.webhooks.allowLocal, imageModel: config.gemini.model });
-  return withPipeline(inv, async (pipeline) => {
+  return withJobsPipeline(inv, async (pipeline) => {
     const { jobId, created } = await submitSpec(pipeline, jobFile.spec, { inputFiles: jobFile.inputFiles, pricePerImage: config.pricePerImage, allowLocalWebhooks: config.webhooks.allowLocal });
     // pg-boss is loaded by the two commands that use the queue only.
     const { submitToQueue } = await import('../streams/worker.js');
@@ -199,7 +199,7 @@ async function cmdSubmit(inv: Invocation): Promise<number> {
 async function cmdWorker(inv: Invocation): Promise<number> {
   const { config } = inv;
   if (!config.databaseUrl) throw new ConfigError('DATABASE_URL', 'the worker shares a PostgreSQL job queue; set DATABASE_URL');
-  return withPipeline(inv, async (pipeline) => {
+  return withJobsPipeline(inv, async (pipeline) => {
     // prom-client is loaded only when the metrics are served.
     const served = config.metrics.port === undefined ? undefined : await (await import('./worker-metrics.js')).serveWorkerMetrics(pipeline, config.metrics);
     const signals = shutdownSignals();

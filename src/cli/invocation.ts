@@ -105,10 +105,13 @@ export function checkDataDir(config: PipelineConfig, values: Values): void {
  * say what to fix: a data folder that cannot be written, a database that cannot be
  * reached or refuses.
  */
-export async function withPipeline<T>(inv: Invocation, fn: (pipeline: Pipeline) => Promise<T>): Promise<T> {
+export async function withPipeline<T>(inv: Invocation, fn: (pipeline: Pipeline) => Promise<T>, options: { readonly runsJobs?: boolean } = {}): Promise<T> {
   let pipeline: Pipeline;
   try {
-    pipeline = await (inv.openPipeline ?? openPipeline)(inv.config);
+    // A command that runs jobs gets the embedded database in a thread of its own (its event
+    // loop carries the answers, images and events); one of a few queries starts sooner
+    // without the thread's start (unless IMAGEGEN_PGLITE_THREAD says otherwise).
+    pipeline = inv.openPipeline ? await inv.openPipeline(inv.config) : await openPipeline(inv.config, { pgliteThread: options.runsJobs ?? false });
   } catch (error) {
     throw openFailure(error, inv);
   }
@@ -117,6 +120,11 @@ export async function withPipeline<T>(inv: Invocation, fn: (pipeline: Pipeline) 
   } finally {
     await pipeline.close();
   }
+}
+
+/** {@link withPipeline} for a command that runs jobs (`run`, `serve`, `worker`, `submit`). */
+export function withJobsPipeline<T>(inv: Invocation, fn: (pipeline: Pipeline) => Promise<T>): Promise<T> {
+  return withPipeline(inv, fn, { runsJobs: true });
 }
 
 export function openFailure(error: unknown, inv: Invocation): unknown {

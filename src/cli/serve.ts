@@ -6,7 +6,7 @@ import { engineOptionsOf } from '../pipeline.js';
 import { LocalJobRunner } from '../streams/local-runner.js';
 import { startWebhookDispatcher } from '../jobs/webhooks.js';
 import { UnavailableError, UsageError } from './failures.js';
-import { shutdownSignals, withPipeline, type Invocation } from './invocation.js';
+import { shutdownSignals, withJobsPipeline, type Invocation } from './invocation.js';
 
 /**
  * Serves the API until SIGTERM/SIGINT, then: stops listening (open event streams end;
@@ -28,7 +28,7 @@ export async function cmdServe(inv: Invocation): Promise<number> {
     throw new ConfigError('IMAGEGEN_API_TOKENS', 'serve needs at least one token: set IMAGEGEN_API_TOKENS (token=userId,... or @/path/file) or IMAGEGEN_ADMIN_TOKENS');
   }
   if (withWorker && !config.databaseUrl) throw new UsageError('--with-worker', 'needs DATABASE_URL: on the embedded database serve runs the jobs it accepts in this process already');
-  return withPipeline(inv, async (pipeline) => {
+  return withJobsPipeline(inv, async (pipeline) => {
     const engine = engineOptionsOf(config);
     // pg-boss is loaded only on PostgreSQL, where the queue is used.
     const fleet = config.databaseUrl ? await import('../streams/worker.js') : undefined;

@@ -79,7 +79,7 @@ export async function openDatabase(config: DatabaseConfig, options: OpenDatabase
   // The connection string (and its password) lives in closures only; the printed form
   // (console.log, JSON.stringify, pino) says where the database is, password redacted.
   return withPrintedForm('Database', database, () =>
-    frozen.databaseUrl ? { kind: database.kind, url: redactUrlPassword(frozen.databaseUrl) } : { kind: database.kind, dataDir: frozen.dataDir ?? '(in memory)' },
+    frozen.databaseUrl ? { kind: database.kind, url: redactUrlPassword(frozen.databaseUrl) } : { kind: database.kind, dataDir: frozen.dataDir ?? '(in memory)', thread: frozen.pgliteThread ?? true },
   );
 }
 

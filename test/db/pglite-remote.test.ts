@@ -4,11 +4,16 @@
  * `openDatabase` runs it so by default (`pgliteThread`), or in the calling thread.
  */
 import { sql } from 'kysely';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { deliverSlot, JOB_EVENTS_CHANNEL, openDatabase, type Database } from '../../src/db/index.js';
 import { encodeJobEventsAppended } from '../../src/db/notifications.js';
 import { PgliteRemote } from '../../src/db/pglite-remote.js';
+import { withJobsPipeline, withPipeline, type Invocation } from '../../src/cli/invocation.js';
+import { loadConfig } from '../../src/config.js';
 import { TEST_PGLITE_TEMPLATE_DIR } from '../support/databases.js';
 import { deliveryOf, seedJob, until } from './fixtures.js';
 
@@ -105,5 +110,27 @@ describe('openDatabase on PGlite: in a thread of its own by default, or in the c
     } finally {
       await database.close();
     }
+  }, 120_000);
+});
+
+describe("the CLI's choice: a thread for the commands that run jobs, the calling thread for a few queries", () => {
+  /** Where the command's embedded database ran, as its printed form says. */
+  async function threadOf(env: Record<string, string>, runsJobs: boolean): Promise<unknown> {
+    const dataDir = await mkdtemp(join(tmpdir(), 'imagegen-thread-'));
+    try {
+      const config = loadConfig({ IMAGEGEN_PGLITE_TEMPLATE_DIR: TEST_PGLITE_TEMPLATE_DIR, IMAGEGEN_LOG_LEVEL: 'silent', ...env }, { dataDir });
+      const inv: Invocation = { args: [], values: {}, config, json: true };
+      const open = runsJobs ? withJobsPipeline : withPipeline;
+      return await open(inv, async (pipeline) => (JSON.parse(JSON.stringify(pipeline.database)) as { thread?: unknown }).thread);
+    } finally {
+      await rm(dataDir, { recursive: true, force: true });
+    }
+  }
+
+  it('unset: run, serve, worker and submit get a thread; credits, status, stats and the rest do not; IMAGEGEN_PGLITE_THREAD decides for all', async () => {
+    expect(await threadOf({}, true)).toBe(true);
+    expect(await threadOf({}, false)).toBe(false);
+    expect(await threadOf({ IMAGEGEN_PGLITE_THREAD: 'on' }, false)).toBe(true);
+    expect(await threadOf({ IMAGEGEN_PGLITE_THREAD: 'off' }, true)).toBe(false);
   }, 120_000);
 });
