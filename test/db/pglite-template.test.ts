@@ -238,8 +238,13 @@ describe('PGlite template shipped with the build', () => {
       const compiled = (await import(pathToFileURL(join(outDir, 'db', 'pglite-template.js')).href)) as typeof import('../../src/db/pglite-template.js');
       const compiledMigrations = ((await import(pathToFileURL(join(outDir, 'db', 'migrations', 'index.js')).href)) as typeof import('../../src/db/migrations/index.js')).MIGRATIONS;
       const template = compiled.pgliteTemplateFile(templateDir, compiledMigrations)!;
-      expect(readdirSync(templateDir)).toEqual([template.slice(templateDir.length + 1)]);
+      // The bundled CLI (scripts/bundle-cli.mjs) holds the migrations as the bundler reprinted them: its own key, the same file.
+      const bundle = (await import(pathToFileURL(join(outDir, 'cli-bundle', 'template-key.js')).href)) as typeof import('../../src/db/pglite-template.js') & typeof import('../../src/db/migrations/index.js');
+      const bundleTemplate = bundle.pgliteTemplateFile(templateDir, bundle.MIGRATIONS)!;
+      expect(bundleTemplate).not.toBe(template);
+      expect(readdirSync(templateDir).sort()).toEqual([template, bundleTemplate].map((file) => file.slice(templateDir.length + 1)).sort());
       expect([...readFileSync(template).subarray(0, 2)]).toEqual([0x1f, 0x8b]);
+      expect(readFileSync(bundleTemplate).equals(readFileSync(template))).toBe(true);
       // A rebuild keeps a current template (no second initdb).
       const writtenAt = statSync(template).mtimeMs;
       expect(spawnSync(process.execPath, [script, outDir], { encoding: 'utf8' }).status).toBe(0);
@@ -260,10 +265,10 @@ describe('PGlite template shipped with the build', () => {
       expect(existsSync(join(dataDir, 'db', 'PG_VERSION'))).toBe(true);
 
       // The same file under another key (another PGlite build or migration list) is not this build's: initdb, then the cache.
-      renameSync(template, join(templateDir, 'pglite-0.4.6-ffffffffffff.tar.gz'));
+      renameSync(bundleTemplate, join(templateDir, 'pglite-0.4.6-ffffffffffff.tar.gz'));
       const other = cli(['credits', 'grant', 'ana', '1'], join(root, 'xdg2'), join(root, 'data2'));
       expect(other.status, other.stderr).toBe(0);
-      expect(readdirSync(join(root, 'xdg2', 'imagegen-pipeline'))).toEqual([template.slice(templateDir.length + 1)]);
+      expect(readdirSync(join(root, 'xdg2', 'imagegen-pipeline'))).toEqual([bundleTemplate.slice(templateDir.length + 1)]);
     } finally {
       rmSync(outDir, { recursive: true, force: true });
     }

@@ -13,7 +13,7 @@
  *   that test the package as a user installs it. It must exist and be at least as new as
  *   every file in `src/`, or the suite fails saying `npm run build` is due.
  *
- *   sources      --hash--> cache/<hash>/cli.js   (compiled once per source state)
+ *   sources      --hash--> cache/<hash>/cli.js   (compiled and bundled once per source state)
  *   npm run build ------> dist/cli.js            (checked once: newer than src/)
  */
 import { spawnSync } from 'node:child_process';
@@ -142,6 +142,9 @@ function compileInto(dir: string): void {
   // What tsc does not copy: the live page's files, as `npm run build` copies them.
   const assets = spawnSync(process.execPath, [join(REPO_ROOT, 'scripts', 'copy-page-assets.mjs'), tmp], { cwd: REPO_ROOT, encoding: 'utf8' });
   if (assets.status !== 0) throw new Error(`copying the page's assets failed:\n${assets.stderr}`);
+  // The CLI as `npm run build` ships it: bundled (scripts/bundle-cli.mjs), so the tests run what `bin/imagegen` runs.
+  const bundled = spawnSync(process.execPath, [join(REPO_ROOT, 'scripts', 'bundle-cli.mjs'), tmp], { cwd: REPO_ROOT, encoding: 'utf8' });
+  if (bundled.status !== 0) throw new Error(`bundling the CLI failed:\n${bundled.stderr}`);
   // Outside the package's scope (node_modules), so say it is ESM.
   writeFileSync(join(tmp, 'package.json'), '{"type":"module"}\n');
   rmSync(dir, { recursive: true, force: true });
