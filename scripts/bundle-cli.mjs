@@ -20,6 +20,7 @@
 import { build } from 'esbuild';
 import { readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join, relative, resolve, sep } from 'node:path';
+import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
@@ -43,6 +44,9 @@ const packageName = (specifier) => (specifier.startsWith('@') ? specifier.split(
 const externals = {
   name: 'externals',
   setup(b) {
+    // rxjs's ES module build (its package sends Node to the CommonJS one, which a bundle reaches
+    // through a getter per imported name at every call, and cannot tree-shake).
+    b.onResolve({ filter: /^rxjs$/ }, () => ({ path: join(dirname(createRequire(join(outDir, 'x.js')).resolve('rxjs/package.json')), 'dist', 'esm', 'index.js') }));
     b.onResolve({ filter: /^[^./]/ }, (args) => {
       if (args.path.startsWith('node:')) return { path: args.path, external: true };
       return BUNDLED_PACKAGES.has(packageName(args.path)) ? undefined : { path: args.path, external: true };
