@@ -16,8 +16,15 @@
  * (PGlite; with `DATABASE_URL=postgres://...` also PostgreSQL, a scratch database per run).
  * Env: BENCH_RUNS (5), BENCH_KINDS (`pglite,postgres`), BENCH_LATENCY_MS (300),
  * BENCH_FAILURE_RATE (0.1), BENCH_CONCURRENCY (10), BENCH_QUANTITY (100), BENCH_STAGES (3),
- * BENCH_CPU_PROF_DIR (unset: when set, the `run` process writes a `--cpu-prof` profile there);
- * IMAGEGEN_PGLITE_THREAD is passed on to the CLI (`off`: PGlite in the main thread).
+ * BENCH_CPU_PROF_DIR (unset: when set, the `run` process writes a `--cpu-prof` profile there),
+ * BENCH_IMAGE_SIZE (the provider's default), BENCH_NODE_FLAGS (flags for node running the CLI); IMAGEGEN_PGLITE_THREAD is passed on to the CLI
+ * (`off`: PGlite in the main thread). Each run also reports the `run` process's peak RSS and
+ * its main thread's peak heapUsed (goal 4).
+ *
+ * Figure 4 through the CLI (10,000 images, an instant provider, 64 px, the default concurrency 8):
+ * `BENCH_STAGES=10 BENCH_QUANTITY=1000 BENCH_LATENCY_MS=0 BENCH_FAILURE_RATE=0 BENCH_CONCURRENCY=8
+ * BENCH_IMAGE_SIZE=64 BENCH_RUNS=1 BENCH_KINDS=pglite node dist-bench/bench/makespan-cli.js`
+ * (its makespan ratio means nothing at 0 ms).
  */
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -40,6 +47,10 @@ const FAILURE_RATE = num('BENCH_FAILURE_RATE', 0.1);
 const CONCURRENCY = num('BENCH_CONCURRENCY', 10);
 const QUANTITY = num('BENCH_QUANTITY', 100);
 const STAGES = num('BENCH_STAGES', 3);
+/** The fake provider's image size (long side, px); unset = its default. Figure 4 through the CLI uses 64. */
+const IMAGE_SIZE = process.env['BENCH_IMAGE_SIZE'] ? num('BENCH_IMAGE_SIZE', 0) : undefined;
+/** Flags for node running the CLI, e.g. `--heap-growing-percent=0` (V8's own heap growing, as before the CLI set it). */
+const NODE_FLAGS = (process.env['BENCH_NODE_FLAGS'] ?? '').split(/\s+/).filter(Boolean);
 const DATABASE_URL = process.env['DATABASE_URL'];
 /** When set, the `run` process writes a V8 CPU profile there (`--cpu-prof`). */
 const PROFILE_DIR = process.env['BENCH_CPU_PROF_DIR'];
@@ -56,12 +67,15 @@ interface RunFigures {
   readonly mainThreadMsPerImage: number;
   /** Its CPU time (all threads: sharp's and PGlite's included), ms per delivered image. */
   readonly cpuMsPerImage: number;
+  /** The run process's peak RSS (all threads) and its main thread's highest heapUsed, MiB. */
+  readonly maxRssMiB: number;
+  readonly peakHeapUsedMiB: number;
 }
 
 function cli(args: readonly string[], env: NodeJS.ProcessEnv, profileDir?: string): Promise<{ code: number | null; stdout: string; stderr: string; wallMs: number }> {
   const started = performance.now();
   const profile = profileDir ? ['--cpu-prof', '--cpu-prof-dir', profileDir] : [];
-  const child = spawn(process.execPath, [...profile, '--import', ELU_PROBE, CLI, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [...NODE_FLAGS, ...profile, '--import', ELU_PROBE, CLI, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
   let stderr = '';
   child.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
@@ -91,7 +105,7 @@ async function scratchDatabase(url: string): Promise<{ url: string; drop: () => 
 
 async function runOnce(kind: 'pglite' | 'postgres', seed: number): Promise<RunFigures> {
   const dir = await mkdtemp(join(tmpdir(), 'imagegen-mkcli-'));
-  const server = await spawnFakeServer({ latencyMs: LATENCY_MS, failureRate: FAILURE_RATE, failureClasses: ['status:503', 'status:500'], seed });
+  const server = await spawnFakeServer({ latencyMs: LATENCY_MS, failureRate: FAILURE_RATE, failureClasses: ['status:503', 'status:500'], seed, ...(IMAGE_SIZE ? { imageSize: IMAGE_SIZE } : {}) });
   const database = kind === 'postgres' ? await scratchDatabase(DATABASE_URL!) : null;
   let stopped = false;
   try {
@@ -122,7 +136,7 @@ async function runOnce(kind: 'pglite' | 'postgres', seed: number): Promise<RunFi
     stopped = true;
     const { calls, spanMs, firstArrivalEpochMs, lastAnswerEpochMs } = await server.stopWithSpan();
     const boundMs = Math.ceil(calls / CONCURRENCY) * LATENCY_MS;
-    const elu = JSON.parse(await readFile(eluFile, 'utf8')) as { samples: [number, number, number][] };
+    const elu = JSON.parse(await readFile(eluFile, 'utf8')) as { samples: [number, number, number][]; maxRssKiB: number; peakHeapUsedKiB: number };
     const delivered = summary.deliveredImages;
     // The run's window: the provider's span (start-up and exit left out), from the 50 ms samples.
     const at = (epochMs: number) => elu.samples.find((s) => s[0] >= epochMs) ?? elu.samples.at(-1)!;
@@ -137,6 +151,8 @@ async function runOnce(kind: 'pglite' | 'postgres', seed: number): Promise<RunFi
       delivered,
       mainThreadMsPerImage: (activeEnd - activeStart) / delivered,
       cpuMsPerImage: (cpuEnd - cpuStart) / delivered,
+      maxRssMiB: elu.maxRssKiB / 1024,
+      peakHeapUsedMiB: elu.peakHeapUsedKiB / 1024,
     };
   } finally {
     if (!stopped) await server.stop().catch(() => 0);
@@ -159,7 +175,7 @@ for (const kind of KINDS as ('pglite' | 'postgres')[]) {
     const f = await runOnce(kind, 100 + i);
     ratios.push(f.ratio);
     console.log(
-      `${kind} run ${i + 1}: ${f.delivered} images, ${f.calls} calls, provider span ${(f.spanMs / 1000).toFixed(2)} s, bound ${(f.boundMs / 1000).toFixed(1)} s, ratio ${f.ratio.toFixed(3)}; CLI wall ${(f.wallMs / 1000).toFixed(2)} s; main thread ${f.mainThreadMsPerImage.toFixed(2)} ms/image, CPU ${f.cpuMsPerImage.toFixed(2)} ms/image (over the provider span)`,
+      `${kind} run ${i + 1}: ${f.delivered} images, ${f.calls} calls, provider span ${(f.spanMs / 1000).toFixed(2)} s, bound ${(f.boundMs / 1000).toFixed(1)} s, ratio ${f.ratio.toFixed(3)}; CLI wall ${(f.wallMs / 1000).toFixed(2)} s; main thread ${f.mainThreadMsPerImage.toFixed(2)} ms/image, CPU ${f.cpuMsPerImage.toFixed(2)} ms/image (over the provider span); peak RSS ${f.maxRssMiB.toFixed(1)} MiB, peak heapUsed ${f.peakHeapUsedMiB.toFixed(1)} MiB`,
     );
   }
   console.log(`${kind}: median ratio ${median(ratios).toFixed(3)} (runs ${ratios.map((r) => r.toFixed(3)).join(', ')})`);

@@ -1,10 +1,10 @@
 #!/usr/bin/env node
 /** Entry point of the `imagegen` command; see src/cli/main.ts. */
-import { turnSharpOperationCacheOff } from './adapters/image-codec.js';
 import { EXIT, main } from './cli/main.js';
+import { tuneOwnProcess } from './cli/own-process.js';
 
-// Our own process: every image is converted once (see turnSharpOperationCacheOff).
-turnSharpOperationCacheOff();
+// Our own process: settings the library leaves to its host (see src/cli/own-process.ts).
+tuneOwnProcess();
 
 main(process.argv.slice(2)).then(
   (code) => {

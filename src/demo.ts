@@ -11,14 +11,14 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import sharp from 'sharp';
-import { turnSharpOperationCacheOff } from './adapters/image-codec.js';
 import { main, type MainHooks } from './cli/main.js';
+import { tuneOwnProcess } from './cli/own-process.js';
 import { openPipeline, type Pipeline } from './pipeline.js';
 import { reportError } from './cli/failures.js';
 import { envWithPresets, loadConfig } from './config.js';
 
-// Our own process: every image is converted once (see turnSharpOperationCacheOff).
-turnSharpOperationCacheOff();
+// Our own process: settings the library leaves to its host (see src/cli/own-process.ts).
+tuneOwnProcess();
 
 const env = envWithPresets({
   IMAGEGEN_OFFLINE_FAILURE_RATE: '0.2',
