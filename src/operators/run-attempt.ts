@@ -69,14 +69,21 @@ const REFUSED = { kind: 'dropped', refused: true } as const;
  * classified error (a throw, an error, an empty answer or a hung call; nothing escapes
  * as an error, and images after the first are not waited for). A request the stage
  * stopped before it was sent emits only `dropped`: a halt drops a request still waiting
- * for a permit, never one already sent; so does one `admit` refuses (the spend cap).
+ * for a permit, never one already sent; so does one `admit` refuses (the spend cap). A
+ * request waiting for the provider's permit is dropped when the halt comes; one still
+ * waiting for the stage's permit when it is granted (the stage's running attempts end first,
+ * then its whole queue is dropped in that turn).
  *
  * ```
  * stage permit   ^----------------------!
  * global permit     ^-----------!                   generate
  * emits          ---s-----------------o|            s=started o=delivered|failed
- * halt$          -h                                  while waiting for a permit:
+ * stage permit   ^                                   waiting for the provider's permit:
+ * halt$          -h
  * emits          -(d|)                               d=dropped, no call made
+ * stage permit   ---^                                waiting for the stage's permit:
+ * halt$          -h
+ * emits          ---(d|)                             dropped once it is granted
  * ```
  *
  * An outcome is emitted while its permits are still held (the stage's, and the global
@@ -85,31 +92,43 @@ const REFUSED = { kind: 'dropped', refused: true } as const;
  */
 export function runAttempt(request: AttemptRequest, config: AttemptConfig): Observable<AttemptItem> {
   const { ports, scheduler, attemptTimeoutMs } = config;
-  // A failure of the call itself is answered when it arrives; a failed delivery was answered with its image.
-  const failed = (sent: SentAttempt, answeredAt?: number, image?: GeneratedImage) => (error: unknown) =>
-    of<AttemptItem>({ kind: 'failed', sent, answeredAt: answeredAt ?? scheduler.now(), error: toPipelineError(error), ...(image !== undefined ? { image } : {}) });
-  const generate$ = (sent: SentAttempt) =>
-    defer(() => ports.generate(request)).pipe(
-      timeout({ first: attemptTimeoutMs, scheduler, with: () => throwError(() => new PipelineError('timeout', `no image within ${attemptTimeoutMs} ms`)) }),
-      take(1),
-      throwIfEmpty(() => new PipelineError('no_image', 'the generator completed without an image')),
-      map((image) => ({ kind: 'generated', sent, answeredAt: scheduler.now(), image }) as const),
-      catchError(failed(sent)),
-    );
-  const deliver$ = (sent: SentAttempt, answeredAt: number, image: GeneratedImage) =>
-    defer(() => ports.deliver(request, image)).pipe(
-      take(1),
-      throwIfEmpty(() => new PipelineError('storage', 'the delivery completed without a result')),
-      map((delivery): AttemptItem => ({ kind: 'delivered', sent, answeredAt, image, delivery })),
-      catchError(failed(sent, answeredAt, image)),
-    );
   // The stage permit is unkeyed (one stage, FIFO); the provider permit waits its share's turn.
-  const sent$ = config.stageLimiter.run(() =>
-    config.globalLimiter
+  //
+  // A request waiting for the stage's permit holds its place in that queue and nothing else:
+  // every unfilled slot of a stage waits there from the start (a stage of 1,000 slots, 1,000
+  // requests), so the halt is raced only once the permit is granted. Before, each queued
+  // request also held its own subscription to the halt (a race, a merge of two subjects, their
+  // subscribers: ~12 KB a slot, 67 MiB of heap for a 5,000-image job; BENCHMARKS.md 11C), and
+  // the attempt's functions below are made once it holds the permit, not while it waits.
+  // A halt still ends the queue at once: the requests that hold the stage's permits (at most
+  // the stage's limit) see the halt and end, and each queued request, granted its permit
+  // right after, finds the stage halted and is dropped unsent, in the same turn.
+  return config.stageLimiter.run(() => {
+    // A request that waited for the stage's permit while the stage stopped is dropped unsent.
+    if (config.halted()) return of(DROPPED);
+    // A failure of the call itself is answered when it arrives; a failed delivery was answered with its image.
+    const failed = (sent: SentAttempt, answeredAt?: number, image?: GeneratedImage) => (error: unknown) =>
+      of<AttemptItem>({ kind: 'failed', sent, answeredAt: answeredAt ?? scheduler.now(), error: toPipelineError(error), ...(image !== undefined ? { image } : {}) });
+    const generate$ = (sent: SentAttempt) =>
+      defer(() => ports.generate(request)).pipe(
+        timeout({ first: attemptTimeoutMs, scheduler, with: () => throwError(() => new PipelineError('timeout', `no image within ${attemptTimeoutMs} ms`)) }),
+        take(1),
+        throwIfEmpty(() => new PipelineError('no_image', 'the generator completed without an image')),
+        map((image) => ({ kind: 'generated', sent, answeredAt: scheduler.now(), image }) as const),
+        catchError(failed(sent)),
+      );
+    const deliver$ = (sent: SentAttempt, answeredAt: number, image: GeneratedImage) =>
+      defer(() => ports.deliver(request, image)).pipe(
+        take(1),
+        throwIfEmpty(() => new PipelineError('storage', 'the delivery completed without a result')),
+        map((delivery): AttemptItem => ({ kind: 'delivered', sent, answeredAt, image, delivery })),
+        catchError(failed(sent, answeredAt, image)),
+      );
+    const sent$ = config.globalLimiter
       .run(
         (permit) =>
           defer(() => {
-            // A request that waited for a permit while the stage stopped is dropped unsent.
+            // A request that waited for the provider's permit while the stage stopped is dropped unsent.
             if (config.halted()) return of(DROPPED);
             // The cap's check is made here, as late as possible: the estimate in flight is what is really sent.
             if (config.admit !== undefined && !config.admit(request)) return of(REFUSED);
@@ -118,8 +137,8 @@ export function runAttempt(request: AttemptRequest, config: AttemptConfig): Obse
           }),
         config.share,
       )
-      .pipe(mergeMap((item) => (item.kind === 'generated' ? deliver$(item.sent, item.answeredAt, item.image) : of(item)))),
-  );
-  // Whichever emits first wins: the halt (still waiting for a permit) or the attempt (`started`).
-  return race(config.halt$.pipe(take(1), map(() => DROPPED)), sent$);
+      .pipe(mergeMap((item) => (item.kind === 'generated' ? deliver$(item.sent, item.answeredAt, item.image) : of(item))));
+    // Whichever emits first wins: the halt (still waiting for the provider's permit) or the attempt (`started`).
+    return race(config.halt$.pipe(take(1), map(() => DROPPED)), sent$);
+  });
 }
