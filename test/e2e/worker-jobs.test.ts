@@ -176,12 +176,24 @@ describe.skipIf(!TEST_DATABASE_URL)('IMAGEGEN_WORKER_JOBS: jobs one worker runs 
     release();
     await until(async () => Object.values(await jobRows(ids)).filter((j) => j.status === 'completed').length === 3, 'all 3 jobs completed');
     expect(await jobRows(ids)).toEqual(Object.fromEntries(ids.map((id) => [id, { status: 'completed', delivered: QUANTITY }])));
-    expect(logLines(worker.stderr(), 'job taken').map((e) => e['jobId']).sort()).toEqual(ids);
-    for (const id of ids) expect(callsOf(id)).toHaveLength(QUANTITY);
+    // Each job taken once, unless its run failed (a starved process on a loaded machine: the
+    // stressed loop of issue 10 saw one) and the worker took it again after the lease TTL,
+    // as a worker must: then the failure is in the log before the second take, and the job's
+    // calls are those of both runs (still delivered exactly QUANTITY, checked above).
+    const taken = logLines(worker.stderr(), 'job taken').map((e) => String(e['jobId']));
+    const failedRuns = logLines(worker.stderr(), 'run failed; the job stays resumable (another worker takes it after the lease TTL)').map((e) => String(e['jobId']));
+    expect([...new Set(taken)].sort()).toEqual(ids);
+    for (const id of ids) {
+      const takes = taken.filter((jobId) => jobId === id).length;
+      expect(takes - 1, `${id} taken ${takes} times; the worker's log:\n${worker.stderr().slice(-3000)}`).toBeLessThanOrEqual(failedRuns.filter((jobId) => jobId === id).length);
+      if (takes === 1) expect(callsOf(id)).toHaveLength(QUANTITY);
+      else expect(callsOf(id).length).toBeGreaterThanOrEqual(QUANTITY);
+    }
+    if (taken.length > ids.length) console.warn(`worker-jobs: a run failed and was taken again: ${worker.stderr().split('\n').filter((line) => line.includes('run failed')).join('\n')}`);
 
     // Never 3 jobs with calls in flight at once, at any arrival of this run.
     const seen = distinctAtArrival.slice(arrivalsBefore);
-    expect(seen).toHaveLength(3 * QUANTITY);
+    expect(seen).toHaveLength(ids.reduce((calls, id) => calls + callsOf(id).length, 0));
     expect(Math.max(...seen.map((s) => s.jobs.length))).toBe(2);
     await stopWorker(worker);
   }, 120_000);
