@@ -81,6 +81,12 @@ describe.skipIf(!TEST_DATABASE_URL)('IMAGEGEN_WORKER_JOBS: jobs one worker runs 
       GEMINI_API_KEY: server.apiKey,
       GEMINI_BASE_URL: server.url,
       IMAGEGEN_CONCURRENCY: '8',
+      // Each worker's own provider limit (8 from its start), not the fleet's shared one: the
+      // shared limit starts at half a worker's concurrency and grows with the successes the
+      // previous test's worker got to report before it stopped (timing), so with it the third
+      // job's calls had room or not depending on that history (the stressed loop of issue 10
+      // saw the control time out at a limit of 4: jobs a and b held all 4 permits).
+      IMAGEGEN_PROVIDER_LIMIT_SCOPE: 'process',
       IMAGEGEN_STAGE_CONCURRENCY: '2',
       // Held calls must not time out while the test looks.
       IMAGEGEN_ATTEMPT_TIMEOUT_MS: '60000',
