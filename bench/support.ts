@@ -70,8 +70,11 @@ export async function openBenchPipeline(options: BenchPipelineOptions): Promise<
   // the server's process, not in ours).
   const databaseUrl = options.databaseUrl === undefined ? process.env['BENCH_DATABASE_URL'] : options.databaseUrl;
   // PGlite starts from the template, as the CLI's does (the user's cache, else the one the build ships): no initdb in the figures.
-  const { pgliteTemplateDir } = loadConfig(process.env);
-  const database = await openDatabase(databaseUrl ? { databaseUrl } : options.database === 'disk' ? { dataDir: join(root, 'db'), pgliteTemplateDir } : { pgliteTemplateDir });
+  // IMAGEGEN_PGLITE_THREAD=off: PGlite in this thread, as `openDatabase({ pgliteThread: false })`.
+  const { pgliteTemplateDir, pgliteThread } = loadConfig(process.env);
+  const database = await openDatabase(
+    databaseUrl ? { databaseUrl } : options.database === 'disk' ? { dataDir: join(root, 'db'), pgliteTemplateDir, pgliteThread } : { pgliteTemplateDir, pgliteThread },
+  );
   const store = new FolderObjectStore({ root: join(root, 'storage') });
   const userId = 'bench-user';
   await grantCredits(database, userId, options.credits);

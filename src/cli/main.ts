@@ -24,6 +24,8 @@ export interface MainHooks {
    * then `run` on one pipeline it keeps open (one embedded database start, not two).
    */
   readonly openPipeline?: ((config: PipelineConfig) => Promise<Pipeline>) | undefined;
+  /** Called just before a command opens its database (see {@link Invocation.beforeDatabase}). */
+  readonly beforeDatabase?: Invocation['beforeDatabase'];
 }
 
 /**
@@ -62,7 +64,7 @@ export async function main(argv: readonly string[], env?: ConfigEnv, hooks: Main
     debug = config.logLevel === 'debug' || config.logLevel === 'trace';
     storage = config.storage.kind;
     checkDataDir(config, values);
-    return await (HANDLERS[name] as (inv: Invocation) => Promise<number>)({ args, values, config, json, openPipeline: hooks.openPipeline });
+    return await (HANDLERS[name] as (inv: Invocation) => Promise<number>)({ args, values, config, json, openPipeline: hooks.openPipeline, beforeDatabase: hooks.beforeDatabase });
   } catch (error) {
     return reportError(error, { json, debug, storage });
   }

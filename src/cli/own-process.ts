@@ -4,6 +4,7 @@
  */
 import { setFlagsFromString } from 'node:v8';
 import { turnSharpOperationCacheOff } from '../adapters/image-codec.js';
+import type { DatabaseOpening } from './invocation.js';
 
 /**
  * How far V8 lets the old generation grow past what its last full collection left live
@@ -45,5 +46,25 @@ export function nodeFlagGiven(flag: string, execArgv: readonly string[] = proces
 export function keepOldGenerationTight(given: boolean = nodeFlagGiven('heap-growing-percent')): boolean {
   if (given) return false;
   setFlagsFromString(`--heap-growing-percent=${HEAP_GROWING_PERCENT}`);
+  return true;
+}
+
+/**
+ * Before a command of a few queries (`credits balance`, `status`, `stats`, ...) starts the
+ * embedded database: V8's `--liftoff-only`, unless node was started with `--liftoff-only` or
+ * `--no-liftoff-only` (the user's choice wins). Returns whether it was set.
+ *
+ * Why: postgres's WASM is compiled by Liftoff (V8's quick baseline compiler) as it first runs,
+ * and V8 recompiles its hot functions with TurboFan in the background. In a process that
+ * lives a second, that recompilation is all cost: the start and the catalog reads make
+ * hundreds of functions hot, and the process waits for those compile jobs before it can end.
+ * `credits balance` on an existing folder took 1.17 s with it and 0.83 s without on the
+ * 2-core test machine, in alternated runs (BENCHMARKS.md 11D). A command that runs jobs keeps
+ * TurboFan: its SQL runs for minutes, where the optimised code pays. The flag is V8's for
+ * the whole process, so it is set only in a process of one short command.
+ */
+export function startWasmQuickly(opening: DatabaseOpening, given: boolean = nodeFlagGiven('liftoff-only') || nodeFlagGiven('no-liftoff-only')): boolean {
+  if (given || !opening.embedded || opening.runsJobs) return false;
+  setFlagsFromString('--liftoff-only');
   return true;
 }

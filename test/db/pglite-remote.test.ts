@@ -81,6 +81,96 @@ describe('PgliteRemote: PGlite in a thread of its own', () => {
   }, 60_000);
 });
 
+describe('PgliteRemote: statements with parameters run prepared (parsed and planned once per text)', () => {
+  let remote: PgliteRemote;
+  /** The thread's prepared statements (a query without parameters: not prepared itself). */
+  const preparedTexts = async () => (await remote.query('select statement from pg_prepared_statements order by prepare_time, name')).rows.map((row) => (row as { statement: string }).statement);
+
+  beforeAll(async () => {
+    remote = await PgliteRemote.open({});
+    await remote.query('create table p (id int primary key, big int8, name text, at timestamptz, data bytea, doc jsonb, ok bool, price numeric, tags int[])');
+  }, 60_000);
+  afterAll(() => remote?.close());
+
+  it('gives the rows and counts PGlite gives, every type through the same parsers, and prepares each text once', async () => {
+    const insert = 'insert into p values ($1, $2, $3, $4, $5, $6, $7, $8, $9)';
+    const one = await remote.query(insert, [1, 9007199254740991, 'a', new Date('2026-12-07T10:00:00Z'), new Uint8Array([1, 2, 255]), JSON.stringify({ k: [1, 'x'] }), true, '12.50', [3, 4]]);
+    const two = await remote.query(insert, [2, null, null, null, null, null, false, null, null]);
+    expect([one.affectedRows, two.affectedRows]).toEqual([1, 1]);
+    const select = 'select * from p where id = any($1) order by id';
+    const { rows } = await remote.query(select, [[1, 2]]);
+    expect(rows).toEqual([
+      { id: 1, big: 9007199254740991, name: 'a', at: new Date('2026-12-07T10:00:00Z'), data: new Uint8Array([1, 2, 255]), doc: { k: [1, 'x'] }, ok: true, price: '12.50', tags: [3, 4] },
+      { id: 2, big: null, name: null, at: null, data: null, doc: null, ok: false, price: null, tags: null },
+    ]);
+    // The same rows as PGlite's own path (a statement without parameters is not prepared).
+    expect((await remote.query('select * from p where id in (1, 2) order by id')).rows).toEqual(rows);
+    expect((await remote.query('update p set name = $1 where id > $2', ['b', 0])).affectedRows).toBe(2);
+    expect((await remote.query('delete from p where id = $1 returning id', [2])).rows).toEqual([{ id: 2 }]);
+    await remote.query(select, [[1]]);
+    const texts = await preparedTexts();
+    for (const text of [insert, select, 'update p set name = $1 where id > $2', 'delete from p where id = $1 returning id']) expect(texts.filter((t) => t === text)).toHaveLength(1);
+    expect(texts).not.toContain('select * from p where id in (1, 2) order by id');
+  });
+
+  it('passes errors on with their SQLSTATE, constraint and detail; the statement works again after one, a failed parse is not kept', async () => {
+    const insert = 'insert into p (id, name) values ($1, $2)';
+    await remote.query(insert, [10, 'x']);
+    const duplicate = await remote.query(insert, [10, 'y']).catch((e: unknown) => e);
+    expect(duplicate).toBeInstanceOf(Error);
+    expect(duplicate).toMatchObject({ code: '23505', constraint: 'p_pkey', detail: 'Key (id)=(10) already exists.' });
+    expect((await remote.query(insert, [11, 'z'])).affectedRows).toBe(1);
+    const bad = 'select nope from p where id = $1';
+    await expect(remote.query(bad, [1])).rejects.toMatchObject({ code: '42703' });
+    expect(await preparedTexts()).not.toContain(bad);
+    // The int8 parser's rule holds on this path too.
+    await remote.query('update p set big = 9007199254740993 where id = $1', [11]);
+    await expect(remote.query('select big from p where id = $1', [11])).rejects.toThrow(/beyond Number.MAX_SAFE_INTEGER/);
+  });
+
+  it('inside a transaction: an error aborts it as before (the next statement is refused until rollback), and rollback undoes prepared writes', async () => {
+    await remote.query('begin');
+    await remote.query('insert into p (id) values ($1)', [20]);
+    await expect(remote.query('insert into p (id) values ($1)', [20])).rejects.toMatchObject({ code: '23505' });
+    await expect(remote.query('select id from p where id = $1', [20])).rejects.toMatchObject({ code: '25P02' });
+    await remote.query('rollback');
+    expect((await remote.query('select id from p where id = $1', [20])).rows).toEqual([]);
+  });
+
+  it("a table changed under a prepared statement: outside a transaction the statement answers with the table's new columns", async () => {
+    const select = 'select * from p where id = $1';
+    expect(Object.keys((await remote.query(select, [1])).rows[0] as object)).not.toContain('extra');
+    await remote.query("alter table p add column extra text default 'e'");
+    expect((await remote.query(select, [1])).rows).toEqual([expect.objectContaining({ id: 1, extra: 'e' })]);
+    // Prepared again: the next run is a prepared one with the new columns.
+    expect((await remote.query(select, [1])).rows).toEqual([expect.objectContaining({ id: 1, extra: 'e' })]);
+    await remote.query('alter table p drop column extra');
+    // In a transaction the failed statement aborted it: the error is the caller's, as any other.
+    await remote.query('begin');
+    await expect(remote.query(select, [1])).rejects.toMatchObject({ code: '0A000' });
+    await remote.query('rollback');
+    expect(Object.keys((await remote.query(select, [1])).rows[0] as object)).not.toContain('extra');
+  });
+
+  it('keeps at most 200 statements prepared, closing the least recently used; every one answers', async () => {
+    for (let n = 0; n < 230; n++) expect((await remote.query(`select $1::int + ${n} as v`, [1])).rows).toEqual([{ v: n + 1 }]);
+    const texts = await preparedTexts();
+    expect(texts.length).toBeLessThanOrEqual(200);
+    expect(texts).toContain('select $1::int + 229 as v');
+    expect(texts).not.toContain('select $1::int + 0 as v');
+  });
+
+  it('notifications sent by a prepared statement reach the listener, in order', async () => {
+    const heard: string[] = [];
+    const unlisten = await remote.listen('prepared', (payload) => heard.push(payload));
+    await remote.query('select pg_notify($1, $2)', ['prepared', 'one']);
+    await remote.query('select pg_notify($1, $2)', ['prepared', 'two']);
+    await remote.query('select 1');
+    await unlisten();
+    expect(heard).toEqual(['one', 'two']);
+  });
+});
+
 describe('openDatabase on PGlite: in a thread of its own by default, or in the calling one', () => {
   /** The main thread's event loop utilisation while the database works through a query of about a second. */
   async function busyShareDuringQuery(database: Database): Promise<number> {
