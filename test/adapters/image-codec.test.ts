@@ -1,7 +1,8 @@
 import sharp from 'sharp';
-import { describe, expect, it } from 'vitest';
+import { crc32 } from 'node:zlib';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { PipelineError } from '../../src/domain/error-class.js';
-import { decodeImage, extensionForMimeType, probeImage, toWebp } from '../../src/adapters/image-codec.js';
+import { decodeImage, extensionForMimeType, pngHeader, probeImage, toWebp } from '../../src/adapters/image-codec.js';
 
 async function solid(format: 'png' | 'jpeg' | 'webp', width: number, height: number): Promise<Uint8Array> {
   const img = sharp({ create: { width, height, channels: 3, background: { r: 10, g: 120, b: 200 } } });
@@ -83,6 +84,70 @@ describe('probeImage', () => {
   it('rejects non-images with corrupt_image', async () => {
     await corrupt(probeImage(new TextEncoder().encode('{"json": true}')));
     await corrupt(probeImage(new Uint8Array()));
+  });
+});
+
+describe('pngHeader: a PNG probed without sharp', () => {
+  afterEach(() => vi.restoreAllMocks());
+  const pixels = (channels: 1 | 2 | 3 | 4) => sharp({ create: { width: 37, height: 21, channels: channels === 1 || channels === 2 ? 3 : channels, background: { r: 200, g: 100, b: 50, alpha: 0.5 } } });
+  const kinds: ReadonlyArray<readonly [string, () => Promise<Buffer>]> = [
+    ['grey 8-bit', () => pixels(3).greyscale().png().toBuffer()],
+    ['grey 16-bit', () => pixels(3).greyscale().toColourspace('grey16').png().toBuffer()],
+    ['rgb', () => pixels(3).png().toBuffer()],
+    ['rgba', () => pixels(4).png().toBuffer()],
+    ['rgb 16-bit', () => pixels(3).toColourspace('rgb16').png().toBuffer()],
+    ['palette', () => pixels(3).png({ palette: true }).toBuffer()],
+    ['interlaced', () => pixels(3).png({ progressive: true }).toBuffer()],
+    ['1x1', () => sharp({ create: { width: 1, height: 1, channels: 3, background: '#000' } }).png().toBuffer()],
+    ['4000x3', () => sharp({ create: { width: 4000, height: 3, channels: 3, background: '#000' } }).png().toBuffer()],
+  ];
+
+  it.each(kinds)('%s: the same answer as sharp\'s metadata()', async (_, make) => {
+    const png = new Uint8Array(await make());
+    const meta = await sharp(png).metadata();
+    expect(pngHeader(png)).toEqual({ mimeType: 'image/png', width: meta.width, height: meta.height });
+    expect(await probeImage(png)).toEqual(pngHeader(png));
+  });
+
+  /** A PNG whose IHDR `edit` changed; with `fixCrc` (default), the chunk's CRC made right again. */
+  async function ihdrEdited(edit: (png: Buffer) => void, fixCrc = true): Promise<Uint8Array> {
+    const png = Buffer.from(await pixels(3).png().toBuffer());
+    edit(png);
+    if (fixCrc) png.writeUInt32BE(crc32(png.subarray(12, 29)), 29);
+    return new Uint8Array(png);
+  }
+
+  it.each([
+    ['a wrong CRC', () => ihdrEdited((png) => png.writeUInt32BE(~png.readUInt32BE(29) >>> 0, 29), false)],
+    ['width 0', () => ihdrEdited((png) => png.writeUInt32BE(0, 16))],
+    ['height over 65535 (sharp\'s limits decide)', () => ihdrEdited((png) => png.writeUInt32BE(70_000, 20))],
+    ['colour type 5 (none such)', () => ihdrEdited((png) => (png[25] = 5))],
+    ['bit depth 16 with a palette', () => ihdrEdited((png) => ((png[24] = 16), (png[25] = 3)))],
+    ['interlace method 2', () => ihdrEdited((png) => (png[28] = 2))],
+    ['cut inside the IHDR', async () => new Uint8Array((await pixels(3).png().toBuffer()).subarray(0, 30))],
+    ['a JPEG', async () => new Uint8Array(await pixels(3).jpeg().toBuffer())],
+    ['text', async () => new TextEncoder().encode('\x89PNG but not really, just words')],
+  ] as const)('%s: null (sharp decides)', async (_, make) => {
+    expect(pngHeader(await make())).toBeNull();
+  });
+
+  it('a damaged IHDR goes to sharp: its verdict stands (corrupt_image for bytes it cannot read)', async () => {
+    const metadata = vi.spyOn(sharp.prototype, 'metadata');
+    const colourType5 = await ihdrEdited((png) => (png[25] = 5));
+    await corrupt(probeImage(colourType5));
+    expect(metadata).toHaveBeenCalledTimes(1);
+  });
+
+  it('probeImage and toWebp of a whole PNG make no metadata() call; of a JPEG, one each', async () => {
+    const metadata = vi.spyOn(sharp.prototype, 'metadata');
+    const png = await solid('png', 50, 40);
+    expect(await probeImage(png)).toEqual({ mimeType: 'image/png', width: 50, height: 40 });
+    expect(await toWebp(png)).toMatchObject({ width: 50, height: 40 });
+    expect(metadata).not.toHaveBeenCalled();
+    const jpeg = await solid('jpeg', 50, 40);
+    expect(await probeImage(jpeg)).toEqual({ mimeType: 'image/jpeg', width: 50, height: 40 });
+    await toWebp(jpeg);
+    expect(metadata).toHaveBeenCalledTimes(2);
   });
 });
 
