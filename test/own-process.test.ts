@@ -48,15 +48,15 @@ describe('keepOldGenerationTight (run by the CLI and the demo at start)', () => 
   });
 });
 
-describe('startWasmQuickly (run by the CLI before a command opens its database)', () => {
-  /** Calls `startWasmQuickly(opening)` of the harness's build in a fresh node, then compiles and runs a WASM function. */
-  async function runIn(nodeArgs: string[], opening: { embedded: boolean; runsJobs: boolean }): Promise<{ set: boolean; sum: number; stderr: string; status: number | null }> {
+describe('wasmBaselineOnly (run by the CLI and the demo before a command opens its database)', () => {
+  /** Calls `wasmBaselineOnly(opening)` of the harness's build in a fresh node, then compiles and runs a WASM function. */
+  async function runIn(nodeArgs: string[], opening: { embedded: boolean }): Promise<{ set: boolean; sum: number; stderr: string; status: number | null }> {
     const module = pathToFileURL(join(await cliEntry(), '..', 'cli', 'own-process.js')).href;
     // (module (func (export "add") (param i32 i32) (result i32) local.get 0 local.get 1 i32.add))
     const wasm = [0, 97, 115, 109, 1, 0, 0, 0, 1, 7, 1, 96, 2, 127, 127, 1, 127, 3, 2, 1, 0, 7, 7, 1, 3, 97, 100, 100, 0, 0, 10, 9, 1, 7, 0, 32, 0, 32, 1, 106, 11];
     const script = [
       `const m = await import(${JSON.stringify(module)});`,
-      `const set = m.startWasmQuickly(${JSON.stringify(opening)});`,
+      `const set = m.wasmBaselineOnly(${JSON.stringify(opening)});`,
       `const { instance } = await WebAssembly.instantiate(new Uint8Array(${JSON.stringify(wasm)}));`,
       'process.stdout.write(JSON.stringify({ set, sum: instance.exports.add(2, 3) }));',
     ].join('\n');
@@ -66,11 +66,10 @@ describe('startWasmQuickly (run by the CLI before a command opens its database)'
   }
 
   it.each([
-    ['a command of a few queries on the embedded database: set', [], { embedded: true, runsJobs: false }, true],
-    ['a command that runs jobs: left alone (its SQL runs long enough for optimised code)', [], { embedded: true, runsJobs: true }, false],
-    ['PostgreSQL (no WASM in this process): left alone', [], { embedded: false, runsJobs: false }, false],
-    ['node started with --liftoff-only: the user decided', ['--liftoff-only'], { embedded: true, runsJobs: false }, false],
-    ['node started with --no-liftoff-only: the user decided', ['--no-liftoff-only'], { embedded: true, runsJobs: false }, false],
+    ['the embedded database: set', [], { embedded: true }, true],
+    ['PostgreSQL (no WASM of ours in this process): left alone', [], { embedded: false }, false],
+    ['node started with --liftoff-only: the user decided', ['--liftoff-only'], { embedded: true }, false],
+    ['node started with --no-liftoff-only: the user decided', ['--no-liftoff-only'], { embedded: true }, false],
   ] as const)('%s', { timeout: 60_000 }, async (_, nodeArgs, opening, expected) => {
     const result = await runIn([...nodeArgs], opening);
     expect(result.status, result.stderr).toBe(0);

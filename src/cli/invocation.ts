@@ -68,7 +68,7 @@ export interface Invocation {
   readonly json: boolean;
   /** Opens the command's pipeline. Default {@link openPipeline}; `npm run demo` lends one it keeps open across its commands. */
   readonly openPipeline?: ((config: PipelineConfig) => Promise<Pipeline>) | undefined;
-  /** Called just before the command opens its database (the `imagegen` program tunes its process there: `startWasmQuickly`). */
+  /** Called just before the command opens its database (the `imagegen` program and the demo tune their process there: `wasmBaselineOnly`). */
   readonly beforeDatabase?: ((opening: DatabaseOpening) => void) | undefined;
 }
 
@@ -76,8 +76,6 @@ export interface Invocation {
 export interface DatabaseOpening {
   /** PGlite (no `DATABASE_URL`): postgres compiled to WASM starts in this process. */
   readonly embedded: boolean;
-  /** A command that runs jobs (`run`, `serve`, `worker`, `submit`), not one of a few queries. */
-  readonly runsJobs: boolean;
 }
 
 export function exitCodeOf(summary: Pick<JobSummary, 'status'>): number {
@@ -117,7 +115,7 @@ export function checkDataDir(config: PipelineConfig, values: Values): void {
  */
 export async function withPipeline<T>(inv: Invocation, fn: (pipeline: Pipeline) => Promise<T>, options: { readonly runsJobs?: boolean } = {}): Promise<T> {
   let pipeline: Pipeline;
-  inv.beforeDatabase?.({ embedded: !inv.config.databaseUrl, runsJobs: options.runsJobs ?? false });
+  inv.beforeDatabase?.({ embedded: !inv.config.databaseUrl });
   try {
     // A command that runs jobs gets the embedded database in a thread of its own (its event
     // loop carries the answers, images and events); one of a few queries starts sooner

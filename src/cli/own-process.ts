@@ -50,21 +50,22 @@ export function keepOldGenerationTight(given: boolean = nodeFlagGiven('heap-grow
 }
 
 /**
- * Before a command of a few queries (`credits balance`, `status`, `stats`, ...) starts the
- * embedded database: V8's `--liftoff-only`, unless node was started with `--liftoff-only` or
- * `--no-liftoff-only` (the user's choice wins). Returns whether it was set.
+ * Before a command starts the embedded database (PGlite: postgres compiled to WASM): V8's
+ * `--liftoff-only`, unless node was started with `--liftoff-only` or `--no-liftoff-only`
+ * (the user's choice wins). Returns whether it was set. PostgreSQL runs no WASM here: left alone.
  *
- * Why: postgres's WASM is compiled by Liftoff (V8's quick baseline compiler) as it first runs,
- * and V8 recompiles its hot functions with TurboFan in the background. In a process that
- * lives a second, that recompilation is all cost: the start and the catalog reads make
- * hundreds of functions hot, and the process waits for those compile jobs before it can end.
- * `credits balance` on an existing folder took 1.17 s with it and 0.83 s without on the
- * 2-core test machine, in alternated runs (BENCHMARKS.md 11D). A command that runs jobs keeps
- * TurboFan: its SQL runs for minutes, where the optimised code pays. The flag is V8's for
- * the whole process, so it is set only in a process of one short command.
+ * Why: postgres's WASM (10 MB) is compiled by Liftoff, V8's quick baseline compiler, as it
+ * first runs; V8 then recompiles every function that gets hot with TurboFan, in background
+ * threads. For PGlite that recompilation costs more than it saves, in every run measured on the
+ * 2-core test machine (BENCHMARKS.md 11D, alternated runs): `credits balance` on an existing
+ * folder 1.23-1.30 s -> 0.85-0.93 s (the process waits for the compile jobs before it can
+ * end); CPU per delivered image 12.7 vs 13.6 ms over 3,000 images, figure 3A 1.22-1.36 vs
+ * 1.38-1.62, 256 px throughput 80-90 vs 65-68 images/s, peak RSS 30-55 MiB lower (no
+ * optimised code kept). The flag is V8's for the whole process (the database's thread too),
+ * which is why only the project's own programs set it, never the library.
  */
-export function startWasmQuickly(opening: DatabaseOpening, given: boolean = nodeFlagGiven('liftoff-only') || nodeFlagGiven('no-liftoff-only')): boolean {
-  if (given || !opening.embedded || opening.runsJobs) return false;
+export function wasmBaselineOnly(opening: DatabaseOpening, given: boolean = nodeFlagGiven('liftoff-only') || nodeFlagGiven('no-liftoff-only')): boolean {
+  if (given || !opening.embedded) return false;
   setFlagsFromString('--liftoff-only');
   return true;
 }
