@@ -40,6 +40,8 @@ export interface PipelineOverrides {
    * a command of a few queries starts sooner without a second Node environment).
    */
   readonly pgliteThread?: boolean;
+  /** The embedded database's `shared_buffers` (see `DatabaseOptions.pgliteSharedBuffers`). Default 16 MB. */
+  readonly pgliteSharedBuffers?: string;
 }
 
 /** Builds a logger that never prints secrets: API keys and image bytes are redacted. */
@@ -73,7 +75,9 @@ export async function openPipeline(config: PipelineConfig, overrides: PipelineOv
   }
   let database: Database;
   try {
-    database = await openDatabase({ databaseUrl: config.databaseUrl, dataDir, pgliteTemplateDir: config.pgliteTemplateDir, pgliteThread: config.pgliteThread ?? overrides.pgliteThread ?? true });
+    database = await openDatabase({ databaseUrl: config.databaseUrl, dataDir, pgliteTemplateDir: config.pgliteTemplateDir, pgliteThread: config.pgliteThread ?? overrides.pgliteThread ?? true,
+      pgliteSharedBuffers: overrides.pgliteSharedBuffers,
+    });
   } catch (error) {
     unlock();
     throw error;

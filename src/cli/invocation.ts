@@ -109,6 +109,13 @@ export function checkDataDir(config: PipelineConfig, values: Values): void {
 }
 
 /**
+ * The embedded database's `shared_buffers` for a command of a few queries: PGlite zeroes its
+ * buffers at every start, and 4 MB instead of 16 starts `credits balance` ~30 ms sooner
+ * (BENCHMARKS.md 11D). A command that runs jobs keeps the default (its tables grow with them).
+ */
+export const QUERY_COMMAND_SHARED_BUFFERS = '4MB';
+
+/**
  * Opens the pipeline for a command, turning the ways opening fails into errors that
  * say what to fix: a data folder that cannot be written, a database that cannot be
  * reached or refuses.
@@ -120,7 +127,9 @@ export async function withPipeline<T>(inv: Invocation, fn: (pipeline: Pipeline) 
     // A command that runs jobs gets the embedded database in a thread of its own (its event
     // loop carries the answers, images and events); one of a few queries starts sooner
     // without the thread's start (unless IMAGEGEN_PGLITE_THREAD says otherwise).
-    pipeline = inv.openPipeline ? await inv.openPipeline(inv.config) : await openPipeline(inv.config, { pgliteThread: options.runsJobs ?? false });
+    pipeline = inv.openPipeline
+      ? await inv.openPipeline(inv.config)
+      : await openPipeline(inv.config, { pgliteThread: options.runsJobs ?? false, ...(options.runsJobs ? {} : { pgliteSharedBuffers: QUERY_COMMAND_SHARED_BUFFERS }) });
   } catch (error) {
     throw openFailure(error, inv);
   }

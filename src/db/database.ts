@@ -27,6 +27,12 @@ export interface DatabaseConfig {
    * images and the events). Default true; false runs it in the calling thread.
    */
   readonly pgliteThread?: boolean | undefined;
+  /**
+   * PGlite only: postgres's `shared_buffers` (a size postgres reads, e.g. `'4MB'`). Default
+   * {@link PGLITE_SHARED_BUFFERS}. PGlite zeroes them inside its WASM memory at every start: the
+   * CLI gives a command of a few queries 4 MB (BENCHMARKS.md 11D).
+   */
+  readonly pgliteSharedBuffers?: string | undefined;
 }
 
 /** Per-call options of {@link openDatabase}. */
@@ -66,7 +72,7 @@ export async function openDatabase(config: DatabaseConfig, options: OpenDatabase
   const templates = frozen.pgliteTemplateDir !== undefined && options.migrations === undefined ? pgliteTemplates(frozen.pgliteTemplateDir, MIGRATIONS) : [];
   const cache = templates.find((template) => template.cache)?.file;
   // Each driver is loaded only when used: a process on PostgreSQL never loads PGlite's WASM, and the reverse.
-  const opened = frozen.databaseUrl ? await openPostgres(frozen.databaseUrl, frozen.maxConnections ?? 10) : await openPglite(frozen.dataDir, templates, frozen.pgliteThread ?? true);
+  const opened = frozen.databaseUrl ? await openPostgres(frozen.databaseUrl, frozen.maxConnections ?? 10) : await openPglite(frozen.dataDir, templates, frozen.pgliteThread ?? true, frozen.pgliteSharedBuffers ?? PGLITE_SHARED_BUFFERS);
   const { database } = opened;
   try {
     await migrate(database.db, migrations, 'migrationDb' in opened ? opened.migrationDb : undefined);
@@ -232,7 +238,7 @@ async function openPostgres(databaseUrl: string, max: number): Promise<{ databas
  * every start; our tables are small, and 16 MB cut a start on an existing data folder from
  * ~1.4 s to ~1.0 s and its RSS from ~280 to ~175 MiB on the 2-core test machine (BENCHMARKS.md).
  */
-const PGLITE_SHARED_BUFFERS = '16MB';
+export const PGLITE_SHARED_BUFFERS = '16MB';
 
 /** What the project uses of PGlite, whichever thread it runs in (PGlite and `PgliteRemote` both are one). */
 interface PgliteSession extends DumpablePglite {
@@ -245,8 +251,8 @@ interface PgliteSession extends DumpablePglite {
  * Starts PGlite in its own thread (`inThread`: `PgliteRemote`, which never loads PGlite's
  * module in this one) or in this one.
  */
-async function startPglite(dataDir: string | undefined, templates: readonly PgliteTemplate[], inThread: boolean): Promise<OpenedPglite<PgliteSession>> {
-  const sharedBuffers = ['-c', `shared_buffers=${PGLITE_SHARED_BUFFERS}`];
+async function startPglite(dataDir: string | undefined, templates: readonly PgliteTemplate[], inThread: boolean, sharedBuffersSize: string): Promise<OpenedPglite<PgliteSession>> {
+  const sharedBuffers = ['-c', `shared_buffers=${sharedBuffersSize}`];
   if (inThread) {
     const { PgliteRemote } = await import('./pglite-remote.js');
     return openPgliteDataDir<PgliteSession>(
@@ -269,8 +275,8 @@ async function startPglite(dataDir: string | undefined, templates: readonly Pgli
   });
 }
 
-async function openPglite(dataDir: string | undefined, templates: readonly PgliteTemplate[], inThread: boolean): Promise<{ database: Database; started: OpenedPglite<PgliteSession> }> {
-  const [started, { PGliteDialect }] = await Promise.all([startPglite(dataDir, templates, inThread), import('kysely-pglite-dialect')]);
+async function openPglite(dataDir: string | undefined, templates: readonly PgliteTemplate[], inThread: boolean, sharedBuffers: string): Promise<{ database: Database; started: OpenedPglite<PgliteSession> }> {
+  const [started, { PGliteDialect }] = await Promise.all([startPglite(dataDir, templates, inThread, sharedBuffers), import('kysely-pglite-dialect')]);
   const { pglite } = started;
   // The dialect calls `query` and `close` only, which PgliteRemote answers as PGlite does.
   const db = new Kysely<DatabaseSchema>({ dialect: new PGliteDialect(pglite as unknown as PGlite) });

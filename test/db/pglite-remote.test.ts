@@ -203,24 +203,27 @@ describe('openDatabase on PGlite: in a thread of its own by default, or in the c
   }, 120_000);
 });
 
-describe("the CLI's choice: a thread for the commands that run jobs, the calling thread for a few queries", () => {
-  /** Where the command's embedded database ran, as its printed form says. */
-  async function threadOf(env: Record<string, string>, runsJobs: boolean): Promise<unknown> {
+describe("the CLI's choice: a thread and 16 MB of shared buffers for the commands that run jobs, the calling thread and 4 MB for a few queries", () => {
+  /** Where the command's embedded database ran, as its printed form says, and its shared buffers. */
+  async function databaseOf(env: Record<string, string>, runsJobs: boolean): Promise<{ thread: unknown; sharedBuffers: unknown }> {
     const dataDir = await mkdtemp(join(tmpdir(), 'imagegen-thread-'));
     try {
       const config = loadConfig({ IMAGEGEN_PGLITE_TEMPLATE_DIR: TEST_PGLITE_TEMPLATE_DIR, IMAGEGEN_LOG_LEVEL: 'silent', ...env }, { dataDir });
       const inv: Invocation = { args: [], values: {}, config, json: true };
       const open = runsJobs ? withJobsPipeline : withPipeline;
-      return await open(inv, async (pipeline) => (JSON.parse(JSON.stringify(pipeline.database)) as { thread?: unknown }).thread);
+      return await open(inv, async (pipeline) => ({
+        thread: (JSON.parse(JSON.stringify(pipeline.database)) as { thread?: unknown }).thread,
+        sharedBuffers: (await sql<{ shared_buffers: string }>`show shared_buffers`.execute(pipeline.database.db)).rows[0]?.shared_buffers,
+      }));
     } finally {
       await rm(dataDir, { recursive: true, force: true });
     }
   }
 
   it('unset: run, serve, worker and submit get a thread; credits, status, stats and the rest do not; IMAGEGEN_PGLITE_THREAD decides for all', async () => {
-    expect(await threadOf({}, true)).toBe(true);
-    expect(await threadOf({}, false)).toBe(false);
-    expect(await threadOf({ IMAGEGEN_PGLITE_THREAD: 'on' }, false)).toBe(true);
-    expect(await threadOf({ IMAGEGEN_PGLITE_THREAD: 'off' }, true)).toBe(false);
+    expect(await databaseOf({}, true)).toEqual({ thread: true, sharedBuffers: '16MB' });
+    expect(await databaseOf({}, false)).toEqual({ thread: false, sharedBuffers: '4MB' });
+    expect(await databaseOf({ IMAGEGEN_PGLITE_THREAD: 'on' }, false)).toEqual({ thread: true, sharedBuffers: '4MB' });
+    expect(await databaseOf({ IMAGEGEN_PGLITE_THREAD: 'off' }, true)).toEqual({ thread: false, sharedBuffers: '16MB' });
   }, 120_000);
 });
