@@ -238,7 +238,7 @@ async function openPostgres(databaseUrl: string, max: number): Promise<{ databas
  * every start; our tables are small, and 16 MB cut a start on an existing data folder from
  * ~1.4 s to ~1.0 s and its RSS from ~280 to ~175 MiB on the 2-core test machine (BENCHMARKS.md).
  */
-export const PGLITE_SHARED_BUFFERS = '16MB';
+const PGLITE_SHARED_BUFFERS = '16MB';
 
 /** What the project uses of PGlite, whichever thread it runs in (PGlite and `PgliteRemote` both are one). */
 interface PgliteSession extends DumpablePglite {
