@@ -29,8 +29,8 @@ export interface DatabaseConfig {
   readonly pgliteThread?: boolean | undefined;
   /**
    * PGlite only: postgres's `shared_buffers` (a size postgres reads, e.g. `'4MB'`). Default
-   * {@link PGLITE_SHARED_BUFFERS}. PGlite zeroes them inside its WASM memory at every start: the
-   * CLI gives a command of a few queries 4 MB (BENCHMARKS.md 11D).
+   * `'16MB'`. PGlite zeroes them inside its WASM memory at every start: the CLI gives a command
+   * of a few queries 4 MB (BENCHMARKS.md 11D).
    */
   readonly pgliteSharedBuffers?: string | undefined;
 }
