@@ -107,30 +107,41 @@ export async function probeImage(bytes: Uint8Array): Promise<ImageProbe> {
 
 const PNG_SIGNATURE = [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a] as const;
 const PNG_BIT_DEPTHS: Readonly<Record<number, readonly number[]>> = { 0: [1, 2, 4, 8, 16], 2: [8, 16], 3: [1, 2, 4, 8], 4: [8, 16], 6: [8, 16] };
+const PNG_IHDR = 0x49484452;
+const PNG_IDAT = 0x49444154;
 /** The largest side {@link pngHeader} answers for; a larger one goes to sharp, whose limits decide. */
 const PNG_HEADER_MAX_SIDE = 65_535;
 
 /**
- * A PNG's format and dimensions from its IHDR chunk, read here; null when the bytes are not
- * a PNG with a well-formed IHDR (signature, length 13, a valid bit depth and colour type, no
- * interlace method but 0 or 1, a matching CRC, each side 1..65535), and then
- * {@link probeImage} asks sharp. The answer is the one sharp's `metadata()` gives for these
- * bytes (same width, height, type), without a libvips call: a delivered image was probed twice
- * (the provider's answer, then before WebP), a few hundred microseconds of the main thread and
- * a thread-pool task each time (BENCHMARKS.md 11D).
+ * A PNG's format and dimensions, read here from its chunks; null when the bytes are not a PNG
+ * this reads with certainty, and then {@link probeImage} asks sharp. Read: the signature, a
+ * well-formed IHDR first (length 13, a valid bit depth and colour type, interlace 0 or 1, each
+ * side 1..65535), every chunk after it whole with a matching CRC, up to the header of the first
+ * IDAT, which must be there: what sharp's `metadata()` needs of a PNG too (a file cut before its
+ * first IDAT is no image to it). The answer is the one `metadata()` gives for these bytes,
+ * without a libvips call: a delivered image was probed twice (the provider's answer, then
+ * before WebP), a few hundred microseconds of the main thread and a thread-pool task each time
+ * (BENCHMARKS.md 11D).
  */
 export function pngHeader(bytes: Uint8Array): ImageProbe | null {
   if (bytes.byteLength < 33 || PNG_SIGNATURE.some((b, i) => bytes[i] !== b)) return null;
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   // IHDR: length 13, type, width, height, bit depth, colour type, compression 0, filter 0, interlace 0|1, CRC.
-  if (view.getUint32(8) !== 13 || view.getUint32(12) !== 0x49484452) return null;
+  if (view.getUint32(8) !== 13 || view.getUint32(12) !== PNG_IHDR) return null;
   const width = view.getUint32(16);
   const height = view.getUint32(20);
   const [depth, colourType, compression, filter, interlace] = [bytes[24]!, bytes[25]!, bytes[26]!, bytes[27]!, bytes[28]!];
   if (width < 1 || height < 1 || width > PNG_HEADER_MAX_SIDE || height > PNG_HEADER_MAX_SIDE) return null;
   if (!PNG_BIT_DEPTHS[colourType]?.includes(depth) || compression !== 0 || filter !== 0 || interlace > 1) return null;
-  if (crc32(bytes.subarray(12, 29)) !== view.getUint32(29)) return null;
-  return { mimeType: 'image/png', width, height };
+  // Each chunk: length, type, data, CRC (of type and data).
+  for (let at = 8; at + 8 <= bytes.byteLength; ) {
+    const length = view.getUint32(at);
+    if (at > 8 && view.getUint32(at + 4) === PNG_IDAT) return { mimeType: 'image/png', width, height };
+    const end = at + 8 + length;
+    if (end + 4 > bytes.byteLength || crc32(bytes.subarray(at + 4, end)) !== view.getUint32(end)) return null;
+    at = end + 4;
+  }
+  return null;
 }
 
 /** Per-call options of {@link decodeImage}. */

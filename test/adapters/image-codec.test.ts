@@ -125,10 +125,29 @@ describe('pngHeader: a PNG probed without sharp', () => {
     ['bit depth 16 with a palette', () => ihdrEdited((png) => ((png[24] = 16), (png[25] = 3)))],
     ['interlace method 2', () => ihdrEdited((png) => (png[28] = 2))],
     ['cut inside the IHDR', async () => new Uint8Array((await pixels(3).png().toBuffer()).subarray(0, 30))],
+    ['cut after the IHDR, before the first IDAT', async () => new Uint8Array((await pixels(3).png().toBuffer()).subarray(0, 40))],
+    ['an ancillary chunk with a wrong CRC', async () => {
+      const png = Buffer.from(await pixels(3).withMetadata({ density: 300 }).png().toBuffer());
+      // The chunk after the IHDR (an ICC profile here), one byte of its data changed.
+      expect(png.toString('latin1', 37, 41)).not.toBe('IDAT');
+      png.writeUInt8(png.readUInt8(41) ^ 0xff, 41);
+      return new Uint8Array(png);
+    }],
     ['a JPEG', async () => new Uint8Array(await pixels(3).jpeg().toBuffer())],
     ['text', async () => new TextEncoder().encode('\x89PNG but not really, just words')],
   ] as const)('%s: null (sharp decides)', async (_, make) => {
     expect(pngHeader(await make())).toBeNull();
+  });
+
+  it('a PNG cut short at every length up to its first IDAT and past it: an image exactly when sharp says so', async () => {
+    const png = await pixels(4).withMetadata({ density: 300 }).png({ palette: true }).toBuffer();
+    const idat = png.indexOf('IDAT', 0, 'latin1') - 4;
+    expect(idat).toBeGreaterThan(33);
+    for (let length = 1; length <= idat + 24; length++) {
+      const cut = new Uint8Array(png.subarray(0, length));
+      const bySharp = await sharp(cut, { failOn: 'error' }).metadata().then(() => true, () => false);
+      expect(pngHeader(cut) !== null, `cut at ${length} bytes`).toBe(bySharp);
+    }
   });
 
   it('a damaged IHDR goes to sharp: its verdict stands (corrupt_image for bytes it cannot read)', async () => {
