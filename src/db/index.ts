@@ -84,7 +84,7 @@ export { finishJob, type FinishJobOptions, type FinishedCredits } from './ops/fi
 
 /** Attempts and deliveries: the attempt log and the one-transaction delivery. */
 export { startAttempt, type StartAttemptOptions } from './ops/start-attempt.js';
-export { finishAttempt, type FinishAttemptOptions } from './ops/finish-attempt.js';
+export { finishAttempt, finishAttempts, type FinishAttemptOptions } from './ops/finish-attempt.js';
 export { deliverSlot, type DeliverSlotOptions } from './ops/deliver-slot.js';
 export { listDeliveredStorageKeys } from './ops/list-delivered-storage-keys.js';
 

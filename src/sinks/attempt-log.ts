@@ -1,6 +1,6 @@
 import type { Logger } from 'pino';
 import type { AttemptFailedEvent, PipelineEvent, SlotDeliveredEvent } from '../domain/events.js';
-import { attemptFailedNotification, finishAttempt, retryTransient, type Database } from '../db/index.js';
+import { attemptFailedNotification, finishAttempt, finishAttempts, retryTransient, type Database, type FinishAttemptOptions } from '../db/index.js';
 
 /** Tries of one attempt record when the connection is lost: pauses of 0.2, 0.4, ... 2.2 s, about 13 s in all. */
 export const ATTEMPT_RECORD_TRIES = 12;
@@ -18,6 +18,9 @@ export function attemptEndOf(event: AttemptFailedEvent | SlotDeliveredEvent, shu
   return shuttingDown && event.errorClass === 'cancelled' ? 'abandoned' : 'failed';
 }
 
+/** Most records one write takes: the statement's text (and its prepared plan) differs by row count. */
+export const ATTEMPT_RECORDS_PER_WRITE = 16;
+
 /**
  * Writes how each attempt ended (`attempts` row: outcome, error class, HTTP status,
  * latency, usage of every answer, the model and estimated cost; a failure also to the job's event log, in the same transaction),
@@ -26,10 +29,15 @@ export function attemptEndOf(event: AttemptFailedEvent | SlotDeliveredEvent, shu
  * a failed write is logged and the next goes on. `flush` waits for the
  * writes so far: the run calls it before the job is finished, so statistics are complete.
  *
+ * One write at a time. The records that arrived while a write ran go in the next one, in one
+ * statement (`finishAttempts`, up to {@link ATTEMPT_RECORDS_PER_WRITE}); a failure with its
+ * event is a write of its own (its transaction appends the event). A busy run writes a
+ * fraction of a statement per delivered image instead of one (BENCHMARKS.md 11D).
+ *
  * ```
- * events   ──f1──d2──────f3──────F
- * writes   ──[f1][d2]────[f3]          one at a time, in order
- * flush                          └─ resolves after [f3]
+ * events   ──f1──d2─d3─d4───f5──────F
+ * writes   ──[f1][d2]─[d3 d4][f5]          one at a time, in order; d3 and d4 piled up: one statement
+ * flush                           └─ resolves after [f5]
  * ```
  *
  * @example
@@ -38,7 +46,8 @@ export function attemptEndOf(event: AttemptFailedEvent | SlotDeliveredEvent, shu
  * await log.flush();
  */
 export class AttemptLog {
-  #tail: Promise<void> = Promise.resolve();
+  readonly #queue: FinishAttemptOptions[] = [];
+  #writing: Promise<void> | null = null;
   constructor(
     private readonly database: Database,
     private readonly logger: Logger | undefined,
@@ -56,28 +65,49 @@ export class AttemptLog {
       this.logger?.debug({ stage: event.stage, slot: event.slot, attempt: event.attempt, errorClass: event.errorClass, message: event.message, willRetry: event.willRetry, delayMs: event.delayMs }, 'attempt failed');
     }
     const outcome = attemptEndOf(event, shuttingDown);
-    const write = () =>
-      retryTransient(() => finishAttempt(this.database, {
-        jobId: event.jobId,
-        stageIndex: event.stage,
-        slotIndex: event.slot,
-        attempt: event.attempt,
-        outcome,
-        errorClass: failed ? event.errorClass : null,
-        httpStatus: failed ? event.httpStatus : null,
-        message: failed ? event.message : null,
-        latencyMs: event.latencyMs,
-        // A failed answer's usage too: safety blocks and imageless answers are billed.
-        usage: event.usage ?? null,
-        cost: event.cost,
-        // A failure goes to the job's event log with its row (a delivery is logged by `deliverSlot`).
-        event: failed && outcome === 'failed' ? attemptFailedNotification(event) : undefined,
-      }), ATTEMPT_RECORD_TRIES);
-    this.#tail = this.#tail.then(write).catch((error: unknown) => this.logger?.warn({ err: error }, 'attempt record failed'));
+    this.#queue.push({
+      jobId: event.jobId,
+      stageIndex: event.stage,
+      slotIndex: event.slot,
+      attempt: event.attempt,
+      outcome,
+      errorClass: failed ? event.errorClass : null,
+      httpStatus: failed ? event.httpStatus : null,
+      message: failed ? event.message : null,
+      latencyMs: event.latencyMs,
+      // A failed answer's usage too: safety blocks and imageless answers are billed.
+      usage: event.usage ?? null,
+      cost: event.cost,
+      // A failure goes to the job's event log with its row (a delivery is logged by `deliverSlot`).
+      event: failed && outcome === 'failed' ? attemptFailedNotification(event) : undefined,
+    });
+    this.#writing ??= this.#writeQueued();
   }
 
   /** Resolves when every write queued so far is done (a failed one included); never rejects. */
   flush(): Promise<void> {
-    return this.#tail;
+    return this.#writing ?? Promise.resolve();
+  }
+
+  /** Writes what is queued, oldest first, until nothing is; then `#writing` is null again (in the same turn). */
+  async #writeQueued(): Promise<void> {
+    try {
+      while (this.#queue.length > 0) {
+        const first = this.#queue[0]!;
+        const count = first.event !== undefined ? 1 : this.#plainRecordsAhead();
+        const records = this.#queue.splice(0, count);
+        const write = first.event !== undefined ? () => finishAttempt(this.database, first) : () => finishAttempts(this.database, records);
+        await retryTransient(write, ATTEMPT_RECORD_TRIES).catch((error: unknown) => this.logger?.warn({ err: error }, 'attempt record failed'));
+      }
+    } finally {
+      this.#writing = null;
+    }
+  }
+
+  /** How many records from the queue's head have no event (up to {@link ATTEMPT_RECORDS_PER_WRITE}). */
+  #plainRecordsAhead(): number {
+    let count = 0;
+    while (count < this.#queue.length && count < ATTEMPT_RECORDS_PER_WRITE && this.#queue[count]!.event === undefined) count++;
+    return count;
   }
 }

@@ -48,58 +48,14 @@ const MAX_MESSAGE_CHARS = 2000;
  */
 export async function finishAttempt(database: Database, options: FinishAttemptOptions): Promise<void> {
   const { jobId, stageIndex, slotIndex, attempt, event } = options;
-  assertCount('attempt', attempt, 1);
+  const row = attemptRow(options);
   if (event !== undefined) {
     if (options.outcome !== 'failed') throw new TypeError(`an attempt:failed event is logged only with outcome failed, not ${options.outcome}`);
     if (event.jobId !== jobId || event.stage !== stageIndex || event.slot !== slotIndex || event.attempt !== attempt) {
       throw new TypeError(`the attempt:failed event is for ${event.jobId}/${event.stage}/${event.slot}#${event.attempt}, not ${jobId}/${stageIndex}/${slotIndex}#${attempt}`);
     }
   }
-  const latencyMs = Math.max(0, Math.round(options.latencyMs));
-  const usage = options.usage;
-  const row = {
-    job_id: jobId,
-    stage_index: stageIndex,
-    slot_index: slotIndex,
-    attempt,
-    outcome: options.outcome,
-    finished_at: sql<Date>`now()`,
-    error_class: options.errorClass,
-    http_status: options.httpStatus,
-    message: options.message === null ? null : options.message.slice(0, MAX_MESSAGE_CHARS),
-    latency_ms: latencyMs,
-    prompt_tokens: usage?.promptTokens ?? null,
-    output_tokens: usage?.outputTokens ?? null,
-    total_tokens: usage?.totalTokens ?? null,
-    thoughts_tokens: usage?.thoughtsTokens ?? null,
-    image_count: usage?.imageCount ?? null,
-    model: options.cost?.model ?? null,
-    cost_usd: options.cost?.usd ?? null,
-    possibly_billed_usd: options.cost === undefined || options.cost.possiblyBilledUsd === 0 ? null : options.cost.possiblyBilledUsd,
-  };
-  const upsert = (db: Kysely<DatabaseSchema>) =>
-    db
-      .insertInto('attempts')
-      .values(row)
-      .onConflict((oc) =>
-        oc.columns(['job_id', 'stage_index', 'slot_index', 'attempt']).doUpdateSet({
-          outcome: (eb) => eb.ref('excluded.outcome'),
-          finished_at: (eb) => eb.ref('excluded.finished_at'),
-          error_class: (eb) => eb.ref('excluded.error_class'),
-          http_status: (eb) => eb.ref('excluded.http_status'),
-          message: (eb) => eb.ref('excluded.message'),
-          latency_ms: (eb) => eb.ref('excluded.latency_ms'),
-          prompt_tokens: (eb) => eb.ref('excluded.prompt_tokens'),
-          output_tokens: (eb) => eb.ref('excluded.output_tokens'),
-          total_tokens: (eb) => eb.ref('excluded.total_tokens'),
-          thoughts_tokens: (eb) => eb.ref('excluded.thoughts_tokens'),
-          image_count: (eb) => eb.ref('excluded.image_count'),
-          model: (eb) => eb.ref('excluded.model'),
-          cost_usd: (eb) => eb.ref('excluded.cost_usd'),
-          possibly_billed_usd: (eb) => eb.ref('excluded.possibly_billed_usd'),
-        }),
-      )
-      .execute();
+  const upsert = (db: Kysely<DatabaseSchema>) => upsertAttempts(db, [row]);
   if (event === undefined) {
     await upsert(database.db);
     return;
@@ -119,4 +75,82 @@ export async function finishAttempt(database: Database, options: FinishAttemptOp
     const ended = job === undefined || FINAL_JOB_STATUSES.includes(job.status);
     if (!ended && before?.outcome !== 'failed') await appendJobEvents(trx, jobId, [event]);
   });
+}
+
+/**
+ * Records how several attempts ended in ONE statement (a multi-row upsert), each as
+ * {@link finishAttempt} records it without `event`: the attempt log writes the records that
+ * piled up while its previous write ran this way, one statement instead of one each (a
+ * delivered image's record is one of the statements per image; BENCHMARKS.md 11D). A record
+ * given twice (same job, stage, slot and attempt) is written as its last. Records with an
+ * `event` go through {@link finishAttempt} (their failure is appended to the job's log with them).
+ *
+ * Locking: the attempt rows only, taken in key order (job, stage, slot, attempt); it holds
+ * no job row, so it waits for `beginRun` rather than the other way round.
+ */
+export async function finishAttempts(database: Database, records: readonly FinishAttemptOptions[]): Promise<void> {
+  const rows = new Map<string, AttemptRow>();
+  for (const record of records) {
+    if (record.event !== undefined) throw new TypeError('finishAttempts writes records without an event; a failure with its event goes through finishAttempt');
+    rows.set(JSON.stringify([record.jobId, record.stageIndex, record.slotIndex, record.attempt]), attemptRow(record));
+  }
+  if (rows.size === 0) return;
+  const ordered = [...rows.values()].sort(
+    (a, b) => (a.job_id < b.job_id ? -1 : a.job_id > b.job_id ? 1 : a.stage_index - b.stage_index || a.slot_index - b.slot_index || a.attempt - b.attempt),
+  );
+  await upsertAttempts(database.db, ordered);
+}
+
+type AttemptRow = ReturnType<typeof attemptRow>;
+
+/** The `attempts` row of a record (the message cut to {@link MAX_MESSAGE_CHARS}, latency rounded, never negative). */
+function attemptRow(options: FinishAttemptOptions) {
+  assertCount('attempt', options.attempt, 1);
+  const usage = options.usage;
+  return {
+    job_id: options.jobId,
+    stage_index: options.stageIndex,
+    slot_index: options.slotIndex,
+    attempt: options.attempt,
+    outcome: options.outcome,
+    finished_at: sql<Date>`now()`,
+    error_class: options.errorClass,
+    http_status: options.httpStatus,
+    message: options.message === null ? null : options.message.slice(0, MAX_MESSAGE_CHARS),
+    latency_ms: Math.max(0, Math.round(options.latencyMs)),
+    prompt_tokens: usage?.promptTokens ?? null,
+    output_tokens: usage?.outputTokens ?? null,
+    total_tokens: usage?.totalTokens ?? null,
+    thoughts_tokens: usage?.thoughtsTokens ?? null,
+    image_count: usage?.imageCount ?? null,
+    model: options.cost?.model ?? null,
+    cost_usd: options.cost?.usd ?? null,
+    possibly_billed_usd: options.cost === undefined || options.cost.possiblyBilledUsd === 0 ? null : options.cost.possiblyBilledUsd,
+  };
+}
+
+/** Inserts the rows, or overwrites the ones that exist (a repeated record writes the same facts). */
+function upsertAttempts(db: Kysely<DatabaseSchema>, rows: readonly AttemptRow[]) {
+  return db
+    .insertInto('attempts')
+    .values([...rows])
+    .onConflict((oc) =>
+      oc.columns(['job_id', 'stage_index', 'slot_index', 'attempt']).doUpdateSet({
+        outcome: (eb) => eb.ref('excluded.outcome'),
+        finished_at: (eb) => eb.ref('excluded.finished_at'),
+        error_class: (eb) => eb.ref('excluded.error_class'),
+        http_status: (eb) => eb.ref('excluded.http_status'),
+        message: (eb) => eb.ref('excluded.message'),
+        latency_ms: (eb) => eb.ref('excluded.latency_ms'),
+        prompt_tokens: (eb) => eb.ref('excluded.prompt_tokens'),
+        output_tokens: (eb) => eb.ref('excluded.output_tokens'),
+        total_tokens: (eb) => eb.ref('excluded.total_tokens'),
+        thoughts_tokens: (eb) => eb.ref('excluded.thoughts_tokens'),
+        image_count: (eb) => eb.ref('excluded.image_count'),
+        model: (eb) => eb.ref('excluded.model'),
+        cost_usd: (eb) => eb.ref('excluded.cost_usd'),
+        possibly_billed_usd: (eb) => eb.ref('excluded.possibly_billed_usd'),
+      }),
+    )
+    .execute();
 }
