@@ -7,6 +7,7 @@
 // The main side is `pglite-remote.ts`; the protocol, one message per request:
 //   { id, op: 'open', dataDir?, loadDataDir?: ArrayBuffer, extraStartParams: string[] } -> null
 //   { id, op: 'query', sql, params }                  -> { rows, affectedRows }
+//   any request may carry begin: true (a deferred `begin`, run before the request)
 //   { id, op: 'listen', channel, listener }           -> null; then { op: 'notification', listener, payload }
 //   { id, op: 'unlisten', listener }                  -> null
 //   { id, op: 'dump' }                                -> ArrayBuffer (a gzipped tar of the data folder)
@@ -185,7 +186,12 @@ let pglite;
 let prepared;
 const unlisteners = new Map();
 
+/** Transaction control: no parameters, no rows; PGlite's simple protocol runs it in one step (its `query` takes six). */
+const TRANSACTION_CONTROL = new Set(['begin', 'commit', 'rollback']);
+
 async function handle(message) {
+  // A `begin` the main side deferred to this request (PgliteRemote.query): it runs first.
+  if (message.begin && pglite) await pglite.exec('begin');
   switch (message.op) {
     case 'open': {
       pglite = await PGlite.create({
@@ -198,6 +204,10 @@ async function handle(message) {
       return { value: null };
     }
     case 'query': {
+      if (TRANSACTION_CONTROL.has(message.sql) && message.params.length === 0) {
+        await pglite.exec(message.sql);
+        return { value: { rows: [], affectedRows: 0 } };
+      }
       const result = PreparedStatements.fits(message.sql, message.params) ? await prepared.query(message.sql, message.params) : await pglite.query(message.sql, message.params);
       return { value: { rows: result.rows, affectedRows: result.affectedRows } };
     }

@@ -73,6 +73,31 @@ describe('PgliteRemote: PGlite in a thread of its own', () => {
     }
   }, 60_000);
 
+  it('a begin goes to the thread with the next statement: one message fewer per transaction, the same transaction', async () => {
+    const before = remote.sent;
+    await remote.query('begin');
+    expect(remote.sent).toBe(before);
+    await remote.query('insert into t (id) values ($1)', [50]);
+    await remote.query('rollback');
+    expect(remote.sent).toBe(before + 2);
+    expect((await remote.query('select id from t where id = $1', [50])).rows).toEqual([]);
+    await remote.query('begin');
+    await remote.query('insert into t (id) values ($1)', [51]);
+    await remote.query('commit');
+    expect((await remote.query('select id from t where id = $1', [51])).rows).toEqual([{ id: 51 }]);
+    // A failure inside aborts the transaction as before: refused until rollback, nothing kept.
+    await remote.query('begin');
+    await remote.query('insert into t (id) values ($1)', [52]);
+    await expect(remote.query('insert into t (id) values ($1)', [51])).rejects.toMatchObject({ code: '23505' });
+    await expect(remote.query('select id from t where id = $1', [52])).rejects.toMatchObject({ code: '25P02' });
+    await remote.query('rollback');
+    expect((await remote.query('select id from t where id = $1', [52])).rows).toEqual([]);
+    // Nothing between begin and commit: still a transaction opened and closed.
+    await remote.query('begin');
+    await remote.query('commit');
+    await expect(remote.query('commit')).resolves.toEqual({ rows: [], affectedRows: 0 });
+  });
+
   it('after close every request fails, and close again is a no-op', async () => {
     const other = await PgliteRemote.open({});
     await other.close();
