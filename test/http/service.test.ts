@@ -74,6 +74,8 @@ for (const kind of DATABASE_KINDS) {
     });
 
     it('submits a job (201, Location, the summary) and follows it over SSE to the end; the images are WebP', async () => {
+      // The calls wait until the stream is open: a job that ended first would send its snapshot only (the last case below).
+      const held = holdCalls();
       const submitted = await service.call(TOKENS.alice, 'POST', '/v1/jobs', spec('follow-1', 4));
       expect(submitted.status).toBe(201);
       expect(submitted.headers.get('location')).toBe('/v1/jobs/follow-1');
@@ -82,6 +84,7 @@ for (const kind of DATABASE_KINDS) {
       const stream = await openEvents(service, TOKENS.alice, 'follow-1');
       expect(stream.status).toBe(200);
       expect(stream.headers.get('content-type')).toBe('text/event-stream; charset=utf-8');
+      held.open();
       const frames = await stream.rest();
       const [snapshot, ...events] = frames as [SseFrame, ...SseFrame[]];
       expect(snapshot.event).toBe('snapshot');
