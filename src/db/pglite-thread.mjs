@@ -16,6 +16,8 @@
 import { parentPort } from 'node:worker_threads';
 import { PGlite, protocol } from '@electric-sql/pglite';
 
+const { serialize } = protocol;
+
 const INT8_OID = 20;
 
 // Same rule as `parseInt8` in database.ts (a function cannot cross to this thread).
@@ -137,7 +139,6 @@ class PreparedStatements {
         this.#statements.delete(sql);
         this.#statements.set(sql, statement);
         const values = params.map((value, k) => (value === null || value === undefined ? null : (pglite.serializers[statement.paramTypes[k]] ?? String)(value)));
-        const { serialize } = protocol;
         const { messages } = await pglite.execProtocol(concat([serialize.bind({ statement: statement.name, values }), serialize.execute({}), serialize.sync()]), { syncToFs: false });
         return resultsOf(statement.rowDescription, messages, pglite.parsers);
       });
@@ -154,7 +155,6 @@ class PreparedStatements {
   }
 
   async #prepare(sql) {
-    const { serialize } = protocol;
     const name = `imagegen_${this.#next++}`;
     const { messages } = await this.#pglite.execProtocol(concat([serialize.parse({ name, text: sql }), serialize.describe({ type: 'S', name }), serialize.sync()]), { syncToFs: false });
     const statement = {
@@ -177,7 +177,6 @@ class PreparedStatements {
     const statement = this.#statements.get(sql);
     if (!statement) return;
     this.#statements.delete(sql);
-    const { serialize } = protocol;
     await this.#pglite.execProtocol(concat([serialize.close({ type: 'S', name: statement.name }), serialize.sync()]), { syncToFs: false });
   }
 }

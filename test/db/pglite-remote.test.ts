@@ -17,6 +17,20 @@ import { loadConfig } from '../../src/config.js';
 import { TEST_PGLITE_TEMPLATE_DIR } from '../support/databases.js';
 import { deliveryOf, seedJob, until } from './fixtures.js';
 
+/**
+ * In a transaction: inserts `id` into `table`, then `duplicate` (a key already there), which
+ * fails (23505) and aborts it; the next statement is refused (25P02) until rollback, after which
+ * `id` is not there.
+ */
+async function expectAbortedUntilRollback(remote: PgliteRemote, table: 't' | 'p', id: number, duplicate: number): Promise<void> {
+  await remote.query('begin');
+  await remote.query(`insert into ${table} (id) values ($1)`, [id]);
+  await expect(remote.query(`insert into ${table} (id) values ($1)`, [duplicate])).rejects.toMatchObject({ code: '23505' });
+  await expect(remote.query(`select id from ${table} where id = $1`, [id])).rejects.toMatchObject({ code: '25P02' });
+  await remote.query('rollback');
+  expect((await remote.query(`select id from ${table} where id = $1`, [id])).rows).toEqual([]);
+}
+
 describe('PgliteRemote: PGlite in a thread of its own', () => {
   let remote: PgliteRemote;
   beforeAll(async () => {
@@ -86,12 +100,7 @@ describe('PgliteRemote: PGlite in a thread of its own', () => {
     await remote.query('commit');
     expect((await remote.query('select id from t where id = $1', [51])).rows).toEqual([{ id: 51 }]);
     // A failure inside aborts the transaction as before: refused until rollback, nothing kept.
-    await remote.query('begin');
-    await remote.query('insert into t (id) values ($1)', [52]);
-    await expect(remote.query('insert into t (id) values ($1)', [51])).rejects.toMatchObject({ code: '23505' });
-    await expect(remote.query('select id from t where id = $1', [52])).rejects.toMatchObject({ code: '25P02' });
-    await remote.query('rollback');
-    expect((await remote.query('select id from t where id = $1', [52])).rows).toEqual([]);
+    await expectAbortedUntilRollback(remote, 't', 52, 51);
     // Nothing between begin and commit: still a transaction opened and closed.
     await remote.query('begin');
     await remote.query('commit');
@@ -154,12 +163,7 @@ describe('PgliteRemote: statements with parameters run prepared (parsed and plan
   });
 
   it('inside a transaction: an error aborts it as before (the next statement is refused until rollback), and rollback undoes prepared writes', async () => {
-    await remote.query('begin');
-    await remote.query('insert into p (id) values ($1)', [20]);
-    await expect(remote.query('insert into p (id) values ($1)', [20])).rejects.toMatchObject({ code: '23505' });
-    await expect(remote.query('select id from p where id = $1', [20])).rejects.toMatchObject({ code: '25P02' });
-    await remote.query('rollback');
-    expect((await remote.query('select id from p where id = $1', [20])).rows).toEqual([]);
+    await expectAbortedUntilRollback(remote, 'p', 20, 20);
   });
 
   it("a table changed under a prepared statement: outside a transaction the statement answers with the table's new columns", async () => {
