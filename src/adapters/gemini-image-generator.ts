@@ -5,6 +5,7 @@ import { Agent } from 'undici';
 import { DEFAULT_GEMINI_IMAGE_MODEL, imageModelCapabilities, type ImageModelCapabilities } from '../domain/models.js';
 import type { GeneratedImage, GenerationRequest, ImageGenerator, InputImage, TokenUsage } from '../domain/ports.js';
 import { PipelineError, withUsage } from '../domain/error-class.js';
+import { bufferedFetch } from './buffered-fetch.js';
 import { probeImage } from './image-codec.js';
 import { classifyGeminiError, classifyGeminiResponse, type GeminiResponseLike } from './classify-gemini-error.js';
 
@@ -106,11 +107,12 @@ export class GeminiImageGenerator implements ImageGenerator {
   readonly #apiKey: string;
   readonly #client: GeminiModelsClient;
   /**
-   * The HTTP client of every call. The adapter passes its own `fetch` (to read
-   * `Retry-After`), and then the SDK adds no dispatcher of its own: Node's default one
-   * would end any call at 300 s (undici's headers and body timeouts), whatever `timeoutMs` says.
+   * The HTTP client of every call: {@link bufferedFetch} over our own dispatcher. The adapter
+   * passes its own `fetch` (to read `Retry-After`, and to read an answer without web
+   * streams), and then the SDK adds no dispatcher of its own: Node's default one would end
+   * any call at 300 s (undici's headers and body timeouts), whatever `timeoutMs` says.
    */
-  readonly #dispatcher: Agent;
+  readonly #fetch: typeof fetch;
   readonly #model: ImageModelCapabilities;
   /** The input image is shared by every attempt of a stage: encode it once. */
   private readonly base64Cache = new WeakMap<InputImage, string>();
@@ -126,7 +128,7 @@ export class GeminiImageGenerator implements ImageGenerator {
     });
     this.#apiKey = config.apiKey ?? '';
     this.#model = imageModelCapabilities(this.config.model);
-    this.#dispatcher = new Agent({ headersTimeout: this.config.timeoutMs, bodyTimeout: this.config.timeoutMs });
+    this.#fetch = bufferedFetch(new Agent({ headersTimeout: this.config.timeoutMs, bodyTimeout: this.config.timeoutMs }));
     this.#client = config.client ?? sdkClient(genAiOptions({ apiKey: this.#apiKey, baseUrl: config.baseUrl, vertex: config.vertex }));
   }
 
@@ -157,8 +159,7 @@ export class GeminiImageGenerator implements ImageGenerator {
         subscriber.error(new PipelineError('timeout', `generateContent timed out after ${this.config.timeoutMs} ms`));
       }, this.config.timeoutMs);
       const capturingFetch: typeof fetch = async (input, init) => {
-        // `dispatcher` is undici's extension of RequestInit (Node's fetch is undici 6).
-        const response = await fetch(input, { ...init, dispatcher: this.#dispatcher } as RequestInit);
+        const response = await this.#fetch(input, init);
         if (!response.ok) retryAfterHeader = response.headers.get('retry-after');
         return response;
       };
