@@ -1,7 +1,10 @@
-import { sql } from 'kysely';
+import { sql, type KyselyPlugin, type PluginTransformQueryArgs, type PluginTransformResultArgs, type QueryResult, type RootOperationNode, type UnknownRow } from 'kysely';
 import { expect, it } from 'vitest';
 import {
   deliverSlot,
+  grantCredits,
+  JobNotFoundError,
+  submitJob,
   finishJob,
   getAttachment,
   getBalance,
@@ -13,7 +16,32 @@ import {
 import type { Database } from '../../src/db/index.js';
 import { forEachDatabase } from '../support/databases.js';
 import { raceCalls, raceTitle } from '../support/pg-race.js';
-import { deliveryOf, resultFromDatabase, seedJob } from './fixtures.js';
+import { deliveryOf, inputAttachment, makeSpec, resultFromDatabase, seedJob, uid } from './fixtures.js';
+
+/** The statements run through a Kysely instance, by kind (a raw one by its text up to its first parenthesis). `begin`/`commit` are the driver's: a transaction shows as `transaction`. */
+class Statements implements KyselyPlugin {
+  readonly seen: string[] = [];
+  transformQuery({ node }: PluginTransformQueryArgs): RootOperationNode {
+    this.seen.push(node.kind === 'RawNode' ? node.sqlFragments.join('$').trim().split('(')[0]! : node.kind);
+    return node;
+  }
+  transformResult({ result }: PluginTransformResultArgs): Promise<QueryResult<UnknownRow>> {
+    return Promise.resolve(result);
+  }
+}
+
+/** `database` whose statements `statements` records, and whose transactions it marks. */
+function counted(database: Database, statements: Statements): Database {
+  const db = database.db.withPlugin(statements);
+  const marked = new Proxy(db, {
+    get(target, key) {
+      if (key === 'transaction') return () => (statements.seen.push('transaction'), target.transaction());
+      const value: unknown = Reflect.get(target, key, target);
+      return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(target) : value;
+    },
+  });
+  return { ...database, db: marked };
+}
 
 /** Everything one delivery writes, for one job. */
 async function jobFootprint(database: Database, jobId: string) {
@@ -174,6 +202,45 @@ forEachDatabase('delivery', (ctx) => {
     // A duplicate of a slot filled before the end still answers idempotently.
     expect(await deliverSlot(ctx.database, deliveryOf(jobId, 0, 0, 5))).toEqual({ attachId: filled.attachId, duplicate: true });
     expect((await loadJob(ctx.database, jobId))?.delivered).toBe(1);
+  });
+
+  it('a delivery is ONE statement, the deliver_slot call (no transaction); a refusal is that one statement and writes nothing', async () => {
+    const { userId, jobId } = await seedJob(ctx.database, { quantities: [2], pricePerImage: 2 });
+    const statements = new Statements();
+    const database = counted(ctx.database, statements);
+    const delivery = await deliverSlot(database, deliveryOf(jobId, 0, 0));
+    expect(statements.seen).toEqual(['select * from deliver_slot']);
+    expect((await getAttachment(ctx.database, delivery.attachId))?.slot).toEqual({ jobId, stageIndex: 0, slotIndex: 0, attempt: 1 });
+
+    const before = await jobFootprint(ctx.database, jobId);
+    const balance = await getBalance(ctx.database, userId);
+    statements.seen.length = 0;
+    await expect(deliverSlot(database, deliveryOf(uid('nojob'), 0, 0))).rejects.toBeInstanceOf(JobNotFoundError);
+    await expect(deliverSlot(database, deliveryOf(jobId, 0, 1.5))).rejects.toThrow(/stage 0 has slots 0\.\.1, not 1\.5/);
+    await expect(deliverSlot(database, deliveryOf(jobId, 0, -1))).rejects.toThrow(/stage 0 has slots 0\.\.1, not -1/);
+    await expect(deliverSlot(database, deliveryOf(jobId, 0.5, 0))).rejects.toThrow(/has no stage 0\.5/);
+    await expect(deliverSlot(database, { ...deliveryOf(jobId, 0, 1), leaseOwner: 'w:1:x' })).rejects.toThrow(/no longer leased to w:1:x \(now nobody\)/);
+    expect(await deliverSlot(database, deliveryOf(jobId, 0, 0, 3))).toEqual({ attachId: delivery.attachId, duplicate: true });
+    expect(statements.seen).toEqual(Array(6).fill('select * from deliver_slot'));
+    expect(await jobFootprint(ctx.database, jobId)).toEqual(before);
+    expect(await getBalance(ctx.database, userId)).toEqual(balance);
+  });
+
+  it('a job with a webhook: the call writes nothing and says so; the delivery runs again in a transaction with its outbox row', async () => {
+    const userId = uid('user');
+    await grantCredits(ctx.database, userId, 10);
+    const spec = { ...makeSpec(userId, [2], await inputAttachment(ctx.database, userId)), webhook: { url: 'https://hooks.example.com/x', events: ['image.delivered' as const] } };
+    const { jobId } = await submitJob(ctx.database, { spec, pricePerImage: 1 });
+    const statements = new Statements();
+    const delivery = await deliverSlot(counted(ctx.database, statements), deliveryOf(jobId, 0, 1));
+    expect(statements.seen).toEqual(['select * from deliver_slot', 'transaction', 'select * from deliver_slot', 'SelectQueryNode']);
+    const outbox = await ctx.database.db.selectFrom('webhook_deliveries').select(['seq', 'event_type', 'payload']).where('job_id', '=', jobId).execute();
+    expect(outbox).toEqual([
+      { seq: 1, event_type: 'image.delivered', payload: expect.objectContaining({ type: 'slot:delivered', slot: 1, attachId: delivery.attachId, seq: 1, stageProgress: { delivered: 1, total: 2 }, progress: { delivered: 1, total: 2 } }) as unknown },
+    ]);
+    // A duplicate of it: no second row.
+    expect(await deliverSlot(ctx.database, deliveryOf(jobId, 0, 1, 2))).toEqual({ attachId: delivery.attachId, duplicate: true });
+    expect(await ctx.database.db.selectFrom('webhook_deliveries').select('seq').where('job_id', '=', jobId).execute()).toHaveLength(1);
   });
 
   it('finishJob refuses to call a short job completed', async () => {

@@ -10,6 +10,7 @@ import { serviceSecrets } from './0008-service-secrets.js';
 import { attemptCost } from './0010-attempt-cost.js';
 import { jobsByUserCreated } from './0011-jobs-by-user-created.js';
 import { batches } from './0012-batches.js';
+import { deliverSlotFunction } from './0013-deliver-slot-function.js';
 
 /**
  * Every migration, keyed by a numbered name. Names sort in the order they run;
@@ -27,4 +28,5 @@ export const MIGRATIONS: Readonly<Record<string, Migration>> = Object.freeze({
   '0010_attempt_cost': attemptCost,
   '0011_jobs_by_user_created': jobsByUserCreated,
   '0012_batches': batches,
+  '0013_deliver_slot_function': deliverSlotFunction,
 });

@@ -1,9 +1,9 @@
 import { randomUUID } from 'node:crypto';
-import { sql } from 'kysely';
+import { sql, type Kysely } from 'kysely';
 import type { Delivery } from '../../domain/ports.js';
 import type { Database } from '../database.js';
 import { JobNotFoundError, JobStateError, LeaseLostError } from '../errors.js';
-import { FINAL_JOB_STATUSES } from '../schema.js';
+import { FINAL_JOB_STATUSES, type DatabaseSchema } from '../schema.js';
 import { assertCount } from '../internal/assert.js';
 import { jsonb } from '../internal/json.js';
 import { missingSlot } from '../internal/stage-slot.js';
@@ -54,84 +54,88 @@ export interface DeliverSlotOptions {
  * The event's number comes from the job row (as `appendJobEvents` takes it), already
  * locked in step 1: no new lock, and the job's deliveries number their events in commit order.
  *
- * Round trips (it runs once per delivered image, on the hot path): `begin`, the job, the
- * slot, then every write in one statement (data-modifying CTEs: attach record, slot,
- * capture, account, counters, the event numbered and logged with the counts that
- * statement commits, its NOTIFY), then `commit`; a job with a webhook adds its outbox
- * write. Foreign keys between the rows of that statement are checked at its end.
+ * Round trips (it runs once per delivered image, on the hot path): ONE, the call of the
+ * `deliver_slot` function (migration 0013), which runs the statements above in the server
+ * in that order, outside any transaction (the call commits on its own): the job row, the
+ * slot upsert, then every write in one statement (data-modifying CTEs: attach record,
+ * slot, capture, account, counters, the event numbered and logged with the counts that
+ * statement commits, its NOTIFY). It reports what it found and this function throws the
+ * errors. A job with a webhook: the function writes nothing and says so, and the delivery
+ * runs again in a transaction that adds the outbox write (`begin`, the call, the outbox,
+ * `commit`). Foreign keys between the rows of that statement are checked at its end.
  */
 export async function deliverSlot(database: Database, options: DeliverSlotOptions): Promise<Delivery> {
   const { jobId, stageIndex, slotIndex, attempt } = options;
   assertCount('attempt', attempt, 1);
   assertCount('byteSize', options.byteSize);
 
+  const attachId = randomUUID();
+  // The event without its counts: the statement adds the ones it commits.
+  const event = { type: 'slot:delivered', jobId, stage: stageIndex, slot: slotIndex, attempt, attachId } as const;
+  const call = (db: Kysely<DatabaseSchema>, outboxInCaller: boolean) =>
+    sql<DeliverSlotRow>`select * from deliver_slot(
+      ${jobId}, ${Number.isInteger(stageIndex) ? stageIndex : -1}, ${Number.isInteger(slotIndex) ? slotIndex : -1}, ${attempt},
+      ${options.storageKey}, ${options.contentType}, ${options.byteSize}, ${options.width}, ${options.height},
+      ${options.leaseOwner !== undefined}, ${options.leaseOwner ?? null},
+      ${attachId}, ${jsonb(event)}, ${jsonb(FINAL_JOB_STATUSES)},
+      ${JOB_EVENTS_CHANNEL}, ${jobEventsAppendedPrefix(jobId)}, ${outboxInCaller})`
+      .execute(db)
+      .then(({ rows }) => rows[0], (error: unknown) => Promise.reject(deliveryError(jobId, stageIndex, error)));
+
+  const found = await call(database.db, false);
+  if (found?.outcome !== 'webhook') return delivery(options, found);
   return database.db.transaction().execute(async (trx) => {
-    const job = await trx
-      .selectFrom('jobs')
-      .select(['user_id', 'price_per_image', 'status', 'lease_owner', sql<unknown>`spec -> 'webhook'`.as('webhook')])
-      // The stage's size never changes: reading it with the job costs no round trip.
-      .select((eb) => eb.selectFrom('stages').select('quantity').where('job_id', '=', jobId).where('stage_index', '=', stageIndex).as('quantity'))
-      .where('id', '=', jobId)
-      .forUpdate()
-      .executeTakeFirst();
-    if (!job) throw new JobNotFoundError(jobId);
-    if (options.leaseOwner !== undefined && job.lease_owner !== options.leaseOwner) throw new LeaseLostError(jobId, options.leaseOwner, job.lease_owner);
-    const missing = missingSlot(jobId, stageIndex, slotIndex, job.quantity);
-    if (missing) throw missing;
-
-    const slot = await trx
-      .insertInto('slots')
-      .values({ job_id: jobId, stage_index: stageIndex, slot_index: slotIndex })
-      // A no-op update: it takes the row lock and returns the newest committed attach id.
-      .onConflict((oc) => oc.columns(['job_id', 'stage_index', 'slot_index']).doUpdateSet({ attach_id: sql.ref('slots.attach_id') }))
-      .returning('attach_id')
-      .executeTakeFirstOrThrow();
-    if (slot.attach_id !== null) return { attachId: slot.attach_id, duplicate: true };
-    if (FINAL_JOB_STATUSES.includes(job.status)) {
-      throw new JobStateError(jobId, `is ${job.status}; its reservation is released, no more deliveries`);
-    }
-
-    const attachId = randomUUID();
-    const price = job.price_per_image;
-    // The event without its counts: the statement adds the ones it commits.
-    const event = { type: 'slot:delivered', jobId, stage: stageIndex, slot: slotIndex, attempt, attachId } as const;
-    const { rows } = await sql<{ seq: number; delivered: number; total: number; stage_delivered: number; quantity: number }>`
-      with attachment as (
-        insert into attachments (id, user_id, storage_key, content_type, byte_size, width, height, job_id, stage_index, slot_index, attempt)
-        values (${attachId}, ${job.user_id}, ${options.storageKey}, ${options.contentType}, ${options.byteSize}, ${options.width}, ${options.height}, ${jobId}, ${stageIndex}, ${slotIndex}, ${attempt})
-      ), slot as (
-        update slots set attach_id = ${attachId}, filled_at = now(), attempts_used = greatest(attempts_used, ${attempt}::int)
-        where job_id = ${jobId} and stage_index = ${stageIndex} and slot_index = ${slotIndex}
-      ), capture as (
-        insert into credit_ledger (user_id, kind, amount, job_id, attach_id) values (${job.user_id}, 'capture', ${price}, ${jobId}, ${attachId})
-      ), account as (
-        update credit_accounts set reserved = reserved - ${price}, updated_at = now() where user_id = ${job.user_id}
-      ), job as (
-        update jobs set delivered = delivered + 1, credits_captured = credits_captured + ${price}, updated_at = now(), event_seq = event_seq + 1
-        where id = ${jobId}
-        returning event_seq, delivered, total
-      ), stage as (
-        update stages set delivered = delivered + 1 where job_id = ${jobId} and stage_index = ${stageIndex}
-        returning delivered, quantity
-      ), logged as (
-        insert into job_events (job_id, seq, type, payload)
-        select cast(${jobId} as text), job.event_seq, cast(${event.type} as text), ${jsonb(event)} || jsonb_build_object(
-          'stageProgress', jsonb_build_object('delivered', stage.delivered, 'total', stage.quantity),
-          'progress', jsonb_build_object('delivered', job.delivered, 'total', job.total))
-        from job, stage
-      )
-      select job.event_seq as seq, job.delivered, job.total, stage.delivered as stage_delivered, stage.quantity,
-        pg_notify(${JOB_EVENTS_CHANNEL}, cast(${jobEventsAppendedPrefix(jobId)} as text) || cast(job.event_seq as text) || '}')
-      from job, stage`.execute(trx);
-    const counted = rows[0];
-    if (!counted) throw new JobStateError(jobId, `stage ${stageIndex} vanished during a delivery`);
-    // The webhook outbox (a job with a webhook only) reports the event as it was logged.
+    const row = await call(trx, true);
+    const done = delivery(options, row);
+    if (done.duplicate || row?.outcome !== 'delivered') return done;
+    // The webhook outbox reports the event as it was logged.
     await writeWebhookOutbox(
       trx,
-      { jobId, userId: job.user_id, webhook: job.webhook },
-      [{ ...event, stageProgress: { delivered: counted.stage_delivered, total: counted.quantity }, progress: { delivered: counted.delivered, total: counted.total } }],
-      counted.seq,
+      { jobId, userId: row.job_user_id!, webhook: row.job_webhook },
+      [{ ...event, stageProgress: { delivered: row.stage_delivered!, total: row.stage_quantity! }, progress: { delivered: row.job_delivered!, total: row.job_total! } }],
+      row.logged_seq!,
     );
-    return { attachId, duplicate: false };
+    return done;
   });
+}
+
+/** A row of `deliver_slot(...)`: what it found, and what it committed when it delivered. */
+interface DeliverSlotRow {
+  readonly outcome: 'no_job' | 'lease_lost' | 'no_slot' | 'webhook' | 'duplicate' | 'delivered';
+  readonly found_attach_id: string | null;
+  readonly job_user_id: string | null;
+  readonly job_lease_owner: string | null;
+  readonly stage_quantity: number | null;
+  readonly job_webhook: unknown;
+  readonly logged_seq: number | null;
+  readonly job_delivered: number | null;
+  readonly job_total: number | null;
+  readonly stage_delivered: number | null;
+}
+
+/** The delivery `deliver_slot` reported, or the error for what it found instead. */
+function delivery(options: DeliverSlotOptions, row: DeliverSlotRow | undefined): Delivery {
+  const { jobId, stageIndex, slotIndex } = options;
+  switch (row?.outcome) {
+    case 'delivered':
+      return { attachId: row.found_attach_id!, duplicate: false };
+    case 'duplicate':
+      return { attachId: row.found_attach_id!, duplicate: true };
+    case 'no_job':
+      throw new JobNotFoundError(jobId);
+    case 'lease_lost':
+      throw new LeaseLostError(jobId, options.leaseOwner!, row.job_lease_owner);
+    case 'no_slot':
+      throw missingSlot(jobId, stageIndex, slotIndex, row.stage_quantity) ?? new JobStateError(jobId, `stage ${stageIndex} slot ${slotIndex} was refused`);
+    default:
+      throw new JobStateError(jobId, `deliver_slot answered ${row === undefined ? 'no row' : `'${row.outcome}'`}`);
+  }
+}
+
+/** The function's own SQLSTATEs as the errors the operation always threw; any other error as it is. */
+function deliveryError(jobId: string, stageIndex: number, error: unknown): unknown {
+  const code = (error as { code?: unknown } | null)?.code;
+  if (code === 'IG001') return new JobStateError(jobId, `is ${String((error as { detail?: unknown }).detail)}; its reservation is released, no more deliveries`);
+  if (code === 'IG002') return new JobStateError(jobId, `stage ${stageIndex} vanished during a delivery`);
+  return error;
 }
