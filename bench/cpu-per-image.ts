@@ -10,6 +10,9 @@
  * B. In-process instant provider with photo-like 1024x1024 PNGs (gradient + noise,
  *    8 distinct, cycled): no HTTP, no JSON; bare sharp converts the same byte arrays.
  *
+ * Ours is also split by thread (`cpuByThread`, Linux): the main thread, the database
+ * thread and V8's workers (`node#<id>`), sharp's `libvips` workers; where the overhead sits.
+ *
  * Both sides run with the same parallelism (BENCH_CONCURRENCY, default 4 = global and
  * stage limit for ours, lanes for bare sharp) and WebP quality 80. Each side is warmed
  * up first. Env: BENCH_IMAGES (120), BENCH_STAGES (3), BENCH_VARIANT (A | B | AB).
@@ -20,7 +23,7 @@ import { GeminiImageGenerator } from '../src/adapters/gemini-image-generator.js'
 import { renderStampedPng } from '../test/support/stamped-image.js';
 import { toWebp } from '../src/adapters/image-codec.js';
 import { spawnFakeServer } from './fake-server-process.js';
-import { InstantImageGenerator, fmt, openBenchPipeline, photoLikePngs, pool, runOurs, type BenchPipeline } from './support.js';
+import { InstantImageGenerator, cpuByThread, cpuByThreadPerImage, fmt, openBenchPipeline, photoLikePngs, pool, runOurs, type BenchPipeline } from './support.js';
 import type { ImageGenerator } from '../src/domain/ports.js';
 
 const num = (name: string, fallback: number) => (process.env[name] ? Number(process.env[name]) : fallback);
@@ -36,11 +39,13 @@ async function cpuOfOurs(pipeline: BenchPipeline, images: number) {
   const perStage = Math.floor(images / STAGES);
   const stages = Array.from({ length: STAGES }, (_, i) => ({ quantity: perStage + (i < images % STAGES ? 1 : 0), aspectRatio: '1:1' }));
   const before = process.cpuUsage();
+  const threadsBefore = cpuByThread();
   const t0 = performance.now();
   const stats = await runOurs(pipeline, stages, { stageConcurrency: CONCURRENCY, webpQuality: QUALITY, attemptTimeoutMs: 60_000 });
   const cpu = cpuMs(process.cpuUsage(before));
+  const threads = cpuByThreadPerImage(threadsBefore, cpuByThread(), images);
   if (stats.result.deliveredImages !== images) throw new Error(`ours delivered ${stats.result.deliveredImages}/${images}`);
-  return { cpu, wall: performance.now() - t0, delivered: stats.result.deliveredImages };
+  return { cpu, wall: performance.now() - t0, delivered: stats.result.deliveredImages, threads };
 }
 
 async function cpuOfBareSharp(pngs: readonly Uint8Array[]) {
@@ -63,11 +68,12 @@ async function cpuOfToWebp(pngs: readonly Uint8Array[]) {
   return cpuMs(process.cpuUsage(before));
 }
 
-function report(name: string, ours: { cpu: number; wall: number; delivered: number }, bare: { cpu: number; wall: number }, count: number, codec: number) {
+function report(name: string, ours: { cpu: number; wall: number; delivered: number; threads: string }, bare: { cpu: number; wall: number }, count: number, codec: number) {
   const oursPer = ours.cpu / ours.delivered;
   const barePer = bare.cpu / count;
   console.log(`${name}:`);
   console.log(`  ours: ${ours.delivered} images, CPU ${fmt(ours.cpu, 0)} ms (${fmt(oursPer, 1)} ms/image), wall ${fmt(ours.wall, 0)} ms`);
+  if (ours.threads) console.log(`  ours by thread, ms/image: ${ours.threads} (node#<id>: the database thread and V8's workers)`);
   console.log(`  bare sharp PNG->WebP: ${count} images, CPU ${fmt(bare.cpu, 0)} ms (${fmt(barePer, 1)} ms/image), wall ${fmt(bare.wall, 0)} ms`);
   console.log(`  library toWebp() alone on the same images: ${fmt(codec / count, 1)} ms/image = ${fmt(codec / count / barePer, 3)} x bare sharp; the rest of ours (HTTP/JSON, PGlite transactions, events, file writes): ${fmt(oursPer - codec / count, 1)} ms/image`);
   console.log(`  FIGURE 3${name.slice(0, 1)} CPU per delivered image ours / bare sharp = ${fmt(oursPer / barePer, 3)} (overhead ${fmt(oursPer - barePer, 1)} ms/image)`);

@@ -6,6 +6,7 @@
  * Nothing here is part of the library; it only wires the library's public pieces
  * the way a host would.
  */
+import { readdirSync, readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -363,3 +364,42 @@ export function attemptKey(stage: number, slot: number, attempt: number): string
 
 /** `firstValueFrom` re-export so bench files import one module. */
 export { firstValueFrom };
+
+/**
+ * CPU time of each thread of this process so far, ms, by kind: `main`, `libvips` (sharp's
+ * workers), and every other thread by its name and id (PGlite's thread and V8's workers are
+ * all called `node`; the database thread is the one started by the pipeline). Linux only
+ * (`/proc/self/task/<tid>/stat`, 10 ms ticks); an empty map elsewhere.
+ */
+export function cpuByThread(): Map<string, number> {
+  const threads = new Map<string, number>();
+  let tids: string[];
+  try {
+    tids = readdirSync('/proc/self/task');
+  } catch {
+    return threads;
+  }
+  for (const tid of tids) {
+    let stat: string;
+    try {
+      stat = readFileSync(`/proc/self/task/${tid}/stat`, 'utf8');
+    } catch {
+      continue; // the thread ended meanwhile
+    }
+    const name = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    const ms = (Number(fields[11]) + Number(fields[12])) * 10; // utime + stime, in 10 ms ticks
+    const kind = tid === String(process.pid) ? 'main' : name.startsWith('libvips') ? 'libvips' : `${name}#${tid}`;
+    threads.set(kind, (threads.get(kind) ?? 0) + ms);
+  }
+  return threads;
+}
+
+/** `after - before` of {@link cpuByThread}, per image, as `kind=ms` words (threads under 0.05 ms/image left out). */
+export function cpuByThreadPerImage(before: Map<string, number>, after: Map<string, number>, images: number): string {
+  return [...after]
+    .map(([kind, ms]) => [kind, (ms - (before.get(kind) ?? 0)) / images] as const)
+    .filter(([, perImage]) => perImage >= 0.05)
+    .map(([kind, perImage]) => `${kind}=${fmt(perImage, 1)}`)
+    .join(' ');
+}
