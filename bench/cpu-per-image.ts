@@ -11,7 +11,8 @@
  *    8 distinct, cycled): no HTTP, no JSON; bare sharp converts the same byte arrays.
  *
  * Ours is also split by thread (`cpuByThread`, Linux): the main thread, the database
- * thread and V8's workers (`node#<id>`), sharp's `libvips` workers; where the overhead sits.
+ * thread, libuv's pool and V8's workers (`node#<id>`), sharp's `libvips` workers; bare sharp
+ * too, so the two splits side by side show where the overhead sits.
  *
  * Both sides run with the same parallelism (BENCH_CONCURRENCY, default 4 = global and
  * stage limit for ours, lanes for bare sharp) and WebP quality 80. Each side is warmed
@@ -50,13 +51,14 @@ async function cpuOfOurs(pipeline: BenchPipeline, images: number) {
 
 async function cpuOfBareSharp(pngs: readonly Uint8Array[]) {
   const before = process.cpuUsage();
+  const threadsBefore = cpuByThread();
   const t0 = performance.now();
   let bytes = 0;
   await pool(pngs, CONCURRENCY, async (png) => {
     const out = await sharp(png).webp({ quality: QUALITY }).toBuffer();
     bytes += out.byteLength;
   });
-  return { cpu: cpuMs(process.cpuUsage(before)), wall: performance.now() - t0, bytes };
+  return { cpu: cpuMs(process.cpuUsage(before)), wall: performance.now() - t0, bytes, threads: cpuByThreadPerImage(threadsBefore, cpuByThread(), pngs.length) };
 }
 
 /** The library's own codec step (probe + full decode + auto-orient + WebP) on the same images: splits codec cost from the rest. */
@@ -68,13 +70,14 @@ async function cpuOfToWebp(pngs: readonly Uint8Array[]) {
   return cpuMs(process.cpuUsage(before));
 }
 
-function report(name: string, ours: { cpu: number; wall: number; delivered: number; threads: string }, bare: { cpu: number; wall: number }, count: number, codec: number) {
+function report(name: string, ours: { cpu: number; wall: number; delivered: number; threads: string }, bare: { cpu: number; wall: number; threads: string }, count: number, codec: number) {
   const oursPer = ours.cpu / ours.delivered;
   const barePer = bare.cpu / count;
   console.log(`${name}:`);
   console.log(`  ours: ${ours.delivered} images, CPU ${fmt(ours.cpu, 0)} ms (${fmt(oursPer, 1)} ms/image), wall ${fmt(ours.wall, 0)} ms`);
-  if (ours.threads) console.log(`  ours by thread, ms/image: ${ours.threads} (node#<id>: the database thread and V8's workers)`);
+  if (ours.threads) console.log(`  ours by thread, ms/image: ${ours.threads} (node#<id>: the database thread, libuv's pool and V8's workers)`);
   console.log(`  bare sharp PNG->WebP: ${count} images, CPU ${fmt(bare.cpu, 0)} ms (${fmt(barePer, 1)} ms/image), wall ${fmt(bare.wall, 0)} ms`);
+  if (bare.threads) console.log(`  bare sharp by thread, ms/image: ${bare.threads}`);
   console.log(`  library toWebp() alone on the same images: ${fmt(codec / count, 1)} ms/image = ${fmt(codec / count / barePer, 3)} x bare sharp; the rest of ours (HTTP/JSON, PGlite transactions, events, file writes): ${fmt(oursPer - codec / count, 1)} ms/image`);
   console.log(`  FIGURE 3${name.slice(0, 1)} CPU per delivered image ours / bare sharp = ${fmt(oursPer / barePer, 3)} (overhead ${fmt(oursPer - barePer, 1)} ms/image)`);
   return oursPer / barePer;

@@ -367,8 +367,8 @@ export { firstValueFrom };
 
 /**
  * CPU time of each thread of this process so far, ms, by kind: `main`, `libvips` (sharp's
- * workers), and every other thread by its name and id (PGlite's thread and V8's workers are
- * all called `node`; the database thread is the one started by the pipeline). Linux only
+ * workers), and every other thread by its name and id (PGlite's thread, libuv's pool and
+ * V8's workers are all called `node`). Linux only
  * (`/proc/self/task/<tid>/stat`, 10 ms ticks); an empty map elsewhere.
  */
 export function cpuByThread(): Map<string, number> {
