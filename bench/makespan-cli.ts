@@ -27,14 +27,12 @@
  * (its makespan ratio means nothing at 0 ms).
  */
 import { spawn } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import pg from 'pg';
 import { spawnFakeServer } from './fake-server-process.js';
-import { inputPng } from './support.js';
+import { inputPng, scratchPostgres } from './support.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const CLI = join(ROOT, 'dist', 'cli.js');
@@ -83,30 +81,10 @@ function cli(args: readonly string[], env: NodeJS.ProcessEnv, profileDir?: strin
   return new Promise((done) => child.once('close', (code) => done({ code, stdout, stderr, wallMs: performance.now() - started })));
 }
 
-/** A scratch PostgreSQL database on the `DATABASE_URL` server; dropped by the returned function. */
-async function scratchDatabase(url: string): Promise<{ url: string; drop: () => Promise<void> }> {
-  const name = `imagegen_bench_${randomBytes(4).toString('hex')}`;
-  const admin = new pg.Client({ connectionString: url });
-  await admin.connect();
-  await admin.query(`create database ${name}`);
-  await admin.end();
-  const scratch = new URL(url);
-  scratch.pathname = `/${name}`;
-  return {
-    url: scratch.toString(),
-    drop: async () => {
-      const c = new pg.Client({ connectionString: url });
-      await c.connect();
-      await c.query(`drop database if exists ${name} with (force)`);
-      await c.end();
-    },
-  };
-}
-
 async function runOnce(kind: 'pglite' | 'postgres', seed: number): Promise<RunFigures> {
   const dir = await mkdtemp(join(tmpdir(), 'imagegen-mkcli-'));
   const server = await spawnFakeServer({ latencyMs: LATENCY_MS, failureRate: FAILURE_RATE, failureClasses: ['status:503', 'status:500'], seed, ...(IMAGE_SIZE ? { imageSize: IMAGE_SIZE } : {}) });
-  const database = kind === 'postgres' ? await scratchDatabase(DATABASE_URL!) : null;
+  const database = kind === 'postgres' ? await scratchPostgres(DATABASE_URL!) : null;
   let stopped = false;
   try {
     await writeFile(join(dir, 'input.png'), (await inputPng()).bytes);

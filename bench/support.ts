@@ -6,6 +6,7 @@
  * Nothing here is part of the library; it only wires the library's public pieces
  * the way a host would.
  */
+import { randomBytes } from 'node:crypto';
 import { readdirSync, readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -13,6 +14,7 @@ import { join } from 'node:path';
 import { Observable, firstValueFrom, from, map } from 'rxjs';
 import sharp from 'sharp';
 import { sql } from 'kysely';
+import pg from 'pg';
 import type { PipelineEvent } from '../src/domain/events.js';
 import type { GeneratedImage, GenerationRequest, ImageGenerator } from '../src/domain/ports.js';
 import type { JobResult } from '../src/domain/result.js';
@@ -45,7 +47,7 @@ export interface BenchPipelineOptions {
   readonly credits: number;
   /** `memory`: PGlite in memory (`openDatabase({})`); `disk`: PGlite in a temp data folder, as the CLI runs. */
   readonly database?: 'memory' | 'disk';
-  /** A PostgreSQL database to run on instead of PGlite; null: PGlite even when `BENCH_DATABASE_URL` is set. Default `BENCH_DATABASE_URL`. */
+  /** A PostgreSQL database to run on instead of PGlite; null: PGlite even when `BENCH_DATABASE_URL` is set. Default: a scratch database on the `BENCH_DATABASE_URL` server, dropped by `close`. */
   readonly databaseUrl?: string | null;
 }
 
@@ -68,8 +70,11 @@ export async function inputPng(): Promise<{ bytes: Uint8Array; width: number; he
 export async function openBenchPipeline(options: BenchPipelineOptions): Promise<BenchPipeline> {
   const root = await mkdtemp(join(tmpdir(), 'imagegen-bench-'));
   // BENCH_DATABASE_URL: a fresh PostgreSQL database instead of PGlite (its SQL then runs in
-  // the server's process, not in ours).
-  const databaseUrl = options.databaseUrl === undefined ? process.env['BENCH_DATABASE_URL'] : options.databaseUrl;
+  // the server's process, not in ours). Fresh: a reused one holds an earlier run's input
+  // attachment, whose object went with that run's folder.
+  const server = options.databaseUrl === undefined ? process.env['BENCH_DATABASE_URL'] : undefined;
+  const scratch = server ? await scratchPostgres(server) : null;
+  const databaseUrl = scratch?.url ?? options.databaseUrl;
   // PGlite starts from the template, as the CLI's does (the user's cache, else the one the build ships): no initdb in the figures.
   // IMAGEGEN_PGLITE_THREAD=off: PGlite in this thread, as `openDatabase({ pgliteThread: false })`.
   const { pgliteTemplateDir, pgliteThread } = loadConfig(process.env);
@@ -100,6 +105,7 @@ export async function openBenchPipeline(options: BenchPipelineOptions): Promise<
         await sql`select 1`.execute(database.db);
       }
       await database.close();
+      await scratch?.drop();
       await rm(root, { recursive: true, force: true });
     },
   };
@@ -402,4 +408,22 @@ export function cpuByThreadPerImage(before: Map<string, number>, after: Map<stri
     .filter(([, perImage]) => perImage >= 0.05)
     .map(([kind, perImage]) => `${kind}=${fmt(perImage, 1)}`)
     .join(' ');
+}
+
+/** A scratch PostgreSQL database on the server of `url` (a new name per call); `drop` removes it. */
+export async function scratchPostgres(url: string): Promise<{ url: string; drop(): Promise<void> }> {
+  const name = `imagegen_bench_${randomBytes(4).toString('hex')}`;
+  const run = async (text: string) => {
+    const client = new pg.Client({ connectionString: url });
+    await client.connect();
+    try {
+      await client.query(text);
+    } finally {
+      await client.end();
+    }
+  };
+  await run(`create database ${name}`);
+  const scratch = new URL(url);
+  scratch.pathname = `/${name}`;
+  return { url: scratch.toString(), drop: () => run(`drop database if exists ${name} with (force)`) };
 }

@@ -15,14 +15,12 @@
  * Run: `npm run bench:build && node dist-bench/bench/throughput.js` (PGlite; with
  * `BENCH_DATABASE_URL=postgres://.../db` also PostgreSQL, a fresh database per size).
  */
-import pg from 'pg';
-import { randomBytes } from 'node:crypto';
 import { Observable } from 'rxjs';
 import { GeminiImageGenerator } from '../src/adapters/gemini-image-generator.js';
 import { toWebp } from '../src/adapters/image-codec.js';
 import type { ObjectStore } from '../src/sinks/object-store.js';
 import { spawnFakeServer } from './fake-server-process.js';
-import { TimedGenerator, attemptKey, firstValueFrom, fmt, openBenchPipeline, runOurs } from './support.js';
+import { TimedGenerator, attemptKey, firstValueFrom, fmt, openBenchPipeline, runOurs, scratchPostgres } from './support.js';
 
 const num = (name: string, fallback: number) => (process.env[name] ? Number(process.env[name]) : fallback);
 const QUANTITY = num('BENCH_QUANTITY', 100);
@@ -65,23 +63,9 @@ class TimedStore implements ObjectStore {
 
 const mean = (values: readonly number[]) => (values.length === 0 ? Number.NaN : values.reduce((a, b) => a + b, 0) / values.length);
 
-async function scratch(url: string): Promise<{ url: string; drop(): Promise<void> }> {
-  const name = `imagegen_tp_${randomBytes(4).toString('hex')}`;
-  const run = async (text: string) => {
-    const c = new pg.Client({ connectionString: url });
-    await c.connect();
-    await c.query(text);
-    await c.end();
-  };
-  await run(`create database ${name}`);
-  const u = new URL(url);
-  u.pathname = `/${name}`;
-  return { url: u.toString(), drop: () => run(`drop database if exists ${name} with (force)`) };
-}
-
 async function measure(size: 256 | 1024, kind: 'pglite' | 'postgres'): Promise<void> {
   const server = await spawnFakeServer({ latencyMs: 0, imageSize: size });
-  const database = kind === 'postgres' ? await scratch(SERVER_URL!) : null;
+  const database = kind === 'postgres' ? await scratchPostgres(SERVER_URL!) : null;
   const gemini = new GeminiImageGenerator({ apiKey: server.apiKey, baseUrl: server.url, timeoutMs: 60_000 });
   const generator = new TimedGenerator(gemini);
   const pipeline = await openBenchPipeline({ generator, globalConcurrency: CONCURRENCY, credits: 3 * QUANTITY, database: 'disk', databaseUrl: database?.url ?? null });

@@ -1,7 +1,7 @@
 import { sql, type Kysely } from 'kysely';
 import { afterEach, describe, expect, it } from 'vitest';
 import { lastValueFrom, toArray } from 'rxjs';
-import { deliverSlot, finishJob, MIGRATIONS, MigrationError, openDatabase, readJobEvents } from '../../src/db/index.js';
+import { deliverSlot, finishJob, MIGRATIONS, MigrationError, openDatabase, readJobEvents, type Database } from '../../src/db/index.js';
 import { followJobEvents } from '../../src/sources/job-events.js';
 import { createScratchDatabase, DATABASE_KINDS, TEST_DATABASE_URL, type ScratchDatabase } from '../support/databases.js';
 import { deliveryOf, resultFromDatabase, seedJob } from './fixtures.js';
@@ -82,6 +82,37 @@ for (const kind of DATABASE_KINDS) {
         });
         expect(plan).toContain('jobs_by_user_created');
         expect(plan).not.toContain('"Node Type":"Sort"');
+      } finally {
+        await database.close();
+      }
+    });
+
+    it('0013 (deliver_slot) applies over a database at 0012 holding a job with a started slot: it fills that slot once; its down drops the function, its up makes it again', async () => {
+      scratch = await createScratchDatabase(kind, { persistent: true });
+      const upTo0012 = Object.fromEntries(Object.entries(MIGRATIONS).filter(([name]) => name < '0013'));
+      const exists = async (db: Database['db']) =>
+        (await sql<{ f: string | null }>`select to_regproc('deliver_slot')::text as f`.execute(db)).rows[0]?.f ?? null;
+      const old = await openDatabase(scratch.config, { migrations: upTo0012 });
+      let jobId: string;
+      try {
+        expect(await exists(old.db)).toBeNull();
+        ({ jobId } = await seedJob(old, { quantities: [2], pricePerImage: 1 }));
+        // Slot 0 started before the migration (its row, as startAttempt writes it).
+        await sql`insert into slots (job_id, stage_index, slot_index) values (${jobId}, 0, 0)`.execute(old.db);
+      } finally {
+        await old.close();
+      }
+      const database = await openDatabase(scratch.config);
+      try {
+        expect(await exists(database.db)).toBe('deliver_slot');
+        const delivered = await deliverSlot(database, deliveryOf(jobId, 0, 0));
+        expect(delivered.duplicate).toBe(false);
+        expect((await deliverSlot(database, deliveryOf(jobId, 0, 0, 2))).attachId).toBe(delivered.attachId);
+        const migration = MIGRATIONS['0013_deliver_slot_function']!;
+        await migration.down!(database.db as unknown as Kysely<unknown>);
+        expect(await exists(database.db)).toBeNull();
+        await migration.up(database.db as unknown as Kysely<unknown>);
+        expect((await deliverSlot(database, deliveryOf(jobId, 0, 1))).duplicate).toBe(false);
       } finally {
         await database.close();
       }
