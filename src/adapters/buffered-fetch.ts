@@ -9,9 +9,9 @@ import { request, type Dispatcher } from 'undici';
  * Why not `fetch`: a unary call reads its answer whole anyway, and WHATWG fetch reads it
  * through web streams (a `ReadableStream`, a reader, transferable wrappers and an abort
  * signal per call, then the body again for `json()`). Measured with the adapter alone
- * against the Gemini-protocol server (`BENCHMARKS.md`, 11E): the main thread's time per
- * call fell from ~1.2-1.8 to ~0.5-0.9 ms (64 px answers) and from ~2.9-3.4 to ~1.2-1.5 ms
- * (1024 px).
+ * against the Gemini-protocol server (`bench/provider-call.ts`, BENCHMARKS.md 11E): the main
+ * thread's time per call fell from 1.09-1.84 to 0.47-0.89 ms (64 px answers) and from
+ * 3.61-3.83 to 1.28-1.40 ms (1024 px).
  *
  * The answer is a {@link BufferedAnswer}: what `@google/genai` reads of a unary answer
  * (`ok`, `status`, `statusText`, `headers.get`/`entries`, `json()`, `text()`, checked
