@@ -43,7 +43,6 @@ export class BufferedAnswer {
   readonly ok: boolean;
   readonly statusText: string;
   readonly body = null;
-  readonly redirected = false;
   readonly #text: string;
   #bodyUsed = false;
 
@@ -67,11 +66,6 @@ export class BufferedAnswer {
 
   async json(): Promise<unknown> {
     return JSON.parse(this.#take()) as unknown;
-  }
-
-  async arrayBuffer(): Promise<ArrayBuffer> {
-    const bytes = Buffer.from(this.#take(), 'utf8');
-    return bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength) as ArrayBuffer;
   }
 
   /** A body is read once, as `Response`'s is. */

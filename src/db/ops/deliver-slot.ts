@@ -10,6 +10,9 @@ import { missingSlot } from '../internal/stage-slot.js';
 import { writeWebhookOutbox } from '../internal/webhook-outbox.js';
 import { JOB_EVENTS_CHANNEL, jobEventsAppendedPrefix } from '../notifications.js';
 
+/** The final job statuses as the function takes them (built once: it is on the hot path). */
+const FINAL_STATUSES = jsonb(FINAL_JOB_STATUSES);
+
 export interface DeliverSlotOptions {
   readonly jobId: string;
   readonly stageIndex: number;
@@ -77,7 +80,7 @@ export async function deliverSlot(database: Database, options: DeliverSlotOption
       ${jobId}, ${Number.isInteger(stageIndex) ? stageIndex : -1}, ${Number.isInteger(slotIndex) ? slotIndex : -1}, ${attempt},
       ${options.storageKey}, ${options.contentType}, ${options.byteSize}, ${options.width}, ${options.height},
       ${options.leaseOwner !== undefined}, ${options.leaseOwner ?? null},
-      ${attachId}, ${jsonb(event)}, ${jsonb(FINAL_JOB_STATUSES)},
+      ${attachId}, ${jsonb(event)}, ${FINAL_STATUSES},
       ${JOB_EVENTS_CHANNEL}, ${jobEventsAppendedPrefix(jobId)}, ${outboxInCaller})`
       .execute(db)
       .then(({ rows }) => rows[0], (error: unknown) => Promise.reject(deliveryError(jobId, stageIndex, error)));
@@ -87,7 +90,7 @@ export async function deliverSlot(database: Database, options: DeliverSlotOption
   return database.db.transaction().execute(async (trx) => {
     const row = await call(trx, true);
     const done = delivery(options, row);
-    if (done.duplicate || row?.outcome !== 'delivered') return done;
+    if (row?.outcome !== 'delivered') return done; // a duplicate: nothing written, nothing to report
     // The webhook outbox reports the event as it was logged.
     await writeWebhookOutbox(
       trx,
