@@ -63,6 +63,8 @@ interface RunFigures {
   readonly delivered: number;
   /** The run process's main-thread busy time (event loop utilisation), ms per delivered image. */
   readonly mainThreadMsPerImage: number;
+  /** The main thread's own CPU time (what of its busy time it ran on a core), ms per delivered image; NaN without /proc. */
+  readonly mainThreadCpuMsPerImage: number;
   /** Its CPU time (all threads: sharp's and PGlite's included), ms per delivered image. */
   readonly cpuMsPerImage: number;
   /** The run process's peak RSS (all threads) and its main thread's highest heapUsed, MiB. */
@@ -95,6 +97,7 @@ async function runOnce(kind: 'pglite' | 'postgres', seed: number): Promise<RunFi
       HOME: process.env['HOME'],
       ...(process.env['XDG_CACHE_HOME'] ? { XDG_CACHE_HOME: process.env['XDG_CACHE_HOME'] } : {}),
       ...(process.env['IMAGEGEN_PGLITE_THREAD'] ? { IMAGEGEN_PGLITE_THREAD: process.env['IMAGEGEN_PGLITE_THREAD'] } : {}),
+      ...(process.env['IMAGEGEN_PROVIDER_THREAD'] ? { IMAGEGEN_PROVIDER_THREAD: process.env['IMAGEGEN_PROVIDER_THREAD'] } : {}),
       IMAGEGEN_PROVIDER: 'gemini',
       GEMINI_API_KEY: server.apiKey,
       GEMINI_BASE_URL: server.url,
@@ -114,12 +117,12 @@ async function runOnce(kind: 'pglite' | 'postgres', seed: number): Promise<RunFi
     stopped = true;
     const { calls, spanMs, firstArrivalEpochMs, lastAnswerEpochMs } = await server.stopWithSpan();
     const boundMs = Math.ceil(calls / CONCURRENCY) * LATENCY_MS;
-    const elu = JSON.parse(await readFile(eluFile, 'utf8')) as { samples: [number, number, number][]; maxRssKiB: number; peakHeapUsedKiB: number };
+    const elu = JSON.parse(await readFile(eluFile, 'utf8')) as { samples: [number, number, number, number][]; maxRssKiB: number; peakHeapUsedKiB: number };
     const delivered = summary.deliveredImages;
     // The run's window: the provider's span (start-up and exit left out), from the 50 ms samples.
     const at = (epochMs: number) => elu.samples.find((s) => s[0] >= epochMs) ?? elu.samples.at(-1)!;
-    const [, activeStart, cpuStart] = at(firstArrivalEpochMs);
-    const [, activeEnd, cpuEnd] = at(lastAnswerEpochMs);
+    const [, activeStart, cpuStart, mainCpuStart] = at(firstArrivalEpochMs);
+    const [, activeEnd, cpuEnd, mainCpuEnd] = at(lastAnswerEpochMs);
     return {
       calls,
       spanMs,
@@ -128,6 +131,7 @@ async function runOnce(kind: 'pglite' | 'postgres', seed: number): Promise<RunFi
       wallMs: ran.wallMs,
       delivered,
       mainThreadMsPerImage: (activeEnd - activeStart) / delivered,
+      mainThreadCpuMsPerImage: mainCpuStart < 0 ? Number.NaN : (mainCpuEnd - mainCpuStart) / delivered,
       cpuMsPerImage: (cpuEnd - cpuStart) / delivered,
       maxRssMiB: elu.maxRssKiB / 1024,
       peakHeapUsedMiB: elu.peakHeapUsedKiB / 1024,
@@ -153,7 +157,7 @@ for (const kind of KINDS as ('pglite' | 'postgres')[]) {
     const f = await runOnce(kind, 100 + i);
     ratios.push(f.ratio);
     console.log(
-      `${kind} run ${i + 1}: ${f.delivered} images, ${f.calls} calls, provider span ${(f.spanMs / 1000).toFixed(2)} s, bound ${(f.boundMs / 1000).toFixed(1)} s, ratio ${f.ratio.toFixed(3)}; CLI wall ${(f.wallMs / 1000).toFixed(2)} s; main thread ${f.mainThreadMsPerImage.toFixed(2)} ms/image, CPU ${f.cpuMsPerImage.toFixed(2)} ms/image (over the provider span); peak RSS ${f.maxRssMiB.toFixed(1)} MiB, peak heapUsed ${f.peakHeapUsedMiB.toFixed(1)} MiB`,
+      `${kind} run ${i + 1}: ${f.delivered} images, ${f.calls} calls, provider span ${(f.spanMs / 1000).toFixed(2)} s, bound ${(f.boundMs / 1000).toFixed(1)} s, ratio ${f.ratio.toFixed(3)}; CLI wall ${(f.wallMs / 1000).toFixed(2)} s; main thread ${f.mainThreadMsPerImage.toFixed(2)} ms/image (on a core ${f.mainThreadCpuMsPerImage.toFixed(2)}), CPU ${f.cpuMsPerImage.toFixed(2)} ms/image (over the provider span); peak RSS ${f.maxRssMiB.toFixed(1)} MiB, peak heapUsed ${f.peakHeapUsedMiB.toFixed(1)} MiB`,
     );
   }
   console.log(`${kind}: median ratio ${median(ratios).toFixed(3)} (runs ${ratios.map((r) => r.toFixed(3)).join(', ')})`);

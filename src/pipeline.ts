@@ -100,7 +100,7 @@ export async function openPipeline(config: PipelineConfig, overrides: PipelineOv
     store = s3;
     destroyStore = () => s3.destroy();
   }
-  const { generator, batches } = overrides.generator !== undefined ? { generator: overrides.generator, batches: overrides.batches } : await providerOf(config);
+  const { generator, batches, closeGenerator } = overrides.generator !== undefined ? { generator: overrides.generator, batches: overrides.batches, closeGenerator: undefined } : await providerOf(config);
   const limiter = new AdaptiveConcurrencyLimiter({ max: config.engine.globalConcurrency });
   // A host's generator without a model is priced as unknown: costs null, a job with a cap starts nothing.
   const pricing = pricingFor(config.prices, generator.model ?? '(unknown model)');
@@ -123,6 +123,7 @@ export async function openPipeline(config: PipelineConfig, overrides: PipelineOv
       closed = true;
       destroyStore();
       try {
+        await closeGenerator?.();
         await database.close();
       } finally {
         unlock();
@@ -132,7 +133,7 @@ export async function openPipeline(config: PipelineConfig, overrides: PipelineOv
 }
 
 /** The generator and the batch API the configuration names (SDKs loaded only when configured). */
-async function providerOf(config: PipelineConfig): Promise<{ generator: ImageGenerator; batches: BatchGenerator | undefined }> {
+async function providerOf(config: PipelineConfig): Promise<{ generator: ImageGenerator; batches: BatchGenerator | undefined; closeGenerator?: (() => Promise<void>) | undefined }> {
   if (config.provider === 'gemini') {
     const client = {
       apiKey: config.gemini.apiKey ?? '',
@@ -140,10 +141,19 @@ async function providerOf(config: PipelineConfig): Promise<{ generator: ImageGen
       ...(config.gemini.timeoutMs !== undefined ? { timeoutMs: config.gemini.timeoutMs } : {}),
       ...(config.gemini.baseUrl ? { baseUrl: config.gemini.baseUrl } : {}),
     };
-    const generator = new (await import('./adapters/gemini-image-generator.js')).GeminiImageGenerator({ ...client, ...(config.gemini.vertex ? { vertex: config.gemini.vertex } : {}) });
+    const settings = { ...client, ...(config.gemini.vertex ? { vertex: config.gemini.vertex } : {}) };
+    // The adapter in a thread of its own (the provider call's work off the main thread), unless
+    // IMAGEGEN_PROVIDER_THREAD=off or this runs from TypeScript sources (the thread's script is compiled).
+    const threaded = config.gemini.thread !== false ? await import('./adapters/threaded-image-generator.js') : undefined;
+    const entry = threaded?.generatorThreadEntry();
+    const generator =
+      threaded && entry
+        ? new threaded.ThreadedImageGenerator({ gemini: settings, entry })
+        : new (await import('./adapters/gemini-image-generator.js')).GeminiImageGenerator(settings);
+    const closeGenerator = 'close' in generator ? () => generator.close() : undefined;
     // Vertex AI batches read from and write to Cloud Storage or BigQuery: not supported.
     const batches = config.gemini.vertex ? undefined : new (await import('./adapters/gemini-batch-generator.js')).GeminiBatchGenerator(client);
-    return { generator, batches };
+    return { generator, batches, closeGenerator };
   }
   const { OfflineImageGenerator, OfflineBatchGenerator } = await import('./adapters/offline-image-generator.js');
   const generator = new OfflineImageGenerator({

@@ -94,6 +94,13 @@ describe('loadConfig: defaults are the README configuration table, each from its
     expect(() => loadConfig({ IMAGEGEN_PGLITE_THREAD: 'yes' })).toThrow(/IMAGEGEN_PGLITE_THREAD/);
   });
 
+  it('IMAGEGEN_PROVIDER_THREAD: unset leaves the adapter in its thread; on and off say it; anything else is refused by name', () => {
+    expect(loadConfig({ GEMINI_API_KEY: 'k' }).gemini.thread).toBeUndefined();
+    expect(loadConfig({ GEMINI_API_KEY: 'k', IMAGEGEN_PROVIDER_THREAD: 'on' }).gemini.thread).toBe(true);
+    expect(loadConfig({ GEMINI_API_KEY: 'k', IMAGEGEN_PROVIDER_THREAD: 'off' }).gemini.thread).toBe(false);
+    expect(() => loadConfig({ IMAGEGEN_PROVIDER_THREAD: 'yes' })).toThrow(/IMAGEGEN_PROVIDER_THREAD/);
+  });
+
   it('S3 storage with S3_BUCKET: region left to the store (us-east-1), path style with an endpoint, credentials only as a pair', () => {
     const s3 = loadConfig({ S3_BUCKET: 'b', S3_ENDPOINT: 'http://127.0.0.1:9000', S3_ACCESS_KEY_ID: 'id', S3_SECRET_ACCESS_KEY: 'secret' }).storage;
     expect(s3).toMatchObject({ kind: 's3', bucket: 'b', region: undefined, endpoint: 'http://127.0.0.1:9000', forcePathStyle: true });

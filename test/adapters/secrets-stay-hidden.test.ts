@@ -9,7 +9,8 @@ import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { inspect } from 'node:util';
 import pino from 'pino';
 import { firstValueFrom } from 'rxjs';
@@ -18,6 +19,8 @@ import { loadConfig, type PipelineConfig } from '../../src/config.js';
 import { openDatabase } from '../../src/db/database.js';
 import { PipelineError } from '../../src/domain/error-class.js';
 import { GeminiImageGenerator } from '../../src/adapters/gemini-image-generator.js';
+import { ThreadedImageGenerator } from '../../src/adapters/threaded-image-generator.js';
+import { cliEntry } from '../support/cli-entry.js';
 import { createLogger, openPipeline } from '../../src/pipeline.js';
 import { S3ObjectStore } from '../../src/sinks/s3-object-store.js';
 import { startFakeGeminiServer, type FakeGeminiServer } from '../support/fake-gemini-server.js';
@@ -85,6 +88,17 @@ describe('objects holding secrets never print them', () => {
     await server.close();
     await rm(dataDir, { recursive: true, force: true });
   });
+
+  it('the Gemini generator in its own thread: the key is in no printed form, before and after a call', async () => {
+    const entry = pathToFileURL(join(dirname(await cliEntry()), 'adapters', 'generator-thread.js'));
+    const generator = new ThreadedImageGenerator({ gemini: { apiKey: API_KEY, baseUrl: server.url, timeoutMs: 10_000 }, entry });
+    cleanups.push(() => generator.close());
+    expect(leaks(generator)).toEqual({});
+    await firstValueFrom(generator.generate({ jobId: 'j', stageIndex: 0, slotIndex: 0, attempt: 1, prompt: 'p', aspectRatio: '1:1', inputAttachId: 'a', input: null }));
+    expect(leaks(generator)).toEqual({});
+    expect(inspect(generator)).toContain('ThreadedImageGenerator');
+    expect(JSON.parse(JSON.stringify(generator))).toMatchObject({ model: 'gemini-2.5-flash-image', baseUrl: server.url, thread: true });
+  }, 120_000);
 
   it('the Gemini generator: the key is in no printed form, before and after a call (and the forms still say what it is)', async () => {
     const generator = new GeminiImageGenerator({ apiKey: API_KEY, baseUrl: server.url, timeoutMs: 10_000 });
