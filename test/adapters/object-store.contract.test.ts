@@ -5,7 +5,7 @@ import { dirname, join } from 'node:path';
 import { firstValueFrom, lastValueFrom, type Subscription } from 'rxjs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PipelineError } from '../../src/domain/error-class.js';
-import { FolderObjectStore } from '../../src/sinks/folder-object-store.js';
+import { FolderObjectStore, SYNC_PUT_MAX_BYTES } from '../../src/sinks/folder-object-store.js';
 import { isObjectNotFound, ObjectNotFoundError, type ObjectStore } from '../../src/sinks/object-store.js';
 import { S3ObjectStore } from '../../src/sinks/s3-object-store.js';
 import { startS3Server, type TestS3Server } from '../support/s3-server.js';
@@ -372,6 +372,33 @@ describe('FolderObjectStore specifics', () => {
     const error = await expectPipelineError(firstValueFrom(store.put('f/file.bin/child.bin', bytes('2'), 'application/octet-stream')), 'storage');
     expect(error.message).toContain('f/file.bin/child.bin');
     expect(error.message).not.toContain(root);
+  });
+
+  it('a folder removed after a write (its made folder remembered) is made again by the next write', async () => {
+    const store = new FolderObjectStore({ root });
+    await firstValueFrom(store.put('gone/a/one.webp', bytes('1'), 'image/webp'));
+    await rm(join(root, 'gone'), { recursive: true });
+    await firstValueFrom(store.put('gone/a/two.webp', bytes('22'), 'image/webp'));
+    expect(await readdir(join(root, 'gone/a'))).toEqual(['two.webp']);
+    expect(await firstValueFrom(store.get('gone/a/two.webp'))).toEqual(bytes('22'));
+  });
+
+  it(`writes up to ${SYNC_PUT_MAX_BYTES} bytes and beyond alike: the object whole, no temp file, overwrites atomic`, async () => {
+    const store = new FolderObjectStore({ root });
+    for (const size of [SYNC_PUT_MAX_BYTES, SYNC_PUT_MAX_BYTES + 1]) {
+      await firstValueFrom(store.put(`sizes/${size}.bin`, new Uint8Array(size).fill(1), 'application/octet-stream'));
+      await firstValueFrom(store.put(`sizes/${size}.bin`, new Uint8Array(size).fill(2), 'application/octet-stream'));
+      const read = await firstValueFrom(store.get(`sizes/${size}.bin`));
+      expect([read.byteLength, read.every((b) => b === 2)]).toEqual([size, true]);
+    }
+    expect((await readdir(join(root, 'sizes'))).sort()).toEqual([`${SYNC_PUT_MAX_BYTES}.bin`, `${SYNC_PUT_MAX_BYTES + 1}.bin`]);
+  });
+
+  it('a failed rename leaves no temp file (the target is a folder)', async () => {
+    const store = new FolderObjectStore({ root });
+    await firstValueFrom(store.put('busy/inner/x.bin', bytes('1'), 'application/octet-stream'));
+    await expectPipelineError(firstValueFrom(store.put('busy/inner', bytes('2'), 'application/octet-stream')), 'storage');
+    expect(await readdir(join(root, 'busy'))).toEqual(['inner']);
   });
 });
 
