@@ -83,7 +83,7 @@ export { requestCancel, isCancelRequested } from './ops/request-cancel.js';
 export { finishJob, type FinishJobOptions, type FinishedCredits } from './ops/finish-job.js';
 
 /** Attempts and deliveries: the attempt log and the one-transaction delivery. */
-export { startAttempt, type StartAttemptOptions } from './ops/start-attempt.js';
+export { startAttempt, startAttempts, type StartAttemptOptions } from './ops/start-attempt.js';
 export { finishAttempt, finishAttempts, type FinishAttemptOptions } from './ops/finish-attempt.js';
 export { deliverSlot, type DeliverSlotOptions } from './ops/deliver-slot.js';
 export { listDeliveredStorageKeys } from './ops/list-delivered-storage-keys.js';

@@ -3,7 +3,8 @@ import type { Logger } from 'pino';
 import { toPipelineError } from '../domain/error-class.js';
 import type { StageSpec } from '../domain/job-spec.js';
 import type { BatchGenerator, EnginePorts, ImageGenerator } from '../domain/ports.js';
-import { isTransientDatabaseError, startAttempt, type Database } from '../db/index.js';
+import { isTransientDatabaseError, type Database } from '../db/index.js';
+import { AttemptStarter } from '../sinks/attempt-starter.js';
 import { retryWhileTransient } from '../operators/retry-while-transient.js';
 import type { ObjectStore } from '../sinks/object-store.js';
 import { deliverImage, type RunLease } from '../sinks/deliver-image.js';
@@ -33,7 +34,7 @@ export interface StoredPortsOptions {
  * one job's stages:
  *
  * - `generate` = record the attempt start (`startAttempt`, so a crash does not reset the
- *   budget; an unreachable database is waited out with backoff, no provider call is made
+ *   budget; starts that pile up while one is written go together: `AttemptStarter`; an unreachable database is waited out with backoff, no provider call is made
  *   meanwhile and no budget spent; any other failure is `database`) → the stage's shared
  *   input image (a failed read is `storage`) → the generator.
  * - `deliver` = {@link deliverImage}: WebP, upload, one delivery transaction, duplicate cleanup.
@@ -48,10 +49,11 @@ export interface StoredPortsOptions {
 export function storedPorts(deps: StoredPortsDeps, job: { readonly jobId: string; readonly stages: readonly StageSpec[] }, options: StoredPortsOptions = {}): EnginePorts {
   const { database, generator, batches } = deps;
   const inputs = stageInputs(deps, job.stages);
+  const starter = new AttemptStarter(database);
   return {
     batch: batches !== undefined && job.stages.some((s) => s.mode === 'batch') ? storedBatchPorts({ ...deps, batches, inputs }, job.jobId, options) : undefined,
     generate: (request) =>
-      defer(() => startAttempt(database, request)).pipe(
+      defer(() => starter.start(request)).pipe(
         retryWhileTransient({
           isTransient: isTransientDatabaseError,
           onRetry: (error, retry, delayMs) => deps.logger?.warn({ err: error, stage: request.stageIndex, slot: request.slotIndex, retry, delayMs }, 'attempt start waits for the database'),
