@@ -34,9 +34,10 @@ export interface StoredPortsOptions {
  * one job's stages:
  *
  * - `generate` = record the attempt start (`startAttempt`, so a crash does not reset the
- *   budget; starts that pile up while one is written go together: `AttemptStarter`; an unreachable database is waited out with backoff, no provider call is made
- *   meanwhile and no budget spent; any other failure is `database`) → the stage's shared
- *   input image (a failed read is `storage`) → the generator.
+ *   budget; starts that pile up while one is written share one statement: `AttemptStarter`;
+ *   an unreachable database is waited out with backoff, no provider call is made meanwhile
+ *   and no budget spent; any other failure is `database`) → the stage's shared input image
+ *   (a failed read is `storage`) → the generator.
  * - `deliver` = {@link deliverImage}: WebP, upload, one delivery transaction, duplicate cleanup.
  * - `batch` (with `deps.batches`): the batch stages' ports (`storedBatchPorts`), sharing
  *   the stages' input images.
