@@ -18,6 +18,14 @@ export function attemptEndOf(event: AttemptFailedEvent | SlotDeliveredEvent, shu
   return shuttingDown && event.errorClass === 'cancelled' ? 'abandoned' : 'failed';
 }
 
+/**
+ * The record gap of a stored run (the `gapMs` of {@link AttemptLog}), ms: a busy run writes
+ * its delivered attempts' records a dozen to a statement instead of about one each
+ * (BENCHMARKS.md 11F). A crash within it leaves those attempts `started` (then `abandoned`
+ * on resume), as a crash between a delivery and its record always could.
+ */
+export const RUN_ATTEMPT_RECORD_GAP_MS = 50;
+
 /** Most records one write takes: the statement's text (and its prepared plan) differs by row count. */
 export const ATTEMPT_RECORDS_PER_WRITE = 16;
 
@@ -29,8 +37,8 @@ export const ATTEMPT_RECORDS_PER_WRITE = 16;
  * a failed write is logged and the next goes on. `flush` waits for the
  * writes so far: the run calls it before the job is finished, so statistics are complete.
  *
- * One write at a time. The records that arrived while a write ran go in the next one, in one
- * statement (`finishAttempts`, up to {@link ATTEMPT_RECORDS_PER_WRITE}); a failure with its
+ * One write at a time. The records that arrived while a write ran (and, with a `gapMs`, within
+ * that long after it) go in the next one, in one statement (`finishAttempts`, up to {@link ATTEMPT_RECORDS_PER_WRITE}); a failure with its
  * event is a write of its own (its transaction appends the event). A busy run writes a
  * fraction of a statement per delivered image instead of one (BENCHMARKS.md 11D).
  *
@@ -48,10 +56,20 @@ export const ATTEMPT_RECORDS_PER_WRITE = 16;
 export class AttemptLog {
   readonly #queue: FinishAttemptOptions[] = [];
   #writing: Promise<void> | null = null;
+  readonly #gapMs: number;
+  /**
+   * @param options.gapMs after a write, how long the records that come wait for one another
+   *   before the next (ms; default 0: the next write starts at once). A record that comes when
+   *   nothing was written for that long is written at once. `runStoredJob` uses
+   *   {@link RUN_ATTEMPT_RECORD_GAP_MS}.
+   */
   constructor(
     private readonly database: Database,
     private readonly logger: Logger | undefined,
-  ) {}
+    options: { readonly gapMs?: number } = {},
+  ) {
+    this.#gapMs = options.gapMs ?? 0;
+  }
 
   /**
    * Queues the write of an `attempt:failed` or `slot:delivered` event; other events are ignored.
@@ -98,6 +116,8 @@ export class AttemptLog {
         const records = this.#queue.splice(0, count);
         const write = first.event !== undefined ? () => finishAttempt(this.database, first) : () => finishAttempts(this.database, records);
         await retryTransient(write, ATTEMPT_RECORD_TRIES).catch((error: unknown) => this.logger?.warn({ err: error }, 'attempt record failed'));
+        // Let the records that come next pile up for the next write (nothing waits for a record but `flush`).
+        if (this.#gapMs > 0 && this.#queue.length < ATTEMPT_RECORDS_PER_WRITE) await new Promise((resolve) => setTimeout(resolve, this.#gapMs));
       }
     } finally {
       this.#writing = null;

@@ -19,6 +19,7 @@ import {
   takeWhile,
   tap,
   throttleTime,
+  timer,
   type MonoTypeOperatorFunction,
   type Observable,
   type SchedulerLike,
@@ -30,9 +31,23 @@ import { exhaustMapWithTrailing } from '../operators/exhaust-map-with-trailing.j
 /** Least time between two progress writes of one job, by default (ms). */
 export const DEFAULT_PROGRESS_INTERVAL_MS = 250;
 
+/**
+ * The publish gap of a stored run ({@link ProgressWriterOptions.publishGapMs}), ms: a watcher
+ * sees an event at most this much later; a run delivering ~30 images a second publishes
+ * ~0.6 statements of notifications per image instead of ~1.5 (BENCHMARKS.md 11F).
+ */
+export const RUN_PUBLISH_GAP_MS = 50;
+
 export interface ProgressWriterOptions {
   /** Least time between two progress writes of one job, in ms. Default 250. */
   readonly intervalMs?: number;
+  /**
+   * Least time between two publishes of one job's notifications, in ms. Default 0: the next
+   * publish starts when the previous one is done. A gap lets the notifications of a busy job
+   * go out together: the first at once, those that come within the gap in the next publish
+   * (one statement). `runStoredJob` uses {@link RUN_PUBLISH_GAP_MS}.
+   */
+  readonly publishGapMs?: number;
   /** Clock of the coalescing window. Default `asyncScheduler`; tests pass a virtual one. */
   readonly scheduler?: SchedulerLike;
   /** Writes new attach ids to the job row. Default {@link appendProgress} on `database`. */
@@ -62,8 +77,8 @@ export interface ProgressWriterOptions {
  *   overlap (`concatMap`).
  * - **One notification per event** on {@link PROGRESS_CHANNEL}, in event order per
  *   job: ids and counts, never images. Notifications that come while the job's last
- *   ones are being published go out together next, in order, in one statement
- *   (`notifyEach`): one round trip, not one per event. `job:finished` is NOT published here:
+ *   ones are being published (or within `publishGapMs` after) go out together next, in
+ *   order, in one statement (`notifyEach`): one round trip, not one per event. `job:finished` is NOT published here:
  *   `finishJob` publishes it inside its transaction, so watchers see it only once
  *   the final state is committed. The `job:finished` event itself passes only after
  *   every notification of its job is out, so a watcher never sees the end of a job
@@ -84,6 +99,7 @@ export interface ProgressWriterOptions {
  */
 export function progressWriter(database: Database, options: ProgressWriterOptions = {}): MonoTypeOperatorFunction<PipelineEvent> {
   const intervalMs = options.intervalMs ?? DEFAULT_PROGRESS_INTERVAL_MS;
+  const publishGapMs = options.publishGapMs ?? 0;
   const scheduler = options.scheduler ?? asyncScheduler;
   const write = options.writeProgress ?? ((jobId, ids) => appendProgress(database, jobId, ids));
   const given = options.publish;
@@ -105,8 +121,11 @@ export function progressWriter(database: Database, options: ProgressWriterOption
       map(toNotifiedEvent),
       filter((notified) => notified !== null),
       tap((notified) => owed.push(encodeNotification(notified))),
-      // One publish at a time; everything owed when it ends goes out in the next.
-      exhaustMapWithTrailing(() => defer(() => guard(from(publishAll(owed.splice(0)))))),
+      // One publish at a time (and the gap after it); everything owed when it ends goes out in the next.
+      exhaustMapWithTrailing(() => {
+        const publish = defer(() => guard(from(publishAll(owed.splice(0)))));
+        return publishGapMs > 0 ? concat(publish, timer(publishGapMs, scheduler).pipe(ignoreElements())) : publish;
+      }),
     );
     const writes$ = job$.pipe(
       filter((event): event is SlotDeliveredEvent => event.type === 'slot:delivered'),

@@ -6,11 +6,11 @@ import type { BatchGenerator, ImageGenerator } from '../domain/ports.js';
 import { FINAL_JOB_STATUSES, JobNotFoundError, beginRun, getJobStatus, jobStats, loadJob, newLeaseOwner, openBatches, reopenJob, retryTransient, type Database, type LoadedJob, type StoredBatch } from '../db/index.js';
 import type { ProviderLimiter } from '../engine/provider-limiter.js';
 import { DEFAULT_PRICES, pricingFor, type AttemptPricing } from '../domain/price-table.js';
-import { AttemptLog } from '../sinks/attempt-log.js';
+import { AttemptLog, RUN_ATTEMPT_RECORD_GAP_MS } from '../sinks/attempt-log.js';
 import type { RunMetrics } from '../sinks/metrics.js';
 import type { ObjectStore } from '../sinks/object-store.js';
 import { sweepOrphans } from '../sinks/orphan-sweep.js';
-import { DEFAULT_PROGRESS_INTERVAL_MS, progressWriter } from '../sinks/progress-writer.js';
+import { DEFAULT_PROGRESS_INTERVAL_MS, progressWriter, RUN_PUBLISH_GAP_MS } from '../sinks/progress-writer.js';
 import { controlSignals, type ControlSignals } from '../sources/control-signals.js';
 import { runEngine, type EngineOptions } from './engine.js';
 import { usingJobLease, type JobLease } from './job-lease-scope.js';
@@ -185,7 +185,7 @@ function runStages(run: RunContext, lease: JobLease, job: LoadedJob, spentUsd: n
     graceMs: options.graceMs ?? DEFAULT_RUN_OPTIONS.graceMs,
     logger,
   });
-  const attemptLog = new AttemptLog(database, logger);
+  const attemptLog = new AttemptLog(database, logger, { gapMs: RUN_ATTEMPT_RECORD_GAP_MS });
   const ports = storedPorts({ ...run, lease: { owner: lease.owner, lost: () => lease.markLost() } }, { jobId, stages: job.spec.stages }, { webpQuality: options.webpQuality });
   const engineOptions: EngineOptions = { ...options, globalLimiter: run.limiter, cancel$: signals.cancel$, stop$: signals.stop$, pricing: run.pricing };
   const openByStage = openBatchesByStage(job.spec.stages, open, (stage, slot, attempt) => attemptRequestOf(jobId, stage, slot, attempt));
@@ -195,6 +195,7 @@ function runStages(run: RunContext, lease: JobLease, job: LoadedJob, spentUsd: n
     run.metrics ? run.metrics.observeRun(() => signals.stopped) : identity,
     progressWriter(database, {
       intervalMs: options.progressIntervalMs ?? DEFAULT_RUN_OPTIONS.progressIntervalMs,
+      publishGapMs: RUN_PUBLISH_GAP_MS,
       onError: (error) => logger?.warn({ err: error }, 'progress write failed'),
     }),
     concatMap((event) => (event.type === 'job:finished' ? settleRun(run, lease, event, attemptLog, signals) : of(event))),

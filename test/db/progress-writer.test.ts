@@ -217,3 +217,49 @@ it('holds job:finished back until every notification of its job is published (a 
   expect(published).toEqual(['slot:delivered', 'slot:delivered']);
   expect(passed.at(-1)).toBe('job:finished after 2 published');
 });
+
+it('with a publish gap, the first notification goes out at once and those that come within the gap go out together after it', async () => {
+  const scheduler = new VirtualTimeScheduler();
+  const published: string[] = [];
+  const publish = async (payload: string) => void published.push(String((JSON.parse(payload) as { slot: number }).slot));
+  const settle = () => new Promise((resolve) => setImmediate(resolve));
+  const jobId = 'j-gap';
+  const source = new Subject<PipelineEvent>();
+  const done = lastValueFrom(source.pipe(progressWriter({} as Database, { publish, writeProgress: async () => {}, intervalMs: 0, publishGapMs: 40, scheduler }), toArray()));
+  source.next(delivered(jobId, 0, 0, 'a0', 1, 4));
+  source.next(delivered(jobId, 0, 1, 'a1', 2, 4));
+  await settle();
+  source.next(delivered(jobId, 0, 2, 'a2', 3, 4));
+  await settle();
+  // The first is out; the next two wait for the gap (without one they would be out by now).
+  expect(published).toEqual(['0']);
+  scheduler.flush();
+  await settle();
+  expect(published).toEqual(['0', '1', '2']);
+  // After a quiet gap, the next one goes out at once again.
+  scheduler.flush();
+  await settle();
+  source.next(delivered(jobId, 0, 3, 'a3', 4, 4));
+  await settle();
+  expect(published).toEqual(['0', '1', '2', '3']);
+  source.complete();
+  scheduler.flush();
+  await settle();
+  scheduler.flush();
+  expect((await done).map((e) => e.type)).toEqual(Array(4).fill('slot:delivered'));
+});
+
+it('without a publish gap, notifications that come during a publish go out right after it', async () => {
+  const published: string[] = [];
+  const publish = async (payload: string) => void published.push(String((JSON.parse(payload) as { slot: number }).slot));
+  const settle = () => new Promise((resolve) => setImmediate(resolve));
+  const source = new Subject<PipelineEvent>();
+  const done = lastValueFrom(source.pipe(progressWriter({} as Database, { publish, writeProgress: async () => {}, intervalMs: 0 }), toArray()));
+  source.next(delivered('j-nogap', 0, 0, 'a0', 1, 3));
+  source.next(delivered('j-nogap', 0, 1, 'a1', 2, 3));
+  source.next(delivered('j-nogap', 0, 2, 'a2', 3, 3));
+  await settle();
+  expect(published).toEqual(['0', '1', '2']);
+  source.complete();
+  await done;
+});

@@ -10,7 +10,7 @@ import { finishAttempt, finishAttempts, readJobEvents, startAttempt, type Databa
 import type { AttemptFailedEvent, SlotDeliveredEvent } from '../../src/domain/events.js';
 import { ATTEMPT_RECORDS_PER_WRITE, AttemptLog } from '../../src/sinks/attempt-log.js';
 import { forEachDatabase } from '../support/databases.js';
-import { seedJob } from '../db/fixtures.js';
+import { seedJob, until } from '../db/fixtures.js';
 
 /** Counts the statements that write `attempts` rows, with the rows each wrote. */
 class AttemptWrites implements KyselyPlugin {
@@ -67,6 +67,26 @@ forEachDatabase('the attempt log writes piled-up records in one statement', (ctx
     await log.flush();
     expect(writes.rowsPerStatement).toEqual([1, 1, 1, 3, 1]);
   });
+
+  it('with a gap, records that come after a write (not only during it) wait for one another: a steady trickle is written a few to a statement', async () => {
+    const { jobId } = await seedJob(ctx.database, { quantities: [12] });
+    const writes = new AttemptWrites();
+    const log = new AttemptLog({ ...ctx.database, db: ctx.database.db.withPlugin(writes) }, undefined, { gapMs: 2_000 });
+    log.record(delivered(jobId, 0), false);
+    // d0 is written at once; the next come one at a time, each after the previous write is done.
+    await until(() => writes.rowsPerStatement.length === 1);
+    for (let slot = 1; slot < 12; slot++) {
+      await new Promise((resolve) => setTimeout(resolve, 5));
+      log.record(delivered(jobId, slot), false);
+    }
+    // Without the gap each would be a write of its own; with it, they wait for the gap's end.
+    expect(writes.rowsPerStatement).toEqual([1]);
+    const flushed = log.flush();
+    await until(() => writes.rowsPerStatement.length === 2);
+    expect(writes.rowsPerStatement).toEqual([1, 11]);
+    await flushed;
+    expect(await rowsOf(ctx.database, jobId)).toHaveLength(12);
+  }, 30_000);
 
   it(`a long pile is written ${ATTEMPT_RECORDS_PER_WRITE} records a statement`, async () => {
     const { jobId } = await seedJob(ctx.database, { quantities: [40] });
