@@ -16,11 +16,16 @@
  *
  * Both sides run with the same parallelism (BENCH_CONCURRENCY, default 4 = global and
  * stage limit for ours, lanes for bare sharp) and WebP quality 80. Each side is warmed
- * up first. Env: BENCH_IMAGES (120), BENCH_STAGES (3), BENCH_VARIANT (A | B | AB).
+ * up first. Env: BENCH_IMAGES (120), BENCH_STAGES (3), BENCH_VARIANT (A | B | AB),
+ * IMAGEGEN_IMAGE_THREAD (unset: the adapter (A) and the codec in the image thread, as `openPipeline`
+ * runs them; `off`: in the main thread, as before 11F).
  */
 import { createHash } from 'node:crypto';
 import sharp from 'sharp';
 import { GeminiImageGenerator } from '../src/adapters/gemini-image-generator.js';
+import { ThreadedImageGenerator } from '../src/adapters/threaded-image-generator.js';
+import { ImageThread } from '../src/adapters/image-thread-link.js';
+import { loadConfig } from '../src/config.js';
 import { renderStampedPng } from '../test/support/stamped-image.js';
 import { toWebp } from '../src/adapters/image-codec.js';
 import { spawnFakeServer } from './fake-server-process.js';
@@ -85,8 +90,11 @@ function report(name: string, ours: { cpu: number; wall: number; delivered: numb
 
 async function variantA() {
   const server = await spawnFakeServer({ latencyMs: 0, imageSize: 1024 });
-  const generator: ImageGenerator = new GeminiImageGenerator({ apiKey: server.apiKey, baseUrl: server.url, timeoutMs: 60_000 });
-  const pipeline = await openBenchPipeline({ generator, globalConcurrency: CONCURRENCY, credits: 2 * IMAGES + 20 });
+  const settings = { apiKey: server.apiKey, baseUrl: server.url, timeoutMs: 60_000 };
+  // As openPipeline runs it: in the image thread (shared with the codec) unless IMAGEGEN_IMAGE_THREAD=off.
+  const threaded = loadConfig(process.env).imageThread !== false ? new ImageThread({ gemini: settings }) : undefined;
+  const generator: ImageGenerator = threaded ? new ThreadedImageGenerator({ thread: threaded }) : new GeminiImageGenerator(settings);
+  const pipeline = await openBenchPipeline({ generator, globalConcurrency: CONCURRENCY, credits: 2 * IMAGES + 20, imageThread: threaded ?? null });
   try {
     // Warm-up (JIT, sharp, SDK, PGlite plans): a small job, not measured. Calls 1..warm.
     const warm = 8;
@@ -101,9 +109,10 @@ async function variantA() {
     const codec = await cpuOfToWebp(pngs);
     const calls = await server.stop();
     console.log(`  (server calls ${calls}; PNGs ${meta.width}x${meta.height}, ${fmt(pngs.reduce((n, p) => n + p.byteLength, 0) / pngs.length / 1024, 1)} KiB each, sha256 of the first ${createHash('sha256').update(pngs[0]!).digest('hex').slice(0, 12)})`);
-    return report('A (Gemini protocol, stamped 1024x1024 PNGs)', ours, bare, pngs.length, codec);
+    return report(`A (Gemini protocol, stamped 1024x1024 PNGs${threaded ? ', the image thread' : ''})`, ours, bare, pngs.length, codec);
   } finally {
     await pipeline.close();
+    await threaded?.close();
   }
 }
 

@@ -97,7 +97,7 @@ async function runOnce(kind: 'pglite' | 'postgres', seed: number): Promise<RunFi
       HOME: process.env['HOME'],
       ...(process.env['XDG_CACHE_HOME'] ? { XDG_CACHE_HOME: process.env['XDG_CACHE_HOME'] } : {}),
       ...(process.env['IMAGEGEN_PGLITE_THREAD'] ? { IMAGEGEN_PGLITE_THREAD: process.env['IMAGEGEN_PGLITE_THREAD'] } : {}),
-      ...(process.env['IMAGEGEN_PROVIDER_THREAD'] ? { IMAGEGEN_PROVIDER_THREAD: process.env['IMAGEGEN_PROVIDER_THREAD'] } : {}),
+      ...(process.env['IMAGEGEN_IMAGE_THREAD'] ? { IMAGEGEN_IMAGE_THREAD: process.env['IMAGEGEN_IMAGE_THREAD'] } : {}),
       IMAGEGEN_PROVIDER: 'gemini',
       GEMINI_API_KEY: server.apiKey,
       GEMINI_BASE_URL: server.url,

@@ -23,6 +23,8 @@ import { grantCredits } from '../src/db/ops/grant-credits.js';
 import { loadConfig } from '../src/config.js';
 import { AdaptiveConcurrencyLimiter } from '../src/engine/adaptive-concurrency-limiter.js';
 import { FolderObjectStore } from '../src/sinks/folder-object-store.js';
+import { ImageThread } from '../src/adapters/image-thread-link.js';
+import { ThreadedWebpCodec } from '../src/adapters/threaded-webp-codec.js';
 import { runJob } from '../src/jobs/run-job.js';
 import type { RunJobOptions } from '../src/streams/run-job.js';
 import { importInputImage } from '../src/jobs/submit-job.js';
@@ -36,6 +38,8 @@ export interface BenchPipeline {
   readonly userId: string;
   readonly inputAttachId: string;
   readonly root: string;
+  /** The WebP conversion of deliveries in the image thread, as `openPipeline` runs it (`IMAGEGEN_IMAGE_THREAD=off`: none, in this thread). */
+  readonly codec: ThreadedWebpCodec | undefined;
   close(): Promise<void>;
 }
 
@@ -49,6 +53,11 @@ export interface BenchPipelineOptions {
   readonly database?: 'memory' | 'disk';
   /** A PostgreSQL database to run on instead of PGlite; null: PGlite even when `BENCH_DATABASE_URL` is set. Default: a scratch database on the `BENCH_DATABASE_URL` server, dropped by `close`. */
   readonly databaseUrl?: string | null;
+  /**
+   * The image thread for the codec (shared with a `ThreadedImageGenerator`, its caller closes it);
+   * null: none. Default: one of its own, unless `IMAGEGEN_IMAGE_THREAD=off`, as `openPipeline`.
+   */
+  readonly imageThread?: ImageThread | null;
 }
 
 /** A small real PNG used as every stage's input image (64x64, a gradient). */
@@ -77,7 +86,9 @@ export async function openBenchPipeline(options: BenchPipelineOptions): Promise<
   const databaseUrl = scratch?.url ?? options.databaseUrl;
   // PGlite starts from the template, as the CLI's does (the user's cache, else the one the build ships): no initdb in the figures.
   // IMAGEGEN_PGLITE_THREAD=off: PGlite in this thread, as `openDatabase({ pgliteThread: false })`.
-  const { pgliteTemplateDir, pgliteThread } = loadConfig(process.env);
+  const { pgliteTemplateDir, pgliteThread, imageThread: threadSetting } = loadConfig(process.env);
+  const ownThread = options.imageThread === undefined && threadSetting !== false ? new ImageThread() : undefined;
+  const imageThread = options.imageThread ?? ownThread;
   const database = await openDatabase(
     databaseUrl ? { databaseUrl } : options.database === 'disk' ? { dataDir: join(root, 'db'), pgliteTemplateDir, pgliteThread } : { pgliteTemplateDir, pgliteThread },
   );
@@ -94,7 +105,9 @@ export async function openBenchPipeline(options: BenchPipelineOptions): Promise<
     userId,
     inputAttachId,
     root,
+    codec: imageThread ? new ThreadedWebpCodec(imageThread) : undefined,
     async close() {
+      await ownThread?.close();
       // runStoredJob's finalize fires one more lease release after job:finished,
       // without a handle to await; closing PGlite under it spins the process forever
       // (BENCHMARKS.md, "Problem found"). Let it land first: kysely's single PGlite
@@ -191,7 +204,7 @@ export function runOurs(pipeline: BenchPipeline, stages: readonly StageShape[], 
         }, 5000)
       : undefined;
     runJob(
-      { database: pipeline.database, store: pipeline.store, generator: pipeline.generator, limiter: pipeline.limiter },
+      { database: pipeline.database, store: pipeline.store, generator: pipeline.generator, limiter: pipeline.limiter, codec: pipeline.codec },
       { spec, limits: { maxQuantity: Math.max(1000, maxQuantity) } },
       options,
     ).subscribe({

@@ -50,11 +50,6 @@ export interface PipelineConfig {
     readonly timeoutMs: number | undefined;
     /** Vertex AI (`GEMINI_VERTEX_PROJECT` + `GEMINI_VERTEX_LOCATION`, application default credentials) instead of the Gemini API key. */
     readonly vertex: { readonly project: string; readonly location: string } | undefined;
-    /**
-     * Whether the adapter runs in a thread of its own, off the event loop
-     * (`IMAGEGEN_PROVIDER_THREAD` `on`/`off`). Unset: on (where the thread's compiled script is).
-     */
-    readonly thread: boolean | undefined;
   };
   /** Fault injection of the offline generator; unset fields are off (0). */
   readonly offline: {
@@ -109,6 +104,12 @@ export interface PipelineConfig {
    * thread; the CLI's commands that run no job: in the main thread, which starts sooner).
    */
   readonly pgliteThread: boolean | undefined;
+  /**
+   * Whether the per-image work (the Gemini adapter's calls, the WebP conversion of deliveries)
+   * runs in the image thread, off the event loop (`IMAGEGEN_IMAGE_THREAD` `on`/`off`). Unset:
+   * on (where the thread's compiled script is: not from TypeScript sources).
+   */
+  readonly imageThread: boolean | undefined;
   /** Runs of one job that may die in a row without delivering anything before the job ends `failed` (`crash_loop`). */
   readonly maxCrashResumes: number;
   /** A job's lease (and a worker's heartbeat) not renewed for this long belongs to a dead process, in ms. */
@@ -323,7 +324,7 @@ function failureClassesOf(env: ConfigEnv): ErrorClass[] | undefined {
  * | `IMAGEGEN_WEBHOOK_POLL_MS`, `IMAGEGEN_WEBHOOK_CONCURRENCY` | 1000, 8 (`DEFAULT_WEBHOOK_OPTIONS`) |
  * | `IMAGEGEN_WEBHOOK_ALLOW_LOCAL` | false: `https` to public addresses only (`1`: also `http://localhost`, private addresses; tests) |
  * | `IMAGEGEN_PGLITE_TEMPLATE_DIR` | `$XDG_CACHE_HOME/imagegen-pipeline` or `~/.cache/imagegen-pipeline` (`off`: none) |
- * | `IMAGEGEN_PROVIDER_THREAD` | unset / `on`: the Gemini adapter runs in a thread of its own (`ThreadedImageGenerator`; from TypeScript sources, in the calling thread); `off`: in the calling thread |
+ * | `IMAGEGEN_IMAGE_THREAD` | unset / `on`: the Gemini adapter's calls and the WebP conversion run in the image thread (`ImageThread`; from TypeScript sources, in the calling thread); `off`: in the calling thread |
  * | `IMAGEGEN_PGLITE_THREAD` | unset: a thread of its own for the embedded database where jobs run (`run`, `worker`, `serve`, `submit`, the library), the main thread for the CLI's other commands; `on` / `off`: always / never |
  *
  * Durations in ms are at most 2^31-1 (Node's timer limit: a longer delay fires after 1 ms).
@@ -363,7 +364,6 @@ export function loadConfig(env: ConfigEnv = process.env, overrides: ConfigOverri
       baseUrl: env['GEMINI_BASE_URL'] || undefined,
       timeoutMs: intOf(env, 'GEMINI_TIMEOUT_MS', 1, MAX_TIMER_MS),
       vertex,
-      thread: onOffOf(choiceOf(env, 'IMAGEGEN_PROVIDER_THREAD', ['on', 'off'] as const)),
     }),
     offline: Object.freeze({
       latencyMs: intOf(env, 'IMAGEGEN_OFFLINE_LATENCY_MS', 0, MAX_TIMER_MS),
@@ -401,6 +401,7 @@ export function loadConfig(env: ConfigEnv = process.env, overrides: ConfigOverri
     maxCrashResumes: intOf(env, 'IMAGEGEN_MAX_CRASH_RESUMES', 1, 1000) ?? DEFAULT_RUN_OPTIONS.maxCrashResumes,
     pgliteTemplateDir: pgliteTemplateDirOf(env),
     pgliteThread: onOffOf(choiceOf(env, 'IMAGEGEN_PGLITE_THREAD', ['on', 'off'] as const)),
+    imageThread: onOffOf(choiceOf(env, 'IMAGEGEN_IMAGE_THREAD', ['on', 'off'] as const)),
     leaseTtlMs: (intOf(env, 'IMAGEGEN_LEASE_TTL_SECONDS', 1, MAX_LEASE_TTL_SECONDS) ?? DEFAULT_RUN_OPTIONS.leaseTtlMs / 1000) * 1000,
     fleet: Object.freeze({
       workerName: workerNameOf(env),

@@ -3,6 +3,8 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import pino, { type Logger } from 'pino';
 import type { PipelineConfig } from './config.js';
+import type { WebpCodec } from './adapters/image-codec.js';
+import type { ImageThread } from './adapters/image-thread-link.js';
 import type { BatchGenerator, ImageGenerator } from './domain/ports.js';
 import { withPrintedForm } from './domain/hide-secrets.js';
 import { lockDataDir, openDatabase, type Database } from './db/index.js';
@@ -24,6 +26,8 @@ export interface Pipeline {
   readonly logger: Logger;
   /** The generator's model under the configured prices (`config.prices`): attempt costs and the spend cap. */
   readonly pricing: AttemptPricing;
+  /** The WebP conversion of deliveries, in the image thread (`ThreadedWebpCodec`); none: `toWebp` in the calling thread. */
+  readonly codec: WebpCodec | undefined;
   close(): Promise<void>;
 }
 
@@ -82,10 +86,16 @@ export async function openPipeline(config: PipelineConfig, overrides: PipelineOv
     unlock();
     throw error;
   }
+  const gemini = config.provider === 'gemini' && overrides.generator === undefined ? geminiSettingsOf(config) : undefined;
+  // The image thread: the per-image work off the event loop (the provider's calls, the WebP
+  // conversion, the folder store's writes), unless IMAGEGEN_IMAGE_THREAD=off or this runs
+  // from TypeScript sources (its script is compiled JavaScript). It starts with the first
+  // image, not here.
+  const imageThread = config.imageThread !== false ? await imageThreadOf(gemini) : undefined;
   let store: ObjectStore;
   let destroyStore = () => {};
   if (overrides.store) store = overrides.store;
-  else if (config.storage.kind === 'folder') store = new FolderObjectStore({ root: config.storage.root });
+  else if (config.storage.kind === 'folder') store = new FolderObjectStore({ root: config.storage.root, writer: imageThread });
   else {
     // SDKs are loaded only when configured: the AWS SDK and @google/genai take a large
     // share of a CLI start that never uses them.
@@ -100,7 +110,8 @@ export async function openPipeline(config: PipelineConfig, overrides: PipelineOv
     store = s3;
     destroyStore = () => s3.destroy();
   }
-  const { generator, batches, closeGenerator } = overrides.generator !== undefined ? { generator: overrides.generator, batches: overrides.batches, closeGenerator: undefined } : await providerOf(config);
+  const codec = imageThread ? new (await import('./adapters/threaded-webp-codec.js')).ThreadedWebpCodec(imageThread) : undefined;
+  const { generator, batches } = overrides.generator !== undefined ? { generator: overrides.generator, batches: overrides.batches } : await providerOf(config, gemini, imageThread);
   const limiter = new AdaptiveConcurrencyLimiter({ max: config.engine.globalConcurrency });
   // A host's generator without a model is priced as unknown: costs null, a job with a cap starts nothing.
   const pricing = pricingFor(config.prices, generator.model ?? '(unknown model)');
@@ -115,6 +126,7 @@ export async function openPipeline(config: PipelineConfig, overrides: PipelineOv
     store,
     generator,
     batches,
+    codec,
     limiter,
     logger,
     pricing,
@@ -123,7 +135,7 @@ export async function openPipeline(config: PipelineConfig, overrides: PipelineOv
       closed = true;
       destroyStore();
       try {
-        await closeGenerator?.();
+        await imageThread?.close();
         await database.close();
       } finally {
         unlock();
@@ -132,28 +144,35 @@ export async function openPipeline(config: PipelineConfig, overrides: PipelineOv
   }, () => ({ config, database, store, generator, limiter: { max: limiter.max } }));
 }
 
+/** The Gemini adapter's settings from the configuration (the batch API's: without `vertex`). */
+function geminiSettingsOf(config: PipelineConfig) {
+  return {
+    apiKey: config.gemini.apiKey ?? '',
+    ...(config.gemini.model ? { model: config.gemini.model } : {}),
+    ...(config.gemini.timeoutMs !== undefined ? { timeoutMs: config.gemini.timeoutMs } : {}),
+    ...(config.gemini.baseUrl ? { baseUrl: config.gemini.baseUrl } : {}),
+    ...(config.gemini.vertex ? { vertex: config.gemini.vertex } : {}),
+  };
+}
+
+/** The image thread, with the Gemini adapter's settings when it generates; none where its compiled script is not. */
+async function imageThreadOf(gemini: ReturnType<typeof geminiSettingsOf> | undefined): Promise<ImageThread | undefined> {
+  const { ImageThread, imageThreadEntry } = await import('./adapters/image-thread-link.js');
+  const entry = imageThreadEntry();
+  return entry === undefined ? undefined : new ImageThread({ gemini, entry });
+}
+
 /** The generator and the batch API the configuration names (SDKs loaded only when configured). */
-async function providerOf(config: PipelineConfig): Promise<{ generator: ImageGenerator; batches: BatchGenerator | undefined; closeGenerator?: (() => Promise<void>) | undefined }> {
-  if (config.provider === 'gemini') {
-    const client = {
-      apiKey: config.gemini.apiKey ?? '',
-      ...(config.gemini.model ? { model: config.gemini.model } : {}),
-      ...(config.gemini.timeoutMs !== undefined ? { timeoutMs: config.gemini.timeoutMs } : {}),
-      ...(config.gemini.baseUrl ? { baseUrl: config.gemini.baseUrl } : {}),
-    };
-    const settings = { ...client, ...(config.gemini.vertex ? { vertex: config.gemini.vertex } : {}) };
-    // The adapter in a thread of its own (the provider call's work off the main thread), unless
-    // IMAGEGEN_PROVIDER_THREAD=off or this runs from TypeScript sources (the thread's script is compiled).
-    const threaded = config.gemini.thread !== false ? await import('./adapters/threaded-image-generator.js') : undefined;
-    const entry = threaded?.generatorThreadEntry();
-    const generator =
-      threaded && entry
-        ? new threaded.ThreadedImageGenerator({ gemini: settings, entry })
-        : new (await import('./adapters/gemini-image-generator.js')).GeminiImageGenerator(settings);
-    const closeGenerator = 'close' in generator ? () => generator.close() : undefined;
+async function providerOf(config: PipelineConfig, gemini: ReturnType<typeof geminiSettingsOf> | undefined, thread: ImageThread | undefined): Promise<{ generator: ImageGenerator; batches: BatchGenerator | undefined }> {
+  if (gemini !== undefined) {
+    // In the image thread when there is one; else in this thread.
+    const generator = thread?.generates
+      ? new (await import('./adapters/threaded-image-generator.js')).ThreadedImageGenerator({ thread })
+      : new (await import('./adapters/gemini-image-generator.js')).GeminiImageGenerator(gemini);
     // Vertex AI batches read from and write to Cloud Storage or BigQuery: not supported.
-    const batches = config.gemini.vertex ? undefined : new (await import('./adapters/gemini-batch-generator.js')).GeminiBatchGenerator(client);
-    return { generator, batches, closeGenerator };
+    const { vertex, ...client } = gemini;
+    const batches = vertex ? undefined : new (await import('./adapters/gemini-batch-generator.js')).GeminiBatchGenerator(client);
+    return { generator, batches };
   }
   const { OfflineImageGenerator, OfflineBatchGenerator } = await import('./adapters/offline-image-generator.js');
   const generator = new OfflineImageGenerator({

@@ -94,11 +94,11 @@ describe('loadConfig: defaults are the README configuration table, each from its
     expect(() => loadConfig({ IMAGEGEN_PGLITE_THREAD: 'yes' })).toThrow(/IMAGEGEN_PGLITE_THREAD/);
   });
 
-  it('IMAGEGEN_PROVIDER_THREAD: unset leaves the adapter in its thread; on and off say it; anything else is refused by name', () => {
-    expect(loadConfig({ GEMINI_API_KEY: 'k' }).gemini.thread).toBeUndefined();
-    expect(loadConfig({ GEMINI_API_KEY: 'k', IMAGEGEN_PROVIDER_THREAD: 'on' }).gemini.thread).toBe(true);
-    expect(loadConfig({ GEMINI_API_KEY: 'k', IMAGEGEN_PROVIDER_THREAD: 'off' }).gemini.thread).toBe(false);
-    expect(() => loadConfig({ IMAGEGEN_PROVIDER_THREAD: 'yes' })).toThrow(/IMAGEGEN_PROVIDER_THREAD/);
+  it('IMAGEGEN_IMAGE_THREAD: unset leaves the per-image work in the image thread; on and off say it; anything else is refused by name', () => {
+    expect(config.imageThread).toBeUndefined();
+    expect(loadConfig({ IMAGEGEN_IMAGE_THREAD: 'on' }).imageThread).toBe(true);
+    expect(loadConfig({ IMAGEGEN_IMAGE_THREAD: 'off' }).imageThread).toBe(false);
+    expect(() => loadConfig({ IMAGEGEN_IMAGE_THREAD: 'yes' })).toThrow(/IMAGEGEN_IMAGE_THREAD/);
   });
 
   it('S3 storage with S3_BUCKET: region left to the store (us-east-1), path style with an endpoint, credentials only as a pair', () => {

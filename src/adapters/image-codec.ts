@@ -48,6 +48,11 @@ export interface WebpImage {
   readonly contentType: 'image/webp';
 }
 
+/** The WebP conversion a delivery uses: {@link toWebp} in the calling thread (the default), or `ThreadedWebpCodec` in the image thread. */
+export interface WebpCodec {
+  toWebp(bytes: Uint8Array, options?: { readonly quality?: number | undefined }): Promise<WebpImage>;
+}
+
 /** What {@link probeImage} learned about an image without decoding its pixels. */
 export interface ImageProbe {
   readonly mimeType: string;

@@ -92,5 +92,5 @@ export class StreamCounter {
 
 /** The parts of the deps a run of a stored job takes (a cancel ending a job nobody runs): not the metrics endpoint. */
 export function runDepsOf(deps: ServerDeps): RunJobDeps {
-  return { database: deps.database, store: deps.store, generator: deps.generator, limiter: deps.limiter, logger: deps.logger, pricing: deps.pricing };
+  return { database: deps.database, store: deps.store, generator: deps.generator, limiter: deps.limiter, logger: deps.logger, pricing: deps.pricing, codec: deps.codec };
 }

@@ -4,7 +4,7 @@ import { toPipelineError } from '../domain/error-class.js';
 import type { AttemptRequest, Delivery, GeneratedImage } from '../domain/ports.js';
 import { deliverSlot, getAttachment, isTransientDatabaseError, LeaseLostError, type Database } from '../db/index.js';
 import { retryWhileTransient } from '../operators/retry-while-transient.js';
-import { DEFAULT_WEBP_QUALITY, toWebp } from '../adapters/image-codec.js';
+import { DEFAULT_WEBP_QUALITY, toWebp, type WebpCodec } from '../adapters/image-codec.js';
 import type { ObjectStore } from './object-store.js';
 import { generatedImageKey } from './storage-keys.js';
 
@@ -15,6 +15,8 @@ export interface DeliverImageDeps {
   readonly logger?: Logger | undefined;
   /** The run's lease: deliveries commit only while it is held; a refusal calls `lost()`. */
   readonly lease?: RunLease | undefined;
+  /** The WebP conversion (`ThreadedWebpCodec`: in the image thread). Default: `toWebp` in this thread. */
+  readonly codec?: WebpCodec | undefined;
 }
 
 /** What a delivery needs of the run's lease. */
@@ -61,7 +63,8 @@ export interface DeliverImageOptions {
 export function deliverImage(deps: DeliverImageDeps, request: AttemptRequest, image: GeneratedImage, options: DeliverImageOptions = {}): Observable<Delivery> {
   const { database, store, logger } = deps;
   const key = generatedImageKey(request);
-  return from(toWebp(image.bytes, { quality: options.webpQuality ?? DEFAULT_WEBP_QUALITY })).pipe(
+  const quality = options.webpQuality ?? DEFAULT_WEBP_QUALITY;
+  return from(deps.codec ? deps.codec.toWebp(image.bytes, { quality }) : toWebp(image.bytes, { quality })).pipe(
     catchError((e: unknown) => throwError(() => toPipelineError(e, 'corrupt_image'))),
     concatMap((webp) => concat(store.put(key, webp.bytes, webp.contentType).pipe(ignoreElements()), of(webp))),
     concatMap((webp) =>

@@ -16,6 +16,16 @@ const MAX_REMEMBERED_FOLDERS = 4096;
 export interface FolderObjectStoreConfig {
   /** The folder objects live under (created on first write). Key `a/b.webp` is the file `<root>/a/b.webp`. */
   readonly root: string;
+  /**
+   * Who writes an object of up to {@link SYNC_PUT_MAX_BYTES} ({@link writeFileAtomicSync} at an
+   * absolute path inside the root): `ImageThread`, in its thread. Default: this thread.
+   */
+  readonly writer?: ObjectFileWriter | undefined;
+}
+
+/** Writes a file as {@link writeFileAtomicSync} does, elsewhere (another thread); rejects with the file system's error (its `code` kept). */
+export interface ObjectFileWriter {
+  writeFile(path: string, bytes: Uint8Array): Promise<void>;
 }
 
 /**
@@ -28,12 +38,13 @@ export interface FolderObjectStoreConfig {
  *   and are renamed over the target, so a reader sees the old object or the new one,
  *   never half of one. Folders are created as needed.
  * - An object of up to {@link SYNC_PUT_MAX_BYTES} (a delivered image) is written with
- *   synchronous calls: a few system calls into the page cache cost the event loop less
- *   than the hand-offs to libuv's pool that `fs/promises` makes for each step (folder,
- *   open, write, close, rename: on a 2-core machine each hand-off wakes a pool thread and
- *   cost the main thread ~0.1 ms, ~0.7 ms per image in all; BENCHMARKS.md 11F). Larger
- *   objects are written asynchronously, in chunks, and can be aborted. Folders this store
- *   made are remembered, so a folder is made once, not at every write.
+ *   synchronous calls ({@link writeFileAtomicSync}), by the `writer` when there is one (the
+ *   image thread: `openPipeline` gives it) or in this thread. `fs/promises` hands each step
+ *   (folder, open, write, close, rename) to libuv's pool, and on a 2-core machine each
+ *   hand-off cost the main thread ~0.1 ms (~0.7 ms per image); a file's creation itself took
+ *   0.2-1.5 ms on this machine's disk, which the writer keeps off the event loop
+ *   (BENCHMARKS.md 11F). Once subscribed, such a write completes. Larger objects are written
+ *   asynchronously, in chunks, and can be aborted. Folders are made once, not at every write.
  * - Content types are not stored (files carry none); `get` returns bytes only.
  * - I/O errors -> `storage`; a missing object on `get` -> {@link ObjectNotFoundError}.
  *
@@ -46,16 +57,20 @@ export class FolderObjectStore implements ObjectStore {
 
   /** Folders this store made (or found) for its synchronous writes. */
   private readonly folders = new Set<string>();
+  readonly #writer: ObjectFileWriter | undefined;
 
   constructor(config: FolderObjectStoreConfig) {
     this.config = Object.freeze({ root: resolve(config.root) });
+    this.#writer = config.writer;
   }
 
   put(key: string, body: Uint8Array, _contentType: string): Observable<void> {
     if (body.byteLength <= SYNC_PUT_MAX_BYTES) {
+      const writer = this.#writer;
+      if (writer !== undefined) return fromAbortable(async () => writer.writeFile(this.pathOf(key), body), (error) => this.toError('put', key, error));
       return new Observable<void>((subscriber) => {
         try {
-          this.putNow(this.pathOf(key), body);
+          writeFileAtomicSync(this.pathOf(key), body, this.folders);
         } catch (error) {
           subscriber.error(this.toError('put', key, error));
           return;
@@ -154,35 +169,6 @@ export class FolderObjectStore implements ObjectStore {
     }
   }
 
-  /** A small object's atomic write (temp file, then rename), with synchronous calls. */
-  private putNow(path: string, body: Uint8Array): void {
-    const folder = dirname(path);
-    const made = this.folders.has(folder);
-    if (!made) this.makeFolder(folder);
-    const temp = join(folder, `${RESERVED_SEGMENT_PREFIX}${randomUUID()}`);
-    try {
-      writeFileSync(temp, body);
-    } catch (error) {
-      // A folder made earlier and removed since (by hand, or a sweep): make it again, once.
-      if (!made || !isMissing(error)) throw error;
-      this.folders.delete(folder);
-      this.makeFolder(folder);
-      writeFileSync(temp, body);
-    }
-    try {
-      renameSync(temp, path);
-    } catch (error) {
-      rmSync(temp, { force: true });
-      throw error;
-    }
-  }
-
-  private makeFolder(folder: string): void {
-    mkdirSync(folder, { recursive: true });
-    if (this.folders.size >= MAX_REMEMBERED_FOLDERS) this.folders.clear();
-    this.folders.add(folder);
-  }
-
   /** Validated key -> absolute path, never outside the root. */
   private pathOf(key: string): string {
     validateObjectKey(key);
@@ -206,4 +192,37 @@ function isMissing(error: unknown): boolean {
   const code = (error as { code?: unknown } | null)?.code;
   // ENOTDIR: a path segment is a file, so the object cannot exist either.
   return code === 'ENOENT' || code === 'ENOTDIR';
+}
+
+/**
+ * A small object's atomic write with synchronous calls: its folder made (once: `folders`
+ * remembers the folders made or found), the bytes to a temp file (`.tmp-<uuid>`) beside the
+ * target, then renamed over it. A remembered folder removed since (by hand, or a sweep) is
+ * made again, once. A failed rename removes the temp file.
+ */
+export function writeFileAtomicSync(path: string, body: Uint8Array, folders: Set<string>): void {
+  const folder = dirname(path);
+  const made = folders.has(folder);
+  if (!made) makeFolder(folder, folders);
+  const temp = join(folder, `${RESERVED_SEGMENT_PREFIX}${randomUUID()}`);
+  try {
+    writeFileSync(temp, body);
+  } catch (error) {
+    if (!made || !isMissing(error)) throw error;
+    folders.delete(folder);
+    makeFolder(folder, folders);
+    writeFileSync(temp, body);
+  }
+  try {
+    renameSync(temp, path);
+  } catch (error) {
+    rmSync(temp, { force: true });
+    throw error;
+  }
+}
+
+function makeFolder(folder: string, folders: Set<string>): void {
+  mkdirSync(folder, { recursive: true });
+  if (folders.size >= MAX_REMEMBERED_FOLDERS) folders.clear();
+  folders.add(folder);
 }

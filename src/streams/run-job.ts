@@ -16,6 +16,7 @@ import { runEngine, type EngineOptions } from './engine.js';
 import { usingJobLease, type JobLease } from './job-lease-scope.js';
 import { endCrashLoop, finishRun, handBackRun, replayFinished } from './run-endings.js';
 import { storedPorts } from './stored-ports.js';
+import type { WebpCodec } from '../adapters/image-codec.js';
 import { openBatchesByStage } from './stored-batch-ports.js';
 
 /** What running a stored job needs: the database, the object store, a generator. */
@@ -36,6 +37,8 @@ export interface RunJobDeps {
    * priced by the default table (`DEFAULT_PRICES`) for `generator.model`.
    */
   readonly pricing?: AttemptPricing | undefined;
+  /** The WebP conversion of deliveries (`ThreadedWebpCodec`: in the image thread); none: `toWebp` in this thread. */
+  readonly codec?: WebpCodec | undefined;
 }
 
 /** Per-run options on top of the engine's. */
@@ -99,9 +102,9 @@ export const DEFAULT_RUN_OPTIONS = Object.freeze({
  */
 export function runStoredJob(deps: RunJobDeps, jobId: string, options: RunJobOptions = {}): Observable<PipelineEvent> {
   return defer(async () => {
-    const { database, store, generator, batches, limiter, metrics } = deps;
+    const { database, store, generator, batches, limiter, metrics, codec } = deps;
     const pricing = deps.pricing ?? (generator.model !== undefined ? pricingFor(DEFAULT_PRICES, generator.model) : undefined);
-    const run: RunContext = { database, store, generator, batches, limiter, metrics, pricing, logger: deps.logger?.child({ jobId }), jobId, options };
+    const run: RunContext = { database, store, generator, batches, limiter, metrics, pricing, codec, logger: deps.logger?.child({ jobId }), jobId, options };
     // The status decides the path; the full state is loaded once, after `beginRun`.
     const status = await retryTransient(() => getJobStatus(database, jobId));
     if (status === null) throw new JobNotFoundError(jobId);
@@ -131,6 +134,7 @@ interface RunContext {
   readonly limiter: ProviderLimiter | undefined;
   readonly metrics: RunMetrics | undefined;
   readonly pricing: AttemptPricing | undefined;
+  readonly codec: WebpCodec | undefined;
   readonly logger: Logger | undefined;
   readonly jobId: string;
   readonly options: RunJobOptions;

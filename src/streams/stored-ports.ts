@@ -5,6 +5,7 @@ import type { StageSpec } from '../domain/job-spec.js';
 import type { BatchGenerator, EnginePorts, ImageGenerator } from '../domain/ports.js';
 import { isTransientDatabaseError, type Database } from '../db/index.js';
 import { AttemptStarter } from '../sinks/attempt-starter.js';
+import type { WebpCodec } from '../adapters/image-codec.js';
 import { retryWhileTransient } from '../operators/retry-while-transient.js';
 import type { ObjectStore } from '../sinks/object-store.js';
 import { deliverImage, type RunLease } from '../sinks/deliver-image.js';
@@ -21,6 +22,8 @@ export interface StoredPortsDeps {
   readonly logger?: Logger | undefined;
   /** The run's lease: deliveries commit only while it is held (see `deliverImage`). */
   readonly lease?: RunLease | undefined;
+  /** The WebP conversion of deliveries (see `deliverImage`); none: `toWebp` in this thread. */
+  readonly codec?: WebpCodec | undefined;
 }
 
 /** Per-run options of {@link storedPorts}. */

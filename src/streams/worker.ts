@@ -158,7 +158,7 @@ export async function runWorker(pipeline: Pipeline, options: WorkerOptions = {})
   const metrics = options.metrics;
   metrics?.attachLimiter(attemptLimiter);
   metrics?.attachQueue(() => boss.getQueueSize(JOB_QUEUE));
-  const deps = { database: pipeline.database, store: pipeline.store, generator: pipeline.generator, batches: pipeline.batches, limiter: attemptLimiter, logger, metrics, pricing: pipeline.pricing };
+  const deps = { database: pipeline.database, store: pipeline.store, generator: pipeline.generator, batches: pipeline.batches, limiter: attemptLimiter, logger, metrics, pricing: pipeline.pricing, codec: pipeline.codec };
   const running = new Map<string, Subscription>();
   const ended = new Subject<void>();
   // Replayed: a run started just as the stop came still sees it.

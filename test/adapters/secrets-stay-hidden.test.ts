@@ -90,7 +90,7 @@ describe('objects holding secrets never print them', () => {
   });
 
   it('the Gemini generator in its own thread: the key is in no printed form, before and after a call', async () => {
-    const entry = pathToFileURL(join(dirname(await cliEntry()), 'adapters', 'generator-thread.js'));
+    const entry = pathToFileURL(join(dirname(await cliEntry()), 'adapters', 'image-thread.js'));
     const generator = new ThreadedImageGenerator({ gemini: { apiKey: API_KEY, baseUrl: server.url, timeoutMs: 10_000 }, entry });
     cleanups.push(() => generator.close());
     expect(leaks(generator)).toEqual({});

@@ -5,6 +5,8 @@
  * compiled JavaScript, so it comes from the harness's build of the current `src/`
  * (`cliEntry`); the main side is the source under test.
  */
+import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { inspect } from 'node:util';
@@ -13,10 +15,14 @@ import { firstValueFrom, type Observable } from 'rxjs';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { PipelineError } from '../../src/domain/error-class.js';
 import type { GeneratedImage, GenerationRequest, InputImage } from '../../src/domain/ports.js';
-import { generatorThreadEntry, ThreadedImageGenerator } from '../../src/adapters/threaded-image-generator.js';
+import { ThreadedImageGenerator } from '../../src/adapters/threaded-image-generator.js';
+import { ImageThread, imageThreadEntry } from '../../src/adapters/image-thread-link.js';
+import { ThreadedWebpCodec } from '../../src/adapters/threaded-webp-codec.js';
 import { cliEntry } from '../support/cli-entry.js';
 import { startFakeGeminiServer, type FakeBehavior, type FakeGeminiServer } from '../support/fake-gemini-server.js';
 import { readStamp } from '../support/stamped-image.js';
+import { toWebp } from '../../src/adapters/image-codec.js';
+import { FolderObjectStore, SYNC_PUT_MAX_BYTES } from '../../src/sinks/folder-object-store.js';
 
 const API_KEY = 'fake-key-THREAD-DO-NOT-LEAK-77';
 let server: FakeGeminiServer;
@@ -26,7 +32,7 @@ const generators: ThreadedImageGenerator[] = [];
 
 beforeAll(async () => {
   server = await startFakeGeminiServer({ apiKey: API_KEY });
-  entry = pathToFileURL(join(dirname(await cliEntry()), 'adapters', 'generator-thread.js'));
+  entry = pathToFileURL(join(dirname(await cliEntry()), 'adapters', 'image-thread.js'));
   input = { bytes: new Uint8Array(await sharp({ create: { width: 40, height: 30, channels: 3, background: { r: 9, g: 90, b: 200 } } }).jpeg().toBuffer()), mimeType: 'image/jpeg' };
 }, 120_000);
 afterAll(async () => {
@@ -169,8 +175,87 @@ describe('ThreadedImageGenerator: the Gemini adapter in a thread of its own', ()
   });
 
   it('refuses a missing script, naming it; from TypeScript sources there is none beside the module', () => {
-    expect(generatorThreadEntry()).toBeUndefined();
-    expect(() => new ThreadedImageGenerator({ gemini: { apiKey: 'k' }, entry: new URL('file:///nowhere/generator-thread.js') })).toThrow(/nowhere\/generator-thread\.js does not exist/);
+    expect(imageThreadEntry()).toBeUndefined();
+    expect(() => new ThreadedImageGenerator({ gemini: { apiKey: 'k' }, entry: new URL('file:///nowhere/image-thread.js') })).toThrow(/nowhere\/image-thread\.js does not exist/);
     expect(() => new ThreadedImageGenerator({ gemini: {}, entry })).toThrow(/apiKey/);
+    expect(() => new ThreadedImageGenerator({ thread: new ImageThread({ entry }) })).toThrow(/without a provider/);
+  });
+});
+
+describe('ThreadedWebpCodec: the WebP conversion in the image thread', () => {
+  it('converts as toWebp does; the caller keeps its bytes', async () => {
+    const thread = new ImageThread({ entry });
+    try {
+      const codec = new ThreadedWebpCodec(thread);
+      const png = new Uint8Array(await sharp({ create: { width: 64, height: 48, channels: 3, background: '#3a6' } }).png().toBuffer());
+      const before = png.byteLength;
+      const [threaded, local] = await Promise.all([codec.toWebp(png, { quality: 70 }), toWebp(png, { quality: 70 })]);
+      expect(png.byteLength).toBe(before);
+      expect({ ...threaded, bytes: undefined }).toEqual({ ...local, bytes: undefined });
+      expect(Buffer.from(threaded.bytes).equals(Buffer.from(local.bytes))).toBe(true);
+      expect((await sharp(threaded.bytes).metadata()).format).toBe('webp');
+    } finally {
+      await thread.close();
+    }
+  });
+
+  it('bytes that are not an image fail corrupt_image, with the same message; a closed thread fails cancelled', async () => {
+    const thread = new ImageThread({ entry });
+    const codec = new ThreadedWebpCodec(thread);
+    const junk = new Uint8Array(300).fill(7);
+    const [threaded, local] = await Promise.all([codec.toWebp(junk).catch((e: unknown) => e), toWebp(junk).catch((e: unknown) => e)]);
+    expect(threaded).toBeInstanceOf(PipelineError);
+    expect(threaded).toMatchObject({ errorClass: 'corrupt_image', message: (local as PipelineError).message });
+    await thread.close();
+    await expect(codec.toWebp(junk)).rejects.toMatchObject({ errorClass: 'cancelled' });
+  });
+
+  it('one thread serves the generator and the codec', async () => {
+    const thread = new ImageThread({ gemini: { apiKey: API_KEY, baseUrl: server.url, timeoutMs: 10_000 }, entry });
+    try {
+      const g = new ThreadedImageGenerator({ thread });
+      const codec = new ThreadedWebpCodec(thread);
+      const image = await firstValueFrom(g.generate(request()));
+      const webp = await codec.toWebp(image.bytes);
+      expect(webp.contentType).toBe('image/webp');
+      expect(thread.generation).toBe(1);
+      // The generator does not close a thread it shares.
+      await g.close();
+      expect((await codec.toWebp(image.bytes)).contentType).toBe('image/webp');
+    } finally {
+      await thread.close();
+    }
+  });
+});
+
+describe('FolderObjectStore writing through the image thread', () => {
+  it('writes the object whole, atomically, its folder made; errors keep their code and name the key; larger objects stay in this thread', async () => {
+    const root = await mkdtemp(join(tmpdir(), 'thread-store-'));
+    const thread = new ImageThread({ entry });
+    try {
+      const store = new FolderObjectStore({ root, writer: thread });
+      await firstValueFrom(store.put('a/b/c.webp', new Uint8Array([1, 2, 3]), 'image/webp'));
+      await firstValueFrom(store.put('a/b/c.webp', new Uint8Array([4, 5]), 'image/webp'));
+      expect(await firstValueFrom(store.get('a/b/c.webp'))).toEqual(new Uint8Array([4, 5]));
+      expect(await readdir(join(root, 'a/b'))).toEqual(['c.webp']);
+      // A folder removed after a write is made again.
+      await rm(join(root, 'a'), { recursive: true });
+      await firstValueFrom(store.put('a/b/d.webp', new Uint8Array([6]), 'image/webp'));
+      expect(await readdir(join(root, 'a/b'))).toEqual(['d.webp']);
+      // 'a/b/d.webp' is a file: it cannot be a folder.
+      const error = await firstValueFrom(store.put('a/b/d.webp/e.webp', new Uint8Array([7]), 'image/webp')).catch((e: unknown) => e);
+      expect(error).toMatchObject({ errorClass: 'storage' });
+      expect((error as Error).message).toMatch(/a\/b\/d\.webp\/e\.webp failed \(E[A-Z]+\): /);
+      expect((error as Error).message).not.toContain(root);
+      expect(thread.generation).toBe(1);
+      await thread.close();
+      // Closed: a small write fails as storage, saying so; a large one is written in this thread.
+      expect(await firstValueFrom(store.put('a/x.webp', new Uint8Array([1]), 'image/webp')).catch((e: unknown) => e)).toMatchObject({ errorClass: 'storage' });
+      await firstValueFrom(store.put('a/big.bin', new Uint8Array(SYNC_PUT_MAX_BYTES + 1), 'application/octet-stream'));
+      expect((await firstValueFrom(store.get('a/big.bin'))).byteLength).toBe(SYNC_PUT_MAX_BYTES + 1);
+    } finally {
+      await thread.close();
+      await rm(root, { recursive: true, force: true });
+    }
   });
 });
