@@ -102,13 +102,21 @@ export function validateObjectKey(key: string, options: { allowPrefix?: boolean 
 export function fromAbortable<T>(run: (signal: AbortSignal) => Promise<T>, mapError: (error: unknown) => unknown): Observable<T> {
   return new Observable<T>((subscriber) => {
     const abort = new AbortController();
+    let settled = false;
     run(abort.signal).then(
       (value) => {
+        settled = true;
         subscriber.next(value);
         subscriber.complete();
       },
-      (error: unknown) => subscriber.error(mapError(error)),
+      (error: unknown) => {
+        settled = true;
+        subscriber.error(mapError(error));
+      },
     );
-    return () => abort.abort();
+    // A settled call has nothing to abort (an abort builds an AbortError, a stack trace, each time).
+    return () => {
+      if (!settled) abort.abort();
+    };
   });
 }
