@@ -88,12 +88,21 @@ export type { ImageGenerator, GenerationRequest, GeneratedImage, InputImage, Tok
 export { PipelineError, ERROR_CLASSES, isRetryable, type ErrorClass, type PipelineErrorOptions } from './domain/error-class.js';
 /** Google Gemini's image models (`GEMINI_API_KEY`), one call per attempt, aborted on unsubscribe. */
 export { GeminiImageGenerator, type GeminiImageGeneratorConfig } from './adapters/gemini-image-generator.js';
+/**
+ * The image thread (what `openPipeline` runs unless `IMAGEGEN_IMAGE_THREAD=off`): the Gemini adapter's
+ * calls, the WebP conversion of deliveries (`RunJobDeps.codec`) and a folder store's writes (`writer`)
+ * in one worker thread, off the event loop.
+ */
+export { ImageThread, type ImageThreadOptions } from './adapters/image-thread-link.js';
+export { ThreadedImageGenerator, type ThreadedImageGeneratorConfig } from './adapters/threaded-image-generator.js';
+export { ThreadedWebpCodec } from './adapters/threaded-webp-codec.js';
+export type { WebpCodec, WebpImage } from './adapters/image-codec.js';
 /** The offline generator: no key, no network; deterministic images and injected faults for demos and tests. */
 export { OfflineImageGenerator, type OfflineImageGeneratorConfig } from './adapters/offline-image-generator.js';
 /** The object store port, and the error its `get` throws for a missing key. */
 export { ObjectNotFoundError, type ObjectStore } from './sinks/object-store.js';
 /** Objects as files under a folder (the embedded default: `<data dir>/storage`). */
-export { FolderObjectStore, type FolderObjectStoreConfig } from './sinks/folder-object-store.js';
+export { FolderObjectStore, type FolderObjectStoreConfig, type ObjectFileWriter } from './sinks/folder-object-store.js';
 /** Objects on S3 or an S3-compatible server (`S3_BUCKET`). */
 export { S3ObjectStore, type S3ObjectStoreConfig, type S3Credentials } from './sinks/s3-object-store.js';
 

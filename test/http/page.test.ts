@@ -217,6 +217,10 @@ for (const kind of DATABASE_KINDS) {
         expect((await service.call(TOKENS.alice, 'GET', '/v1/jobs/page-cancel')).body.status).not.toBe('cancelled');
         const cancelled = await service.call(null, 'DELETE', '/v1/jobs/page-cancel', undefined, { ...cookie, 'x-imagegen-page': '1' });
         expect(cancelled.status).toBe(202);
+        // The runner notices the request within its cancel poll; the held calls stay held until
+        // then (opened before, they could deliver every image first and the job end completed).
+        const deadline = Date.now() + 10_000;
+        while ((await service.call(TOKENS.alice, 'GET', '/v1/jobs/page-cancel')).body.status !== 'cancelled' && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
         hold.open();
         const frames = await (await openEvents(service, TOKENS.alice, 'page-cancel', 0)).rest();
         expect(frames.at(-1)?.data.status).toBe('cancelled');
