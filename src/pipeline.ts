@@ -44,6 +44,11 @@ export interface PipelineOverrides {
    * a command of a few queries starts sooner without a second Node environment).
    */
   readonly pgliteThread?: boolean;
+  /**
+   * Whether the image thread is made when `config.imageThread` leaves it unset (default true;
+   * false: a command that delivers no image skips loading its parts).
+   */
+  readonly imageThread?: boolean;
   /** The embedded database's `shared_buffers` (see `DatabaseOptions.pgliteSharedBuffers`). Default 16 MB. */
   readonly pgliteSharedBuffers?: string;
 }
@@ -91,7 +96,7 @@ export async function openPipeline(config: PipelineConfig, overrides: PipelineOv
   // conversion, the folder store's writes), unless IMAGEGEN_IMAGE_THREAD=off or this runs
   // from TypeScript sources (its script is compiled JavaScript). It starts with the first
   // image, not here.
-  const imageThread = config.imageThread !== false ? await imageThreadOf(gemini) : undefined;
+  const imageThread = (config.imageThread ?? overrides.imageThread ?? true) ? await imageThreadOf(gemini) : undefined;
   let store: ObjectStore;
   let destroyStore = () => {};
   if (overrides.store) store = overrides.store;

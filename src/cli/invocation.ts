@@ -125,11 +125,15 @@ export async function withPipeline<T>(inv: Invocation, fn: (pipeline: Pipeline) 
   inv.beforeDatabase?.({ embedded: !inv.config.databaseUrl });
   try {
     // A command that runs jobs gets the embedded database in a thread of its own (its event
-    // loop carries the answers, images and events); one of a few queries starts sooner
-    // without the thread's start (unless IMAGEGEN_PGLITE_THREAD says otherwise).
+    // loop carries the answers, images and events) and the image thread; one of a few queries
+    // starts sooner without them (unless IMAGEGEN_PGLITE_THREAD / IMAGEGEN_IMAGE_THREAD say otherwise).
     pipeline = inv.openPipeline
       ? await inv.openPipeline(inv.config)
-      : await openPipeline(inv.config, { pgliteThread: options.runsJobs ?? false, ...(options.runsJobs ? {} : { pgliteSharedBuffers: QUERY_COMMAND_SHARED_BUFFERS }) });
+      : await openPipeline(inv.config, {
+          pgliteThread: options.runsJobs ?? false,
+          imageThread: options.runsJobs ?? false,
+          ...(options.runsJobs ? {} : { pgliteSharedBuffers: QUERY_COMMAND_SHARED_BUFFERS }),
+        });
   } catch (error) {
     throw openFailure(error, inv);
   }
