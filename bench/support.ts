@@ -38,7 +38,7 @@ export interface BenchPipeline {
   readonly userId: string;
   readonly inputAttachId: string;
   readonly root: string;
-  /** The WebP conversion of deliveries in the image thread, as `openPipeline` runs it (`IMAGEGEN_IMAGE_THREAD=off`: none, in this thread). */
+  /** The WebP conversion of deliveries in the image thread (and the store writes there), as `openPipeline` runs them (`IMAGEGEN_IMAGE_THREAD=off`: none, in this thread). */
   readonly codec: ThreadedWebpCodec | undefined;
   close(): Promise<void>;
 }
@@ -54,7 +54,7 @@ export interface BenchPipelineOptions {
   /** A PostgreSQL database to run on instead of PGlite; null: PGlite even when `BENCH_DATABASE_URL` is set. Default: a scratch database on the `BENCH_DATABASE_URL` server, dropped by `close`. */
   readonly databaseUrl?: string | null;
   /**
-   * The image thread for the codec (shared with a `ThreadedImageGenerator`, its caller closes it);
+   * The image thread for the codec and the store's writes (shared with a `ThreadedImageGenerator`, its caller closes it);
    * null: none. Default: one of its own, unless `IMAGEGEN_IMAGE_THREAD=off`, as `openPipeline`.
    */
   readonly imageThread?: ImageThread | null;
@@ -92,7 +92,7 @@ export async function openBenchPipeline(options: BenchPipelineOptions): Promise<
   const database = await openDatabase(
     databaseUrl ? { databaseUrl } : options.database === 'disk' ? { dataDir: join(root, 'db'), pgliteTemplateDir, pgliteThread } : { pgliteTemplateDir, pgliteThread },
   );
-  const store = new FolderObjectStore({ root: join(root, 'storage') });
+  const store = new FolderObjectStore({ root: join(root, 'storage'), writer: imageThread ?? undefined });
   const userId = 'bench-user';
   await grantCredits(database, userId, options.credits);
   const input = await inputPng();

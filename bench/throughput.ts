@@ -17,6 +17,9 @@
  */
 import { Observable } from 'rxjs';
 import { GeminiImageGenerator } from '../src/adapters/gemini-image-generator.js';
+import { ImageThread } from '../src/adapters/image-thread-link.js';
+import { ThreadedImageGenerator } from '../src/adapters/threaded-image-generator.js';
+import { loadConfig } from '../src/config.js';
 import { toWebp } from '../src/adapters/image-codec.js';
 import type { ObjectStore } from '../src/sinks/object-store.js';
 import { spawnFakeServer } from './fake-server-process.js';
@@ -66,9 +69,12 @@ const mean = (values: readonly number[]) => (values.length === 0 ? Number.NaN : 
 async function measure(size: 256 | 1024, kind: 'pglite' | 'postgres'): Promise<void> {
   const server = await spawnFakeServer({ latencyMs: 0, imageSize: size });
   const database = kind === 'postgres' ? await scratchPostgres(SERVER_URL!) : null;
-  const gemini = new GeminiImageGenerator({ apiKey: server.apiKey, baseUrl: server.url, timeoutMs: 60_000 });
+  const settings = { apiKey: server.apiKey, baseUrl: server.url, timeoutMs: 60_000 };
+  // As openPipeline runs it: the adapter, the codec and the store's writes in the image thread, unless IMAGEGEN_IMAGE_THREAD=off.
+  const thread = loadConfig(process.env).imageThread !== false ? new ImageThread({ gemini: settings }) : undefined;
+  const gemini = thread ? new ThreadedImageGenerator({ thread }) : new GeminiImageGenerator(settings);
   const generator = new TimedGenerator(gemini);
-  const pipeline = await openBenchPipeline({ generator, globalConcurrency: CONCURRENCY, credits: 3 * QUANTITY, database: 'disk', databaseUrl: database?.url ?? null });
+  const pipeline = await openBenchPipeline({ generator, globalConcurrency: CONCURRENCY, credits: 3 * QUANTITY, database: 'disk', databaseUrl: database?.url ?? null, imageThread: thread ?? null });
   const store = new TimedStore(pipeline.store);
   try {
     const stats = await runOurs({ ...pipeline, store: store as unknown as typeof pipeline.store }, [{ quantity: QUANTITY, aspectRatio: '1:1' }, { quantity: QUANTITY, aspectRatio: '1:1' }, { quantity: QUANTITY, aspectRatio: '1:1' }], {
@@ -98,6 +104,7 @@ async function measure(size: 256 | 1024, kind: 'pglite' | 'postgres'): Promise<v
     );
   } finally {
     await pipeline.close();
+    await thread?.close();
     await server.stop();
     await database?.drop();
   }
