@@ -21,6 +21,7 @@ import { ThreadedWebpCodec } from '../../src/adapters/threaded-webp-codec.js';
 import { cliEntry } from '../support/cli-entry.js';
 import { startFakeGeminiServer, type FakeBehavior, type FakeGeminiServer } from '../support/fake-gemini-server.js';
 import { readStamp } from '../support/stamped-image.js';
+import { failureOf } from '../support/failure-of.js';
 import { toWebp } from '../../src/adapters/image-codec.js';
 import { FolderObjectStore, SYNC_PUT_MAX_BYTES } from '../../src/sinks/folder-object-store.js';
 
@@ -51,16 +52,9 @@ function request(overrides: Partial<GenerationRequest> = {}): GenerationRequest 
   return { jobId: 'job-t', stageIndex: 0, slotIndex: 0, attempt: 1, prompt: 'a harbour at night', aspectRatio: '1:1', inputAttachId: 'attach-t', input, ...overrides };
 }
 
-async function failure(source: Observable<GeneratedImage>): Promise<PipelineError> {
-  const error = await firstValueFrom(source).then(
-    () => {
-      throw new Error('expected the call to fail');
-    },
-    (e: unknown) => e,
-  );
-  expect(error).toBeInstanceOf(PipelineError);
-  expect((error as PipelineError).message).not.toContain(API_KEY);
-  return error as PipelineError;
+/** The call's failure; never the key in its message. */
+function failure(source: Observable<GeneratedImage>): Promise<PipelineError> {
+  return failureOf(source, [API_KEY]);
 }
 
 function only(behavior: FakeBehavior): void {
