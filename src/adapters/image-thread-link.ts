@@ -1,5 +1,6 @@
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
+import { inspect } from 'node:util';
 import { Worker } from 'node:worker_threads';
 import { PipelineError } from '../domain/error-class.js';
 import type { ImageThreadAnswer, ImageThreadData, ImageThreadRequest } from './image-thread.js';
@@ -32,7 +33,7 @@ export type AnswerHandler = (answer: ImageThreadAnswer | PipelineError) => void;
  * - A thread that dies fails every outstanding request as `network` (retryable: the engine's
  *   budget decides); the next request starts a new thread ({@link generation} counts them).
  * - `workerData` may hold the provider's key: it crosses to the thread at its start and is
- *   never printed (this object prints as its settings, see `toJSON`).
+ *   never printed (this object prints as its settings without it: `toJSON`, `inspect`).
  *
  * @example
  * const thread = new ImageThread({ gemini: { apiKey } });
@@ -81,10 +82,10 @@ export class ImageThread {
   }
 
   /**
-   * Sends `message` (a request carrying `id`), its answer to `handler`. `transfer`: buffers
-   * handed over, not copied. A closed thread answers at once with `cancelled`.
+   * Sends `message` (a request carrying `id`; its bytes are copied), its answer to `handler`.
+   * A closed thread answers at once with `cancelled`.
    */
-  request(id: number, message: ImageThreadRequest, handler: AnswerHandler, transfer: readonly ArrayBuffer[] = []): void {
+  request(id: number, message: ImageThreadRequest, handler: AnswerHandler): void {
     if (this.#closed) {
       handler(new PipelineError('cancelled', 'the image thread is closed'));
       return;
@@ -92,7 +93,7 @@ export class ImageThread {
     const worker = this.#thread();
     if (this.#pending.size === 0) worker.ref();
     this.#pending.set(id, handler);
-    worker.postMessage(message, [...transfer]);
+    worker.postMessage(message);
   }
 
   /** Stops waiting for `id`'s answer; true when it was outstanding. */
@@ -126,6 +127,16 @@ export class ImageThread {
         else resolve();
       });
     });
+  }
+
+  /** What JSON.stringify and pino print: the settings, never the key. */
+  toJSON(): unknown {
+    return { ...this.printable, generates: this.generates };
+  }
+
+  /** What `console.log(thread)` prints: the settings, never the key. */
+  [inspect.custom](): string {
+    return `ImageThread ${inspect(this.toJSON())}`;
   }
 
   /** Ends the thread; later requests fail `cancelled`. Idempotent. */

@@ -12,12 +12,16 @@ import { pipelineErrorOf, type ImageThread } from './image-thread-link.js';
  * const webp = await codec.toWebp(pngBytes, { quality: 80 });
  */
 export class ThreadedWebpCodec implements WebpCodec {
-  constructor(private readonly thread: ImageThread) {}
+  readonly #thread: ImageThread;
+
+  constructor(thread: ImageThread) {
+    this.#thread = thread;
+  }
 
   toWebp(bytes: Uint8Array, options: { readonly quality?: number | undefined } = {}): Promise<WebpImage> {
     return new Promise<WebpImage>((resolve, reject) => {
-      const id = this.thread.nextId();
-      this.thread.request(id, { op: 'webp', id, bytes, quality: options.quality ?? DEFAULT_WEBP_QUALITY }, (answer) => {
+      const id = this.#thread.nextId();
+      this.#thread.request(id, { op: 'webp', id, bytes, quality: options.quality ?? DEFAULT_WEBP_QUALITY }, (answer) => {
         const error = pipelineErrorOf(answer);
         if (error !== undefined) reject(error);
         else if ('webp' in answer) resolve(answer.webp);

@@ -20,6 +20,8 @@ import { openDatabase } from '../../src/db/database.js';
 import { PipelineError } from '../../src/domain/error-class.js';
 import { GeminiImageGenerator } from '../../src/adapters/gemini-image-generator.js';
 import { ThreadedImageGenerator } from '../../src/adapters/threaded-image-generator.js';
+import { ImageThread } from '../../src/adapters/image-thread-link.js';
+import { ThreadedWebpCodec } from '../../src/adapters/threaded-webp-codec.js';
 import { cliEntry } from '../support/cli-entry.js';
 import { createLogger, openPipeline } from '../../src/pipeline.js';
 import { S3ObjectStore } from '../../src/sinks/s3-object-store.js';
@@ -98,6 +100,13 @@ describe('objects holding secrets never print them', () => {
     expect(leaks(generator)).toEqual({});
     expect(inspect(generator)).toContain('ThreadedImageGenerator');
     expect(JSON.parse(JSON.stringify(generator))).toMatchObject({ model: 'gemini-2.5-flash-image', baseUrl: server.url, thread: true });
+    // The thread itself, and a codec on it, print their settings only.
+    const thread = new ImageThread({ gemini: { apiKey: API_KEY, baseUrl: server.url }, entry });
+    cleanups.push(() => thread.close());
+    expect(leaks(thread)).toEqual({});
+    expect(leaks(new ThreadedWebpCodec(thread))).toEqual({});
+    expect(inspect(thread)).toContain('ImageThread');
+    expect(JSON.parse(JSON.stringify(thread))).toEqual({ baseUrl: server.url, generates: true });
   }, 120_000);
 
   it('the Gemini generator: the key is in no printed form, before and after a call (and the forms still say what it is)', async () => {
