@@ -149,7 +149,7 @@ export async function openPipeline(config: PipelineConfig, overrides: PipelineOv
   }, () => ({ config, database, store, generator, limiter: { max: limiter.max } }));
 }
 
-/** The Gemini adapter's settings from the configuration (the batch API's: without `vertex`). */
+/** The Gemini adapter's settings from the configuration (the batch API takes them without `vertex`). */
 function geminiSettingsOf(config: PipelineConfig) {
   return {
     apiKey: config.gemini.apiKey ?? '',

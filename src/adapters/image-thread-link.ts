@@ -66,7 +66,7 @@ export class ImageThread {
   }
 
   /** The provider's settings the thread runs with, without the key (for printing). */
-  get printable(): Record<string, unknown> {
+  get printable(): { readonly model?: string | undefined; readonly baseUrl?: string | undefined; readonly timeoutMs?: number | undefined } {
     const gemini = this.#data.gemini;
     return gemini === undefined ? {} : { model: gemini.model, baseUrl: gemini.baseUrl, timeoutMs: gemini.timeoutMs };
   }

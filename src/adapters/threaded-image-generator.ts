@@ -62,7 +62,7 @@ export class ThreadedImageGenerator implements ImageGenerator {
       this.#thread = new ImageThread({ gemini: config.gemini, entry: config.entry });
       this.#owned = true;
     }
-    this.model = (this.#thread.printable['model'] as string | undefined) ?? DEFAULT_GEMINI_IMAGE_MODEL;
+    this.model = this.#thread.printable.model ?? DEFAULT_GEMINI_IMAGE_MODEL;
   }
 
   generate(request: GenerationRequest): Observable<GeneratedImage> {
@@ -92,7 +92,8 @@ export class ThreadedImageGenerator implements ImageGenerator {
 
   /** What JSON.stringify and pino print: the settings, never the key. */
   toJSON(): unknown {
-    return { model: this.model, baseUrl: this.#thread.printable['baseUrl'], timeoutMs: this.#thread.printable['timeoutMs'], thread: true };
+    const { baseUrl, timeoutMs } = this.#thread.printable;
+    return { model: this.model, baseUrl, timeoutMs, thread: true };
   }
 
   /** What `console.log(generator)` prints: the settings, never the key. */

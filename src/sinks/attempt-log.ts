@@ -38,9 +38,10 @@ export const ATTEMPT_RECORDS_PER_WRITE = 16;
  * writes so far: the run calls it before the job is finished, so statistics are complete.
  *
  * One write at a time. The records that arrived while a write ran (and, with a `gapMs`, within
- * that long after it) go in the next one, in one statement (`finishAttempts`, up to {@link ATTEMPT_RECORDS_PER_WRITE}); a failure with its
- * event is a write of its own (its transaction appends the event). A busy run writes a
- * fraction of a statement per delivered image instead of one (BENCHMARKS.md 11D).
+ * that long after it) go in the next one, in one statement (`finishAttempts`, up to
+ * {@link ATTEMPT_RECORDS_PER_WRITE}); a failure with its event is a write of its own (its
+ * transaction appends the event). A busy run writes a fraction of a statement per delivered
+ * image instead of one (BENCHMARKS.md 11D, 11F).
  *
  * ```
  * events   ──f1──d2─d3─d4───f5──────F
