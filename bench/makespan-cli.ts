@@ -17,6 +17,7 @@
  * Env: BENCH_RUNS (5), BENCH_KINDS (`pglite,postgres`), BENCH_LATENCY_MS (300),
  * BENCH_FAILURE_RATE (0.1), BENCH_CONCURRENCY (10), BENCH_QUANTITY (100), BENCH_STAGES (3),
  * BENCH_CPU_PROF_DIR (unset: when set, the `run` process writes a `--cpu-prof` profile there),
+ * BENCH_CLI (this build's `dist/cli.js`: another build's, to pair before and after),
  * BENCH_IMAGE_SIZE (the provider's default), BENCH_NODE_FLAGS (flags for node running the CLI); IMAGEGEN_PGLITE_THREAD is passed on to the CLI
  * (`off`: PGlite in the main thread). Each run also reports the `run` process's peak RSS and
  * its main thread's peak heapUsed (goal 4).
@@ -35,7 +36,8 @@ import { spawnFakeServer } from './fake-server-process.js';
 import { inputPng, scratchPostgres } from './support.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
-const CLI = join(ROOT, 'dist', 'cli.js');
+/** The built CLI to run (`BENCH_CLI`: another build's `dist/cli.js`, for paired before/after runs). */
+const CLI = process.env['BENCH_CLI'] ?? join(ROOT, 'dist', 'cli.js');
 const ELU_PROBE = join(ROOT, 'dist-bench', 'bench', 'elu-probe.js');
 const num = (name: string, fallback: number) => (process.env[name] ? Number(process.env[name]) : fallback);
 
@@ -63,6 +65,8 @@ interface RunFigures {
   readonly delivered: number;
   /** The run process's main-thread busy time (event loop utilisation), ms per delivered image. */
   readonly mainThreadMsPerImage: number;
+  /** The ELU probe's own sampling over the window, ms per image (taken out of the two main-thread figures). */
+  readonly probeMsPerImage: number;
   /** The main thread's own CPU time (what of its busy time it ran on a core), ms per delivered image; NaN without /proc. */
   readonly mainThreadCpuMsPerImage: number;
   /** Its CPU time (all threads: sharp's and PGlite's included), ms per delivered image. */
@@ -117,12 +121,14 @@ async function runOnce(kind: 'pglite' | 'postgres', seed: number): Promise<RunFi
     stopped = true;
     const { calls, spanMs, firstArrivalEpochMs, lastAnswerEpochMs } = await server.stopWithSpan();
     const boundMs = Math.ceil(calls / CONCURRENCY) * LATENCY_MS;
-    const elu = JSON.parse(await readFile(eluFile, 'utf8')) as { samples: [number, number, number, number][]; maxRssKiB: number; peakHeapUsedKiB: number };
+    const elu = JSON.parse(await readFile(eluFile, 'utf8')) as { samples: [number, number, number, number, number?][]; maxRssKiB: number; peakHeapUsedKiB: number };
     const delivered = summary.deliveredImages;
     // The run's window: the provider's span (start-up and exit left out), from the 50 ms samples.
     const at = (epochMs: number) => elu.samples.find((s) => s[0] >= epochMs) ?? elu.samples.at(-1)!;
-    const [, activeStart, cpuStart, mainCpuStart] = at(firstArrivalEpochMs);
-    const [, activeEnd, cpuEnd, mainCpuEnd] = at(lastAnswerEpochMs);
+    const [, activeStart, cpuStart, mainCpuStart, probeStart = 0] = at(firstArrivalEpochMs);
+    const [, activeEnd, cpuEnd, mainCpuEnd, probeEnd = 0] = at(lastAnswerEpochMs);
+    // The probe's own sampling is the benchmark's, not the CLI's: taken out of the main thread's figures.
+    const probeMs = probeEnd - probeStart;
     return {
       calls,
       spanMs,
@@ -130,8 +136,9 @@ async function runOnce(kind: 'pglite' | 'postgres', seed: number): Promise<RunFi
       ratio: spanMs / boundMs,
       wallMs: ran.wallMs,
       delivered,
-      mainThreadMsPerImage: (activeEnd - activeStart) / delivered,
-      mainThreadCpuMsPerImage: mainCpuStart < 0 ? Number.NaN : (mainCpuEnd - mainCpuStart) / delivered,
+      mainThreadMsPerImage: (activeEnd - activeStart - probeMs) / delivered,
+      probeMsPerImage: probeMs / delivered,
+      mainThreadCpuMsPerImage: mainCpuStart < 0 ? Number.NaN : (mainCpuEnd - mainCpuStart - probeMs) / delivered,
       cpuMsPerImage: (cpuEnd - cpuStart) / delivered,
       maxRssMiB: elu.maxRssKiB / 1024,
       peakHeapUsedMiB: elu.peakHeapUsedKiB / 1024,
@@ -157,7 +164,7 @@ for (const kind of KINDS as ('pglite' | 'postgres')[]) {
     const f = await runOnce(kind, 100 + i);
     ratios.push(f.ratio);
     console.log(
-      `${kind} run ${i + 1}: ${f.delivered} images, ${f.calls} calls, provider span ${(f.spanMs / 1000).toFixed(2)} s, bound ${(f.boundMs / 1000).toFixed(1)} s, ratio ${f.ratio.toFixed(3)}; CLI wall ${(f.wallMs / 1000).toFixed(2)} s; main thread ${f.mainThreadMsPerImage.toFixed(2)} ms/image (on a core ${f.mainThreadCpuMsPerImage.toFixed(2)}), CPU ${f.cpuMsPerImage.toFixed(2)} ms/image (over the provider span); peak RSS ${f.maxRssMiB.toFixed(1)} MiB, peak heapUsed ${f.peakHeapUsedMiB.toFixed(1)} MiB`,
+      `${kind} run ${i + 1}: ${f.delivered} images, ${f.calls} calls, provider span ${(f.spanMs / 1000).toFixed(2)} s, bound ${(f.boundMs / 1000).toFixed(1)} s, ratio ${f.ratio.toFixed(3)}; CLI wall ${(f.wallMs / 1000).toFixed(2)} s; main thread ${f.mainThreadMsPerImage.toFixed(2)} ms/image (on a core ${f.mainThreadCpuMsPerImage.toFixed(2)}; the probe's own ${f.probeMsPerImage.toFixed(2)} taken out), CPU ${f.cpuMsPerImage.toFixed(2)} ms/image (over the provider span); peak RSS ${f.maxRssMiB.toFixed(1)} MiB, peak heapUsed ${f.peakHeapUsedMiB.toFixed(1)} MiB`,
     );
   }
   console.log(`${kind}: median ratio ${median(ratios).toFixed(3)} (runs ${ratios.map((r) => r.toFixed(3)).join(', ')})`);
