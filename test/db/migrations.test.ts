@@ -1,7 +1,7 @@
 import { sql, type Kysely } from 'kysely';
 import { afterEach, describe, expect, it } from 'vitest';
 import { lastValueFrom, toArray } from 'rxjs';
-import { deliverSlot, finishJob, MIGRATIONS, MigrationError, openDatabase, readJobEvents, type Database } from '../../src/db/index.js';
+import { attemptFailedNotification, deliverSlot, finishAttempt, finishJob, MIGRATIONS, MigrationError, openDatabase, readJobEvents, startAttempt, type Database } from '../../src/db/index.js';
 import { followJobEvents } from '../../src/sources/job-events.js';
 import { createScratchDatabase, DATABASE_KINDS, TEST_DATABASE_URL, type ScratchDatabase } from '../support/databases.js';
 import { deliveryOf, resultFromDatabase, seedJob } from './fixtures.js';
@@ -113,6 +113,42 @@ for (const kind of DATABASE_KINDS) {
         expect(await exists(database.db)).toBeNull();
         await migration.up(database.db as unknown as Kysely<unknown>);
         expect((await deliverSlot(database, deliveryOf(jobId, 0, 1))).duplicate).toBe(false);
+      } finally {
+        await database.close();
+      }
+    });
+
+    it('0014 (fail_attempt) applies over a database at 0013 holding a started attempt: the failure is recorded and logged once; its down drops the function, its up makes it again', async () => {
+      scratch = await createScratchDatabase(kind, { persistent: true });
+      const upTo0013 = Object.fromEntries(Object.entries(MIGRATIONS).filter(([name]) => name < '0014'));
+      const exists = async (db: Database['db']) =>
+        (await sql<{ f: string | null }>`select to_regproc('fail_attempt')::text as f`.execute(db)).rows[0]?.f ?? null;
+      const old = await openDatabase(scratch.config, { migrations: upTo0013 });
+      let jobId: string;
+      try {
+        expect(await exists(old.db)).toBeNull();
+        ({ jobId } = await seedJob(old, { quantities: [2] }));
+        await startAttempt(old, { jobId, stageIndex: 0, slotIndex: 0, attempt: 1 });
+      } finally {
+        await old.close();
+      }
+      const failure = (slot: number) => ({
+        jobId, stageIndex: 0, slotIndex: slot, attempt: 1, outcome: 'failed' as const, errorClass: 'overloaded', httpStatus: 503, message: 'busy', latencyMs: 9, usage: null,
+        event: attemptFailedNotification({ type: 'attempt:failed', jobId, at: 0, stage: 0, slot, attempt: 1, errorClass: 'overloaded', message: 'busy', httpStatus: 503, latencyMs: 9, providerLatencyMs: 9, willRetry: true, delayMs: 10 }),
+      });
+      const database = await openDatabase(scratch.config);
+      try {
+        expect(await exists(database.db)).toBe('fail_attempt');
+        await finishAttempt(database, failure(0));
+        await finishAttempt(database, failure(0));
+        expect((await readJobEvents(database, jobId)).map((e) => [e.seq, e.event.type])).toEqual([[1, 'attempt:failed']]);
+        const migration = MIGRATIONS['0014_fail_attempt_function']!;
+        await migration.down!(database.db as unknown as Kysely<unknown>);
+        expect(await exists(database.db)).toBeNull();
+        await migration.up(database.db as unknown as Kysely<unknown>);
+        await startAttempt(database, { jobId, stageIndex: 0, slotIndex: 1, attempt: 1 });
+        await finishAttempt(database, failure(1));
+        expect((await readJobEvents(database, jobId)).map((e) => [e.seq, e.event.type])).toEqual([[1, 'attempt:failed'], [2, 'attempt:failed']]);
       } finally {
         await database.close();
       }

@@ -12,7 +12,7 @@ import { ATTEMPT_RECORDS_PER_WRITE, AttemptLog } from '../../src/sinks/attempt-l
 import { forEachDatabase } from '../support/databases.js';
 import { seedJob, until } from '../db/fixtures.js';
 
-/** Counts the statements that write `attempts` rows, with the rows each wrote. */
+/** Counts the statements that write `attempts` rows, with the rows each wrote (a call of `fail_attempt`, migration 0014, writes one). */
 class AttemptWrites implements KyselyPlugin {
   readonly rowsPerStatement: number[] = [];
   transformQuery({ node }: PluginTransformQueryArgs): RootOperationNode {
@@ -20,6 +20,7 @@ class AttemptWrites implements KyselyPlugin {
       const values = node.values;
       this.rowsPerStatement.push(values && ValuesNode.is(values) ? values.values.length : 0);
     }
+    if (node.kind === 'RawNode' && node.sqlFragments.join('').includes('fail_attempt(')) this.rowsPerStatement.push(1);
     return node;
   }
   transformResult({ result }: PluginTransformResultArgs): Promise<QueryResult<UnknownRow>> {

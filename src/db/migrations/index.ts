@@ -11,6 +11,7 @@ import { attemptCost } from './0010-attempt-cost.js';
 import { jobsByUserCreated } from './0011-jobs-by-user-created.js';
 import { batches } from './0012-batches.js';
 import { deliverSlotFunction } from './0013-deliver-slot-function.js';
+import { failAttemptFunction } from './0014-fail-attempt-function.js';
 
 /**
  * Every migration, keyed by a numbered name. Names sort in the order they run;
@@ -29,4 +30,5 @@ export const MIGRATIONS: Readonly<Record<string, Migration>> = Object.freeze({
   '0011_jobs_by_user_created': jobsByUserCreated,
   '0012_batches': batches,
   '0013_deliver_slot_function': deliverSlotFunction,
+  '0014_fail_attempt_function': failAttemptFunction,
 });

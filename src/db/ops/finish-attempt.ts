@@ -2,9 +2,9 @@ import { sql, type Kysely } from 'kysely';
 import type { AttemptCost } from '../../domain/events.js';
 import type { TokenUsage } from '../../domain/ports.js';
 import type { Database } from '../database.js';
-import { appendJobEvents } from '../internal/append-job-events.js';
 import { assertCount } from '../internal/assert.js';
-import type { AttemptFailedNotification } from '../notifications.js';
+import { jsonb } from '../internal/json.js';
+import { JOB_EVENTS_CHANNEL, jobEventsAppendedPrefix, type AttemptFailedNotification } from '../notifications.js';
 import { FINAL_JOB_STATUSES, type DatabaseSchema } from '../schema.js';
 
 export interface FinishAttemptOptions {
@@ -29,6 +29,9 @@ export interface FinishAttemptOptions {
   readonly event?: AttemptFailedNotification | undefined;
 }
 
+/** The final job statuses as `fail_attempt` takes them (built once: a failed call's path). */
+const FINAL_STATUSES = jsonb(FINAL_JOB_STATUSES);
+
 /** Messages are for people reading the attempt log, not for storage of whole responses. */
 const MAX_MESSAGE_CHARS = 2000;
 
@@ -45,6 +48,10 @@ const MAX_MESSAGE_CHARS = 2000;
  * With `event`, the job row first (`appendJobEvents` numbers the event under it),
  * then the attempt row: the order `beginRun` takes them in (job, then the attempts
  * it abandons), so the two cannot deadlock.
+ *
+ * Round trips: one. With `event`, the call of `fail_attempt` (migration 0014): the job row
+ * `for update`, the attempt row `for update`, the upsert, the event's number, row and NOTIFY
+ * (as `appendJobEvents` writes them), run by the server in that order; the call commits on its own.
  */
 export async function finishAttempt(database: Database, options: FinishAttemptOptions): Promise<void> {
   const { jobId, stageIndex, slotIndex, attempt, event } = options;
@@ -55,26 +62,13 @@ export async function finishAttempt(database: Database, options: FinishAttemptOp
       throw new TypeError(`the attempt:failed event is for ${event.jobId}/${event.stage}/${event.slot}#${event.attempt}, not ${jobId}/${stageIndex}/${slotIndex}#${attempt}`);
     }
   }
-  const upsert = (db: Kysely<DatabaseSchema>) => upsertAttempts(db, [row]);
   if (event === undefined) {
-    await upsert(database.db);
+    await upsertAttempts(database.db, [row]);
     return;
   }
-  await database.db.transaction().execute(async (trx) => {
-    const job = await trx.selectFrom('jobs').select('status').where('id', '=', jobId).forUpdate().executeTakeFirst();
-    const before = await trx
-      .selectFrom('attempts')
-      .select('outcome')
-      .where('job_id', '=', jobId)
-      .where('stage_index', '=', stageIndex)
-      .where('slot_index', '=', slotIndex)
-      .where('attempt', '=', attempt)
-      .forUpdate()
-      .executeTakeFirst();
-    await upsert(trx);
-    const ended = job === undefined || FINAL_JOB_STATUSES.includes(job.status);
-    if (!ended && before?.outcome !== 'failed') await appendJobEvents(trx, jobId, [event]);
-  });
+  // One round trip (`fail_attempt`, migration 0014): the transaction's statements, run by the
+  // server. `attempt:failed` is no webhook event (`webhookEventOf`): no outbox row to write.
+  await sql`select fail_attempt(${jsonb({ ...row, finished_at: undefined })}, ${jsonb(event)}, ${FINAL_STATUSES}, ${JOB_EVENTS_CHANNEL}, ${jobEventsAppendedPrefix(jobId)})`.execute(database.db);
 }
 
 /**
