@@ -48,6 +48,9 @@ export interface WebpImage {
   readonly contentType: 'image/webp';
 }
 
+/** A stored WebP's facts without its bytes (what `ObjectStore.putWebp` answers). */
+export type StoredWebp = Omit<WebpImage, 'bytes'>;
+
 /** The WebP conversion a delivery uses: {@link toWebp} in the calling thread (the default), or `ThreadedWebpCodec` in the image thread. */
 export interface WebpCodec {
   toWebp(bytes: Uint8Array, options?: { readonly quality?: number | undefined }): Promise<WebpImage>;

@@ -3,6 +3,7 @@ import { fileURLToPath } from 'node:url';
 import { inspect } from 'node:util';
 import { Worker } from 'node:worker_threads';
 import { PipelineError } from '../domain/error-class.js';
+import type { StoredWebp } from './image-codec.js';
 import type { ImageThreadAnswer, ImageThreadData, ImageThreadRequest } from './image-thread.js';
 
 /** The image thread's script beside this module, when it exists (it does once compiled: `dist/adapters/`). */
@@ -125,6 +126,25 @@ export class ImageThread {
         if (answer instanceof PipelineError) reject(new Error(answer.message));
         else if ('fileError' in answer) reject(Object.assign(new Error(answer.fileError.message), answer.fileError.code === undefined ? {} : { code: answer.fileError.code }));
         else resolve();
+      });
+    });
+  }
+
+  /**
+   * A delivered image converted to WebP (`toWebp`) and written as {@link writeFile} writes, in
+   * one step in the thread: the `writeWebpFile` of `FolderObjectStore`'s writer (its `putWebp`).
+   * The image is copied to the thread; the WebP stays there. Rejects with the conversion's
+   * `corrupt_image` {@link PipelineError}, the file system's error (its `code` kept), or an error
+   * saying the thread ended.
+   */
+  writeWebpFile(path: string, image: Uint8Array, quality: number): Promise<StoredWebp> {
+    return new Promise<StoredWebp>((resolve, reject) => {
+      const id = this.nextId();
+      this.request(id, { op: 'webp-write', id, path, bytes: image, quality }, (answer) => {
+        if (answer instanceof PipelineError) reject(new Error(answer.message));
+        else if ('fileError' in answer) reject(Object.assign(new Error(answer.fileError.message), answer.fileError.code === undefined ? {} : { code: answer.fileError.code }));
+        else if ('stored' in answer) resolve(answer.stored);
+        else reject(pipelineErrorOf(answer) ?? new Error('the image thread answered a conversion with something else'));
       });
     });
   }

@@ -18,9 +18,11 @@
  *                  { op: 'abort', id }                           the caller unsubscribed
  *                  { op: 'webp', id, bytes, quality }            one conversion
  *                  { op: 'write', id, path, bytes }              a folder store's object (writeFileAtomicSync)
+ *                  { op: 'webp-write', id, path, bytes, quality } a delivered image: toWebp, then written as 'write' writes
  * thread -> main   { id, image: { bytes, mimeType, usage } }     bytes' buffer transferred, not copied
  *                  { id, webp: WebpImage }                       the same
  *                  { id, written: true } | { id, fileError: { code, message } }
+ *                  { id, stored: StoredWebp }                    'webp-write' done (the WebP's facts; its bytes stay here)
  *                  { id, error: { errorClass, message, retryAfterMs, httpStatus, usage } }
  * ```
  *
@@ -32,7 +34,7 @@ import type { Subscription } from 'rxjs';
 import { toPipelineError, type ErrorClass, type PipelineError } from '../domain/error-class.js';
 import type { AttemptRequest, InputImage, TokenUsage } from '../domain/ports.js';
 import { GeminiImageGenerator, type GeminiImageGeneratorConfig } from './gemini-image-generator.js';
-import { toWebp, type WebpImage } from './image-codec.js';
+import { toWebp, type StoredWebp, type WebpImage } from './image-codec.js';
 import { writeFileAtomicSync } from '../sinks/folder-object-store.js';
 
 /** What the thread is started with: the Gemini adapter's settings (plain data: no client, no scheduler), when it generates. */
@@ -47,7 +49,8 @@ export type ImageThreadRequest =
   | { readonly op: 'generate'; readonly id: number; readonly request: AttemptRequest; readonly inputId: number | null }
   | { readonly op: 'abort'; readonly id: number }
   | { readonly op: 'webp'; readonly id: number; readonly bytes: Uint8Array; readonly quality: number }
-  | { readonly op: 'write'; readonly id: number; readonly path: string; readonly bytes: Uint8Array };
+  | { readonly op: 'write'; readonly id: number; readonly path: string; readonly bytes: Uint8Array }
+  | { readonly op: 'webp-write'; readonly id: number; readonly path: string; readonly bytes: Uint8Array; readonly quality: number };
 
 /** A {@link PipelineError} as plain data. */
 export interface PlainPipelineError {
@@ -63,6 +66,7 @@ export type ImageThreadAnswer =
   | { readonly id: number; readonly image: { readonly bytes: Uint8Array; readonly mimeType: string; readonly usage: TokenUsage | undefined } }
   | { readonly id: number; readonly webp: WebpImage }
   | { readonly id: number; readonly written: true }
+  | { readonly id: number; readonly stored: StoredWebp }
   | { readonly id: number; readonly fileError: { readonly code: string | undefined; readonly message: string } }
   | { readonly id: number; readonly error: PlainPipelineError };
 
@@ -95,9 +99,23 @@ function serve(port: NonNullable<typeof parentPort>, data: ImageThreadData): voi
           writeFileAtomicSync(message.path, message.bytes, folders);
           answer({ id, written: true });
         } catch (error) {
-          const code = (error as { code?: unknown } | null)?.code;
-          answer({ id, fileError: { code: typeof code === 'string' ? code : undefined, message: error instanceof Error ? error.message : String(error) } });
+          answer({ id, fileError: fileErrorOf(error) });
         }
+        return;
+      }
+      case 'webp-write': {
+        const { id, path } = message;
+        toWebp(message.bytes, { quality: message.quality }).then(
+          ({ bytes, ...stored }) => {
+            try {
+              writeFileAtomicSync(path, bytes, folders);
+              answer({ id, stored });
+            } catch (error) {
+              answer({ id, fileError: fileErrorOf(error) });
+            }
+          },
+          (error: unknown) => fail(id, error, 'corrupt_image'),
+        );
         return;
       }
       case 'webp': {
@@ -139,6 +157,12 @@ function serve(port: NonNullable<typeof parentPort>, data: ImageThreadData): voi
 /** Bytes whose whole buffer can be handed over: the same view when it spans its buffer (a decode's or sharp's own), else a copy (never a pooled buffer). */
 function owned(bytes: Uint8Array): Uint8Array {
   return bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength && bytes.buffer instanceof ArrayBuffer ? bytes : bytes.slice();
+}
+
+/** A file system error as plain data (its `code` kept). */
+function fileErrorOf(error: unknown): { readonly code: string | undefined; readonly message: string } {
+  const code = (error as { code?: unknown } | null)?.code;
+  return { code: typeof code === 'string' ? code : undefined, message: error instanceof Error ? error.message : String(error) };
 }
 
 function plainError(error: PipelineError): PlainPipelineError {

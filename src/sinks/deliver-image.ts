@@ -4,7 +4,7 @@ import { toPipelineError } from '../domain/error-class.js';
 import type { AttemptRequest, Delivery, GeneratedImage } from '../domain/ports.js';
 import { deliverSlot, getAttachment, isTransientDatabaseError, LeaseLostError, type Database } from '../db/index.js';
 import { retryWhileTransient } from '../operators/retry-while-transient.js';
-import { DEFAULT_WEBP_QUALITY, toWebp, type WebpCodec } from '../adapters/image-codec.js';
+import { DEFAULT_WEBP_QUALITY, toWebp, type StoredWebp, type WebpCodec } from '../adapters/image-codec.js';
 import type { ObjectStore } from './object-store.js';
 import { generatedImageKey } from './storage-keys.js';
 
@@ -15,7 +15,7 @@ export interface DeliverImageDeps {
   readonly logger?: Logger | undefined;
   /** The run's lease: deliveries commit only while it is held; a refusal calls `lost()`. */
   readonly lease?: RunLease | undefined;
-  /** The WebP conversion (`ThreadedWebpCodec`: in the image thread). Default: `toWebp` in this thread. */
+  /** The WebP conversion (`ThreadedWebpCodec`: in the image thread). Default: `toWebp` in this thread. Not called when the store converts (`putWebp`). */
   readonly codec?: WebpCodec | undefined;
 }
 
@@ -58,15 +58,14 @@ export interface DeliverImageOptions {
  * ```
  *
  * The conversion starts when `deliverImage` is called; the upload and the commit on
- * subscription.
+ * subscription. A store that converts (`ObjectStore.putWebp`: the folder store in the image
+ * thread) does the first two steps in one, on subscription.
  */
 export function deliverImage(deps: DeliverImageDeps, request: AttemptRequest, image: GeneratedImage, options: DeliverImageOptions = {}): Observable<Delivery> {
   const { database, store, logger } = deps;
   const key = generatedImageKey(request);
   const quality = options.webpQuality ?? DEFAULT_WEBP_QUALITY;
-  return from(deps.codec ? deps.codec.toWebp(image.bytes, { quality }) : toWebp(image.bytes, { quality })).pipe(
-    catchError((e: unknown) => throwError(() => toPipelineError(e, 'corrupt_image'))),
-    concatMap((webp) => concat(store.put(key, webp.bytes, webp.contentType).pipe(ignoreElements()), of(webp))),
+  return storedWebp(deps, key, image, quality).pipe(
     concatMap((webp) =>
       defer(async () => {
         const delivery = await deliverSlot(database, {
@@ -110,6 +109,20 @@ export function deliverImage(deps: DeliverImageDeps, request: AttemptRequest, im
         of(delivery),
       );
     }),
+  );
+}
+
+/**
+ * The image converted to WebP and stored under `key`: by the store in one step when it can
+ * (`putWebp`: the folder store in the image thread, whose errors are already classified),
+ * else converted by the codec (started now) and then put.
+ */
+function storedWebp(deps: DeliverImageDeps, key: string, image: GeneratedImage, quality: number): Observable<StoredWebp> {
+  const { store } = deps;
+  if (store.putWebp !== undefined) return store.putWebp(key, image.bytes, { quality });
+  return from(deps.codec ? deps.codec.toWebp(image.bytes, { quality }) : toWebp(image.bytes, { quality })).pipe(
+    catchError((e: unknown) => throwError(() => toPipelineError(e, 'corrupt_image'))),
+    concatMap((webp) => concat(store.put(key, webp.bytes, webp.contentType).pipe(ignoreElements()), of(webp))),
   );
 }
 

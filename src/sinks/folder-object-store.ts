@@ -5,6 +5,7 @@ import { dirname, join, resolve, sep } from 'node:path';
 import { Observable } from 'rxjs';
 import { PipelineError } from '../domain/error-class.js';
 import { fromAbortable, ObjectNotFoundError, RESERVED_SEGMENT_PREFIX, validateObjectKey, type ObjectStore } from './object-store.js';
+import type { StoredWebp } from '../adapters/image-codec.js';
 
 /** Objects up to this size are written with synchronous calls (see {@link FolderObjectStore}): 1 MiB. */
 export const SYNC_PUT_MAX_BYTES = 1024 * 1024;
@@ -26,6 +27,12 @@ export interface FolderObjectStoreConfig {
 /** Writes a file as {@link writeFileAtomicSync} does, elsewhere (another thread); rejects with the file system's error (its `code` kept). */
 export interface ObjectFileWriter {
   writeFile(path: string, bytes: Uint8Array): Promise<void>;
+  /**
+   * Converts an image to WebP (`toWebp`) and writes the WebP as `writeFile` does, in one step;
+   * answers its facts. Rejects with `toWebp`'s `corrupt_image` {@link PipelineError}, or the file
+   * system's error. A writer that has it gives its store `putWebp`.
+   */
+  writeWebpFile?(path: string, image: Uint8Array, quality: number): Promise<StoredWebp>;
 }
 
 /**
@@ -59,9 +66,21 @@ export class FolderObjectStore implements ObjectStore {
   private readonly folders = new Set<string>();
   readonly #writer: ObjectFileWriter | undefined;
 
+  /**
+   * With a writer that converts (the image thread: `writeWebpFile`), a delivered image's
+   * conversion and write in one step there (`ObjectStore.putWebp`); without one, undefined.
+   * Once subscribed, it completes. Its errors: the conversion's `corrupt_image`, the write's `storage`.
+   */
+  readonly putWebp: ((key: string, image: Uint8Array, options: { readonly quality: number }) => Observable<StoredWebp>) | undefined;
+
   constructor(config: FolderObjectStoreConfig) {
     this.config = Object.freeze({ root: resolve(config.root) });
     this.#writer = config.writer;
+    const writer = config.writer;
+    this.putWebp =
+      writer?.writeWebpFile === undefined
+        ? undefined
+        : (key, image, options) => fromAbortable(async () => writer.writeWebpFile!(this.pathOf(key), image, options.quality), (error) => this.toError('put', key, error));
   }
 
   put(key: string, body: Uint8Array, _contentType: string): Observable<void> {

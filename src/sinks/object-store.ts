@@ -1,5 +1,6 @@
 import { Observable } from 'rxjs';
 import { PipelineError } from '../domain/error-class.js';
+import type { StoredWebp } from '../adapters/image-codec.js';
 
 /**
  * Where image bytes live (generated WebPs, imported input images).
@@ -37,6 +38,14 @@ export interface ObjectStore {
    * exist). A store without it (the folder) is read through {@link ObjectStore.get}.
    */
   presignGet?(key: string, options: { readonly expiresInSeconds: number }): Observable<string>;
+  /**
+   * Converts an image to WebP (`toWebp`: its validation, its `corrupt_image`) and stores the
+   * WebP under `key`, in one step, answering the WebP's facts without its bytes. A store that
+   * has it converts a delivery's image itself (the delivery's codec is not called): the
+   * folder store whose writer is the image thread, where the conversion and the write are
+   * one message each way and the WebP never crosses to the main thread (BENCHMARKS.md 11G).
+   */
+  readonly putWebp?: ((key: string, image: Uint8Array, options: { readonly quality: number }) => Observable<StoredWebp>) | undefined;
 }
 
 /** A `get` of a key that holds no object. Class `storage`; tell it apart with `instanceof` or {@link isObjectNotFound}. */

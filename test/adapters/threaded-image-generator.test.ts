@@ -253,3 +253,49 @@ describe('FolderObjectStore writing through the image thread', () => {
     }
   });
 });
+
+describe('FolderObjectStore converting and writing in the image thread (putWebp)', () => {
+  it('stores the bytes toWebp makes, answering their facts; the caller keeps its image; a store without a converting writer has none', async () => {
+    const root = await mkdtemp(join(tmpdir(), 'thread-webp-'));
+    const thread = new ImageThread({ entry });
+    try {
+      const store = new FolderObjectStore({ root, writer: thread });
+      expect(new FolderObjectStore({ root }).putWebp).toBeUndefined();
+      const png = new Uint8Array(await sharp({ create: { width: 96, height: 54, channels: 3, background: '#c83' } }).png().toBuffer());
+      const before = png.byteLength;
+      const stored = await firstValueFrom(store.putWebp!('generated/j/0/3-1.webp', png, { quality: 72 }));
+      const local = await toWebp(png, { quality: 72 });
+      expect(png.byteLength).toBe(before);
+      expect(stored).toEqual({ contentType: 'image/webp', width: 96, height: 54, byteSize: local.byteSize });
+      expect(Buffer.from(await firstValueFrom(store.get('generated/j/0/3-1.webp'))).equals(Buffer.from(local.bytes))).toBe(true);
+      expect(await readdir(join(root, 'generated/j/0'))).toEqual(['3-1.webp']);
+    } finally {
+      await thread.close();
+      await rm(root, { recursive: true, force: true });
+    }
+  });
+
+  it('bytes that are not an image fail corrupt_image and write nothing; a file error is storage, naming the key with its code; a closed thread, storage', async () => {
+    const root = await mkdtemp(join(tmpdir(), 'thread-webp-'));
+    const thread = new ImageThread({ entry });
+    try {
+      const store = new FolderObjectStore({ root, writer: thread });
+      const junk = new Uint8Array(300).fill(7);
+      const corrupt = await firstValueFrom(store.putWebp!('g/x.webp', junk, { quality: 80 })).catch((e: unknown) => e);
+      expect(corrupt).toBeInstanceOf(PipelineError);
+      expect(corrupt).toMatchObject({ errorClass: 'corrupt_image', message: ((await toWebp(junk).catch((e: unknown) => e)) as PipelineError).message });
+      expect(await readdir(root)).toEqual([]);
+      const png = new Uint8Array(await sharp({ create: { width: 8, height: 8, channels: 3, background: '#000' } }).png().toBuffer());
+      await firstValueFrom(store.put('g/file', new Uint8Array([1]), 'application/octet-stream'));
+      const unwritable = await firstValueFrom(store.putWebp!('g/file/x.webp', png, { quality: 80 })).catch((e: unknown) => e);
+      expect(unwritable).toMatchObject({ errorClass: 'storage' });
+      expect((unwritable as Error).message).toMatch(/folder store put g\/file\/x\.webp failed \(E[A-Z]+\): /);
+      expect((unwritable as Error).message).not.toContain(root);
+      await thread.close();
+      expect(await firstValueFrom(store.putWebp!('g/y.webp', png, { quality: 80 })).catch((e: unknown) => e)).toMatchObject({ errorClass: 'storage' });
+    } finally {
+      await thread.close();
+      await rm(root, { recursive: true, force: true });
+    }
+  });
+});
