@@ -19,12 +19,15 @@ export function attemptEndOf(event: AttemptFailedEvent | SlotDeliveredEvent, shu
 }
 
 /**
- * The record gap of a stored run (the `gapMs` of {@link AttemptLog}), ms: a busy run writes
- * its delivered attempts' records a dozen to a statement instead of about one each
- * (BENCHMARKS.md 11F). A crash within it leaves those attempts `started` (then `abandoned`
- * on resume), as a crash between a delivery and its record always could.
+ * The record gap of a stored run (the `gapMs` of {@link AttemptLog}), ms: a run delivering
+ * ~30 images a second writes its attempts' records about eight to a statement (about two with
+ * a 50 ms gap, one each without; BENCHMARKS.md 11F, 11G). A crash within it leaves those
+ * attempts `started`, as a crash between an attempt's end and its record always could: on
+ * resume one whose delivery committed becomes `delivered` (its attach record says so), the
+ * others `abandoned`; their latency, usage and cost are not recorded. `flush` (the run's end)
+ * does not wait for it.
  */
-export const RUN_ATTEMPT_RECORD_GAP_MS = 50;
+export const RUN_ATTEMPT_RECORD_GAP_MS = 250;
 
 /** Most records one write takes: the statement's text (and its prepared plan) differs by row count. */
 export const ATTEMPT_RECORDS_PER_WRITE = 16;
@@ -58,6 +61,10 @@ export class AttemptLog {
   readonly #queue: FinishAttemptOptions[] = [];
   #writing: Promise<void> | null = null;
   readonly #gapMs: number;
+  /** Ends the gap being waited now (set while one is). */
+  #cutGap: (() => void) | null = null;
+  /** A flush is waiting: no more gaps until the queue is empty. */
+  #hurry = false;
   /**
    * @param options.gapMs after a write, how long the records that come wait for one another
    *   before the next (ms; default 0: the next write starts at once). A record that comes when
@@ -103,9 +110,12 @@ export class AttemptLog {
     this.#writing ??= this.#writeQueued();
   }
 
-  /** Resolves when every write queued so far is done (a failed one included); never rejects. */
+  /** Resolves when every write queued so far is done (a failed one included); never rejects. Writes what is queued without waiting for the gap. */
   flush(): Promise<void> {
-    return this.#writing ?? Promise.resolve();
+    if (this.#writing === null) return Promise.resolve();
+    this.#hurry = true;
+    this.#cutGap?.();
+    return this.#writing;
   }
 
   /** Writes what is queued, oldest first, until nothing is; then `#writing` is null again (in the same turn). */
@@ -117,12 +127,25 @@ export class AttemptLog {
         const records = this.#queue.splice(0, count);
         const write = first.event !== undefined ? () => finishAttempt(this.database, first) : () => finishAttempts(this.database, records);
         await retryTransient(write, ATTEMPT_RECORD_TRIES).catch((error: unknown) => this.logger?.warn({ err: error }, 'attempt record failed'));
-        // Let the records that come next pile up for the next write (nothing waits for a record but `flush`).
-        if (this.#gapMs > 0 && this.#queue.length < ATTEMPT_RECORDS_PER_WRITE) await new Promise((resolve) => setTimeout(resolve, this.#gapMs));
+        // Let the records that come next pile up for the next write (nothing waits for a record but `flush`, which cuts it short).
+        if (this.#gapMs > 0 && !this.#hurry && this.#queue.length < ATTEMPT_RECORDS_PER_WRITE) await this.#gap();
       }
     } finally {
       this.#writing = null;
+      this.#hurry = false;
     }
+  }
+
+  #gap(): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const end = () => {
+        clearTimeout(timer);
+        this.#cutGap = null;
+        resolve();
+      };
+      const timer = setTimeout(end, this.#gapMs);
+      this.#cutGap = end;
+    });
   }
 
   /** How many records from the queue's head have no event (up to {@link ATTEMPT_RECORDS_PER_WRITE}). */

@@ -15,7 +15,9 @@ import {
   merge,
   mergeMap,
   of,
+  ReplaySubject,
   Subject,
+  takeUntil,
   takeWhile,
   tap,
   throttleTime,
@@ -33,10 +35,12 @@ export const DEFAULT_PROGRESS_INTERVAL_MS = 250;
 
 /**
  * The publish gap of a stored run ({@link ProgressWriterOptions.publishGapMs}), ms: a watcher
- * sees an event at most this much later; a run delivering ~30 images a second publishes
- * ~0.6 statements of notifications per image instead of ~1.5 (BENCHMARKS.md 11F).
+ * sees an event at most this much later (the progress row's own interval,
+ * {@link DEFAULT_PROGRESS_INTERVAL_MS}); a run delivering ~30 images a second publishes ~0.15
+ * statements of notifications per image (~0.6 with a 50 ms gap, ~1.5 without; BENCHMARKS.md
+ * 11F, 11G). The job's end does not wait for it.
  */
-export const RUN_PUBLISH_GAP_MS = 50;
+export const RUN_PUBLISH_GAP_MS = 250;
 
 export interface ProgressWriterOptions {
   /** Least time between two progress writes of one job, in ms. Default 250. */
@@ -45,7 +49,8 @@ export interface ProgressWriterOptions {
    * Least time between two publishes of one job's notifications, in ms. Default 0: the next
    * publish starts when the previous one is done. A gap lets the notifications of a busy job
    * go out together: the first at once, those that come within the gap in the next publish
-   * (one statement). `runStoredJob` uses {@link RUN_PUBLISH_GAP_MS}.
+   * (one statement). Once the job's events have ended, the gap is cut short: its last
+   * notifications (and `job:finished`) do not wait for it. `runStoredJob` uses {@link RUN_PUBLISH_GAP_MS}.
    */
   readonly publishGapMs?: number;
   /** Clock of the coalescing window. Default `asyncScheduler`; tests pass a virtual one. */
@@ -117,14 +122,17 @@ export function progressWriter(database: Database, options: ProgressWriterOption
   const sideEffectsOfJob = (jobId: string, job$: Observable<PipelineEvent>, notified: Subject<void>): Observable<never> => {
     const pending: string[] = [];
     const owed: string[] = [];
+    // The job's events have ended (`job:finished`, or the source completed): no gap is kept after that.
+    const ended$ = new ReplaySubject<true>(1);
     const notifications$ = job$.pipe(
+      tap({ complete: () => ended$.next(true) }),
       map(toNotifiedEvent),
       filter((notified) => notified !== null),
       tap((notified) => owed.push(encodeNotification(notified))),
       // One publish at a time (and the gap after it); everything owed when it ends goes out in the next.
       exhaustMapWithTrailing(() => {
         const publish = defer(() => guard(from(publishAll(owed.splice(0)))));
-        return publishGapMs > 0 ? concat(publish, timer(publishGapMs, scheduler).pipe(ignoreElements())) : publish;
+        return publishGapMs > 0 ? concat(publish, timer(publishGapMs, scheduler).pipe(takeUntil(ended$), ignoreElements())) : publish;
       }),
     );
     const writes$ = job$.pipe(

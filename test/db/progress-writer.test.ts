@@ -249,6 +249,41 @@ it('with a publish gap, the first notification goes out at once and those that c
   expect((await done).map((e) => e.type)).toEqual(Array(4).fill('slot:delivered'));
 });
 
+it("a job's end does not wait for the publish gap: its last notifications go out and job:finished passes with no time passing", async () => {
+  const scheduler = new VirtualTimeScheduler();
+  const published: string[] = [];
+  const publish = async (payload: string) => void published.push(String((JSON.parse(payload) as { slot: number }).slot));
+  const settle = () => new Promise((resolve) => setImmediate(resolve));
+  const jobId = 'j-gap-end';
+  const source = new Subject<PipelineEvent>();
+  const passed: string[] = [];
+  const done = lastValueFrom(
+    source.pipe(
+      progressWriter({} as Database, { publish, writeProgress: async () => {}, intervalMs: 0, publishGapMs: 60_000, scheduler }),
+      tap((event) => passed.push(event.type)),
+      toArray(),
+    ),
+  );
+  source.next(delivered(jobId, 0, 0, 'a0', 1, 2));
+  await settle();
+  source.next(delivered(jobId, 0, 1, 'a1', 2, 2));
+  await settle();
+  expect(published).toEqual(['0']);
+  source.next({
+    type: 'job:finished', jobId, at: 0, status: 'completed', attachIds: ['a0', 'a1'],
+    result: { jobId, status: 'completed', totalImages: 2, deliveredImages: 2, attachIds: ['a0', 'a1'], stages: [] },
+  });
+  source.complete();
+  // The scheduler's clock has not moved: without the cut, the 60 s gap would hold the second
+  // notification, and job:finished behind it.
+  await until(() => passed.length === 3);
+  expect(published).toEqual(['0', '1']);
+  expect(passed).toEqual(['slot:delivered', 'slot:delivered', 'job:finished']);
+  // The stream itself completes once the progress row's (virtual) throttle has run.
+  scheduler.flush();
+  expect(await done).toHaveLength(3);
+});
+
 it('without a publish gap, notifications that come during a publish go out right after it', async () => {
   const published: string[] = [];
   const publish = async (payload: string) => void published.push(String((JSON.parse(payload) as { slot: number }).slot));

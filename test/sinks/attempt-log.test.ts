@@ -89,6 +89,29 @@ forEachDatabase('the attempt log writes piled-up records in one statement', (ctx
     expect(await rowsOf(ctx.database, jobId)).toHaveLength(12);
   }, 30_000);
 
+  it('flush does not wait for the gap: what is queued is written at once, and the next gaps are skipped until the queue is empty', async () => {
+    const { jobId } = await seedJob(ctx.database, { quantities: [4] });
+    const writes = new AttemptWrites();
+    const log = new AttemptLog({ ...ctx.database, db: ctx.database.db.withPlugin(writes) }, undefined, { gapMs: 600_000 });
+    log.record(delivered(jobId, 0), false);
+    await until(() => writes.rowsPerStatement.length === 1);
+    log.record(delivered(jobId, 1), false);
+    log.record(failed(jobId, 2), false);
+    log.record(delivered(jobId, 3), false);
+    // The log waits out a ten-minute gap now; the test's own timeout (30 s) is far shorter.
+    await log.flush();
+    expect(writes.rowsPerStatement).toEqual([1, 1, 1, 1]);
+    expect(await rowsOf(ctx.database, jobId)).toHaveLength(4);
+    // After the flush, a record starts a write at once and the gap is kept again.
+    log.record(delivered(jobId, 3, 2), false);
+    await until(() => writes.rowsPerStatement.length === 5);
+    log.record(delivered(jobId, 2, 2), false);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    expect(writes.rowsPerStatement).toHaveLength(5);
+    await log.flush();
+    expect(writes.rowsPerStatement).toEqual([1, 1, 1, 1, 1, 1]);
+  }, 30_000);
+
   it(`a long pile is written ${ATTEMPT_RECORDS_PER_WRITE} records a statement`, async () => {
     const { jobId } = await seedJob(ctx.database, { quantities: [40] });
     const writes = new AttemptWrites();
