@@ -4,7 +4,7 @@
  * `appendJobEvents` announces it, the same on a job with a webhook (whose outbox gets no row
  * for a failure), and the row's every fact as `finishAttempts` writes a record's.
  */
-import { sql, type KyselyPlugin, type PluginTransformQueryArgs, type PluginTransformResultArgs, type QueryResult, type RootOperationNode, type UnknownRow } from 'kysely';
+import { sql } from 'kysely';
 import { expect, it } from 'vitest';
 import {
   attemptFailedNotification,
@@ -22,19 +22,8 @@ import {
 import { encodeJobEventsAppended } from '../../src/db/notifications.js';
 import type { AttemptFailedEvent } from '../../src/domain/events.js';
 import { forEachDatabase } from '../support/databases.js';
+import { Statements } from '../support/statements.js';
 import { deliveryOf, inputAttachment, makeSpec, seedJob, uid, until } from './fixtures.js';
-
-/** Counts the statements run through a Kysely instance. */
-class Statements implements KyselyPlugin {
-  count = 0;
-  transformQuery({ node }: PluginTransformQueryArgs): RootOperationNode {
-    this.count++;
-    return node;
-  }
-  transformResult({ result }: PluginTransformResultArgs): Promise<QueryResult<UnknownRow>> {
-    return Promise.resolve(result);
-  }
-}
 
 const failedEvent = (jobId: string, slot: number, attempt: number): AttemptFailedEvent => ({
   type: 'attempt:failed', jobId, at: 0, stage: 0, slot, attempt, errorClass: 'safety_blocked', message: 'blocked by the safety filter', httpStatus: 200,

@@ -2,24 +2,13 @@
  * Attempt starts in one statement (`startAttempts`) and their group commit (`AttemptStarter`):
  * each start recorded as `startAttempt` records it, whatever shares its statement.
  */
-import { sql, type KyselyPlugin, type PluginTransformQueryArgs, type PluginTransformResultArgs, type QueryResult, type RootOperationNode, type UnknownRow } from 'kysely';
+import { sql, type KyselyPlugin, type PluginTransformResultArgs, type QueryResult, type RootOperationNode, type UnknownRow } from 'kysely';
 import { expect, it } from 'vitest';
 import { markJobRunning, startAttempt, startAttempts, type Database } from '../../src/db/index.js';
 import { AttemptStarter, ATTEMPT_STARTS_PER_WRITE } from '../../src/sinks/attempt-starter.js';
 import { forEachDatabase } from '../support/databases.js';
+import { Statements } from '../support/statements.js';
 import { seedJob } from './fixtures.js';
-
-/** Counts the statements run through a Kysely instance. */
-class Statements implements KyselyPlugin {
-  count = 0;
-  transformQuery({ node }: PluginTransformQueryArgs): RootOperationNode {
-    this.count++;
-    return node;
-  }
-  transformResult({ result }: PluginTransformResultArgs): Promise<QueryResult<UnknownRow>> {
-    return Promise.resolve(result);
-  }
-}
 
 async function recorded(database: Database, jobId: string) {
   const slots = await database.db.selectFrom('slots').select(['stage_index', 'slot_index', 'attempts_used']).where('job_id', '=', jobId).orderBy('stage_index').orderBy('slot_index').execute();
