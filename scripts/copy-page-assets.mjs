@@ -1,8 +1,8 @@
 // Copies what tsc does not compile beside the compiled code: `node scripts/copy-page-assets.mjs
 // [outDir]` (default dist). tsc copies only what it compiles.
 // - the live page's files (src/http/page/assets: plain CSS and JS, no build step);
-// - the embedded database's thread (src/db/pglite-thread.mjs: a worker_threads entry, plain
-//   JavaScript so the tests run it from src/ as it is).
+// - the database threads (src/db/pglite-thread.mjs, the embedded database; src/db/pg-thread.mjs,
+//   PostgreSQL's client): worker_threads entries, plain JavaScript so the tests run them from src/ as they are.
 import { cpSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -11,3 +11,4 @@ const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const outDir = process.argv[2] ?? join(root, 'dist');
 cpSync(join(root, 'src', 'http', 'page', 'assets'), join(outDir, 'http', 'page', 'assets'), { recursive: true });
 cpSync(join(root, 'src', 'db', 'pglite-thread.mjs'), join(outDir, 'db', 'pglite-thread.mjs'));
+cpSync(join(root, 'src', 'db', 'pg-thread.mjs'), join(outDir, 'db', 'pg-thread.mjs'));

@@ -105,6 +105,12 @@ export interface PipelineConfig {
    */
   readonly pgliteThread: boolean | undefined;
   /**
+   * Whether PostgreSQL's client (`pg`'s pool: the statements' socket I/O and the rows' parsing)
+   * runs in a thread of its own, off the event loop (`IMAGEGEN_PG_THREAD` `on`/`off`). Unset:
+   * as for `pgliteThread` (a thread where jobs run; the main thread for the CLI's other commands).
+   */
+  readonly pgThread: boolean | undefined;
+  /**
    * Whether the per-image work (the Gemini adapter's calls, the WebP conversion of deliveries)
    * runs in the image thread, off the event loop (`IMAGEGEN_IMAGE_THREAD` `on`/`off`). Unset:
    * on (where the thread's compiled script is: not from TypeScript sources).
@@ -326,6 +332,7 @@ function failureClassesOf(env: ConfigEnv): ErrorClass[] | undefined {
  * | `IMAGEGEN_PGLITE_TEMPLATE_DIR` | `$XDG_CACHE_HOME/imagegen-pipeline` or `~/.cache/imagegen-pipeline` (`off`: none) |
  * | `IMAGEGEN_IMAGE_THREAD` | unset / `on`: the Gemini adapter's calls and the WebP conversion run in the image thread (`ImageThread`; from TypeScript sources, in the calling thread); `off`: in the calling thread |
  * | `IMAGEGEN_PGLITE_THREAD` | unset: a thread of its own for the embedded database where jobs run (`run`, `worker`, `serve`, `submit`, the library), the main thread for the CLI's other commands; `on` / `off`: always / never |
+ * | `IMAGEGEN_PG_THREAD` | the same for PostgreSQL's client (`pg`'s pool, `PgRemotePool`) |
  *
  * Durations in ms are at most 2^31-1 (Node's timer limit: a longer delay fires after 1 ms).
  */
@@ -401,6 +408,7 @@ export function loadConfig(env: ConfigEnv = process.env, overrides: ConfigOverri
     maxCrashResumes: intOf(env, 'IMAGEGEN_MAX_CRASH_RESUMES', 1, 1000) ?? DEFAULT_RUN_OPTIONS.maxCrashResumes,
     pgliteTemplateDir: pgliteTemplateDirOf(env),
     pgliteThread: onOffOf(choiceOf(env, 'IMAGEGEN_PGLITE_THREAD', ['on', 'off'] as const)),
+    pgThread: onOffOf(choiceOf(env, 'IMAGEGEN_PG_THREAD', ['on', 'off'] as const)),
     imageThread: onOffOf(choiceOf(env, 'IMAGEGEN_IMAGE_THREAD', ['on', 'off'] as const)),
     leaseTtlMs: (intOf(env, 'IMAGEGEN_LEASE_TTL_SECONDS', 1, MAX_LEASE_TTL_SECONDS) ?? DEFAULT_RUN_OPTIONS.leaseTtlMs / 1000) * 1000,
     fleet: Object.freeze({

@@ -1,4 +1,4 @@
-import { Kysely, PostgresDialect, sql } from 'kysely';
+import { Kysely, PostgresDialect, sql, type PostgresPool } from 'kysely';
 import { Migrator, type Migration } from 'kysely/migration';
 import type pg from 'pg';
 import { redactUrlPassword, withPrintedForm } from '../domain/hide-secrets.js';
@@ -21,6 +21,13 @@ export interface DatabaseConfig {
   readonly pgliteTemplateDir?: string | undefined;
   /** Largest `pg` pool size. Default 10. Ignored by PGlite (one connection). */
   readonly maxConnections?: number | undefined;
+  /**
+   * PostgreSQL only: run `pg`'s pool (the statements' socket writes and reads, the protocol,
+   * the rows' parsing) in a thread of its own (`PgRemotePool`), so they do not take the main
+   * thread's time. Default true; false runs it in the calling thread. LISTEN and migrations
+   * use connections of the calling thread either way.
+   */
+  readonly pgThread?: boolean | undefined;
   /**
    * PGlite only: run it in a thread of its own (`PgliteRemote`), so its SQL and WASM do not
    * take the main thread's time (the event loop stays free for the provider's answers, the
@@ -72,7 +79,7 @@ export async function openDatabase(config: DatabaseConfig, options: OpenDatabase
   const templates = frozen.pgliteTemplateDir !== undefined && options.migrations === undefined ? pgliteTemplates(frozen.pgliteTemplateDir, MIGRATIONS) : [];
   const cache = templates.find((template) => template.cache)?.file;
   // Each driver is loaded only when used: a process on PostgreSQL never loads PGlite's WASM, and the reverse.
-  const opened = frozen.databaseUrl ? await openPostgres(frozen.databaseUrl, frozen.maxConnections ?? 10) : await openPglite(frozen.dataDir, templates, frozen.pgliteThread ?? true, frozen.pgliteSharedBuffers ?? PGLITE_SHARED_BUFFERS);
+  const opened = frozen.databaseUrl ? await openPostgres(frozen.databaseUrl, frozen.maxConnections ?? 10, frozen.pgThread ?? true) : await openPglite(frozen.dataDir, templates, frozen.pgliteThread ?? true, frozen.pgliteSharedBuffers ?? PGLITE_SHARED_BUFFERS);
   const { database } = opened;
   try {
     await migrate(database.db, migrations, 'migrationDb' in opened ? opened.migrationDb : undefined);
@@ -150,7 +157,7 @@ async function notifyWith(db: Kysely<DatabaseSchema>, channel: string, payload: 
 /** How long a pooled session may sit idle inside a transaction before PostgreSQL ends it (ms). */
 export const IDLE_IN_TRANSACTION_MS = 10_000;
 
-async function openPostgres(databaseUrl: string, max: number): Promise<{ database: Database; migrationDb: () => Kysely<DatabaseSchema> }> {
+async function openPostgres(databaseUrl: string, max: number, inThread: boolean): Promise<{ database: Database; migrationDb: () => Kysely<DatabaseSchema> }> {
   const { default: pg } = await import('pg');
   // The int8 parser is this pool's own (`types`), not pg's global registry: pg-boss and
   // any other pg user in the process keep pg's defaults.
@@ -162,17 +169,7 @@ async function openPostgres(databaseUrl: string, max: number): Promise<{ databas
   // the job row's among them, for as long as it is paused: the sweep (`skip locked`) would
   // then never see its job, and nobody could take it over. The server ends such a session
   // after IDLE_IN_TRANSACTION_MS; our transactions never wait on anything but SQL.
-  const pool = new pg.Pool({ connectionString: databaseUrl, max, types, idle_in_transaction_session_timeout: IDLE_IN_TRANSACTION_MS });
-  // pg-pool drops its own 'error' listener while a client is checked out, and kysely adds
-  // none: a connection killed mid-transaction (pg_terminate_backend, a failover) would be an
-  // unhandled 'error' event and kill the process. The failing query still rejects, and the
-  // engine treats that as a retryable `database` failure.
-  pool.on('connect', (client) => client.on('error', () => undefined));
-  pool.on('error', () => undefined);
-  // An idle pooled connection that breaks (server restart) is dropped by the
-  // pool; without a listener its 'error' event would crash the process. The
-  // next query gets a fresh connection or fails with a classified error.
-  pool.on('error', () => {});
+  const pool = inThread ? await remotePool(databaseUrl, max) : localPool(pg, databaseUrl, max, types);
   const db = new Kysely<DatabaseSchema>({ dialect: new PostgresDialect({ pool }) });
   const listeners = new Set<pg.Client>();
   let closed: Promise<void> | null = null;
@@ -231,6 +228,27 @@ async function openPostgres(databaseUrl: string, max: number): Promise<{ databas
     },
   };
   return { database, migrationDb };
+}
+
+/** `pg`'s pool in this thread. */
+function localPool(pgModule: typeof pg, databaseUrl: string, max: number, types: pg.CustomTypesConfig): PostgresPool {
+  const pool = new pgModule.Pool({ connectionString: databaseUrl, max, types, idle_in_transaction_session_timeout: IDLE_IN_TRANSACTION_MS });
+  // pg-pool drops its own 'error' listener while a client is checked out, and kysely adds
+  // none: a connection killed mid-transaction (pg_terminate_backend, a failover) would be an
+  // unhandled 'error' event and kill the process. The failing query still rejects, and the
+  // engine treats that as a retryable `database` failure. An idle pooled connection that
+  // breaks (server restart) is dropped by the pool; the next query gets a fresh connection
+  // or fails with a classified error. (`pg-thread.mjs` does the same in its thread.)
+  pool.on('connect', (client) => client.on('error', () => undefined));
+  pool.on('error', () => undefined);
+  return pool;
+}
+
+/** `pg`'s pool in a thread of its own ({@link PgRemotePool}; its int8 parser and error handling are the same). */
+async function remotePool(databaseUrl: string, max: number): Promise<PostgresPool> {
+  const { PgRemotePool } = await import('./pg-remote.js');
+  // kysely's PostgresPoolClient also has a cursor overload (`stream()`), which nothing here uses.
+  return new PgRemotePool({ connectionString: databaseUrl, max, idleInTransactionMs: IDLE_IN_TRANSACTION_MS }) as unknown as PostgresPool;
 }
 
 /**
