@@ -100,8 +100,8 @@ async function runOnce(kind: 'pglite' | 'postgres', seed: number): Promise<RunFi
       PATH: process.env['PATH'],
       HOME: process.env['HOME'],
       ...(process.env['XDG_CACHE_HOME'] ? { XDG_CACHE_HOME: process.env['XDG_CACHE_HOME'] } : {}),
-      ...(process.env['IMAGEGEN_PGLITE_THREAD'] ? { IMAGEGEN_PGLITE_THREAD: process.env['IMAGEGEN_PGLITE_THREAD'] } : {}),
-      ...(process.env['IMAGEGEN_IMAGE_THREAD'] ? { IMAGEGEN_IMAGE_THREAD: process.env['IMAGEGEN_IMAGE_THREAD'] } : {}),
+      // The thread switches (IMAGEGEN_PGLITE_THREAD, IMAGEGEN_IMAGE_THREAD, IMAGEGEN_PG_THREAD) as given.
+      ...Object.fromEntries(Object.entries(process.env).filter(([name]) => /^IMAGEGEN_[A-Z_]*THREAD$/.test(name))),
       IMAGEGEN_PROVIDER: 'gemini',
       GEMINI_API_KEY: server.apiKey,
       GEMINI_BASE_URL: server.url,

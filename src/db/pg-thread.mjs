@@ -17,29 +17,7 @@
 // the pool again before the next one is asked for).
 import { parentPort, workerData } from 'node:worker_threads';
 import pg from 'pg';
-
-const INT8_OID = 20;
-
-// Same rule as `parseInt8` in database.ts (a function cannot cross to this thread).
-function parseInt8(text) {
-  const value = Number(text);
-  if (!Number.isSafeInteger(value)) throw new RangeError(`int8 value ${text} is beyond Number.MAX_SAFE_INTEGER (2^53-1)`);
-  return value;
-}
-
-/** An error as plain data: its own fields (`code`, `detail`, `constraint`, ... of a SQL error) kept, with an AggregateError's errors and a cause. */
-function plainError(error, depth = 0) {
-  if (!(error instanceof Error)) return { name: 'Error', message: String(error) };
-  const fields = {};
-  for (const [key, value] of Object.entries(error)) {
-    if (value === undefined || typeof value === 'function' || (typeof value === 'object' && value !== null)) continue;
-    fields[key] = value;
-  }
-  const plain = { ...fields, name: error.name, message: error.message, stack: error.stack };
-  if (depth < 4 && error instanceof AggregateError) plain.errors = error.errors.map((e) => plainError(e, depth + 1));
-  if (depth < 4 && error.cause !== undefined) plain.cause = plainError(error.cause, depth + 1);
-  return plain;
-}
+import { INT8_OID, parseInt8, plainError } from './thread-shared.mjs';
 
 /** An error that leaves its connection unusable (no SQLSTATE of a statement that failed on a live session). */
 function breaksConnection(error) {

@@ -3,7 +3,7 @@
 // on the main thread they were about a third of its busy time per delivered image).
 //
 // Plain JavaScript, not TypeScript: a worker_threads Worker loads this file as it is, from
-// `src/db` under the tests and from `dist/db` once built (copied by scripts/copy-assets.mjs).
+// `src/db` under the tests and from `dist/db` once built (copied by scripts/copy-page-assets.mjs).
 // The main side is `pglite-remote.ts`; the protocol, one message per request:
 //   { id, op: 'open', dataDir?, loadDataDir?: ArrayBuffer, extraStartParams: string[] } -> null
 //   { id, op: 'query', sql, params }                  -> { rows, affectedRows }
@@ -15,28 +15,9 @@
 // answered { id, value } or { id, error: { name, message, stack, code?, ... } }.
 import { parentPort } from 'node:worker_threads';
 import { PGlite, protocol } from '@electric-sql/pglite';
+import { INT8_OID, parseInt8, plainError } from './thread-shared.mjs';
 
 const { serialize } = protocol;
-
-const INT8_OID = 20;
-
-// Same rule as `parseInt8` in database.ts (a function cannot cross to this thread).
-function parseInt8(text) {
-  const value = Number(text);
-  if (!Number.isSafeInteger(value)) throw new RangeError(`int8 value ${text} is beyond Number.MAX_SAFE_INTEGER (2^53-1)`);
-  return value;
-}
-
-/** An error as plain data: its own fields (`code`, `detail`, `constraint`, ... of a SQL error) kept. */
-function plainError(error) {
-  if (!(error instanceof Error)) return { name: 'Error', message: String(error) };
-  const fields = {};
-  for (const [key, value] of Object.entries(error)) {
-    if (value === undefined || typeof value === 'function' || (typeof value === 'object' && value !== null)) continue;
-    fields[key] = value;
-  }
-  return { ...fields, name: error.name, message: error.message, stack: error.stack };
-}
 
 /**
  * The statements this thread keeps prepared, by their SQL text: at most this many (the least
