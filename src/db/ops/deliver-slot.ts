@@ -1,17 +1,25 @@
 import { randomUUID } from 'node:crypto';
-import { sql, type Kysely } from 'kysely';
+import type { Kysely } from 'kysely';
 import type { Delivery } from '../../domain/ports.js';
 import type { Database } from '../database.js';
 import { JobNotFoundError, JobStateError, LeaseLostError } from '../errors.js';
 import { FINAL_JOB_STATUSES, type DatabaseSchema } from '../schema.js';
 import { assertCount } from '../internal/assert.js';
-import { jsonb } from '../internal/json.js';
+import { fixedStatement } from '../internal/fixed-statement.js';
 import { missingSlot } from '../internal/stage-slot.js';
 import { writeWebhookOutbox } from '../internal/webhook-outbox.js';
 import { JOB_EVENTS_CHANNEL, jobEventsAppendedPrefix } from '../notifications.js';
 
 /** The final job statuses as the function takes them (built once: it is on the hot path). */
-const FINAL_STATUSES = jsonb(FINAL_JOB_STATUSES);
+const FINAL_STATUSES = JSON.stringify(FINAL_JOB_STATUSES);
+
+/**
+ * The call, compiled once (it runs once per delivered image). jsonb arguments are bound as
+ * text and cast, as `jsonb()` binds them (`pg` and PGlite bind text the same way).
+ */
+const DELIVER_SLOT = fixedStatement<DeliverSlotRow>(`select * from deliver_slot(
+  $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
+  cast(cast($13 as text) as jsonb), cast(cast($14 as text) as jsonb), $15, $16, $17)`);
 
 export interface DeliverSlotOptions {
   readonly jobId: string;
@@ -76,14 +84,13 @@ export async function deliverSlot(database: Database, options: DeliverSlotOption
   // The event without its counts: the statement adds the ones it commits.
   const event = { type: 'slot:delivered', jobId, stage: stageIndex, slot: slotIndex, attempt, attachId } as const;
   const call = (db: Kysely<DatabaseSchema>, outboxInCaller: boolean) =>
-    sql<DeliverSlotRow>`select * from deliver_slot(
-      ${jobId}, ${Number.isInteger(stageIndex) ? stageIndex : -1}, ${Number.isInteger(slotIndex) ? slotIndex : -1}, ${attempt},
-      ${options.storageKey}, ${options.contentType}, ${options.byteSize}, ${options.width}, ${options.height},
-      ${options.leaseOwner !== undefined}, ${options.leaseOwner ?? null},
-      ${attachId}, ${jsonb(event)}, ${FINAL_STATUSES},
-      ${JOB_EVENTS_CHANNEL}, ${jobEventsAppendedPrefix(jobId)}, ${outboxInCaller})`
-      .execute(db)
-      .then(({ rows }) => rows[0], (error: unknown) => Promise.reject(deliveryError(jobId, stageIndex, error)));
+    DELIVER_SLOT(db, [
+      jobId, Number.isInteger(stageIndex) ? stageIndex : -1, Number.isInteger(slotIndex) ? slotIndex : -1, attempt,
+      options.storageKey, options.contentType, options.byteSize, options.width, options.height,
+      options.leaseOwner !== undefined, options.leaseOwner ?? null,
+      attachId, JSON.stringify(event), FINAL_STATUSES,
+      JOB_EVENTS_CHANNEL, jobEventsAppendedPrefix(jobId), outboxInCaller,
+    ]).then(({ rows }) => rows[0], (error: unknown) => Promise.reject(deliveryError(jobId, stageIndex, error)));
 
   const found = await call(database.db, false);
   if (found?.outcome !== 'webhook') return delivery(options, found);

@@ -1,6 +1,7 @@
 import { sql } from 'kysely';
 import type { Database } from '../database.js';
 import { assertCount } from '../internal/assert.js';
+import { fixedStatement } from '../internal/fixed-statement.js';
 import { assertSlotExists } from '../internal/stage-slot.js';
 
 export interface StartAttemptOptions {
@@ -54,27 +55,13 @@ export async function startAttempt(database: Database, options: StartAttemptOpti
 }
 
 /**
- * {@link startAttempt} for several attempts in ONE statement (the attempt starts that piled up
- * while the previous one was written: `AttemptStarter`), each recorded exactly as
- * {@link startAttempt} records it. Returns the indexes (into `starts`) of the attempts whose
- * slot the job does not owe: nothing is written for them (the caller asks {@link startAttempt}
- * for the precise error). At most one attempt per slot: a slot given twice is a TypeError.
- *
- * Locking: the slot rows, taken in key order (job, stage, slot); no job row, as one start.
+ * {@link startAttempts}' statement, compiled once (it runs about once per delivered image): the
+ * same writes as startAttempt's, over a set of rows ($1: their JSON); `target` keeps the
+ * attempts the job owes.
  */
-export async function startAttempts(database: Database, starts: readonly StartAttemptOptions[]): Promise<ReadonlySet<number>> {
-  const slots = new Set<string>();
-  for (const { jobId, stageIndex, slotIndex, attempt } of starts) {
-    assertCount('attempt', attempt, 1);
-    const slot = JSON.stringify([jobId, stageIndex, slotIndex]);
-    if (slots.has(slot)) throw new TypeError(`startAttempts: slot ${jobId}/${stageIndex}/${slotIndex} is given twice`);
-    slots.add(slot);
-  }
-  const input = JSON.stringify(starts.map((s, i) => ({ i, job_id: s.jobId, stage_index: s.stageIndex, slot_index: s.slotIndex, attempt: s.attempt })));
-  // The same writes as startAttempt's, over a set of rows; `target` keeps the attempts the job owes.
-  const found = await sql<{ i: number }>`
+const START_ATTEMPTS = fixedStatement<{ i: number }>(`
     with input as (
-      select * from jsonb_to_recordset(cast(cast(${input} as text) as jsonb)) as i(i int, job_id text, stage_index int, slot_index int, attempt int)
+      select * from jsonb_to_recordset(cast(cast($1 as text) as jsonb)) as i(i int, job_id text, stage_index int, slot_index int, attempt int)
     ), target as (
       select input.* from input join stages on stages.job_id = input.job_id and stages.stage_index = input.stage_index
       where input.slot_index >= 0 and input.slot_index < stages.quantity
@@ -94,7 +81,27 @@ export async function startAttempts(database: Database, starts: readonly StartAt
       where stages.job_id = owed.job_id and stages.stage_index = owed.stage_index and stages.status = 'pending'
       returning 1
     )
-    select i from target`.execute(database.db);
+    select i from target`);
+
+/**
+ * {@link startAttempt} for several attempts in ONE statement (the attempt starts that piled up
+ * while the previous one was written: `AttemptStarter`), each recorded exactly as
+ * {@link startAttempt} records it. Returns the indexes (into `starts`) of the attempts whose
+ * slot the job does not owe: nothing is written for them (the caller asks {@link startAttempt}
+ * for the precise error). At most one attempt per slot: a slot given twice is a TypeError.
+ *
+ * Locking: the slot rows, taken in key order (job, stage, slot); no job row, as one start.
+ */
+export async function startAttempts(database: Database, starts: readonly StartAttemptOptions[]): Promise<ReadonlySet<number>> {
+  const slots = new Set<string>();
+  for (const { jobId, stageIndex, slotIndex, attempt } of starts) {
+    assertCount('attempt', attempt, 1);
+    const slot = JSON.stringify([jobId, stageIndex, slotIndex]);
+    if (slots.has(slot)) throw new TypeError(`startAttempts: slot ${jobId}/${stageIndex}/${slotIndex} is given twice`);
+    slots.add(slot);
+  }
+  const input = JSON.stringify(starts.map((s, i) => ({ i, job_id: s.jobId, stage_index: s.stageIndex, slot_index: s.slotIndex, attempt: s.attempt })));
+  const found = await START_ATTEMPTS(database.db, [input]);
   const missing = new Set(starts.keys());
   for (const row of found.rows) missing.delete(row.i);
   return missing;
