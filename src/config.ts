@@ -116,6 +116,13 @@ export interface PipelineConfig {
    * on (where the thread's compiled script is: not from TypeScript sources).
    */
   readonly imageThread: boolean | undefined;
+  /**
+   * The scheduling policy the project's own programs (the `imagegen` CLI, `npm run demo`) give
+   * their helper threads where they run jobs (`IMAGEGEN_HELPER_THREADS`): `batch` (unset, on
+   * Linux: `SCHED_BATCH`, a woken helper never preempts the event loop; `src/cli/helper-threads.ts`)
+   * or `normal` (left as they start). The library never changes a thread's policy.
+   */
+  readonly helperThreads: 'batch' | 'normal';
   /** Runs of one job that may die in a row without delivering anything before the job ends `failed` (`crash_loop`). */
   readonly maxCrashResumes: number;
   /** A job's lease (and a worker's heartbeat) not renewed for this long belongs to a dead process, in ms. */
@@ -333,6 +340,7 @@ function failureClassesOf(env: ConfigEnv): ErrorClass[] | undefined {
  * | `IMAGEGEN_IMAGE_THREAD` | unset / `on`: the Gemini adapter's calls and the WebP conversion run in the image thread (`ImageThread`; from TypeScript sources, in the calling thread); `off`: in the calling thread |
  * | `IMAGEGEN_PGLITE_THREAD` | unset: a thread of its own for the embedded database where jobs run (`run`, `worker`, `serve`, `submit`, the library), the main thread for the CLI's other commands; `on` / `off`: always / never |
  * | `IMAGEGEN_PG_THREAD` | unset / `off`: PostgreSQL's client (`pg`'s pool) in the main thread; `on`: in a thread of its own (`PgRemotePool`) |
+ * | `IMAGEGEN_HELPER_THREADS` | unset / `batch`: the `imagegen` program's and the demo's helper threads, where they run jobs, under Linux's `SCHED_BATCH` (never preempting the event loop); `normal`: left alone (the library never changes them) |
  *
  * Durations in ms are at most 2^31-1 (Node's timer limit: a longer delay fires after 1 ms).
  */
@@ -410,6 +418,7 @@ export function loadConfig(env: ConfigEnv = process.env, overrides: ConfigOverri
     pgliteThread: onOffOf(choiceOf(env, 'IMAGEGEN_PGLITE_THREAD', ['on', 'off'] as const)),
     pgThread: onOffOf(choiceOf(env, 'IMAGEGEN_PG_THREAD', ['on', 'off'] as const)),
     imageThread: onOffOf(choiceOf(env, 'IMAGEGEN_IMAGE_THREAD', ['on', 'off'] as const)),
+    helperThreads: choiceOf(env, 'IMAGEGEN_HELPER_THREADS', ['batch', 'normal'] as const) ?? 'batch',
     leaseTtlMs: (intOf(env, 'IMAGEGEN_LEASE_TTL_SECONDS', 1, MAX_LEASE_TTL_SECONDS) ?? DEFAULT_RUN_OPTIONS.leaseTtlMs / 1000) * 1000,
     fleet: Object.freeze({
       workerName: workerNameOf(env),

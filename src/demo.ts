@@ -12,7 +12,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import sharp from 'sharp';
 import { main, type MainHooks } from './cli/main.js';
-import { tuneOwnProcess, wasmBaselineOnly } from './cli/own-process.js';
+import { beforeOwnDatabase, tuneOwnProcess } from './cli/own-process.js';
 import { openPipeline, type Pipeline } from './pipeline.js';
 import { reportError } from './cli/failures.js';
 import { envWithPresets, loadConfig } from './config.js';
@@ -66,7 +66,7 @@ async function demo(): Promise<number> {
   // Both commands run on one pipeline, opened by the first: the embedded database starts once.
   let shared: Promise<Pipeline> | undefined;
   const hooks: MainHooks = {
-    beforeDatabase: wasmBaselineOnly,
+    beforeDatabase: beforeOwnDatabase,
     openPipeline: async (config) => {
       shared ??= openPipeline(config);
       // Each command closes what it opened: the lent one stays open until the demo ends.

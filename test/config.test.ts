@@ -101,6 +101,13 @@ describe('loadConfig: defaults are the README configuration table, each from its
     expect(() => loadConfig({ IMAGEGEN_IMAGE_THREAD: 'yes' })).toThrow(/IMAGEGEN_IMAGE_THREAD/);
   });
 
+  it('IMAGEGEN_HELPER_THREADS: unset is batch; batch and normal say it; anything else is refused by name', () => {
+    expect(loadConfig({}).helperThreads).toBe('batch');
+    expect(loadConfig({ IMAGEGEN_HELPER_THREADS: 'batch' }).helperThreads).toBe('batch');
+    expect(loadConfig({ IMAGEGEN_HELPER_THREADS: 'normal' }).helperThreads).toBe('normal');
+    expect(() => loadConfig({ IMAGEGEN_HELPER_THREADS: 'idle' })).toThrow(/IMAGEGEN_HELPER_THREADS/);
+  });
+
   it('S3 storage with S3_BUCKET: region left to the store (us-east-1), path style with an endpoint, credentials only as a pair', () => {
     const s3 = loadConfig({ S3_BUCKET: 'b', S3_ENDPOINT: 'http://127.0.0.1:9000', S3_ACCESS_KEY_ID: 'id', S3_SECRET_ACCESS_KEY: 'secret' }).storage;
     expect(s3).toMatchObject({ kind: 's3', bucket: 'b', region: undefined, endpoint: 'http://127.0.0.1:9000', forcePathStyle: true });

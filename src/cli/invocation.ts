@@ -68,7 +68,7 @@ export interface Invocation {
   readonly json: boolean;
   /** Opens the command's pipeline. Default {@link openPipeline}; `npm run demo` lends one it keeps open across its commands. */
   readonly openPipeline?: ((config: PipelineConfig) => Promise<Pipeline>) | undefined;
-  /** Called just before the command opens its database (the `imagegen` program and the demo tune their process there: `wasmBaselineOnly`). */
+  /** Called just before the command opens its database (the `imagegen` program and the demo tune their process there: `beforeOwnDatabase`). */
   readonly beforeDatabase?: ((opening: DatabaseOpening) => void) | undefined;
 }
 
@@ -76,6 +76,10 @@ export interface Invocation {
 export interface DatabaseOpening {
   /** PGlite (no `DATABASE_URL`): postgres compiled to WASM starts in this process. */
   readonly embedded: boolean;
+  /** The command runs jobs (`run`, `worker`, `serve`, `submit`): the helper threads start (database, image). */
+  readonly runsJobs: boolean;
+  /** The policy asked for the helper threads (`IMAGEGEN_HELPER_THREADS`). */
+  readonly helperThreads: 'batch' | 'normal';
 }
 
 export function exitCodeOf(summary: Pick<JobSummary, 'status'>): number {
@@ -122,7 +126,7 @@ export const QUERY_COMMAND_SHARED_BUFFERS = '4MB';
  */
 export async function withPipeline<T>(inv: Invocation, fn: (pipeline: Pipeline) => Promise<T>, options: { readonly runsJobs?: boolean } = {}): Promise<T> {
   let pipeline: Pipeline;
-  inv.beforeDatabase?.({ embedded: !inv.config.databaseUrl });
+  inv.beforeDatabase?.({ embedded: !inv.config.databaseUrl, runsJobs: options.runsJobs ?? false, helperThreads: inv.config.helperThreads });
   try {
     // A command that runs jobs gets the embedded database in a thread of its own (its event
     // loop carries the answers, images and events) and the image thread; one of a few queries

@@ -4,6 +4,7 @@
  */
 import { setFlagsFromString } from 'node:v8';
 import { turnSharpOperationCacheOff } from '../adapters/image-codec.js';
+import { batchHelperThreads, type HelperThreads } from './helper-threads.js';
 import type { DatabaseOpening } from './invocation.js';
 
 /**
@@ -68,4 +69,18 @@ export function wasmBaselineOnly(opening: DatabaseOpening, given: boolean = node
   if (given || !opening.embedded) return false;
   setFlagsFromString('--liftoff-only');
   return true;
+}
+
+let helperThreads: HelperThreads | undefined;
+
+/**
+ * What the project's own programs set just before a command opens its database (the CLI's
+ * and the demo's `beforeDatabase`): {@link wasmBaselineOnly}, and, for a command that runs
+ * jobs, its helper threads under `SCHED_BATCH` unless `IMAGEGEN_HELPER_THREADS=normal`
+ * (`batchHelperThreads`, src/cli/helper-threads.ts; once per process: it keeps looking for
+ * new threads). A command of a few queries starts no helper thread worth it.
+ */
+export function beforeOwnDatabase(opening: DatabaseOpening): void {
+  wasmBaselineOnly(opening);
+  if (opening.runsJobs && opening.helperThreads === 'batch' && helperThreads === undefined) helperThreads = batchHelperThreads();
 }
