@@ -107,7 +107,7 @@ export interface PipelineConfig {
   /**
    * Whether PostgreSQL's client (`pg`'s pool: the statements' socket I/O and the rows' parsing)
    * runs in a thread of its own, off the event loop (`IMAGEGEN_PG_THREAD` `on`/`off`). Unset:
-   * off (the main thread), for now: see `DatabaseConfig.pgThread`.
+   * as for `pgliteThread` (a thread where jobs run; the main thread for the CLI's other commands).
    */
   readonly pgThread: boolean | undefined;
   /**
@@ -339,7 +339,7 @@ function failureClassesOf(env: ConfigEnv): ErrorClass[] | undefined {
  * | `IMAGEGEN_PGLITE_TEMPLATE_DIR` | `$XDG_CACHE_HOME/imagegen-pipeline` or `~/.cache/imagegen-pipeline` (`off`: none) |
  * | `IMAGEGEN_IMAGE_THREAD` | unset / `on`: the Gemini adapter's calls and the WebP conversion run in the image thread (`ImageThread`; from TypeScript sources, in the calling thread); `off`: in the calling thread |
  * | `IMAGEGEN_PGLITE_THREAD` | unset: a thread of its own for the embedded database where jobs run (`run`, `worker`, `serve`, `submit`, the library), the main thread for the CLI's other commands; `on` / `off`: always / never |
- * | `IMAGEGEN_PG_THREAD` | unset / `off`: PostgreSQL's client (`pg`'s pool) in the main thread; `on`: in a thread of its own (`PgRemotePool`) |
+ * | `IMAGEGEN_PG_THREAD` | the same for PostgreSQL's client (`pg`'s pool, `PgRemotePool`) |
  * | `IMAGEGEN_HELPER_THREADS` | unset / `batch`: the `imagegen` program's and the demo's helper threads, where they run jobs, under Linux's `SCHED_BATCH` (never preempting the event loop); `normal`: left alone (the library never changes them) |
  *
  * Durations in ms are at most 2^31-1 (Node's timer limit: a longer delay fires after 1 ms).

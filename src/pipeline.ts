@@ -44,7 +44,7 @@ export interface PipelineOverrides {
    * a command of a few queries starts sooner without a second Node environment).
    */
   readonly pgliteThread?: boolean;
-  /** Where PostgreSQL's client runs when `config.pgThread` leaves it unset (default false: the calling thread; `DatabaseConfig.pgThread`). */
+  /** Where PostgreSQL's client runs when `config.pgThread` leaves it unset (as `pgliteThread`; default true). */
   readonly pgThread?: boolean;
   /**
    * Whether the image thread is made when `config.imageThread` leaves it unset (default true;
@@ -87,7 +87,7 @@ export async function openPipeline(config: PipelineConfig, overrides: PipelineOv
   let database: Database;
   try {
     database = await openDatabase({ databaseUrl: config.databaseUrl, dataDir, pgliteTemplateDir: config.pgliteTemplateDir, pgliteThread: config.pgliteThread ?? overrides.pgliteThread ?? true,
-      pgThread: config.pgThread ?? overrides.pgThread ?? false,
+      pgThread: config.pgThread ?? overrides.pgThread ?? true,
       pgliteSharedBuffers: overrides.pgliteSharedBuffers,
     });
   } catch (error) {

@@ -130,12 +130,12 @@ export async function withPipeline<T>(inv: Invocation, fn: (pipeline: Pipeline) 
   try {
     // A command that runs jobs gets the embedded database in a thread of its own (its event
     // loop carries the answers, images and events) and the image thread; one of a few queries
-    // starts sooner without them (unless IMAGEGEN_PGLITE_THREAD / IMAGEGEN_IMAGE_THREAD say otherwise; PostgreSQL's client
-    // runs in a thread only with IMAGEGEN_PG_THREAD=on).
+    // starts sooner without them (unless IMAGEGEN_PGLITE_THREAD / IMAGEGEN_PG_THREAD / IMAGEGEN_IMAGE_THREAD say otherwise).
     pipeline = inv.openPipeline
       ? await inv.openPipeline(inv.config)
       : await openPipeline(inv.config, {
           pgliteThread: options.runsJobs ?? false,
+          pgThread: options.runsJobs ?? false,
           imageThread: options.runsJobs ?? false,
           ...(options.runsJobs ? {} : { pgliteSharedBuffers: QUERY_COMMAND_SHARED_BUFFERS }),
         });

@@ -24,9 +24,8 @@ export interface DatabaseConfig {
   /**
    * PostgreSQL only: run `pg`'s pool (the statements' socket writes and reads, the protocol,
    * the rows' parsing) in a thread of its own (`PgRemotePool`), so they do not take the main
-   * thread's time. Default false (the calling thread): opt in with true (`IMAGEGEN_PG_THREAD=on`)
-   * while a CLI test that fails now and then with it under load is looked into (BENCHMARKS.md
-   * 11G). LISTEN and migrations use connections of the calling thread either way.
+   * thread's time. Default true; false runs it in the calling thread. LISTEN and migrations
+   * use connections of the calling thread either way.
    */
   readonly pgThread?: boolean | undefined;
   /**
@@ -80,7 +79,7 @@ export async function openDatabase(config: DatabaseConfig, options: OpenDatabase
   const templates = frozen.pgliteTemplateDir !== undefined && options.migrations === undefined ? pgliteTemplates(frozen.pgliteTemplateDir, MIGRATIONS) : [];
   const cache = templates.find((template) => template.cache)?.file;
   // Each driver is loaded only when used: a process on PostgreSQL never loads PGlite's WASM, and the reverse.
-  const opened = frozen.databaseUrl ? await openPostgres(frozen.databaseUrl, frozen.maxConnections ?? 10, frozen.pgThread ?? false) : await openPglite(frozen.dataDir, templates, frozen.pgliteThread ?? true, frozen.pgliteSharedBuffers ?? PGLITE_SHARED_BUFFERS);
+  const opened = frozen.databaseUrl ? await openPostgres(frozen.databaseUrl, frozen.maxConnections ?? 10, frozen.pgThread ?? true) : await openPglite(frozen.dataDir, templates, frozen.pgliteThread ?? true, frozen.pgliteSharedBuffers ?? PGLITE_SHARED_BUFFERS);
   const { database } = opened;
   try {
     await migrate(database.db, migrations, 'migrationDb' in opened ? opened.migrationDb : undefined);

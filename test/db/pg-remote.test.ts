@@ -4,8 +4,8 @@
  * a release rides on the next message and frees its connection for the next session, errors
  * cross with the fields the classifiers read (SQLSTATE, constraint; an unreachable server's
  * code), int8 and dates come back as the main-thread pool returns them, and a thread that
- * ends fails what it had outstanding. (Opt-in: `pgThread`, `IMAGEGEN_PG_THREAD=on`; the suite's
- * PostgreSQL leg ran through it while it was the default, 1528 of 1528 once, see BENCHMARKS.md 11G.)
+ * ends fails what it had outstanding. The whole PostgreSQL leg of the suite runs through it
+ * too (`openDatabase`'s default).
  */
 import { createServer } from 'node:net';
 import { describe, expect, it } from 'vitest';
