@@ -16,7 +16,10 @@
  *
  * Both sides run with the same parallelism (BENCH_CONCURRENCY, default 4 = global and
  * stage limit for ours, lanes for bare sharp) and WebP quality 80. Each side is warmed
- * up first. Env: BENCH_IMAGES (120), BENCH_STAGES (3), BENCH_VARIANT (A | B | AB),
+ * up first. Each variant runs BENCH_ROUNDS rounds (3), ours then bare sharp on the same images
+ * in each, and its figure is the median of the rounds' ratios: on a shared 2-core machine one
+ * pair of runs moved by 0.2 from one run to the next (BENCHMARKS.md 11H).
+ * Env: BENCH_IMAGES (120), BENCH_STAGES (3), BENCH_VARIANT (A | B | AB),
  * IMAGEGEN_IMAGE_THREAD (unset: the adapter (A) and the codec in the image thread, as `openPipeline`
  * runs them; `off`: in the main thread, as before 11F).
  */
@@ -37,6 +40,7 @@ const IMAGES = num('BENCH_IMAGES', 120);
 const STAGES = num('BENCH_STAGES', 3);
 const CONCURRENCY = num('BENCH_CONCURRENCY', 4);
 const VARIANT = process.env['BENCH_VARIANT'] ?? 'AB';
+const ROUNDS = num('BENCH_ROUNDS', 3);
 const QUALITY = 80;
 
 const cpuMs = (u: NodeJS.CpuUsage) => (u.user + u.system) / 1000;
@@ -75,6 +79,15 @@ async function cpuOfToWebp(pngs: readonly Uint8Array[]) {
   return cpuMs(process.cpuUsage(before));
 }
 
+/** The figure: the median of the rounds' ratios (ours and bare sharp alternate, so a slow minute weighs on both). */
+function median(variant: string, ratios: readonly number[]): number {
+  const sorted = [...ratios].sort((a, b) => a - b);
+  const mid = sorted.length / 2;
+  const value = sorted.length % 2 === 1 ? sorted[Math.floor(mid)]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
+  console.log(`FIGURE 3${variant} median of ${ratios.length} rounds = ${fmt(value, 3)} (rounds ${ratios.map((r) => fmt(r, 3)).join(', ')})`);
+  return value;
+}
+
 function report(name: string, ours: { cpu: number; wall: number; delivered: number; threads: string }, bare: { cpu: number; wall: number; threads: string }, count: number, codec: number) {
   const oursPer = ours.cpu / ours.delivered;
   const barePer = bare.cpu / count;
@@ -84,7 +97,7 @@ function report(name: string, ours: { cpu: number; wall: number; delivered: numb
   console.log(`  bare sharp PNG->WebP: ${count} images, CPU ${fmt(bare.cpu, 0)} ms (${fmt(barePer, 1)} ms/image), wall ${fmt(bare.wall, 0)} ms`);
   if (bare.threads) console.log(`  bare sharp by thread, ms/image: ${bare.threads}`);
   console.log(`  library toWebp() alone on the same images: ${fmt(codec / count, 1)} ms/image = ${fmt(codec / count / barePer, 3)} x bare sharp; the rest of ours (HTTP/JSON, PGlite transactions, events, file writes): ${fmt(oursPer - codec / count, 1)} ms/image`);
-  console.log(`  FIGURE 3${name.slice(0, 1)} CPU per delivered image ours / bare sharp = ${fmt(oursPer / barePer, 3)} (overhead ${fmt(oursPer - barePer, 1)} ms/image)`);
+  console.log(`  3${name.slice(0, 1)} CPU per delivered image ours / bare sharp = ${fmt(oursPer / barePer, 3)} (overhead ${fmt(oursPer - barePer, 1)} ms/image)`);
   return oursPer / barePer;
 }
 
@@ -99,17 +112,27 @@ async function variantA() {
     // Warm-up (JIT, sharp, SDK, PGlite plans): a small job, not measured. Calls 1..warm.
     const warm = 8;
     await cpuOfOurs(pipeline, warm);
-    const ours = await cpuOfOurs(pipeline, IMAGES);
-    // The server stamps each image with its call number: calls warm+1..warm+IMAGES were measured.
-    const pngs: Uint8Array[] = [];
-    for (let n = warm + 1; n <= warm + IMAGES; n++) pngs.push(await renderStampedPng({ stamp: n, width: 1024, height: 1024 }));
-    const meta = await sharp(pngs[0]!).metadata();
-    await cpuOfBareSharp(pngs.slice(0, warm));
-    const bare = await cpuOfBareSharp(pngs);
-    const codec = await cpuOfToWebp(pngs);
-    const calls = await server.stop();
-    console.log(`  (server calls ${calls}; PNGs ${meta.width}x${meta.height}, ${fmt(pngs.reduce((n, p) => n + p.byteLength, 0) / pngs.length / 1024, 1)} KiB each, sha256 of the first ${createHash('sha256').update(pngs[0]!).digest('hex').slice(0, 12)})`);
-    return report(`A (Gemini protocol, stamped 1024x1024 PNGs${threaded ? ', the image thread' : ''})`, ours, bare, pngs.length, codec);
+    const render = async (from: number, count: number) => {
+      const pngs: Uint8Array[] = [];
+      for (let n = from; n < from + count; n++) pngs.push(await renderStampedPng({ stamp: n, width: 1024, height: 1024 }));
+      return pngs;
+    };
+    await cpuOfBareSharp(await render(1, warm));
+    const ratios: number[] = [];
+    for (let round = 1, next = warm + 1; round <= ROUNDS; round++, next += IMAGES) {
+      const ours = await cpuOfOurs(pipeline, IMAGES);
+      // The server stamps each image with its call number: calls next..next+IMAGES-1 were this round's.
+      const pngs = await render(next, IMAGES);
+      const bare = await cpuOfBareSharp(pngs);
+      const codec = await cpuOfToWebp(pngs);
+      if (round === 1) {
+        const meta = await sharp(pngs[0]!).metadata();
+        console.log(`  (PNGs ${meta.width}x${meta.height}, ${fmt(pngs.reduce((n, p) => n + p.byteLength, 0) / pngs.length / 1024, 1)} KiB each, sha256 of the first ${createHash('sha256').update(pngs[0]!).digest('hex').slice(0, 12)})`);
+      }
+      ratios.push(report(`A (Gemini protocol, stamped 1024x1024 PNGs${threaded ? ', the image thread' : ''}), round ${round}`, ours, bare, pngs.length, codec));
+    }
+    console.log(`  (server calls ${await server.stop()})`);
+    return median('A', ratios);
   } finally {
     await pipeline.close();
     await threaded?.close();
@@ -123,14 +146,18 @@ async function variantB() {
   try {
     const warm = 8;
     await cpuOfOurs(pipeline, warm);
-    const first = generator.calls;
-    const ours = await cpuOfOurs(pipeline, IMAGES);
-    const served = Array.from({ length: generator.calls - first }, (_, k) => images[(first + k) % images.length]!);
     await cpuOfBareSharp(images);
-    const bare = await cpuOfBareSharp(served);
-    const codec = await cpuOfToWebp(served);
     console.log(`  (photo-like PNGs 1024x1024, ${fmt(images.reduce((n, p) => n + p.byteLength, 0) / images.length / 1024, 0)} KiB each)`);
-    return report('B (in-process instant provider, photo-like 1024x1024 PNGs)', ours, bare, served.length, codec);
+    const ratios: number[] = [];
+    for (let round = 1; round <= ROUNDS; round++) {
+      const first = generator.calls;
+      const ours = await cpuOfOurs(pipeline, IMAGES);
+      const served = Array.from({ length: generator.calls - first }, (_, k) => images[(first + k) % images.length]!);
+      const bare = await cpuOfBareSharp(served);
+      const codec = await cpuOfToWebp(served);
+      ratios.push(report(`B (in-process instant provider, photo-like 1024x1024 PNGs), round ${round}`, ours, bare, served.length, codec));
+    }
+    return median('B', ratios);
   } finally {
     await pipeline.close();
   }
