@@ -107,7 +107,7 @@ async function variantA() {
   // As openPipeline runs it: in the image thread (shared with the codec) unless IMAGEGEN_IMAGE_THREAD=off.
   const threaded = loadConfig(process.env).imageThread !== false ? new ImageThread({ gemini: settings }) : undefined;
   const generator: ImageGenerator = threaded ? new ThreadedImageGenerator({ thread: threaded }) : new GeminiImageGenerator(settings);
-  const pipeline = await openBenchPipeline({ generator, globalConcurrency: CONCURRENCY, credits: 2 * IMAGES + 20, imageThread: threaded ?? null });
+  const pipeline = await openBenchPipeline({ generator, globalConcurrency: CONCURRENCY, credits: (ROUNDS + 1) * IMAGES + 20, imageThread: threaded ?? null });
   try {
     // Warm-up (JIT, sharp, SDK, PGlite plans): a small job, not measured. Calls 1..warm.
     const warm = 8;
@@ -142,7 +142,7 @@ async function variantA() {
 async function variantB() {
   const images = await photoLikePngs(8, 1024, 1024);
   const generator = new InstantImageGenerator(images);
-  const pipeline = await openBenchPipeline({ generator, globalConcurrency: CONCURRENCY, credits: 2 * IMAGES + 20 });
+  const pipeline = await openBenchPipeline({ generator, globalConcurrency: CONCURRENCY, credits: (ROUNDS + 1) * IMAGES + 20 });
   try {
     const warm = 8;
     await cpuOfOurs(pipeline, warm);
