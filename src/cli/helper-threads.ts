@@ -94,14 +94,15 @@ export function batchHelperThreads(options: HelperThreadsOptions = {}): HelperTh
     if (timer !== undefined) clearInterval(timer);
     timer = undefined;
   };
-  const sweep = (): number[] => {
-    let names: string[];
+  /** The thread ids listed now; undefined when the folder cannot be listed. */
+  const list = (): string[] | undefined => {
     try {
-      names = readdirSync(taskDir);
+      return readdirSync(taskDir);
     } catch {
-      stop();
-      return [];
+      return undefined;
     }
+  };
+  const sweepListed = (names: readonly string[]): number[] => {
     const now = new Set<number>();
     const asked: number[] = [];
     for (const name of names) {
@@ -117,21 +118,19 @@ export function batchHelperThreads(options: HelperThreadsOptions = {}): HelperTh
     if (asked.length > 0) setBatch(asked);
     return asked;
   };
-  if (!listable(taskDir)) return undefined;
-  sweep();
+  const sweep = (): number[] => {
+    const names = list();
+    if (names !== undefined) return sweepListed(names);
+    stop();
+    return [];
+  };
+  const first = list();
+  if (first === undefined) return undefined;
+  sweepListed(first);
   const intervalMs = options.intervalMs ?? SWEEP_INTERVAL_MS;
   if (intervalMs > 0) {
     timer = setInterval(sweep, intervalMs);
     timer.unref();
   }
   return { sweep, stop };
-}
-
-function listable(taskDir: string): boolean {
-  try {
-    readdirSync(taskDir);
-    return true;
-  } catch {
-    return false;
-  }
 }

@@ -90,8 +90,7 @@ for (const kind of databaseKinds()) {
   });
 }
 
-// Skipped only when there is no PostgreSQL to kill connections of (DATABASE_URL unset); said aloud below.
-// Skipped only without DATABASE_URL (no PostgreSQL to kill sessions of); .ci/run sets it, so CI runs it.
+// Reason: skipped only without DATABASE_URL (no PostgreSQL to kill sessions of; said aloud below); .ci/run sets it, so CI runs it.
 const pgDescribe = TEST_DATABASE_URL ? describe : describe.skip;
 if (!TEST_DATABASE_URL) console.warn('PostgreSQL connection kills: skipped: DATABASE_URL not set');
 
