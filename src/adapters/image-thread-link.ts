@@ -159,12 +159,21 @@ export class ImageThread {
     return `ImageThread ${inspect(this.toJSON())}`;
   }
 
-  /** Ends the thread; later requests fail `cancelled`. Idempotent. */
+  /**
+   * Ends the thread; requests still outstanding and later ones fail `cancelled` (none is left
+   * waiting for an answer that cannot come). Idempotent.
+   */
   async close(): Promise<void> {
     this.#closed = true;
     const worker = this.#worker;
     this.#worker = null;
-    if (worker !== null) await worker.terminate();
+    const handlers = [...this.#pending.values()];
+    this.#pending.clear();
+    for (const handler of handlers) handler(new PipelineError('cancelled', 'the image thread is closed'));
+    if (worker !== null) {
+      worker.ref();
+      await worker.terminate();
+    }
   }
 
   #thread(): Worker {

@@ -35,7 +35,9 @@ interface Pending {
  *   on its own, so it costs no message: the thread handles it before that message's query.
  * - Errors keep their fields (SQLSTATE `code`, `detail`, `constraint`, an AggregateError's
  *   `errors`, a `cause`): what `sql-errors.ts` classifies.
- * - The thread keeps the process alive only while a query is outstanding.
+ * - The thread keeps the process alive only while a query is outstanding, and while it ends:
+ *   `end()` resolves (the thread gone) before the process may exit. Queries still in flight
+ *   at `end()` fail (their connections are closed) and are answered before it.
  * - A thread that dies fails every outstanding and later query.
  *
  * @example
@@ -57,7 +59,9 @@ export class PgRemotePool {
       const pending = this.#pending.get(answer.id);
       if (pending === undefined) return;
       this.#pending.delete(answer.id);
-      if (this.#pending.size === 0) this.#worker.unref();
+      // Once ending, the thread stays ref'd: an unref while `terminate()` runs would let the
+      // process exit before it resolves (a CLI then ends with code 0, its answer unprinted).
+      if (this.#pending.size === 0 && this.#ended === null) this.#worker.unref();
       if ('error' in answer) pending.reject(errorOf(answer.error));
       else pending.resolve(answer.value);
     });
@@ -83,6 +87,7 @@ export class PgRemotePool {
       try {
         if (this.#dead === null) await this.#request({ op: 'end' });
       } finally {
+        this.#worker.ref();
         await this.#worker.terminate();
       }
     })();

@@ -9,7 +9,8 @@
 // workerData: { connectionString, max, idleInTransactionMs }. The protocol:
 //   { id, op: 'query', client, sql, params, releases? }  -> { rows, rowCount, command }
 //   { op: 'release', releases }                          (no answer)
-//   { id, op: 'end', releases? }                         -> null (every session's connection closed, the pool ended)
+//   { id, op: 'end', releases? }                         -> null (every session's connection closed, the pool ended,
+//                                                           and every query still in flight answered before it)
 // answered { id, value } or { id, error } (an error as plain data, its fields kept).
 // `client` names a session: its first query checks a connection out of the pool for it, and
 // it keeps that connection until its id comes back in a `releases` list (carried by the next
@@ -49,10 +50,19 @@ function release(ids, end = false) {
   }
 }
 
-/** Every session's connection closed, then the pool ended. */
-function end() {
+/** Queries sent and not yet answered (their answers' promises). */
+const inFlight = new Set();
+
+/**
+ * Every session's connection closed, then the pool ended. Answered after every query still in
+ * flight (each fails: its connection is closed under it), so the main side, which ends the
+ * thread on this answer, never has a query outstanding in a thread that is gone.
+ */
+async function end() {
   release([...sessions.keys()], true);
-  return pool.end().then(() => null);
+  await Promise.allSettled([...inFlight]);
+  await pool.end();
+  return null;
 }
 
 async function query(message) {
@@ -75,8 +85,11 @@ parentPort.on('message', (message) => {
   release(message.releases);
   if (message.op === 'release') return;
   const work = message.op === 'query' ? query(message) : message.op === 'end' ? end() : Promise.reject(new Error(`unknown op ${message.op}`));
-  work.then(
+  const answered = work.then(
     (value) => parentPort.postMessage({ id: message.id, value }),
     (error) => parentPort.postMessage({ id: message.id, error: plainError(error) }),
   );
+  if (message.op !== 'query') return;
+  inFlight.add(answered);
+  void answered.finally(() => inFlight.delete(answered));
 });

@@ -49,6 +49,7 @@ export class PgliteRemote {
   #nextId = 1;
   #dead: Error | null = null;
   #beginDeferred = false;
+  #closing = false;
   #sent = 0;
 
   private constructor(worker: Worker) {
@@ -62,7 +63,9 @@ export class PgliteRemote {
       const pending = this.#pending.get(message.id);
       if (!pending) return;
       this.#pending.delete(message.id);
-      if (this.#pending.size === 0) this.#worker.unref();
+      // Once closing, the thread stays ref'd: an unref while `terminate()` runs would let the
+      // process exit before it resolves (a CLI then ends with code 0, its answer unprinted).
+      if (this.#pending.size === 0 && !this.#closing) this.#worker.unref();
       if ('error' in message) pending.reject(Object.assign(new Error(message.error.message), message.error));
       else pending.resolve(message.value);
     });
@@ -133,10 +136,12 @@ export class PgliteRemote {
   /** Closes the database, then ends its thread. Idempotent. */
   async close(): Promise<void> {
     if (this.#dead) return;
+    this.#closing = true;
     try {
       await this.#request({ op: 'close' });
     } finally {
       this.#listeners.clear();
+      this.#worker.ref();
       await this.#worker.terminate();
     }
   }

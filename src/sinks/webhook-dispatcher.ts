@@ -95,8 +95,9 @@ interface InFlight {
  *   is a failed attempt, recorded with its status or error kind; the next one comes after
  *   `fullJitterBackoff(failures, Retry-After)`, no later than the window's end; a failure
  *   after the window is `failed`.
- * - **Stop**: no new claims; sends in flight finish within the grace, the rest are aborted
- *   and their claims given back (due now, no attempt recorded).
+ * - **Stop**: no new claims (a claim on its way is awaited, and what it took given back);
+ *   sends in flight finish within the grace, the rest are aborted and their claims given
+ *   back (due now, no attempt recorded).
  * - Logs name the delivery, job, event type and outcome, never the URL or the secret.
  */
 export class WebhookDispatcher {
@@ -107,6 +108,8 @@ export class WebhookDispatcher {
   readonly #inFlight = new Map<string, InFlight>();
   readonly #wake = new Subject<void>();
   #loop: Subscription | null = null;
+  /** The claim round in flight (its database call), awaited by `stop`. */
+  #round: Promise<void> | null = null;
   #stopping = false;
 
   constructor(deps: WebhookDispatcherDeps, options: WebhookDispatcherOptions = {}) {
@@ -160,6 +163,9 @@ export class WebhookDispatcher {
     this.#stopping = true;
     this.#loop?.unsubscribe();
     this.#loop = null;
+    // A claim still on its way to the database ends first (what it claims is given back), so
+    // the process never closes the database under it nor leaves rows claimed for a lease.
+    await this.#round;
     const pending = [...this.#inFlight.values()];
     if (pending.length === 0) return;
     let timer: NodeJS.Timeout | undefined;
@@ -186,15 +192,30 @@ export class WebhookDispatcher {
     }
   }
 
-  /** Claims what is due (up to the free places) and starts sending it. */
-  async #claimRound(): Promise<void> {
+  /** Claims what is due (up to the free places) and starts sending it; the round is {@link #round} until it ends. */
+  #claimRound(): Promise<void> {
+    const round = this.#claim().finally(() => {
+      if (this.#round === round) this.#round = null;
+    });
+    this.#round = round;
+    return round;
+  }
+
+  async #claim(): Promise<void> {
     const free = this.#options.concurrency - this.#inFlight.size;
     if (this.#stopping || free <= 0) return;
     let claimed: ClaimedWebhookDelivery[];
     try {
       claimed = await claimWebhookDeliveries(this.#deps.database, this.#owner, free, this.#options.timeoutMs + DEFAULT_WEBHOOK_OPTIONS.claimMarginMs);
     } catch (error) {
-      this.#logger?.warn({ err: error }, 'claiming webhook deliveries failed; trying again at the next poll');
+      if (!this.#stopping) this.#logger?.warn({ err: error }, 'claiming webhook deliveries failed; trying again at the next poll');
+      return;
+    }
+    if (this.#stopping) {
+      // Stopped while claiming: nothing is sent now; the claims go back (due now, no attempt).
+      await releaseWebhookClaims(this.#deps.database, this.#owner, claimed.map((d) => d.id)).catch((error: unknown) => {
+        this.#logger?.warn({ err: error }, 'giving back claims taken as the dispatcher stopped failed; they are due again after their lease');
+      });
       return;
     }
     for (const delivery of claimed) {

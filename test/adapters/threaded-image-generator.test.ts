@@ -162,6 +162,17 @@ describe('ThreadedImageGenerator: the Gemini adapter in a thread of its own', ()
     expect(server.calls()).toBe(before);
   });
 
+  it('a call in flight when the thread is closed fails cancelled; it is not left waiting for an answer that cannot come', async () => {
+    only('hang');
+    const g = generator();
+    const before = server.calls();
+    const call = failure(g.generate(request()));
+    while (server.calls() === before) await new Promise((r) => setTimeout(r, 10));
+    await g.close();
+    const error = await Promise.race([call, new Promise<'still waiting'>((r) => setTimeout(() => r('still waiting'), 2_000))]);
+    expect(error).toMatchObject({ errorClass: 'cancelled' });
+  }, 10_000);
+
   it('never prints its key', () => {
     const g = generator();
     for (const printed of [JSON.stringify(g), inspect(g), String(Object.keys(g))]) expect(printed).not.toContain(API_KEY);

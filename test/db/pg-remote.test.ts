@@ -7,11 +7,17 @@
  * ends fails what it had outstanding. The whole PostgreSQL leg of the suite runs through it
  * too (`openDatabase`'s default).
  */
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { PgRemotePool } from '../../src/db/pg-remote.js';
 import { isConnectionError, isTransientDatabaseError, isUniqueViolation } from '../../src/db/internal/sql-errors.js';
 import { TEST_DATABASE_URL } from '../support/databases.js';
+import { cliEntry } from '../support/cli-entry.js';
 
 const skipped = !TEST_DATABASE_URL;
 if (skipped) console.warn('pg-remote: skipped: DATABASE_URL not set (it needs a PostgreSQL server)');
@@ -100,5 +106,32 @@ run('PgRemotePool: pg in a thread of its own', () => {
     await remote.end();
     expect(await slow).toBeInstanceOf(Error);
     await expect(remote.connect()).rejects.toThrow();
+  });
+
+  it('end() with a query in flight: the query fails first (its connection closed), then end() resolves, and the process lives until it has', async () => {
+    // A process of its own: the fault was a process that exited (code 0) while end() still ran,
+    // because the late answer of the query unref'd the thread that end() was terminating.
+    const compiled = pathToFileURL(join(dirname(await cliEntry()), 'db', 'pg-remote.js')).href;
+    const script = [
+      `const { PgRemotePool } = await import(${JSON.stringify(compiled)});`,
+      `const pool = new PgRemotePool({ connectionString: process.env.DATABASE_URL, max: 2, idleInTransactionMs: 10000 });`,
+      `const client = await pool.connect();`,
+      `await client.query('select 1');`,
+      `const order = [];`,
+      `const slow = client.query('select pg_sleep(5)').then(() => order.push('answered'), (e) => order.push('failed: ' + e.message));`,
+      `await new Promise((r) => setTimeout(r, 100));`,
+      `await pool.end().then(() => order.push('ended'));`,
+      `await slow;`,
+      `console.log(JSON.stringify(order));`,
+      `process.exitCode = 3;`,
+    ].join('\n');
+    const dir = mkdtempSync(join(tmpdir(), 'pg-remote-end-'));
+    const file = join(dir, 'end-in-flight.mjs');
+    writeFileSync(file, script);
+    for (let run = 0; run < 3; run++) {
+      const child = spawnSync(process.execPath, [file], { env: { PATH: process.env['PATH'], DATABASE_URL: TEST_DATABASE_URL }, encoding: 'utf8', timeout: 30_000 });
+      expect({ status: child.status, stdout: child.stdout.trim() }, child.stderr).toEqual({ status: 3, stdout: JSON.stringify(['failed: Connection terminated', 'ended']) });
+    }
+    rmSync(dir, { recursive: true, force: true });
   });
 });

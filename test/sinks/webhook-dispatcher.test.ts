@@ -3,8 +3,10 @@
  * standardwebhooks) and a real database: a delivery that meets a 500, a hang past the
  * timeout, a connection reset and a redirect is retried with backoff until a 2xx, each
  * attempt recorded with its status or error kind; a target refused by address is never
- * connected to; a shutdown abandons an in-flight send cleanly (claim given back).
+ * connected to; a shutdown abandons an in-flight send cleanly (claim given back), and one
+ * that comes while a claim is on its way waits for it and gives what it took back.
  */
+import type { KyselyPlugin, RawNode } from 'kysely';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { deliverSlot, finishJob, getWebhookSecret, grantCredits, listWebhookDeliveries, submitJob, type Database } from '../../src/db/index.js';
 import type { WebhookEventType } from '../../src/domain/webhook.js';
@@ -122,5 +124,49 @@ forEachDatabase('webhook dispatcher', (ctx) => {
     const next = start();
     await until(() => receiver.delivered().some((r) => r.id === `msg_${jobId}_1`), 5000);
     await next.stop();
+  });
+
+  it('a stop while a claim is on its way waits for it and gives its claims back: nothing is sent, the delivery is due now, no attempt', async () => {
+    const { jobId, secret } = await seedWebhookJob(ctx.database, receiver.url, [1], ['image.delivered']);
+    receiver.setSecret(secret);
+    await deliverSlot(ctx.database, deliveryOf(jobId, 0, 0));
+    // The claim's statement runs (its rows are claimed in the database); its answer is held.
+    const claims = new WeakSet<object>();
+    let claimed!: () => void;
+    const claimRan = new Promise<void>((resolve) => (claimed = resolve));
+    let answer!: () => void;
+    const held = new Promise<void>((resolve) => (answer = resolve));
+    const plugin: KyselyPlugin = {
+      transformQuery(args) {
+        if (args.node.kind === 'RawNode' && (args.node as RawNode).sqlFragments.join('').includes('claimed_by =')) claims.add(args.queryId);
+        return args.node;
+      },
+      async transformResult(args) {
+        if (claims.has(args.queryId)) {
+          claimed();
+          await held;
+        }
+        return args.result;
+      },
+    };
+    const database: Database = { ...ctx.database, db: ctx.database.db.withPlugin(plugin) };
+    const before = receiver.received.length;
+    const dispatcher = new WebhookDispatcher({ database, describeJob: (id) => jobSummary(ctx.database, id) }, { ...FAST, timeoutMs: 30_000 });
+    dispatchers.push(dispatcher);
+    dispatcher.start();
+    await claimRan;
+    let stopped = false;
+    const stopping = dispatcher.stop(50).then(() => (stopped = true));
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    expect(stopped, 'stop waits for the claim on its way').toBe(false);
+    answer();
+    await stopping;
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    expect(receiver.received.length).toBe(before);
+    const [listed] = await listWebhookDeliveries(ctx.database, jobId);
+    expect(listed?.status).toBe('pending');
+    expect(listed?.attempts).toEqual([]);
+    // Given back (due now), not left claimed for its lease (the 30 s timeout and the margin).
+    expect(new Date(listed!.nextAttemptAt!).getTime()).toBeLessThanOrEqual(Date.now() + 1000);
   });
 });
