@@ -1,10 +1,12 @@
 /**
  * Exit codes of `imagegen run`: 1 ended short (with the honest reason per stage),
  * 2 invalid input (nothing written, no provider call), 3 not enough credits
- * (nothing generated, no provider call).
+ * (nothing generated, no provider call); and of any command, never a silent 0 for a
+ * command that could not answer.
  */
-import { existsSync } from 'node:fs';
+import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { FakeBehaviorFn } from '../support/fake-gemini-server.js';
 import { openCliSuite, type CliSuite } from '../support/cli-suite.js';
@@ -152,5 +154,32 @@ describe('imagegen run exit codes', () => {
     const view = await readDb(pgliteOf(ws.dataDir), 'e2e-poor', user);
     expect(view.balance).toEqual({ balance: 4, reserved: 0 });
     expect(view.totals).toEqual({ jobs: 0, attachments: 0, nonGrantLedger: 0, attempts: 0 });
+  });
+
+  it('never a silent exit 0: a command left waiting with nothing that could end its wait exits 1 as an internal error (with --json, the one error object)', { timeout: 120_000 }, async () => {
+    const { ws, run: cli, grant, env } = await setup();
+    await grant('user-lost', 3);
+    // A preload that loses every statement sent to the database's thread and lets the process
+    // go (the thread unref'd): the command waits for an answer that cannot come, and Node,
+    // with nothing left to run, ends the process. (What a lost answer did before, silently.)
+    const preload = join(ws.root, 'lose-statements.mjs');
+    writeFileSync(
+      preload,
+      [
+        "import { Worker } from 'node:worker_threads';",
+        'const post = Worker.prototype.postMessage;',
+        "Worker.prototype.postMessage = function (message, transfer) { if (message?.op === 'query') { this.unref(); return; } return post.call(this, message, transfer); };",
+      ].join('\n'),
+    );
+    const lost = { NODE_OPTIONS: `--import=${pathToFileURL(preload).href}`, IMAGEGEN_PGLITE_THREAD: 'on' };
+    const json = await cli(['credits', 'balance', 'user-lost', '--json'], { env: { ...env, ...lost } });
+    expect({ code: json.code, error: parseSingleJson<{ error: { code: string; message: string } }>(json.stdout).error.code }, json.stderr).toEqual({ code: 1, error: 'internal' });
+    expect(json.stderr).toContain('imagegen: internal error: the command ended before it answered');
+    const text = await cli(['credits', 'balance', 'user-lost'], { env: { ...env, ...lost } });
+    expect({ code: text.code, stdout: text.stdout }).toEqual({ code: 1, stdout: '' });
+    expect(text.stderr).toContain('the command ended before it answered');
+    // The same command with nothing lost answers (the preload alone changes nothing else).
+    const fine = await cli(['credits', 'balance', 'user-lost', '--json'], { env: { ...env, IMAGEGEN_PGLITE_THREAD: 'on' } });
+    expect({ code: fine.code, answer: parseSingleJson(fine.stdout) }).toEqual({ code: 0, answer: { userId: 'user-lost', balance: 3, reserved: 0 } });
   });
 });
