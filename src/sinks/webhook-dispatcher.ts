@@ -156,20 +156,26 @@ export class WebhookDispatcher {
   }
 
   /**
-   * Stops: no new claims; waits up to `graceMs` (default the attempt timeout) for sends in
-   * flight, then aborts the rest and gives their claims back. Resolves when every send has ended.
+   * Stops: no new claims; waits up to `graceMs` (default the attempt timeout) for a claim on its
+   * way and the sends in flight, then aborts the rest and gives their claims back. Resolves
+   * when every send has ended.
    */
   async stop(graceMs: number = this.#options.timeoutMs): Promise<void> {
     this.#stopping = true;
     this.#loop?.unsubscribe();
     this.#loop = null;
-    // A claim still on its way to the database ends first (what it claims is given back), so
-    // the process never closes the database under it nor leaves rows claimed for a lease.
-    await this.#round;
-    const pending = [...this.#inFlight.values()];
-    if (pending.length === 0) return;
     let timer: NodeJS.Timeout | undefined;
     const graceOver = new Promise<void>((resolve) => (timer = setTimeout(resolve, graceMs)));
+    // A claim still on its way to the database ends first (what it claims is given back), so
+    // the process does not close the database under it nor leave rows claimed for a lease;
+    // within the grace: a database that does not answer does not hold the stop (its claims
+    // lapse after their lease).
+    if (this.#round !== null) await Promise.race([this.#round, graceOver]);
+    const pending = [...this.#inFlight.values()];
+    if (pending.length === 0) {
+      clearTimeout(timer);
+      return;
+    }
     await Promise.race([Promise.all(pending.map((p) => p.done)), graceOver]);
     clearTimeout(timer);
     for (const flight of this.#inFlight.values()) flight.abort.abort();

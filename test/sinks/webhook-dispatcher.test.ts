@@ -24,6 +24,33 @@ async function seedWebhookJob(database: Database, url: string, quantities: reado
   return { userId, jobId, secret: await getWebhookSecret(database, userId) };
 }
 
+/**
+ * A kysely plugin that holds the answer of the dispatcher's claim statement (the statement
+ * has run: its rows are claimed in the database): `ran` resolves when it has, `answer()`
+ * lets the answer through.
+ */
+function holdClaims(): { plugin: KyselyPlugin; ran: Promise<void>; answer: () => void } {
+  const claims = new WeakSet<object>();
+  let claimed!: () => void;
+  const ran = new Promise<void>((resolve) => (claimed = resolve));
+  let answer!: () => void;
+  const released = new Promise<void>((resolve) => (answer = resolve));
+  const plugin: KyselyPlugin = {
+    transformQuery(args) {
+      if (args.node.kind === 'RawNode' && (args.node as RawNode).sqlFragments.join('').includes('claimed_by =')) claims.add(args.queryId);
+      return args.node;
+    },
+    async transformResult(args) {
+      if (claims.has(args.queryId)) {
+        claimed();
+        await released;
+      }
+      return args.result;
+    },
+  };
+  return { plugin, ran, answer };
+}
+
 const FAST: WebhookDispatcherOptions = { timeoutMs: 400, backoffBaseMs: 20, backoffMaxMs: 60, pollMs: 50, allowLocal: true, random: () => 0.5 };
 
 forEachDatabase('webhook dispatcher', (ctx) => {
@@ -131,35 +158,18 @@ forEachDatabase('webhook dispatcher', (ctx) => {
     receiver.setSecret(secret);
     await deliverSlot(ctx.database, deliveryOf(jobId, 0, 0));
     // The claim's statement runs (its rows are claimed in the database); its answer is held.
-    const claims = new WeakSet<object>();
-    let claimed!: () => void;
-    const claimRan = new Promise<void>((resolve) => (claimed = resolve));
-    let answer!: () => void;
-    const held = new Promise<void>((resolve) => (answer = resolve));
-    const plugin: KyselyPlugin = {
-      transformQuery(args) {
-        if (args.node.kind === 'RawNode' && (args.node as RawNode).sqlFragments.join('').includes('claimed_by =')) claims.add(args.queryId);
-        return args.node;
-      },
-      async transformResult(args) {
-        if (claims.has(args.queryId)) {
-          claimed();
-          await held;
-        }
-        return args.result;
-      },
-    };
-    const database: Database = { ...ctx.database, db: ctx.database.db.withPlugin(plugin) };
+    const held = holdClaims();
+    const database: Database = { ...ctx.database, db: ctx.database.db.withPlugin(held.plugin) };
     const before = receiver.received.length;
     const dispatcher = new WebhookDispatcher({ database, describeJob: (id) => jobSummary(ctx.database, id) }, { ...FAST, timeoutMs: 30_000 });
     dispatchers.push(dispatcher);
     dispatcher.start();
-    await claimRan;
+    await held.ran;
     let stopped = false;
-    const stopping = dispatcher.stop(50).then(() => (stopped = true));
+    const stopping = dispatcher.stop(10_000).then(() => (stopped = true));
     await new Promise((resolve) => setTimeout(resolve, 100));
-    expect(stopped, 'stop waits for the claim on its way').toBe(false);
-    answer();
+    expect(stopped, 'stop waits for the claim on its way (within its grace)').toBe(false);
+    held.answer();
     await stopping;
     await new Promise((resolve) => setTimeout(resolve, 200));
     expect(receiver.received.length).toBe(before);
@@ -168,5 +178,33 @@ forEachDatabase('webhook dispatcher', (ctx) => {
     expect(listed?.attempts).toEqual([]);
     // Given back (due now), not left claimed for its lease (the 30 s timeout and the margin).
     expect(new Date(listed!.nextAttemptAt!).getTime()).toBeLessThanOrEqual(Date.now() + 1000);
+  });
+
+  it('a claim that outlasts the stop\'s grace does not hold the stop; when it lands, what it took is given back, not sent', async () => {
+    const { jobId, secret } = await seedWebhookJob(ctx.database, receiver.url, [1], ['image.delivered']);
+    receiver.setSecret(secret);
+    await deliverSlot(ctx.database, deliveryOf(jobId, 0, 0));
+    const held = holdClaims();
+    const database: Database = { ...ctx.database, db: ctx.database.db.withPlugin(held.plugin) };
+    const before = receiver.received.length;
+    const dispatcher = new WebhookDispatcher({ database, describeJob: (id) => jobSummary(ctx.database, id) }, { ...FAST, timeoutMs: 30_000 });
+    dispatchers.push(dispatcher);
+    dispatcher.start();
+    await held.ran;
+    // The grace (50 ms) ends while the claim's answer is held: stop resolves without it.
+    await dispatcher.stop(50);
+    held.answer();
+    // Waits for the event "given back" (the row due now again), not for a time.
+    const given = Date.now() + 5000;
+    for (;;) {
+      const [listed] = await listWebhookDeliveries(ctx.database, jobId);
+      if (new Date(listed!.nextAttemptAt!).getTime() <= Date.now() + 1000) break;
+      if (Date.now() > given) throw new Error('the claim that landed after the stop was not given back');
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    expect(receiver.received.length).toBe(before);
+    const [listed] = await listWebhookDeliveries(ctx.database, jobId);
+    expect([listed?.status, listed?.attempts]).toEqual(['pending', []]);
   });
 });
