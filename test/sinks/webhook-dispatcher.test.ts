@@ -153,11 +153,14 @@ forEachDatabase('webhook dispatcher', (ctx) => {
     await next.stop();
   });
 
-  it('a stop while a claim is on its way waits for it and gives its claims back: nothing is sent, the delivery is due now, no attempt', async () => {
+  /**
+   * A due delivery and a dispatcher (30 s send timeout) whose first claim has run in the
+   * database (the row is claimed) while its answer is held (`held.answer()` lets it through).
+   */
+  async function claimHeldOnItsWay() {
     const { jobId, secret } = await seedWebhookJob(ctx.database, receiver.url, [1], ['image.delivered']);
     receiver.setSecret(secret);
     await deliverSlot(ctx.database, deliveryOf(jobId, 0, 0));
-    // The claim's statement runs (its rows are claimed in the database); its answer is held.
     const held = holdClaims();
     const database: Database = { ...ctx.database, db: ctx.database.db.withPlugin(held.plugin) };
     const before = receiver.received.length;
@@ -165,6 +168,11 @@ forEachDatabase('webhook dispatcher', (ctx) => {
     dispatchers.push(dispatcher);
     dispatcher.start();
     await held.ran;
+    return { jobId, held, dispatcher, before };
+  }
+
+  it('a stop while a claim is on its way waits for it and gives its claims back: nothing is sent, the delivery is due now, no attempt', async () => {
+    const { jobId, held, dispatcher, before } = await claimHeldOnItsWay();
     let stopped = false;
     const stopping = dispatcher.stop(10_000).then(() => (stopped = true));
     await new Promise((resolve) => setTimeout(resolve, 100));
@@ -181,16 +189,7 @@ forEachDatabase('webhook dispatcher', (ctx) => {
   });
 
   it('a claim that outlasts the stop\'s grace does not hold the stop; when it lands, what it took is given back, not sent', async () => {
-    const { jobId, secret } = await seedWebhookJob(ctx.database, receiver.url, [1], ['image.delivered']);
-    receiver.setSecret(secret);
-    await deliverSlot(ctx.database, deliveryOf(jobId, 0, 0));
-    const held = holdClaims();
-    const database: Database = { ...ctx.database, db: ctx.database.db.withPlugin(held.plugin) };
-    const before = receiver.received.length;
-    const dispatcher = new WebhookDispatcher({ database, describeJob: (id) => jobSummary(ctx.database, id) }, { ...FAST, timeoutMs: 30_000 });
-    dispatchers.push(dispatcher);
-    dispatcher.start();
-    await held.ran;
+    const { jobId, held, dispatcher, before } = await claimHeldOnItsWay();
     // The grace (50 ms) ends while the claim's answer is held: stop resolves without it.
     await dispatcher.stop(50);
     held.answer();
