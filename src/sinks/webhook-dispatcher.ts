@@ -95,7 +95,8 @@ interface InFlight {
  *   is a failed attempt, recorded with its status or error kind; the next one comes after
  *   `fullJitterBackoff(failures, Retry-After)`, no later than the window's end; a failure
  *   after the window is `failed`.
- * - **Stop**: no new claims (a claim on its way is awaited, and what it took given back);
+ * - **Stop**: no new claims (a claim on its way is awaited within the grace; what it took
+ *   is given back, not sent);
  *   sends in flight finish within the grace, the rest are aborted and their claims given
  *   back (due now, no attempt recorded).
  * - Logs name the delivery, job, event type and outcome, never the URL or the secret.
