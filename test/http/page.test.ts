@@ -39,7 +39,7 @@ for (const kind of DATABASE_KINDS) {
   const title = `the live page over HTTP [${kind}]`;
   if (kind === 'postgres' && !TEST_DATABASE_URL) {
     console.warn(`${title}: PostgreSQL leg skipped: DATABASE_URL not set`);
-    // Skipped only without DATABASE_URL (no PostgreSQL to run on); .ci/run sets it, so CI runs this leg.
+    // Reason: skipped only without DATABASE_URL (no PostgreSQL to run on); .ci/run sets it, so CI runs this leg.
     describe.skip(`${title} (PostgreSQL leg skipped: DATABASE_URL not set)`, () => {});
     continue;
   }

@@ -95,8 +95,7 @@ for (const kind of DATABASE_KINDS) {
   const title = `imagegen command-line contract [${kind}]`;
   if (kind === 'postgres' && !TEST_DATABASE_URL) {
     console.warn(`${title}: PostgreSQL leg skipped: DATABASE_URL not set`);
-    // Reason: no PostgreSQL server configured (DATABASE_URL unset); the title and the warning say so.
-    // Skipped only without DATABASE_URL (no PostgreSQL to run on); .ci/run sets it, so CI runs this leg.
+    // Reason: no PostgreSQL server configured (DATABASE_URL unset; the title and the warning say so); .ci/run sets it, so CI runs this leg.
     describe.skip(`${title} (PostgreSQL leg skipped: DATABASE_URL not set)`, () => {});
     continue;
   }
