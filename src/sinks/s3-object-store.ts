@@ -37,11 +37,15 @@ export interface S3ObjectStoreConfig {
   readonly client?: S3Client;
 }
 
+/** How long the built client keeps an idle connection for the next request (ms): under the 5 s after which Node's HTTP servers close it. */
+export const S3_IDLE_CONNECTION_MS = 4_000;
+
 /**
  * {@link ObjectStore} on S3 or an S3-compatible server (`@aws-sdk/client-s3`).
  *
  * - The client it builds makes one attempt per call (`maxAttempts: 1`): the engine
- *   retries with its own budget and backoff.
+ *   retries with its own budget and backoff. It closes a connection idle for
+ *   {@link S3_IDLE_CONNECTION_MS} before reusing it could meet the server closing it.
  * - Unsubscribing aborts the request (`abortSignal`).
  * - Keys follow {@link validateObjectKey}, like every store. `list` follows
  *   `ListObjectsV2` continuation tokens until the listing is complete.
@@ -75,6 +79,13 @@ export class S3ObjectStore implements ObjectStore {
         region: this.config.region,
         forcePathStyle: this.config.forcePathStyle,
         maxAttempts: 1,
+        // An idle kept-alive connection is closed by us before a server closes it (Node's servers
+        // after 5 s; Node 20's agent ignores the server's `Keep-Alive: timeout` hint when it has
+        // no timeout of its own): a request written on a connection the server was closing at
+        // that moment failed (`socket hang up`), and with one attempt per call that failed a
+        // delivery whose image was already paid for. Only idle connections: a request in
+        // progress is not timed out by it.
+        requestHandler: { httpAgent: { timeout: S3_IDLE_CONNECTION_MS }, httpsAgent: { timeout: S3_IDLE_CONNECTION_MS } },
         ...(config.endpoint === undefined ? {} : { endpoint: config.endpoint }),
         // Field by field, not a spread: a caller's secret may be non-enumerable (see config.ts).
         ...(config.credentials === undefined ? {} : { credentials: copyCredentials(config.credentials) }),
