@@ -16,10 +16,13 @@
  *
  * Both sides run with the same parallelism (BENCH_CONCURRENCY, default 4 = global and
  * stage limit for ours, lanes for bare sharp) and WebP quality 80. Each side is warmed
- * up first. Each variant runs BENCH_ROUNDS rounds (3), ours then bare sharp on the same images
- * in each, and its figure is the median of the rounds' ratios: on a shared 2-core machine one
- * pair of runs moved by 0.2 from one run to the next (BENCHMARKS.md 11H).
- * Env: BENCH_IMAGES (120), BENCH_STAGES (3), BENCH_VARIANT (A | B | AB),
+ * up first (BENCH_WARM images, default one round's: V8 keeps optimising our per-image code
+ * for the first few hundred images, BENCHMARKS.md 11J). Each variant runs BENCH_ROUNDS rounds
+ * (5), ours then bare sharp on the same images in each, and its figure is the median of the
+ * rounds' ratios: on a shared 2-core machine one pair of runs moved by 0.2 from one run to the
+ * next (BENCHMARKS.md 11H). Beside it, the median with libvips's CPU taken as bare sharp's
+ * (the overhead around the codec, without the codec's own swings).
+ * Env: BENCH_IMAGES (120), BENCH_WARM (BENCH_IMAGES), BENCH_ROUNDS (5), BENCH_STAGES (3), BENCH_VARIANT (A | B | AB),
  * IMAGEGEN_IMAGE_THREAD (unset: the adapter (A) and the codec in the image thread, as `openPipeline`
  * runs them; `off`: in the main thread, as before 11F).
  */
@@ -32,7 +35,7 @@ import { loadConfig } from '../src/config.js';
 import { renderStampedPng } from '../test/support/stamped-image.js';
 import { toWebp } from '../src/adapters/image-codec.js';
 import { spawnFakeServer } from './fake-server-process.js';
-import { InstantImageGenerator, cpuByThread, cpuByThreadPerImage, fmt, openBenchPipeline, photoLikePngs, pool, runOurs, type BenchPipeline } from './support.js';
+import { InstantImageGenerator, cpuByThread, cpuOutsideLibvips, cpuByThreadPerImage, fmt, openBenchPipeline, photoLikePngs, pool, runOurs, type BenchPipeline } from './support.js';
 import type { ImageGenerator } from '../src/domain/ports.js';
 
 const num = (name: string, fallback: number) => (process.env[name] ? Number(process.env[name]) : fallback);
@@ -40,7 +43,10 @@ const IMAGES = num('BENCH_IMAGES', 120);
 const STAGES = num('BENCH_STAGES', 3);
 const CONCURRENCY = num('BENCH_CONCURRENCY', 4);
 const VARIANT = process.env['BENCH_VARIANT'] ?? 'AB';
-const ROUNDS = num('BENCH_ROUNDS', 3);
+const ROUNDS = num('BENCH_ROUNDS', 5);
+// V8's optimising compiler keeps compiling our per-image code (three isolates) for the first few
+// hundred images: without a warm-up of that size a 120-image round measures the JIT (11J).
+const WARM = num('BENCH_WARM', IMAGES);
 const QUALITY = 80;
 
 const cpuMs = (u: NodeJS.CpuUsage) => (u.user + u.system) / 1000;
@@ -53,9 +59,10 @@ async function cpuOfOurs(pipeline: BenchPipeline, images: number) {
   const t0 = performance.now();
   const stats = await runOurs(pipeline, stages, { stageConcurrency: CONCURRENCY, webpQuality: QUALITY, attemptTimeoutMs: 60_000 });
   const cpu = cpuMs(process.cpuUsage(before));
-  const threads = cpuByThreadPerImage(threadsBefore, cpuByThread(), images);
+  const threadsAfter = cpuByThread();
+  const threads = cpuByThreadPerImage(threadsBefore, threadsAfter, images);
   if (stats.result.deliveredImages !== images) throw new Error(`ours delivered ${stats.result.deliveredImages}/${images}`);
-  return { cpu, wall: performance.now() - t0, delivered: stats.result.deliveredImages, threads };
+  return { cpu, wall: performance.now() - t0, delivered: stats.result.deliveredImages, threads, outside: cpuOutsideLibvips(threadsBefore, threadsAfter) };
 }
 
 async function cpuOfBareSharp(pngs: readonly Uint8Array[]) {
@@ -67,7 +74,9 @@ async function cpuOfBareSharp(pngs: readonly Uint8Array[]) {
     const out = await sharp(png).webp({ quality: QUALITY }).toBuffer();
     bytes += out.byteLength;
   });
-  return { cpu: cpuMs(process.cpuUsage(before)), wall: performance.now() - t0, bytes, threads: cpuByThreadPerImage(threadsBefore, cpuByThread(), pngs.length) };
+  const cpu = cpuMs(process.cpuUsage(before));
+  const threadsAfter = cpuByThread();
+  return { cpu, wall: performance.now() - t0, bytes, threads: cpuByThreadPerImage(threadsBefore, threadsAfter, pngs.length), outside: cpuOutsideLibvips(threadsBefore, threadsAfter) };
 }
 
 /** The library's own codec step (probe + full decode + auto-orient + WebP) on the same images: splits codec cost from the rest. */
@@ -79,16 +88,33 @@ async function cpuOfToWebp(pngs: readonly Uint8Array[]) {
   return cpuMs(process.cpuUsage(before));
 }
 
-/** The figure: the median of the rounds' ratios (ours and bare sharp alternate, so a slow minute weighs on both). */
-function median(variant: string, ratios: readonly number[]): number {
-  const sorted = [...ratios].sort((a, b) => a - b);
+const middle = (values: readonly number[]) => {
+  const sorted = [...values].sort((a, b) => a - b);
   const mid = sorted.length / 2;
-  const value = sorted.length % 2 === 1 ? sorted[Math.floor(mid)]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
-  console.log(`FIGURE 3${variant} median of ${ratios.length} rounds = ${fmt(value, 3)} (rounds ${ratios.map((r) => fmt(r, 3)).join(', ')})`);
+  return sorted.length % 2 === 1 ? sorted[Math.floor(mid)]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
+};
+
+interface RoundRatios {
+  /** Ours / bare sharp, CPU of the whole process: the figure. */
+  readonly ratio: number;
+  /** 1 + (ours - bare sharp outside libvips's workers) / bare sharp: the same overhead without the codec's own swings. */
+  readonly outsideCodec: number;
+}
+
+/**
+ * The figure: the median of the rounds' ratios (ours and bare sharp alternate, so a slow minute
+ * weighs on both). Beside it, the same with the codec's CPU taken as equal on both sides: the
+ * libvips work is the same conversion (`toWebp` alone costs what bare sharp does), but on this
+ * VM its CPU per image swings by 10-20% from one run to the next, more than the overhead measured.
+ */
+function median(variant: string, rounds: readonly RoundRatios[]): number {
+  const value = middle(rounds.map((r) => r.ratio));
+  console.log(`FIGURE 3${variant} median of ${rounds.length} rounds = ${fmt(value, 3)} (rounds ${rounds.map((r) => fmt(r.ratio, 3)).join(', ')})`);
+  console.log(`  3${variant} outside the codec (libvips's CPU taken as bare sharp's): median ${fmt(middle(rounds.map((r) => r.outsideCodec)), 3)} (rounds ${rounds.map((r) => fmt(r.outsideCodec, 3)).join(', ')})`);
   return value;
 }
 
-function report(name: string, ours: { cpu: number; wall: number; delivered: number; threads: string }, bare: { cpu: number; wall: number; threads: string }, count: number, codec: number) {
+function report(name: string, ours: { cpu: number; wall: number; delivered: number; threads: string; outside: number }, bare: { cpu: number; wall: number; threads: string; outside: number }, count: number, codec: number | undefined): RoundRatios {
   const oursPer = ours.cpu / ours.delivered;
   const barePer = bare.cpu / count;
   console.log(`${name}:`);
@@ -96,9 +122,10 @@ function report(name: string, ours: { cpu: number; wall: number; delivered: numb
   if (ours.threads) console.log(`  ours by thread, ms/image: ${ours.threads} (node#<id>: the database thread, libuv's pool and V8's workers)`);
   console.log(`  bare sharp PNG->WebP: ${count} images, CPU ${fmt(bare.cpu, 0)} ms (${fmt(barePer, 1)} ms/image), wall ${fmt(bare.wall, 0)} ms`);
   if (bare.threads) console.log(`  bare sharp by thread, ms/image: ${bare.threads}`);
-  console.log(`  library toWebp() alone on the same images: ${fmt(codec / count, 1)} ms/image = ${fmt(codec / count / barePer, 3)} x bare sharp; the rest of ours (HTTP/JSON, PGlite transactions, events, file writes): ${fmt(oursPer - codec / count, 1)} ms/image`);
-  console.log(`  3${name.slice(0, 1)} CPU per delivered image ours / bare sharp = ${fmt(oursPer / barePer, 3)} (overhead ${fmt(oursPer - barePer, 1)} ms/image)`);
-  return oursPer / barePer;
+  if (codec !== undefined) console.log(`  library toWebp() alone on the same images: ${fmt(codec / count, 1)} ms/image = ${fmt(codec / count / barePer, 3)} x bare sharp; the rest of ours (HTTP/JSON, PGlite transactions, events, file writes): ${fmt(oursPer - codec / count, 1)} ms/image`);
+  const outsidePer = ours.outside / ours.delivered - bare.outside / count;
+  console.log(`  3${name.slice(0, 1)} CPU per delivered image ours / bare sharp = ${fmt(oursPer / barePer, 3)} (overhead ${fmt(oursPer - barePer, 1)} ms/image; outside libvips ${fmt(outsidePer, 1)} ms/image)`);
+  return { ratio: oursPer / barePer, outsideCodec: 1 + outsidePer / barePer };
 }
 
 async function variantA() {
@@ -107,10 +134,10 @@ async function variantA() {
   // As openPipeline runs it: in the image thread (shared with the codec) unless IMAGEGEN_IMAGE_THREAD=off.
   const threaded = loadConfig(process.env).imageThread !== false ? new ImageThread({ gemini: settings }) : undefined;
   const generator: ImageGenerator = threaded ? new ThreadedImageGenerator({ thread: threaded }) : new GeminiImageGenerator(settings);
-  const pipeline = await openBenchPipeline({ generator, globalConcurrency: CONCURRENCY, credits: (ROUNDS + 1) * IMAGES + 20, imageThread: threaded ?? null });
+  const pipeline = await openBenchPipeline({ generator, globalConcurrency: CONCURRENCY, credits: ROUNDS * IMAGES + WARM + 20, imageThread: threaded ?? null });
   try {
     // Warm-up (JIT, sharp, SDK, PGlite plans): a small job, not measured. Calls 1..warm.
-    const warm = 8;
+    const warm = WARM;
     await cpuOfOurs(pipeline, warm);
     const render = async (from: number, count: number) => {
       const pngs: Uint8Array[] = [];
@@ -118,13 +145,14 @@ async function variantA() {
       return pngs;
     };
     await cpuOfBareSharp(await render(1, warm));
-    const ratios: number[] = [];
+    const ratios: RoundRatios[] = [];
     for (let round = 1, next = warm + 1; round <= ROUNDS; round++, next += IMAGES) {
       const ours = await cpuOfOurs(pipeline, IMAGES);
       // The server stamps each image with its call number: calls next..next+IMAGES-1 were this round's.
       const pngs = await render(next, IMAGES);
       const bare = await cpuOfBareSharp(pngs);
-      const codec = await cpuOfToWebp(pngs);
+      // The library's codec step alone, once (it only splits the codec's cost from the rest).
+      const codec = round === 1 ? await cpuOfToWebp(pngs) : undefined;
       if (round === 1) {
         const meta = await sharp(pngs[0]!).metadata();
         console.log(`  (PNGs ${meta.width}x${meta.height}, ${fmt(pngs.reduce((n, p) => n + p.byteLength, 0) / pngs.length / 1024, 1)} KiB each, sha256 of the first ${createHash('sha256').update(pngs[0]!).digest('hex').slice(0, 12)})`);
@@ -142,19 +170,18 @@ async function variantA() {
 async function variantB() {
   const images = await photoLikePngs(8, 1024, 1024);
   const generator = new InstantImageGenerator(images);
-  const pipeline = await openBenchPipeline({ generator, globalConcurrency: CONCURRENCY, credits: (ROUNDS + 1) * IMAGES + 20 });
+  const pipeline = await openBenchPipeline({ generator, globalConcurrency: CONCURRENCY, credits: ROUNDS * IMAGES + WARM + 20 });
   try {
-    const warm = 8;
-    await cpuOfOurs(pipeline, warm);
+    await cpuOfOurs(pipeline, WARM);
     await cpuOfBareSharp(images);
     console.log(`  (photo-like PNGs 1024x1024, ${fmt(images.reduce((n, p) => n + p.byteLength, 0) / images.length / 1024, 0)} KiB each)`);
-    const ratios: number[] = [];
+    const ratios: RoundRatios[] = [];
     for (let round = 1; round <= ROUNDS; round++) {
       const first = generator.calls;
       const ours = await cpuOfOurs(pipeline, IMAGES);
       const served = Array.from({ length: generator.calls - first }, (_, k) => images[(first + k) % images.length]!);
       const bare = await cpuOfBareSharp(served);
-      const codec = await cpuOfToWebp(served);
+      const codec = round === 1 ? await cpuOfToWebp(served) : undefined;
       ratios.push(report(`B (in-process instant provider, photo-like 1024x1024 PNGs), round ${round}`, ours, bare, served.length, codec));
     }
     return median('B', ratios);

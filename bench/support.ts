@@ -414,6 +414,13 @@ export function cpuByThread(): Map<string, number> {
   return threads;
 }
 
+/** CPU (ms) of every thread but libvips's workers between two {@link cpuByThread} readings: what runs around the codec. */
+export function cpuOutsideLibvips(before: Map<string, number>, after: Map<string, number>): number {
+  let ms = 0;
+  for (const [kind, total] of after) if (kind !== 'libvips') ms += total - (before.get(kind) ?? 0);
+  return ms;
+}
+
 /** `after - before` of {@link cpuByThread}, per image, as `kind=ms` words (threads under 0.05 ms/image left out). */
 export function cpuByThreadPerImage(before: Map<string, number>, after: Map<string, number>, images: number): string {
   return [...after]
