@@ -1,4 +1,4 @@
-import { EMPTY, catchError, exhaustMap, filter, from, interval, merge, of, share, switchMap, take, tap, timer, type Observable } from 'rxjs';
+import { EMPTY, catchError, defer, exhaustMap, filter, from, interval, merge, of, share, switchMap, take, tap, timer, type Observable } from 'rxjs';
 import type { Logger } from 'pino';
 import { isCancelRequested, type Database } from '../db/index.js';
 
@@ -55,7 +55,9 @@ export function polledCancelRequest(database: Database, jobId: string, everyMs: 
  * - `stop$` = the caller's stop or a lost lease, whichever comes first (shared: the
  *   engine and the grace timer see the same one).
  * - `cancel$` = a cancel requested before the run, the caller's cancel, the polled
- *   cancel request, or the grace period running out after a stop.
+ *   cancel request, or the grace period running out after a stop; shared by all its
+ *   subscribers (one poll of the job row per tick however many stages listen) and replayed
+ *   to a late one.
  *
  * ```
  * stop (caller)  ─────s──────────
@@ -77,12 +79,21 @@ export function controlSignals(config: ControlSignalsConfig): ControlSignals {
   );
   // A job cancelled while it waited in the queue ends at once, with no provider call.
   const cancelledBefore$ = config.cancelRequested ? of(true) : EMPTY;
-  const cancel$ = merge(
+  // Shared: every stage of the job subscribes to it, and one poll per tick serves them all (it
+  // was one poll per stage: a 3-stage job asked the job row 6 times a second); the poll stops
+  // when no stage listens. A stage that subscribes after the cancel came gets it at once.
+  let cancelled = false;
+  const shared$ = merge(
     cancelledBefore$,
     config.cancel$ ?? EMPTY,
     polledCancelRequest(config.database, config.jobId, config.cancelPollMs),
     stop$.pipe(switchMap(() => timer(config.graceMs))),
-  ).pipe(take(1));
+  ).pipe(
+    take(1),
+    tap(() => (cancelled = true)),
+    share(),
+  );
+  const cancel$ = defer(() => (cancelled ? of(true) : shared$));
   return {
     cancel$,
     stop$,
