@@ -136,17 +136,16 @@ async function variantA() {
   const generator: ImageGenerator = threaded ? new ThreadedImageGenerator({ thread: threaded }) : new GeminiImageGenerator(settings);
   const pipeline = await openBenchPipeline({ generator, globalConcurrency: CONCURRENCY, credits: ROUNDS * IMAGES + WARM + 20, imageThread: threaded ?? null });
   try {
-    // Warm-up (JIT, sharp, SDK, PGlite plans): a small job, not measured. Calls 1..warm.
-    const warm = WARM;
-    await cpuOfOurs(pipeline, warm);
+    // Warm-up (JIT, sharp, SDK, PGlite plans): a job of WARM images, not measured. Calls 1..WARM.
+    await cpuOfOurs(pipeline, WARM);
     const render = async (from: number, count: number) => {
       const pngs: Uint8Array[] = [];
       for (let n = from; n < from + count; n++) pngs.push(await renderStampedPng({ stamp: n, width: 1024, height: 1024 }));
       return pngs;
     };
-    await cpuOfBareSharp(await render(1, warm));
+    await cpuOfBareSharp(await render(1, WARM));
     const ratios: RoundRatios[] = [];
-    for (let round = 1, next = warm + 1; round <= ROUNDS; round++, next += IMAGES) {
+    for (let round = 1, next = WARM + 1; round <= ROUNDS; round++, next += IMAGES) {
       const ours = await cpuOfOurs(pipeline, IMAGES);
       // The server stamps each image with its call number: calls next..next+IMAGES-1 were this round's.
       const pngs = await render(next, IMAGES);

@@ -20,6 +20,17 @@ import { Worker, isMainThread, parentPort, workerData } from 'node:worker_thread
 
 const POSTS = Number(process.env['BENCH_POSTS'] ?? 1000);
 
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/**
+ * This thread's CPU time so far, ns, read after a short sleep: exact then (the kernel brought
+ * the counter up to date when the thread went to sleep); read while running, it can lag.
+ */
+async function settledCpuNs(): Promise<number> {
+  await sleep(20);
+  return threadCpuNs();
+}
+
 /** This thread's CPU time so far, ns. */
 function threadCpuNs(): number {
   return Number(readFileSync('/proc/thread-self/schedstat', 'utf8').split(' ')[0]);
@@ -84,33 +95,25 @@ if (isMainThread) {
   );
 } else if ((workerData as { turns?: number }).turns !== undefined) {
   const { turns } = workerData as { turns: number };
-  const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-  await sleep(20);
-  let start = threadCpuNs();
+  let start = await settledCpuNs();
   for (let i = 0; i < turns; i++) await sleep(1);
-  await sleep(20);
-  const sleeping = (threadCpuNs() - start) / turns / 1000;
-  start = threadCpuNs();
+  const sleeping = ((await settledCpuNs()) - start) / turns / 1000;
+  start = await settledCpuNs();
   for (let i = 0; i < turns; i++) await new Promise((resolve) => setImmediate(resolve));
-  await sleep(20);
-  parentPort!.postMessage({ sleeping, running: (threadCpuNs() - start) / turns / 1000 });
+  parentPort!.postMessage({ sleeping, running: ((await settledCpuNs()) - start) / turns / 1000 });
 } else {
   const port = parentPort!;
   const { posts } = workerData as { posts: number };
-  const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
   let spent = 0;
   let sent = 0;
-  // Read after a sleep, the counter is exact (the kernel brought it up to date when the thread
-  // went to sleep); read while running, it can lag by up to a scheduler tick.
-  await sleep(20);
-  const start = threadCpuNs();
+  const start = await settledCpuNs();
   const tick = (): void => {
     const before = threadCpuNs();
     port.postMessage({ sent });
     spent += threadCpuNs() - before;
     if (++sent < posts) setTimeout(tick, 2);
     else
-      void sleep(20).then(() => port.postMessage({ meanUs: (threadCpuNs() - start) / posts / 1000, bracketedUs: spent / posts / 1000 }));
+      void settledCpuNs().then((end) => port.postMessage({ meanUs: (end - start) / posts / 1000, bracketedUs: spent / posts / 1000 }));
   };
   tick();
 }
