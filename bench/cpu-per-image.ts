@@ -55,18 +55,21 @@ async function cpuOfOurs(pipeline: BenchPipeline, images: number) {
   const perStage = Math.floor(images / STAGES);
   const stages = Array.from({ length: STAGES }, (_, i) => ({ quantity: perStage + (i < images % STAGES ? 1 : 0), aspectRatio: '1:1' }));
   const before = process.cpuUsage();
+  const faultsBefore = process.resourceUsage().minorPageFault;
   const threadsBefore = cpuByThread();
   const t0 = performance.now();
   const stats = await runOurs(pipeline, stages, { stageConcurrency: CONCURRENCY, webpQuality: QUALITY, attemptTimeoutMs: 60_000 });
   const cpu = cpuMs(process.cpuUsage(before));
+  const faults = process.resourceUsage().minorPageFault - faultsBefore;
   const threadsAfter = cpuByThread();
   const threads = cpuByThreadPerImage(threadsBefore, threadsAfter, images);
   if (stats.result.deliveredImages !== images) throw new Error(`ours delivered ${stats.result.deliveredImages}/${images}`);
-  return { cpu, wall: performance.now() - t0, delivered: stats.result.deliveredImages, threads, outside: cpuOutsideLibvips(threadsBefore, threadsAfter) };
+  return { cpu, wall: performance.now() - t0, delivered: stats.result.deliveredImages, threads, outside: cpuOutsideLibvips(threadsBefore, threadsAfter), faults };
 }
 
 async function cpuOfBareSharp(pngs: readonly Uint8Array[]) {
   const before = process.cpuUsage();
+  const faultsBefore = process.resourceUsage().minorPageFault;
   const threadsBefore = cpuByThread();
   const t0 = performance.now();
   let bytes = 0;
@@ -75,8 +78,9 @@ async function cpuOfBareSharp(pngs: readonly Uint8Array[]) {
     bytes += out.byteLength;
   });
   const cpu = cpuMs(process.cpuUsage(before));
+  const faults = process.resourceUsage().minorPageFault - faultsBefore;
   const threadsAfter = cpuByThread();
-  return { cpu, wall: performance.now() - t0, bytes, threads: cpuByThreadPerImage(threadsBefore, threadsAfter, pngs.length), outside: cpuOutsideLibvips(threadsBefore, threadsAfter) };
+  return { cpu, wall: performance.now() - t0, bytes, threads: cpuByThreadPerImage(threadsBefore, threadsAfter, pngs.length), outside: cpuOutsideLibvips(threadsBefore, threadsAfter), faults };
 }
 
 /** The library's own codec step (probe + full decode + auto-orient + WebP) on the same images: splits codec cost from the rest. */
@@ -114,13 +118,23 @@ function median(variant: string, rounds: readonly RoundRatios[]): number {
   return value;
 }
 
-function report(name: string, ours: { cpu: number; wall: number; delivered: number; threads: string; outside: number }, bare: { cpu: number; wall: number; threads: string; outside: number }, count: number, codec: number | undefined): RoundRatios {
+interface Side {
+  readonly cpu: number;
+  readonly wall: number;
+  readonly threads: string;
+  /** CPU of every thread but libvips's workers, ms. */
+  readonly outside: number;
+  /** Minor page faults of the process (every thread): on a PVM guest each costs ~10 us (BENCHMARKS.md 11K). */
+  readonly faults: number;
+}
+
+function report(name: string, ours: Side & { delivered: number }, bare: Side, count: number, codec: number | undefined): RoundRatios {
   const oursPer = ours.cpu / ours.delivered;
   const barePer = bare.cpu / count;
   console.log(`${name}:`);
-  console.log(`  ours: ${ours.delivered} images, CPU ${fmt(ours.cpu, 0)} ms (${fmt(oursPer, 1)} ms/image), wall ${fmt(ours.wall, 0)} ms`);
+  console.log(`  ours: ${ours.delivered} images, CPU ${fmt(ours.cpu, 0)} ms (${fmt(oursPer, 1)} ms/image), wall ${fmt(ours.wall, 0)} ms, ${fmt(ours.faults / ours.delivered, 0)} minor page faults/image`);
   if (ours.threads) console.log(`  ours by thread, ms/image: ${ours.threads} (node#<id>: the database thread, libuv's pool and V8's workers)`);
-  console.log(`  bare sharp PNG->WebP: ${count} images, CPU ${fmt(bare.cpu, 0)} ms (${fmt(barePer, 1)} ms/image), wall ${fmt(bare.wall, 0)} ms`);
+  console.log(`  bare sharp PNG->WebP: ${count} images, CPU ${fmt(bare.cpu, 0)} ms (${fmt(barePer, 1)} ms/image), wall ${fmt(bare.wall, 0)} ms, ${fmt(bare.faults / count, 0)} minor page faults/image`);
   if (bare.threads) console.log(`  bare sharp by thread, ms/image: ${bare.threads}`);
   if (codec !== undefined) console.log(`  library toWebp() alone on the same images: ${fmt(codec / count, 1)} ms/image = ${fmt(codec / count / barePer, 3)} x bare sharp; the rest of ours (HTTP/JSON, PGlite transactions, events, file writes): ${fmt(oursPer - codec / count, 1)} ms/image`);
   const outsidePer = ours.outside / ours.delivered - bare.outside / count;
