@@ -51,36 +51,45 @@ const QUALITY = 80;
 
 const cpuMs = (u: NodeJS.CpuUsage) => (u.user + u.system) / 1000;
 
-async function cpuOfOurs(pipeline: BenchPipeline, images: number) {
-  const perStage = Math.floor(images / STAGES);
-  const stages = Array.from({ length: STAGES }, (_, i) => ({ quantity: perStage + (i < images % STAGES ? 1 : 0), aspectRatio: '1:1' }));
+interface Side {
+  readonly cpu: number;
+  readonly wall: number;
+  readonly threads: string;
+  /** CPU of every thread but libvips's workers, ms. */
+  readonly outside: number;
+  /** Minor page faults of the process (every thread): on a PVM guest each costs ~10 us (BENCHMARKS.md 11K). */
+  readonly faults: number;
+}
+
+/** One side's run of `images` images (`work`), measured: the process's CPU, its split by thread, wall time, page faults. */
+async function measured<T>(images: number, work: () => Promise<T>): Promise<Side & { readonly value: T }> {
   const before = process.cpuUsage();
   const faultsBefore = process.resourceUsage().minorPageFault;
   const threadsBefore = cpuByThread();
   const t0 = performance.now();
-  const stats = await runOurs(pipeline, stages, { stageConcurrency: CONCURRENCY, webpQuality: QUALITY, attemptTimeoutMs: 60_000 });
+  const value = await work();
   const cpu = cpuMs(process.cpuUsage(before));
   const faults = process.resourceUsage().minorPageFault - faultsBefore;
   const threadsAfter = cpuByThread();
   const threads = cpuByThreadPerImage(threadsBefore, threadsAfter, images);
-  if (stats.result.deliveredImages !== images) throw new Error(`ours delivered ${stats.result.deliveredImages}/${images}`);
-  return { cpu, wall: performance.now() - t0, delivered: stats.result.deliveredImages, threads, outside: cpuOutsideLibvips(threadsBefore, threadsAfter), faults };
+  return { cpu, wall: performance.now() - t0, threads, outside: cpuOutsideLibvips(threadsBefore, threadsAfter), faults, value };
 }
 
-async function cpuOfBareSharp(pngs: readonly Uint8Array[]) {
-  const before = process.cpuUsage();
-  const faultsBefore = process.resourceUsage().minorPageFault;
-  const threadsBefore = cpuByThread();
-  const t0 = performance.now();
-  let bytes = 0;
-  await pool(pngs, CONCURRENCY, async (png) => {
-    const out = await sharp(png).webp({ quality: QUALITY }).toBuffer();
-    bytes += out.byteLength;
-  });
-  const cpu = cpuMs(process.cpuUsage(before));
-  const faults = process.resourceUsage().minorPageFault - faultsBefore;
-  const threadsAfter = cpuByThread();
-  return { cpu, wall: performance.now() - t0, bytes, threads: cpuByThreadPerImage(threadsBefore, threadsAfter, pngs.length), outside: cpuOutsideLibvips(threadsBefore, threadsAfter), faults };
+async function cpuOfOurs(pipeline: BenchPipeline, images: number) {
+  const perStage = Math.floor(images / STAGES);
+  const stages = Array.from({ length: STAGES }, (_, i) => ({ quantity: perStage + (i < images % STAGES ? 1 : 0), aspectRatio: '1:1' }));
+  const side = await measured(images, () => runOurs(pipeline, stages, { stageConcurrency: CONCURRENCY, webpQuality: QUALITY, attemptTimeoutMs: 60_000 }));
+  const delivered = side.value.result.deliveredImages;
+  if (delivered !== images) throw new Error(`ours delivered ${delivered}/${images}`);
+  return { ...side, delivered };
+}
+
+function cpuOfBareSharp(pngs: readonly Uint8Array[]): Promise<Side> {
+  return measured(pngs.length, () =>
+    pool(pngs, CONCURRENCY, async (png) => {
+      await sharp(png).webp({ quality: QUALITY }).toBuffer();
+    }),
+  );
 }
 
 /** The library's own codec step (probe + full decode + auto-orient + WebP) on the same images: splits codec cost from the rest. */
@@ -116,16 +125,6 @@ function median(variant: string, rounds: readonly RoundRatios[]): number {
   console.log(`FIGURE 3${variant} median of ${rounds.length} rounds = ${fmt(value, 3)} (rounds ${rounds.map((r) => fmt(r.ratio, 3)).join(', ')})`);
   console.log(`  3${variant} outside the codec (libvips's CPU taken as bare sharp's): median ${fmt(middle(rounds.map((r) => r.outsideCodec)), 3)} (rounds ${rounds.map((r) => fmt(r.outsideCodec, 3)).join(', ')})`);
   return value;
-}
-
-interface Side {
-  readonly cpu: number;
-  readonly wall: number;
-  readonly threads: string;
-  /** CPU of every thread but libvips's workers, ms. */
-  readonly outside: number;
-  /** Minor page faults of the process (every thread): on a PVM guest each costs ~10 us (BENCHMARKS.md 11K). */
-  readonly faults: number;
 }
 
 function report(name: string, ours: Side & { delivered: number }, bare: Side, count: number, codec: number | undefined): RoundRatios {
