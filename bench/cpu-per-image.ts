@@ -12,7 +12,9 @@
  *
  * Ours is also split by thread (`cpuByThread`, Linux): the main thread, the database
  * thread, libuv's pool and V8's workers (`node#<id>`), sharp's `libvips` workers; bare sharp
- * too, so the two splits side by side show where the overhead sits.
+ * too, so the two splits side by side show where the overhead sits. Beside them: each side's
+ * system (kernel) time, minor page faults and context switches per image (by thread), the
+ * prices this VM charges most for (BENCHMARKS.md 11K, 11L).
  *
  * Both sides run with the same parallelism (BENCH_CONCURRENCY, default 4 = global and
  * stage limit for ours, lanes for bare sharp) and WebP quality 80. Each side is warmed
@@ -35,7 +37,7 @@ import { loadConfig } from '../src/config.js';
 import { renderStampedPng } from '../test/support/stamped-image.js';
 import { toWebp } from '../src/adapters/image-codec.js';
 import { spawnFakeServer } from './fake-server-process.js';
-import { InstantImageGenerator, cpuByThread, cpuOutsideLibvips, cpuByThreadPerImage, fmt, openBenchPipeline, photoLikePngs, pool, runOurs, type BenchPipeline } from './support.js';
+import { InstantImageGenerator, cpuByThread, cpuOutsideLibvips, cpuByThreadPerImage, fmt, switchesByThread, switchesPerImage, openBenchPipeline, photoLikePngs, pool, runOurs, type BenchPipeline } from './support.js';
 import type { ImageGenerator } from '../src/domain/ports.js';
 
 const num = (name: string, fallback: number) => (process.env[name] ? Number(process.env[name]) : fallback);
@@ -53,26 +55,33 @@ const cpuMs = (u: NodeJS.CpuUsage) => (u.user + u.system) / 1000;
 
 interface Side {
   readonly cpu: number;
+  /** The kernel's part of {@link cpu} (system time), ms. */
+  readonly system: number;
   readonly wall: number;
   readonly threads: string;
   /** CPU of every thread but libvips's workers, ms. */
   readonly outside: number;
   /** Minor page faults of the process (every thread): on a PVM guest each costs ~10 us (BENCHMARKS.md 11K). */
   readonly faults: number;
+  /** Context switches per image by thread (voluntary/involuntary) and in all: each sleep and wake-up of a thread costs it CPU (11L). */
+  readonly switches: ReturnType<typeof switchesPerImage>;
 }
 
-/** One side's run of `images` images (`work`), measured: the process's CPU, its split by thread, wall time, page faults. */
+/** One side's run of `images` images (`work`), measured: the process's CPU, its split by thread, wall time, page faults, context switches. */
 async function measured<T>(images: number, work: () => Promise<T>): Promise<Side & { readonly value: T }> {
   const before = process.cpuUsage();
   const faultsBefore = process.resourceUsage().minorPageFault;
   const threadsBefore = cpuByThread();
+  const switchesBefore = switchesByThread();
   const t0 = performance.now();
   const value = await work();
-  const cpu = cpuMs(process.cpuUsage(before));
+  const usage = process.cpuUsage(before);
+  const cpu = cpuMs(usage);
   const faults = process.resourceUsage().minorPageFault - faultsBefore;
   const threadsAfter = cpuByThread();
+  const switches = switchesPerImage(switchesBefore, switchesByThread(), images);
   const threads = cpuByThreadPerImage(threadsBefore, threadsAfter, images);
-  return { cpu, wall: performance.now() - t0, threads, outside: cpuOutsideLibvips(threadsBefore, threadsAfter), faults, value };
+  return { cpu, system: usage.system / 1000, wall: performance.now() - t0, threads, outside: cpuOutsideLibvips(threadsBefore, threadsAfter), faults, switches, value };
 }
 
 async function cpuOfOurs(pipeline: BenchPipeline, images: number) {
@@ -131,10 +140,12 @@ function report(name: string, ours: Side & { delivered: number }, bare: Side, co
   const oursPer = ours.cpu / ours.delivered;
   const barePer = bare.cpu / count;
   console.log(`${name}:`);
-  console.log(`  ours: ${ours.delivered} images, CPU ${fmt(ours.cpu, 0)} ms (${fmt(oursPer, 1)} ms/image), wall ${fmt(ours.wall, 0)} ms, ${fmt(ours.faults / ours.delivered, 0)} minor page faults/image`);
+  console.log(`  ours: ${ours.delivered} images, CPU ${fmt(ours.cpu, 0)} ms (${fmt(oursPer, 1)} ms/image, system ${fmt(ours.system / ours.delivered, 1)}), wall ${fmt(ours.wall, 0)} ms, ${fmt(ours.faults / ours.delivered, 0)} minor page faults/image`);
   if (ours.threads) console.log(`  ours by thread, ms/image: ${ours.threads} (node#<id>: the database thread, libuv's pool and V8's workers)`);
-  console.log(`  bare sharp PNG->WebP: ${count} images, CPU ${fmt(bare.cpu, 0)} ms (${fmt(barePer, 1)} ms/image), wall ${fmt(bare.wall, 0)} ms, ${fmt(bare.faults / count, 0)} minor page faults/image`);
+  if (ours.switches.words) console.log(`  ours context switches/image, voluntary/involuntary: ${fmt(ours.switches.voluntary, 1)}/${fmt(ours.switches.involuntary, 1)}: ${ours.switches.words}`);
+  console.log(`  bare sharp PNG->WebP: ${count} images, CPU ${fmt(bare.cpu, 0)} ms (${fmt(barePer, 1)} ms/image, system ${fmt(bare.system / count, 1)}), wall ${fmt(bare.wall, 0)} ms, ${fmt(bare.faults / count, 0)} minor page faults/image`);
   if (bare.threads) console.log(`  bare sharp by thread, ms/image: ${bare.threads}`);
+  if (bare.switches.words) console.log(`  bare sharp context switches/image, voluntary/involuntary: ${fmt(bare.switches.voluntary, 1)}/${fmt(bare.switches.involuntary, 1)}: ${bare.switches.words}`);
   if (codec !== undefined) console.log(`  library toWebp() alone on the same images: ${fmt(codec / count, 1)} ms/image = ${fmt(codec / count / barePer, 3)} x bare sharp; the rest of ours (HTTP/JSON, PGlite transactions, events, file writes): ${fmt(oursPer - codec / count, 1)} ms/image`);
   const outsidePer = ours.outside / ours.delivered - bare.outside / count;
   console.log(`  3${name.slice(0, 1)} CPU per delivered image ours / bare sharp = ${fmt(oursPer / barePer, 3)} (overhead ${fmt(oursPer - barePer, 1)} ms/image; outside libvips ${fmt(outsidePer, 1)} ms/image)`);

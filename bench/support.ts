@@ -414,6 +414,53 @@ export function cpuByThread(): Map<string, number> {
   return threads;
 }
 
+/**
+ * Context switches of each thread so far (`/proc/self/task/<tid>/status`: voluntary, i.e. the
+ * thread went to sleep, plus involuntary, preempted), keyed as {@link cpuByThread} keys its
+ * threads. On this PVM guest a thread's sleep and wake-up costs it ~100 us of CPU
+ * (`bench/thread-wake.ts`, BENCHMARKS.md 11L), so the count per image prices the hand-offs. Linux only.
+ */
+export function switchesByThread(): Map<string, { voluntary: number; involuntary: number }> {
+  const threads = new Map<string, { voluntary: number; involuntary: number }>();
+  let tids: string[];
+  try {
+    tids = readdirSync('/proc/self/task');
+  } catch {
+    return threads;
+  }
+  for (const tid of tids) {
+    let status: string;
+    try {
+      status = readFileSync(`/proc/self/task/${tid}/status`, 'utf8');
+    } catch {
+      continue; // the thread ended meanwhile
+    }
+    const name = /^Name:\s*(.*)$/m.exec(status)?.[1] ?? '';
+    const voluntary = Number(/^voluntary_ctxt_switches:\s*(\d+)/m.exec(status)?.[1] ?? 0);
+    const involuntary = Number(/^nonvoluntary_ctxt_switches:\s*(\d+)/m.exec(status)?.[1] ?? 0);
+    const kind = tid === String(process.pid) ? 'main' : name.startsWith('libvips') ? 'libvips' : `${name}#${tid}`;
+    const sum = threads.get(kind) ?? { voluntary: 0, involuntary: 0 };
+    threads.set(kind, { voluntary: sum.voluntary + voluntary, involuntary: sum.involuntary + involuntary });
+  }
+  return threads;
+}
+
+/** `after - before` of {@link switchesByThread}, per image, as `kind=voluntary/involuntary` words (threads under 0.5 a image left out), and the totals. */
+export function switchesPerImage(before: ReturnType<typeof switchesByThread>, after: ReturnType<typeof switchesByThread>, images: number): { readonly words: string; readonly voluntary: number; readonly involuntary: number } {
+  let voluntary = 0;
+  let involuntary = 0;
+  const words: string[] = [];
+  for (const [kind, now] of after) {
+    const then = before.get(kind) ?? { voluntary: 0, involuntary: 0 };
+    const v = (now.voluntary - then.voluntary) / images;
+    const i = (now.involuntary - then.involuntary) / images;
+    voluntary += v;
+    involuntary += i;
+    if (v + i >= 0.5) words.push(`${kind}=${fmt(v, 1)}/${fmt(i, 1)}`);
+  }
+  return { words: words.join(' '), voluntary, involuntary };
+}
+
 /** CPU (ms) of every thread but libvips's workers between two {@link cpuByThread} readings: what runs around the codec. */
 export function cpuOutsideLibvips(before: Map<string, number>, after: Map<string, number>): number {
   let ms = 0;
