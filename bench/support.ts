@@ -385,67 +385,63 @@ export function attemptKey(stage: number, slot: number, attempt: number): string
 export { firstValueFrom };
 
 /**
- * CPU time of each thread of this process so far, ms, by kind: `main`, `libvips` (sharp's
- * workers), and every other thread by its name and id (PGlite's thread, libuv's pool and
- * V8's workers are all called `node`). Linux only
- * (`/proc/self/task/<tid>/stat`, 10 ms ticks); an empty map elsewhere.
+ * One file of each thread of this process (`/proc/self/task/<tid>/<file>`), with the thread's
+ * kind: `main`, `libvips` (sharp's workers), and every other thread by its name and id
+ * (PGlite's thread, libuv's pool and V8's workers are all called `node`). Linux only; none
+ * elsewhere. A thread that ends meanwhile is left out.
  */
-export function cpuByThread(): Map<string, number> {
-  const threads = new Map<string, number>();
+function* threadFiles(file: 'stat' | 'status'): Generator<{ readonly kind: string; readonly text: string }> {
   let tids: string[];
   try {
     tids = readdirSync('/proc/self/task');
   } catch {
-    return threads;
+    return;
   }
   for (const tid of tids) {
-    let stat: string;
+    let text: string;
+    let name: string;
     try {
-      stat = readFileSync(`/proc/self/task/${tid}/stat`, 'utf8');
+      text = readFileSync(`/proc/self/task/${tid}/${file}`, 'utf8');
+      name = readFileSync(`/proc/self/task/${tid}/comm`, 'utf8').trim();
     } catch {
       continue; // the thread ended meanwhile
     }
-    const name = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    yield { kind: tid === String(process.pid) ? 'main' : name.startsWith('libvips') ? 'libvips' : `${name}#${tid}`, text };
+  }
+}
+
+/**
+ * CPU time of each thread of this process so far, ms, by kind ({@link threadFiles}). Linux only
+ * (`stat`'s utime + stime, 10 ms ticks); an empty map elsewhere.
+ */
+export function cpuByThread(): Map<string, number> {
+  const threads = new Map<string, number>();
+  for (const { kind, text } of threadFiles('stat')) {
+    const fields = text.slice(text.lastIndexOf(')') + 2).split(' ');
     const ms = (Number(fields[11]) + Number(fields[12])) * 10; // utime + stime, in 10 ms ticks
-    const kind = tid === String(process.pid) ? 'main' : name.startsWith('libvips') ? 'libvips' : `${name}#${tid}`;
     threads.set(kind, (threads.get(kind) ?? 0) + ms);
   }
   return threads;
 }
 
 /**
- * Context switches of each thread so far (`/proc/self/task/<tid>/status`: voluntary, i.e. the
- * thread went to sleep, plus involuntary, preempted), keyed as {@link cpuByThread} keys its
- * threads. On this PVM guest a thread's sleep and wake-up costs it ~100 us of CPU
- * (`bench/thread-wake.ts`, BENCHMARKS.md 11L), so the count per image prices the hand-offs. Linux only.
+ * Context switches of each thread so far, by kind ({@link threadFiles}): voluntary (the thread
+ * went to sleep) and involuntary (preempted). Every hand-off between threads is a sleep and a
+ * wake-up, which on this PVM guest costs CPU (`bench/thread-wake.ts`), so the count per image
+ * prices the hand-offs (BENCHMARKS.md 11L). Linux only.
  */
 export function switchesByThread(): Map<string, { voluntary: number; involuntary: number }> {
   const threads = new Map<string, { voluntary: number; involuntary: number }>();
-  let tids: string[];
-  try {
-    tids = readdirSync('/proc/self/task');
-  } catch {
-    return threads;
-  }
-  for (const tid of tids) {
-    let status: string;
-    try {
-      status = readFileSync(`/proc/self/task/${tid}/status`, 'utf8');
-    } catch {
-      continue; // the thread ended meanwhile
-    }
-    const name = /^Name:\s*(.*)$/m.exec(status)?.[1] ?? '';
-    const voluntary = Number(/^voluntary_ctxt_switches:\s*(\d+)/m.exec(status)?.[1] ?? 0);
-    const involuntary = Number(/^nonvoluntary_ctxt_switches:\s*(\d+)/m.exec(status)?.[1] ?? 0);
-    const kind = tid === String(process.pid) ? 'main' : name.startsWith('libvips') ? 'libvips' : `${name}#${tid}`;
+  for (const { kind, text } of threadFiles('status')) {
+    const voluntary = Number(/^voluntary_ctxt_switches:\s*(\d+)/m.exec(text)?.[1] ?? 0);
+    const involuntary = Number(/^nonvoluntary_ctxt_switches:\s*(\d+)/m.exec(text)?.[1] ?? 0);
     const sum = threads.get(kind) ?? { voluntary: 0, involuntary: 0 };
     threads.set(kind, { voluntary: sum.voluntary + voluntary, involuntary: sum.involuntary + involuntary });
   }
   return threads;
 }
 
-/** `after - before` of {@link switchesByThread}, per image, as `kind=voluntary/involuntary` words (threads under 0.5 a image left out), and the totals. */
+/** `after - before` of {@link switchesByThread}, per image: `kind=voluntary/involuntary` words (threads under 0.5 an image left out) and the totals. */
 export function switchesPerImage(before: ReturnType<typeof switchesByThread>, after: ReturnType<typeof switchesByThread>, images: number): { readonly words: string; readonly voluntary: number; readonly involuntary: number } {
   let voluntary = 0;
   let involuntary = 0;
