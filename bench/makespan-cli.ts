@@ -18,7 +18,7 @@
  * BENCH_FAILURE_RATE (0.1), BENCH_CONCURRENCY (10), BENCH_QUANTITY (100), BENCH_STAGES (3),
  * BENCH_CPU_PROF_DIR (unset: when set, the `run` process writes a `--cpu-prof` profile there),
  * BENCH_CLI (this build's `dist/cli.js`: another build's, to pair before and after),
- * BENCH_IMAGE_SIZE (the provider's default), BENCH_NODE_FLAGS (flags for node running the CLI); IMAGEGEN_PGLITE_THREAD, IMAGEGEN_IMAGE_THREAD, IMAGEGEN_PG_THREAD, UV_THREADPOOL_SIZE and VIPS_CONCURRENCY are passed on to the CLI
+ * BENCH_IMAGE_SIZE (the provider's default), BENCH_NODE_FLAGS (flags for node running the CLI); IMAGEGEN_PGLITE_THREAD, IMAGEGEN_IMAGE_THREAD, IMAGEGEN_PG_THREAD, UV_THREADPOOL_SIZE, VIPS_CONCURRENCY and GLIBC_TUNABLES are passed on to the CLI
  * (`off`: PGlite in the main thread). Each run also reports the `run` process's peak RSS and
  * its main thread's peak heapUsed (goal 4).
  *
@@ -101,8 +101,9 @@ async function runOnce(kind: 'pglite' | 'postgres', seed: number): Promise<RunFi
       HOME: process.env['HOME'],
       ...(process.env['XDG_CACHE_HOME'] ? { XDG_CACHE_HOME: process.env['XDG_CACHE_HOME'] } : {}),
       // The thread switches (IMAGEGEN_PGLITE_THREAD, IMAGEGEN_IMAGE_THREAD, IMAGEGEN_PG_THREAD) and
-      // the native thread pools' sizes (libuv's, libvips's) as given.
-      ...Object.fromEntries(Object.entries(process.env).filter(([name]) => /^(IMAGEGEN_[A-Z_]*THREAD|UV_THREADPOOL_SIZE|VIPS_CONCURRENCY)$/.test(name))),
+      // the native thread pools' sizes (libuv's, libvips's) and glibc's tunables (what `bin/imagegen`
+      // sets: GLIBC_TUNABLES=glibc.malloc.hugetlb=1) as given.
+      ...Object.fromEntries(Object.entries(process.env).filter(([name]) => /^(IMAGEGEN_[A-Z_]*THREAD|UV_THREADPOOL_SIZE|VIPS_CONCURRENCY|GLIBC_TUNABLES)$/.test(name))),
       IMAGEGEN_PROVIDER: 'gemini',
       GEMINI_API_KEY: server.apiKey,
       GEMINI_BASE_URL: server.url,

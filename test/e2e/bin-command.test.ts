@@ -1,7 +1,8 @@
 /**
  * `bin/imagegen`, the file npm links as the `imagegen` command: a POSIX sh line that sets
- * glibc's huge-page tunable (unless the caller set GLIBC_TUNABLES) and replaces itself with
- * node on the same file, which then imports `dist/cli.js` (BENCHMARKS.md 11L).
+ * glibc's huge-page tunable (unless the caller set GLIBC_TUNABLES, or the command runs jobs:
+ * `run`, `worker`, `serve`) and replaces itself with node on the same file, which then
+ * imports `dist/cli.js` (BENCHMARKS.md 11L).
  *
  * The first part runs a copy of the real file in a scratch package whose `dist/cli.js` is a
  * stub that reports what it got (its environment's GLIBC_TUNABLES, its arguments, its pid)
@@ -67,6 +68,18 @@ describe('bin/imagegen (a copy, on a stub CLI, through an npm-style link)', () =
     expect(status).toBe(0);
     expect(seen.tunables).toBe(HUGE_PAGES);
     expect(seen.args).toEqual(args);
+  });
+
+  it('leaves the tunable unset for the commands that run jobs (run, worker, serve), and for them too keeps the caller\'s', () => {
+    for (const command of ['run', 'worker', 'serve']) {
+      const { seen, status } = run([command, 'job.json'], envWith());
+      expect(status).toBe(0);
+      expect(seen.tunables, command).toBeNull();
+      expect(seen.args).toEqual([command, 'job.json']);
+      expect(run([command], envWith({ GLIBC_TUNABLES: 'glibc.malloc.arena_max=2' })).seen.tunables).toBe('glibc.malloc.arena_max=2');
+    }
+    // Only the command word counts: a job file named like a command is a file.
+    expect(run(['status', 'run'], envWith()).seen.tunables).toBe(HUGE_PAGES);
   });
 
   it('keeps GLIBC_TUNABLES the caller set, an empty one included', () => {
