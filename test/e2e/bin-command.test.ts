@@ -56,10 +56,10 @@ describe('bin/imagegen (a copy, on a stub CLI, through an npm-style link)', () =
 
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-  function run(args: string[], env: NodeJS.ProcessEnv): { seen: Seen; status: number | null; stderr: string } {
+  function run(args: string[], env: NodeJS.ProcessEnv): { seen: Seen; status: number | null } {
     const out = spawnSync(linked, args, { encoding: 'utf8', env });
     expect(out.stderr).toBe('');
-    return { seen: JSON.parse(out.stdout) as Seen, status: out.status, stderr: out.stderr };
+    return { seen: JSON.parse(out.stdout) as Seen, status: out.status };
   }
 
   it('sets the huge-page tunable when the caller set none, and passes every argument through as given', () => {
