@@ -50,6 +50,12 @@ for (const kind of DATABASE_KINDS) {
     let inputId: string;
     let gate: Gate;
 
+    /** Waits for a job's end: its event stream ends after job:finished, or after the snapshot of a job that had ended. */
+    const untilEnded = async (token: string, jobId: string): Promise<void> => {
+      const last = (await (await openEvents(service, token, jobId)).rest()).at(-1);
+      expect(last?.event === 'job:finished' || ['completed', 'partial', 'failed', 'cancelled'].includes(last?.data.status)).toBe(true);
+    };
+
     beforeAll(async () => {
       gate = new Gate();
       gate.open();
@@ -68,14 +74,12 @@ for (const kind of DATABASE_KINDS) {
       // Two stages, run to the end before the tests read them.
       const job = { jobId: 'page-1', stages: [{ quantity: 3, prompt: 'a <b>lighthouse</b> & "sea"', mergedImageAttachId: inputId }, { quantity: 2, prompt: 'a harbour', mergedImageAttachId: inputId }] };
       expect((await service.call(TOKENS.alice, 'POST', '/v1/jobs', job)).status).toBe(201);
+      // page-1 runs alone to its end, so calls 2 and 3 (the two faults) are its own, not another job's.
+      await untilEnded(TOKENS.alice, 'page-1');
       expect((await service.call(TOKENS.alice, 'POST', '/v1/jobs', { jobId: 'page-2', stages: [{ quantity: 1, prompt: 'x', mergedImageAttachId: inputId }] })).status).toBe(201);
       const bobInput = (await service.call(TOKENS.bob, 'POST', '/v1/attachments', new Uint8Array(await inputPng()), { 'content-type': 'image/png' })).body.attachId;
       expect((await service.call(TOKENS.bob, 'POST', '/v1/jobs', { jobId: 'page-bob', stages: [{ quantity: 1, prompt: 'y', mergedImageAttachId: bobInput }] })).status).toBe(201);
-      for (const [token, id] of [[TOKENS.alice, 'page-1'], [TOKENS.alice, 'page-2'], [TOKENS.bob, 'page-bob']] as const) {
-        // The stream ends after job:finished, or after the snapshot of a job that had ended.
-        const last = (await (await openEvents(service, token, id)).rest()).at(-1);
-        expect(last?.event === 'job:finished' || ['completed', 'partial', 'failed', 'cancelled'].includes(last?.data.status)).toBe(true);
-      }
+      for (const [token, id] of [[TOKENS.alice, 'page-2'], [TOKENS.bob, 'page-bob']] as const) await untilEnded(token, id);
       expect((await service.call(TOKENS.alice, 'POST', '/v1/jobs', { jobId: 'page-blocked', stages: [{ quantity: 2, prompt: 'forbidden', mergedImageAttachId: inputId }] })).status).toBe(201);
       await (await openEvents(service, TOKENS.alice, 'page-blocked')).rest();
     });
