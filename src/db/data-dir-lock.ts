@@ -12,7 +12,9 @@ function alive(pid: number): boolean {
 
 /**
  * Takes `<lockFile>` for this process (O_EXCL create with our pid). A lock left by a
- * dead process (SIGKILL) is taken over. Returns the release function.
+ * dead process (SIGKILL) is taken over. Returns the release function, which also takes back
+ * the process `exit` listener that releases a lock still held when the process ends: a host
+ * that opens and closes a data folder many times keeps no listener per opening.
  */
 export function lockDataDir(lockFile: string): () => void {
   for (let tries = 0; tries < 3; tries++) {
@@ -24,6 +26,7 @@ export function lockDataDir(lockFile: string): () => void {
       const release = () => {
         if (released) return;
         released = true;
+        process.removeListener('exit', release);
         try {
           if (readFileSync(lockFile, 'utf8') === String(process.pid)) rmSync(lockFile, { force: true });
         } catch {
