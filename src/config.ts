@@ -635,3 +635,27 @@ function adminTokensOf(env: ConfigEnv): string[] {
   }
   return [...hashes];
 }
+
+/** The AWS SDK's switch for its Node-version notice (read when an S3 client is made). */
+export const AWS_SDK_NODE_NOTICE_SWITCH = 'AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED';
+
+/**
+ * Turns the AWS SDK's Node-version notice off (`AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED=true`),
+ * unless the variable is set in `env` (even empty, even `false`: the user's value wins).
+ * Returns whether it was set.
+ *
+ * Why: on Node 20 `@aws-sdk/client-s3` writes a nine-line `NodeVersionSupportWarning` to
+ * stderr the first time a process makes an S3 client: every command on S3 storage (even
+ * `credits grant`), and in the middle of `worker`'s and `serve`'s JSON log lines, where a log
+ * collector reads it as nine lines of garbage. It is about SDK releases after January 2027
+ * needing Node 22; this package pins its SDK version (package.json), so it tells a user of
+ * the command nothing they can act on. A host that embeds the library decides for its own
+ * process: the library sets nothing. Called by the project's own programs
+ * (`tuneOwnProcess`, src/cli/own-process.ts); here because this file is the one that touches the
+ * environment.
+ */
+export function quietAwsSdkNodeNotice(env: NodeJS.ProcessEnv = process.env): boolean {
+  if (env[AWS_SDK_NODE_NOTICE_SWITCH] !== undefined) return false;
+  env[AWS_SDK_NODE_NOTICE_SWITCH] = 'true';
+  return true;
+}

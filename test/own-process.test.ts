@@ -1,6 +1,7 @@
 /**
  * What the project's own programs set for their process (src/cli/own-process.ts): V8's old
- * generation kept within 1.5x of its live size unless node was started with `--heap-growing-percent`.
+ * generation kept within 1.5x of its live size unless node was started with `--heap-growing-percent`,
+ * and the AWS SDK's Node-version notice off unless the user set its variable.
  * The effect on memory is a benchmark figure (BENCHMARKS.md 11C), not a verdict here; this
  * checks who decides. The setter runs in child processes, so this test process's own V8
  * flags stay as they are.
@@ -10,6 +11,7 @@ import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { nodeFlagGiven } from '../src/cli/own-process.js';
+import { AWS_SDK_NODE_NOTICE_SWITCH, quietAwsSdkNodeNotice } from '../src/config.js';
 import { cliEntry } from './support/cli-entry.js';
 
 describe('nodeFlagGiven: a flag node was started with', () => {
@@ -76,5 +78,18 @@ describe('wasmBaselineOnly (run by the CLI and the demo before a command opens i
     expect(result.set).toBe(expected);
     // WASM compiles and runs after the flag, as PGlite's does.
     expect(result.sum).toBe(5);
+  });
+});
+
+describe("quietAwsSdkNodeNotice (run by the CLI and the demo at start): the AWS SDK's Node-version notice", () => {
+  it('turns it off when the variable is unset; a value the user set (even empty, even false) wins', () => {
+    const unset: NodeJS.ProcessEnv = { PATH: '/bin' };
+    expect(quietAwsSdkNodeNotice(unset)).toBe(true);
+    expect(unset).toEqual({ PATH: '/bin', [AWS_SDK_NODE_NOTICE_SWITCH]: 'true' });
+    for (const given of ['false', '', 'true']) {
+      const env: NodeJS.ProcessEnv = { [AWS_SDK_NODE_NOTICE_SWITCH]: given };
+      expect(quietAwsSdkNodeNotice(env)).toBe(false);
+      expect(env[AWS_SDK_NODE_NOTICE_SWITCH]).toBe(given);
+    }
   });
 });

@@ -4,6 +4,7 @@
  */
 import { setFlagsFromString } from 'node:v8';
 import { turnSharpOperationCacheOff } from '../adapters/image-codec.js';
+import { quietAwsSdkNodeNotice } from '../config.js';
 import { batchHelperThreads, type HelperThreads } from './helper-threads.js';
 import type { DatabaseOpening } from './invocation.js';
 
@@ -25,6 +26,7 @@ export const HEAP_GROWING_PERCENT = 50;
 export function tuneOwnProcess(): void {
   turnSharpOperationCacheOff();
   keepOldGenerationTight();
+  quietAwsSdkNodeNotice();
 }
 
 /**

@@ -35,6 +35,8 @@
  * 3. `imagegen run --json` end to end with S3: the bucket holds exactly the summary's images
  *    under `generated/<jobId>/<stage>/<slot>-<attempt>.webp` (one per slot, WebP, each the
  *    object of its attach record) and the input files under their content-addressed keys.
+ *    No AWS SDK Node-version notice on stderr (the CLI turns it off unless the user set
+ *    AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED; with it `false`, the notice is back on Node < 22).
  */
 import { createHash } from 'node:crypto';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
@@ -67,6 +69,8 @@ const TOTAL = 6;
 const ALL_FAULTS: readonly S3Fault[] = ['503', '500', 'drop', 'stored_then_500'];
 /** A ceiling, not a verdict: each CLI process opens the database (about 2 s on PGlite) and a loaded machine is slower. */
 const CLI_TEST_TIMEOUT_MS = 240_000;
+/** What the AWS SDK writes to stderr on Node < 22 when its notice is not turned off. */
+const AWS_NOTICE = 'NodeVersionSupportWarning';
 const kinds: DatabaseKind[] = ['pglite', ...(TEST_DATABASE_URL ? (['postgres'] as const) : [])];
 if (!TEST_DATABASE_URL) console.warn('s3-faults: PostgreSQL leg skipped: DATABASE_URL not set');
 
@@ -474,6 +478,7 @@ for (const kind of kinds) {
     it('imagegen run --json end to end: the bucket holds exactly the summary images under generated/<jobId>/<stage>/<slot>-<attempt>.webp and the inputs by content', async () => {
       const result = await runCli(['run', join(dir, 'e2e.json'), '--json'], { env, cwd: dir, timeoutMs: 60_000 });
       expect(result.code, result.stderr.slice(-800)).toBe(0);
+      expect(result.stderr).not.toContain(AWS_NOTICE);
       const summary = JSON.parse(result.stdout) as {
         jobId: string;
         status: string;
@@ -529,6 +534,17 @@ for (const kind of kinds) {
       }
       const userPrefix = (inputs[0] ?? '').split('/').slice(0, 2).join('/') + '/';
       expect(await firstValueFrom(direct.list(userPrefix))).toEqual([...inputs].sort());
+    }, CLI_TEST_TIMEOUT_MS);
+
+    it("the AWS SDK's Node-version notice stays off stderr, unless the user asks for it (AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED set)", async () => {
+      const quiet = await runCli(['credits', 'balance', e2e.userId], { env: directEnv, cwd: dir, timeoutMs: 60_000 });
+      expect(quiet.code, quiet.stderr).toBe(0);
+      expect(quiet.stderr).not.toContain(AWS_NOTICE);
+      // The user's own value wins: "false" brings the notice back where the SDK gives it (Node < 22),
+      // which also shows that this S3 command really made an S3 client.
+      const loud = await runCli(['credits', 'balance', e2e.userId], { env: { ...directEnv, AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'false' }, cwd: dir, timeoutMs: 60_000 });
+      expect(loud.code, loud.stderr).toBe(0);
+      expect(loud.stderr.includes(AWS_NOTICE)).toBe(Number(process.versions.node.split('.')[0]) < 22);
     }, CLI_TEST_TIMEOUT_MS);
   });
 }
