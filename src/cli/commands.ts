@@ -16,7 +16,7 @@ import { cmdWebhooks, cmdWebhooksSecret, settleRunWebhooks } from './webhooks.js
 import { EXIT, UnavailableError, UsageError } from './failures.js';
 import { formatSummary, formatUsd, jobSummary } from './summary.js';
 import { ProgressView } from './progress-view.js';
-import { exitCodeOf, print, withJobsPipeline, withPipeline, shutdownSignals, type Invocation, embeddedDatabaseMissing } from './invocation.js';
+import { exitCodeOf, print, withJobsPipeline, withPipeline, loggedSignalNotice, shutdownSignals, type Invocation, embeddedDatabaseMissing } from './invocation.js';
 
 async function cmdRun(inv: Invocation): Promise<number> {
   const { config, json } = inv;
@@ -202,7 +202,7 @@ async function cmdWorker(inv: Invocation): Promise<number> {
   return withJobsPipeline(inv, async (pipeline) => {
     // prom-client is loaded only when the metrics are served.
     const served = config.metrics.port === undefined ? undefined : await (await import('./worker-metrics.js')).serveWorkerMetrics(pipeline, config.metrics);
-    const signals = shutdownSignals();
+    const signals = shutdownSignals(loggedSignalNotice(pipeline.logger));
     // The webhook outbox is sent by every worker (claims keep two from sending the same delivery).
     const webhooks = startWebhookDispatcher({ ...pipeline, metrics: served?.metrics }, config.webhooks);
     try {

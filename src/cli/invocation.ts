@@ -2,6 +2,7 @@
 import { existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { of, Subject } from 'rxjs';
+import type { Logger } from 'pino';
 import { ConfigError, type PipelineConfig } from '../config.js';
 import { DataDirLockedError, isConnectionError } from '../db/index.js';
 import { openPipeline, type Pipeline } from '../pipeline.js';
@@ -169,13 +170,32 @@ export function openFailure(error: unknown, inv: Invocation): unknown {
   return error;
 }
 
+/** How a command says it heard a shutdown signal: the first (`count` 1) finishes what is in flight, the next aborts. */
+export type SignalNotice = (signal: NodeJS.Signals, count: number) => void;
+
+/** `run`'s: a line of text among its progress lines on stderr. */
+export const textSignalNotice: SignalNotice = (signal, count) => {
+  process.stderr.write(`\n${signal}: ${count === 1 ? 'finishing in-flight attempts; the job can be resumed' : 'aborting'}\n`);
+};
+
+/**
+ * `worker`'s and `serve`'s: one more JSON line of their log (their stderr is pino's JSON
+ * lines only, for a log collector), with the signal as a field.
+ */
+export function loggedSignalNotice(logger: Logger): SignalNotice {
+  return (signal, count) => {
+    if (count === 1) logger.info({ signal }, 'signal received: finishing in-flight attempts');
+    else logger.warn({ signal }, 'signal received again: aborting in-flight attempts');
+  };
+}
+
 /** SIGINT/SIGTERM: stop taking new slots; a second signal aborts in-flight attempts. */
-export function shutdownSignals(): { stop$: Subject<void>; dispose: () => void } {
+export function shutdownSignals(notice: SignalNotice = textSignalNotice): { stop$: Subject<void>; dispose: () => void } {
   const stop$ = new Subject<void>();
   let count = 0;
   const onSignal = (signal: NodeJS.Signals) => {
     count++;
-    process.stderr.write(`\n${signal}: ${count === 1 ? 'finishing in-flight attempts; the job can be resumed' : 'aborting'}\n`);
+    notice(signal, count);
     if (count === 1) stop$.next();
     else process.exit(EXIT.short);
   };

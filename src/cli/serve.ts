@@ -6,7 +6,7 @@ import { engineOptionsOf } from '../pipeline.js';
 import { LocalJobRunner } from '../streams/local-runner.js';
 import { startWebhookDispatcher } from '../jobs/webhooks.js';
 import { UnavailableError, UsageError } from './failures.js';
-import { shutdownSignals, withJobsPipeline, type Invocation } from './invocation.js';
+import { loggedSignalNotice, shutdownSignals, withJobsPipeline, type Invocation } from './invocation.js';
 
 /**
  * Serves the API until SIGTERM/SIGINT, then: stops listening (open event streams end;
@@ -38,7 +38,7 @@ export async function cmdServe(inv: Invocation): Promise<number> {
     const metrics = new PipelineMetrics({ database: pipeline.database, limiter: pipeline.limiter, logger: pipeline.logger });
     const runner = queue ? undefined : new LocalJobRunner({ ...pipeline, metrics }, { jobConcurrency: config.workerJobs, engine });
     const dispatcher: JobDispatcher = queue ? { dispatch: (jobId, { priority }) => queue.submit(jobId, { priority }) } : (runner as LocalJobRunner);
-    const signals = shutdownSignals();
+    const signals = shutdownSignals(loggedSignalNotice(pipeline.logger));
     // The webhook outbox is sent from here too (the embedded database has no other process to do it).
     const webhooks = startWebhookDispatcher({ ...pipeline, metrics }, config.webhooks);
     try {

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startFakeGeminiServer } from '../support/fake-gemini-server.js';
 import { TEST_DATABASE_URL } from '../support/databases.js';
-import { jobsTaken, waitFor } from '../support/cli.js';
+import { jobsTaken, logLines, textLines, waitFor } from '../support/cli.js';
 import { openCliSuite, type CliSuite } from '../support/cli-suite.js';
 import { generatedFiles, jobSpec, parseSingleJson, readDb, stampsOnDisk, type Summary } from '../support/cli-workspace.js';
 
@@ -130,6 +130,9 @@ describe.skipIf(!TEST_DATABASE_URL)('imagegen workers stopped mid-job on Postgre
       const stopped = await first.exited;
       expect(stopped.code, stopped.stderr.slice(-3000)).toBe(0);
       expect(stopped.stderr).toContain('job handed back for resume');
+      // The signal said in the worker's log; its stderr is JSON log lines only.
+      expect(logLines(stopped.stderr, 'signal received: finishing in-flight attempts')).toEqual([expect.objectContaining({ level: 30, signal: 'SIGTERM' })]);
+      expect(textLines(stopped.stderr)).toEqual([]);
       const midway = parseSingleJson<Summary>((await suite.run(['status', JOB_ID, '--json'], { env: termEnv })).stdout);
       expect(midway.status).toBe('queued');
       expect(midway.deliveredImages).toBeGreaterThanOrEqual(3);

@@ -8,7 +8,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TEST_DATABASE_URL } from '../support/databases.js';
 import { Gate } from '../support/gate.js';
-import { logLines, waitFor, type CliProcess } from '../support/cli.js';
+import { logLines, textLines, waitFor, type CliProcess } from '../support/cli.js';
 import { openCliSuite, type CliSuite } from '../support/cli-suite.js';
 import { httpCall, inputPng, openEvents, TOKENS } from '../support/http-service.js';
 import { parseExposition, sampleOf } from '../support/prometheus-text.js';
@@ -40,10 +40,13 @@ async function serving(proc: CliProcess): Promise<string> {
   return String(line['url']);
 }
 
+/** SIGTERM: exit 0, having said so in its log; its stderr is JSON log lines only, first to last. */
 async function stop(proc: CliProcess): Promise<void> {
   proc.child.kill('SIGTERM');
   const ended = await proc.exited;
   expect(ended.code, ended.stderr.slice(-2000)).toBe(0);
+  expect(logLines(ended.stderr, 'signal received: finishing in-flight attempts')).toEqual([expect.objectContaining({ level: 30, signal: 'SIGTERM' })]);
+  expect(textLines(ended.stderr)).toEqual([]);
 }
 
 const job = async (jobId: string, quantity: number) => ({ jobId, stages: [{ quantity, prompt: `serve ${jobId}`, 'aspect-ratio': '1:1', inputImageData: (await inputPng()).toString('base64') }] });

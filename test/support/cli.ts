@@ -193,6 +193,22 @@ export function logLines(stderr: string, msg: string): Record<string, unknown>[]
     });
 }
 
+/**
+ * The lines of a stderr that are not JSON objects (blank lines left out): where a command's
+ * stderr is its pino log (`worker`, `serve`), a log collector reads each as garbage.
+ */
+export function textLines(stderr: string): string[] {
+  return stderr.split('\n').filter((line) => {
+    if (line.trim() === '') return false;
+    try {
+      const value: unknown = JSON.parse(line);
+      return typeof value !== 'object' || value === null || Array.isArray(value);
+    } catch {
+      return true;
+    }
+  });
+}
+
 /** jobIds a worker's stderr says it took (its `{"jobId":...,"msg":"job taken"}` lines). */
 export function jobsTaken(stderr: string): Set<string> {
   return new Set(logLines(stderr, 'job taken').flatMap((entry) => (typeof entry['jobId'] === 'string' && entry['jobId'] !== '' ? [entry['jobId']] : [])));
