@@ -1,6 +1,7 @@
 /** The command line's arguments and what every command shares: options, usage, opening the pipeline, printing, signals. */
-import { existsSync, statSync } from 'node:fs';
-import { join } from 'node:path';
+import { existsSync, readFileSync, statSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { of, Subject } from 'rxjs';
 import type { Logger } from 'pino';
 import { ConfigError, type PipelineConfig } from '../config.js';
@@ -23,6 +24,7 @@ export const USAGE = `usage:
   imagegen webhooks <jobId> [--redeliver] [--json] [--data-dir DIR]
   imagegen webhooks secret <userId> [--json] [--data-dir DIR]
   imagegen serve [--port 8080] [--host 127.0.0.1] [--with-worker] [--concurrency N] [--provider offline|gemini] [--data-dir DIR]
+  imagegen --version [--json]
 
 exit codes: 0 completed, 1 ended short or could not run, 2 invalid input, 3 not enough credits`;
 
@@ -39,6 +41,7 @@ export const OPTIONS = {
   open: { type: 'boolean' },
   redeliver: { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
+  version: { type: 'boolean', short: 'v' },
 } as const;
 
 export type OptionName = keyof typeof OPTIONS;
@@ -241,9 +244,28 @@ export function resolveCommand(positionals: readonly string[], values: Values): 
     throw new UsageError('(arguments)', `unexpected argument ${JSON.stringify(args[command.args.length])}: imagegen ${name} takes ${command.args.length === 0 ? 'no arguments' : command.args.join(' ')}`);
   }
   for (const [option, value] of Object.entries(values) as [OptionName, string | boolean | undefined][]) {
-    if (value === undefined || option === 'help') continue;
+    if (value === undefined || option === 'help' || option === 'version') continue;
     if (!command.options.includes(option)) throw new UsageError(`--${option}`, `is not an option of imagegen ${name}`);
     if (typeof value === 'string' && value.trim() === '') throw new UsageError(`--${option}`, 'must not be empty');
   }
   return { name, args };
+}
+
+/** The package's name, as its package.json says it. */
+export const PACKAGE_NAME = 'imagegen-pipeline';
+
+/**
+ * This package's version (`imagegen --version`): from the first package.json named
+ * `imagegen-pipeline` in this module's folder or above it, the same file whether the command
+ * runs from the repository, from `dist/`, from its bundle or from `node_modules`.
+ */
+export function packageVersion(from: string = import.meta.url): string {
+  for (let dir = dirname(fileURLToPath(from)); ; dir = dirname(dir)) {
+    const file = join(dir, 'package.json');
+    if (existsSync(file)) {
+      const manifest = JSON.parse(readFileSync(file, 'utf8')) as { name?: unknown; version?: unknown };
+      if (manifest.name === PACKAGE_NAME && typeof manifest.version === 'string') return manifest.version;
+    }
+    if (dirname(dir) === dir) throw new Error(`no package.json of ${PACKAGE_NAME} above ${fileURLToPath(from)}`);
+  }
 }

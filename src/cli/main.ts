@@ -11,7 +11,7 @@ import { parseArgs } from 'node:util';
 import { loadConfig, type ConfigEnv, type ConfigOverrides, type PipelineConfig } from '../config.js';
 import type { Pipeline } from '../pipeline.js';
 import { reportError, UsageError } from './failures.js';
-import { type Invocation, type Values, checkDataDir, USAGE, OPTIONS, resolveCommand } from './invocation.js';
+import { type Invocation, type Values, checkDataDir, USAGE, OPTIONS, PACKAGE_NAME, packageVersion, resolveCommand } from './invocation.js';
 import { HANDLERS } from './commands.js';
 
 export { EXIT } from './failures.js';
@@ -48,6 +48,12 @@ export async function main(argv: readonly string[], env?: ConfigEnv, hooks: Main
     json = Boolean(values.json);
     if (values.help) {
       process.stdout.write(`${USAGE}\n`);
+      return 0;
+    }
+    if (values.version) {
+      if (parsed.positionals.length > 0) throw new UsageError('--version', 'takes no command: imagegen --version [--json]');
+      const version = packageVersion();
+      process.stdout.write(json ? `${JSON.stringify({ name: PACKAGE_NAME, version })}\n` : `${version}\n`);
       return 0;
     }
     const { name, args } = resolveCommand(parsed.positionals, values);

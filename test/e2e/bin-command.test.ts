@@ -10,10 +10,12 @@
  * `node_modules/.bin/imagegen` is. The second part runs the real file on the real build.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { copyFileSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { packageVersion } from '../../src/cli/invocation.js';
 import { cliEntry, REPO_ROOT } from '../support/cli-entry.js';
 
 const BIN = join(REPO_ROOT, 'bin', 'imagegen');
@@ -124,5 +126,37 @@ describe('bin/imagegen on the build (what `npx imagegen` runs)', () => {
       expect(viaBin.stderr).toBe(viaNode.stderr);
     }
     expect(spawnSync(BIN, ['credits', 'balance'], { encoding: 'utf8', env: envWith() }).status).toBe(2);
+  });
+
+  it('--version (or -v) prints the version in package.json, exit 0; with --json one object; with a command it is exit 2', () => {
+    const { version } = JSON.parse(readFileSync(join(REPO_ROOT, 'package.json'), 'utf8')) as { version: string };
+    for (const flag of ['--version', '-v']) {
+      const out = spawnSync(BIN, [flag], { encoding: 'utf8', env: envWith() });
+      expect({ status: out.status, stdout: out.stdout, stderr: out.stderr }).toEqual({ status: 0, stdout: `${version}\n`, stderr: '' });
+    }
+    const json = spawnSync(BIN, ['--version', '--json'], { encoding: 'utf8', env: envWith() });
+    expect(json.status, json.stderr).toBe(0);
+    expect(JSON.parse(json.stdout)).toEqual({ name: 'imagegen-pipeline', version });
+    const withCommand = spawnSync(BIN, ['stats', '--version', '--json'], { encoding: 'utf8', env: envWith() });
+    expect(withCommand.status).toBe(2);
+    expect(JSON.parse(withCommand.stdout)).toMatchObject({ error: { code: 'invalid_input', message: expect.stringContaining('--version') } });
+  });
+});
+
+describe('packageVersion: the first package.json named imagegen-pipeline at or above the module', () => {
+  it('skips a package.json of another name on the way up (the module inside node_modules of a host, or a folder of its own)', () => {
+    const root = mkdtempSync(join(tmpdir(), 'imagegen-version-'));
+    try {
+      const inner = join(root, 'node_modules', 'imagegen-pipeline', 'dist', 'cli-bundle');
+      mkdirSync(inner, { recursive: true });
+      writeFileSync(join(root, 'package.json'), JSON.stringify({ name: 'the-host', version: '9.9.9' }));
+      writeFileSync(join(root, 'node_modules', 'imagegen-pipeline', 'package.json'), JSON.stringify({ name: 'imagegen-pipeline', version: '1.2.3' }));
+      writeFileSync(join(root, 'node_modules', 'imagegen-pipeline', 'dist', 'package.json'), JSON.stringify({ type: 'module' }));
+      expect(packageVersion(pathToFileURL(join(inner, 'cli.js')).href)).toBe('1.2.3');
+      // Outside any copy of the package: it says so.
+      expect(() => packageVersion(pathToFileURL(join(root, 'x.js')).href)).toThrow('no package.json of imagegen-pipeline above');
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
   });
 });
