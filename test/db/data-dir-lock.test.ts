@@ -26,10 +26,10 @@ describe('lockDataDir', () => {
     const release = lockDataDir(lockFile);
     expect(readFileSync(lockFile, 'utf8')).toBe(String(process.pid));
     // Held by another live process (our parent, say): refused, naming it.
-    const release2 = () => lockDataDir(lockFile);
+    const takeAgain = () => lockDataDir(lockFile);
     writeFileSync(lockFile, String(process.ppid));
-    expect(release2).toThrow(DataDirLockedError);
-    expect(release2).toThrow(`in use by process ${process.ppid}`);
+    expect(takeAgain).toThrow(DataDirLockedError);
+    expect(takeAgain).toThrow(`in use by process ${process.ppid}`);
     // Ours again: released, the file goes.
     writeFileSync(lockFile, String(process.pid));
     release();
