@@ -11,7 +11,7 @@ import { GeminiImageGenerator } from '../../src/adapters/gemini-image-generator.
 import { jobPageLink, PAGE_SECRET_NAME, PageSessions } from '../../src/jobs/page-links.js';
 import { serviceSecret } from '../../src/db/index.js';
 import { startFakeGeminiServer, type FakeGeminiServer } from '../support/fake-gemini-server.js';
-import { DATABASE_KINDS, TEST_DATABASE_URL } from '../support/databases.js';
+import { DATABASE_KINDS, postgresLegSkipped } from '../support/databases.js';
 import { Gate } from '../support/gate.js';
 import { inputPng, openEvents, startService, TOKENS, type TestService } from '../support/http-service.js';
 
@@ -37,12 +37,7 @@ function thumbnails(html: string): string[] {
 
 for (const kind of DATABASE_KINDS) {
   const title = `the live page over HTTP [${kind}]`;
-  if (kind === 'postgres' && !TEST_DATABASE_URL) {
-    console.warn(`${title}: PostgreSQL leg skipped: DATABASE_URL not set`);
-    // Reason: skipped only without DATABASE_URL (no PostgreSQL to run on); .ci/run sets it, so CI runs this leg.
-    describe.skip(`${title} (PostgreSQL leg skipped: DATABASE_URL not set)`, () => {});
-    continue;
-  }
+  if (postgresLegSkipped(kind, title)) continue;
 
   describe(title, () => {
     let gemini: FakeGeminiServer;

@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { GeminiImageGenerator } from '../../src/adapters/gemini-image-generator.js';
 import { GeminiBatchGenerator } from '../../src/adapters/gemini-batch-generator.js';
 import { startFakeGeminiServer, type FakeGeminiServer } from '../support/fake-gemini-server.js';
-import { DATABASE_KINDS, TEST_DATABASE_URL } from '../support/databases.js';
+import { DATABASE_KINDS, postgresLegSkipped } from '../support/databases.js';
 import { Gate } from '../support/gate.js';
 import { inputPng, openEvents, startService, TOKENS, type SseFrame, type TestService } from '../support/http-service.js';
 import { waitFor } from '../support/cli.js';
@@ -18,12 +18,7 @@ const FOLLOWED = ['attempt:failed', 'slot:delivered', 'stage:completed', 'stage:
 
 for (const kind of DATABASE_KINDS) {
   const title = `the service over HTTP [${kind}]`;
-  if (kind === 'postgres' && !TEST_DATABASE_URL) {
-    console.warn(`${title}: PostgreSQL leg skipped: DATABASE_URL not set`);
-    // Reason: skipped only without DATABASE_URL (no PostgreSQL to run on); .ci/run sets it, so CI runs this leg.
-    describe.skip(`${title} (PostgreSQL leg skipped: DATABASE_URL not set)`, () => {});
-    continue;
-  }
+  if (postgresLegSkipped(kind, title)) continue;
 
   describe(title, () => {
     let gemini: FakeGeminiServer;

@@ -14,19 +14,14 @@ import { loadConfig } from '../../src/config.js';
 import { getBalance } from '../../src/db/ops/get-balance.js';
 import { grantCredits } from '../../src/db/ops/grant-credits.js';
 import { openPipeline } from '../../src/pipeline.js';
-import { createScratchDatabase, DATABASE_KINDS, TEST_DATABASE_URL, TEST_PGLITE_TEMPLATE_DIR, type ScratchDatabase } from '../support/databases.js';
+import { createScratchDatabase, DATABASE_KINDS, postgresLegSkipped, type ScratchDatabase, TEST_PGLITE_TEMPLATE_DIR } from '../support/databases.js';
 
 const EVENTS = ['exit', 'beforeExit', 'SIGINT', 'SIGTERM', 'SIGHUP', 'uncaughtException', 'unhandledRejection', 'warning', 'message', 'disconnect'] as const;
 const listeners = (): Record<string, number> => Object.fromEntries(EVENTS.map((event) => [event, process.listenerCount(event)]));
 
 for (const kind of DATABASE_KINDS) {
   const title = `opening and closing pipelines leaves nothing on process [${kind}]`;
-  if (kind === 'postgres' && !TEST_DATABASE_URL) {
-    console.warn(`${title}: PostgreSQL leg skipped: DATABASE_URL not set`);
-    // Reason: skipped only without DATABASE_URL (no PostgreSQL to run on); .ci/run sets it, so CI runs this leg.
-    describe.skip(`${title} (PostgreSQL leg skipped: DATABASE_URL not set)`, () => {});
-    continue;
-  }
+  if (postgresLegSkipped(kind, title)) continue;
 
   describe(title, () => {
     let dataDir: string;

@@ -32,7 +32,7 @@ import { parseJobSpec } from '../../src/domain/job-spec.js';
 import { readJobFile } from '../../src/sources/job-file.js';
 import { startFakeGeminiServer, type FakeGeminiServer } from '../support/fake-gemini-server.js';
 import { renderStampedPng } from '../support/stamped-image.js';
-import { createScratchDatabase, DATABASE_KINDS, TEST_DATABASE_URL, TEST_PGLITE_TEMPLATE_DIR, type ScratchDatabase } from '../support/databases.js';
+import { createScratchDatabase, DATABASE_KINDS, postgresLegSkipped, type ScratchDatabase, TEST_DATABASE_URL, TEST_PGLITE_TEMPLATE_DIR } from '../support/databases.js';
 import { runCli, startCli, type CliResult } from '../support/cli.js';
 import { closedPort } from '../support/closed-port.js';
 
@@ -93,12 +93,7 @@ afterAll(async () => {
 
 for (const kind of DATABASE_KINDS) {
   const title = `imagegen command-line contract [${kind}]`;
-  if (kind === 'postgres' && !TEST_DATABASE_URL) {
-    console.warn(`${title}: PostgreSQL leg skipped: DATABASE_URL not set`);
-    // Reason: no PostgreSQL server configured (DATABASE_URL unset; the title and the warning say so); .ci/run sets it, so CI runs this leg.
-    describe.skip(`${title} (PostgreSQL leg skipped: DATABASE_URL not set)`, () => {});
-    continue;
-  }
+  if (postgresLegSkipped(kind, title)) continue;
 
   describe(title, () => {
     let root: string;

@@ -24,7 +24,7 @@ import { grantCredits } from '../../src/db/ops/grant-credits.js';
 import type { Pipeline } from '../../src/pipeline.js';
 import { startFakeGeminiServer, type FakeGeminiServer } from '../support/fake-gemini-server.js';
 import { renderStampedPng } from '../support/stamped-image.js';
-import { createScratchDatabase, DATABASE_KINDS, TEST_DATABASE_URL, type ScratchDatabase } from '../support/databases.js';
+import { createScratchDatabase, DATABASE_KINDS, postgresLegSkipped, type ScratchDatabase, TEST_DATABASE_URL } from '../support/databases.js';
 import { auditJob, expectEndedHonestly } from './support/audit.js';
 import { runCli, startCli, type CliProcess, type CliResult } from '../support/cli.js';
 import { withPipelineOf } from './support/stack.js';
@@ -130,12 +130,7 @@ function oneAtATime<T>(fn: () => Promise<T>): Promise<T> {
 describe('signals and cancel through the CLI', () => {
   for (const kind of DATABASE_KINDS) {
     const title = `[${kind}]`;
-    if (kind === 'postgres' && !TEST_DATABASE_URL) {
-      console.warn(`signals and cancel through the CLI ${title}: PostgreSQL leg skipped: DATABASE_URL not set`);
-      // Reason: no PostgreSQL server configured (DATABASE_URL unset); the title and the warning say so. CI sets it.
-      describe.skip(`${title} (PostgreSQL leg skipped: DATABASE_URL not set)`, () => {});
-      continue;
-    }
+    if (postgresLegSkipped(kind, title, `signals and cancel through the CLI ${title}`)) continue;
     const everyRefusal = kind === 'postgres' || EVERY_REFUSAL_ON_PGLITE;
 
     describe.concurrent(title, { timeout: 120_000 }, () => {

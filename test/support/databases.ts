@@ -35,6 +35,27 @@ export const TEST_PGLITE_TEMPLATE_DIR = join(process.env['XDG_CACHE_HOME'] || jo
 /** The server URL tests create their databases on, or undefined (PostgreSQL leg skipped). */
 export const TEST_DATABASE_URL: string | undefined = process.env['DATABASE_URL'] || undefined;
 
+/**
+ * For a suite that runs once per kind of {@link DATABASE_KINDS}: whether this leg is the
+ * PostgreSQL one with no server to run on (DATABASE_URL unset). Then it is registered as a
+ * skipped suite whose name says why, the skip is said on stderr (as `warnAs`), and the caller
+ * goes on to the next leg.
+ *
+ * @example
+ *   for (const kind of DATABASE_KINDS) {
+ *     const title = `the thing [${kind}]`;
+ *     if (postgresLegSkipped(kind, title)) continue;
+ *     describe(title, () => { ... });
+ *   }
+ */
+export function postgresLegSkipped(kind: DatabaseKind, title: string, warnAs: string = title): boolean {
+  if (kind !== 'postgres' || TEST_DATABASE_URL) return false;
+  console.warn(`${warnAs}: PostgreSQL leg skipped: DATABASE_URL not set`);
+  // Reason: skipped only without DATABASE_URL (no PostgreSQL to run on; the name and the warning say so); .ci/run sets it, so CI runs this leg.
+  describe.skip(`${title} (PostgreSQL leg skipped: DATABASE_URL not set)`, () => {});
+  return true;
+}
+
 /** A fresh, empty place to open a database: its config and how to remove it. */
 export interface ScratchDatabase {
   readonly kind: DatabaseKind;
